@@ -1,0 +1,1 @@
+"""hpml's training engine: the code that runs inside a job (see README.md)."""

@@ -1,0 +1,33 @@
+"""The ``hpml`` command: one entry point, each subcommand owned by the module that does the work."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: hpml COMMAND [ARGS...]
+
+commands:
+  train   train GPT-2 and write one result file per rank (python -m hpml_core.train)
+  data    prepare a token file from a corpus (python -m hpml_core.data)
+
+`hpml COMMAND --help` describes each."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        from hpml_core.train import main as run
+    elif command == "data":
+        from hpml_core.data import main as run
+    else:
+        print(f"hpml: error: unknown command {command!r} (allowed: train, data)", file=sys.stderr)
+        return 2
+    return run(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Training configuration: parsed from the command line and validated once, here.
+
+``parse_args`` turns argv into a ``TrainConfig`` or raises ``UsageError`` naming the flag.
+``check_layout`` validates the config against the number of processes that were launched,
+before any process group exists. Past this module, code trusts the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hpml_core.errors import UsageError
+from hpml_core.model import PRESETS
+
+Mode = Literal["single", "baseline", "hybrid"]
+Precision = Literal["fp32", "fp16", "bf16"]
+
+# What --test means: the tiny model on a short sequence for a few steps. A flag the user
+# gives explicitly always wins over these.
+TEST_DEFAULTS = dict(model="tiny", seq_len=64, steps=8, warmup_steps=2, max_samples=512)
+
+
+class TrainConfig(BaseModel):
+    """One training run, fully resolved. Recorded verbatim in every rank file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Mode = "single"
+    model: Literal[tuple(PRESETS)] = "gpt2-large"  # type: ignore[valid-type]
+    tp_size: int = Field(1, ge=1)
+    batch_size: int = Field(8, ge=1, description="samples per data-parallel rank per step")
+    seq_len: int = Field(1024, ge=2)
+    steps: int | None = Field(None, ge=1, description="optimizer steps, warm-up included")
+    warmup_steps: int = Field(5, ge=0, description="first steps of this process, not timed")
+    max_samples: int | None = Field(None, ge=1)
+    precision: Precision = "bf16"
+    grad_ckpt: bool = False
+    attn: Literal["sdpa", "eager"] = "sdpa"
+    compile: bool = False
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, ge=0, description="max global gradient norm; 0 turns clipping off")
+    seed: int = 1337
+    data: Path
+    out: Path | None = None
+    run_id: str | None = None
+    checkpoint_every: int = Field(0, ge=0)
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+    test: bool = False
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line naming the flag (and exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError("hpml train", message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(
+        prog="python -m hpml_core.train",
+        description="Train GPT-2 on a prepared token file and write one JSON result file per rank.",
+    )
+    p.add_argument("--mode", choices=["single", "baseline", "hybrid"], help="single process, DDP (baseline) or ZeRO-3 (hybrid)")
+    p.add_argument("--model", choices=list(PRESETS))
+    p.add_argument("--tp-size", type=int, help="tensor-parallel ranks per model replica (hybrid only)")
+    p.add_argument("--batch-size", type=int, help="samples per data-parallel rank per step")
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--steps", type=int, help="optimizer steps including warm-up (default: as many as --max-samples allows, else one epoch)")
+    p.add_argument("--warmup-steps", type=int, help="first steps of this process that are run but not timed")
+    p.add_argument("--max-samples", type=int, help="cap on the samples seen, over all ranks")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="fp16 uses loss scaling")
+    p.add_argument("--grad-ckpt", action="store_true", default=None, help="activation checkpointing of every block")
+    p.add_argument("--attn", choices=["sdpa", "eager"])
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--optimizer", choices=["adamw", "sgd"])
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--data", type=Path, help="folder written by `hpml data prepare`")
+    p.add_argument("--out", type=Path, help="run folder for rank files (default results/runs/<run id>)")
+    p.add_argument("--run-id", help="default: the --out folder's name, else made from the config and time")
+    p.add_argument("--checkpoint-every", type=int, help="save a checkpoint every N steps (0: never)")
+    p.add_argument("--checkpoint-dir", type=Path, help="default <out>/checkpoints")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from the latest checkpoint if there is one")
+    p.add_argument("--test", action="store_true", default=None, help="tiny model, short sequences, a few steps")
+    # The deepspeed launcher appends --local_rank=N; the rank is read from the environment instead.
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    given = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
+    given.pop("local_rank", None)
+    if "data" not in given:
+        raise UsageError("--data", "required: a folder made by `hpml data prepare` (see README)")
+    values = {**TEST_DEFAULTS, **given} if given.get("test") else given
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "config"
+        raise UsageError(_flag(field), f"{first['msg']} (got {first.get('input')!r})") from None
+
+
+def check_layout(config: TrainConfig, world_size: int, n_head: int) -> tuple[int, int]:
+    """Return (dp_size, tp_size) for this launch, or raise before any process group is made."""
+    tp = config.tp_size
+    if world_size % tp:
+        raise UsageError("--tp-size", f"{tp} does not divide the world size {world_size}")
+    if n_head % tp:
+        raise UsageError("--tp-size", f"{tp} does not divide the {n_head} attention heads of {config.model}")
+    if config.mode == "single" and world_size > 1:
+        raise UsageError("--mode", f"single runs one process but {world_size} were launched; use baseline or hybrid")
+    if tp > 1 and config.mode != "hybrid":
+        raise UsageError("--tp-size", f"{tp} needs --mode hybrid (allowed: 1 with --mode {config.mode})")
+    if config.mode == "hybrid":
+        raise UsageError("--mode", "hybrid (ZeRO-3, tensor parallelism) is not available yet; allowed now: single, baseline")
+    if config.steps is not None and config.steps <= config.warmup_steps:
+        raise UsageError("--steps", f"{config.steps} leaves no timed step after {config.warmup_steps} warm-up steps")
+    return world_size // tp, tp

@@ -1,0 +1,221 @@
+"""Token data: prepared once on a login node, then only read by training jobs.
+
+``prepare`` tokenizes a corpus (a hub dataset through ``datasets``, or local text or parquet
+files) into ``tokens.bin``, a flat array of token ids, plus ``meta.json`` and the tokenizer
+used. Jobs memory-map ``tokens.bin``: no tokenizing and no network inside a job.
+
+``TokenBatches`` decides which samples every data-parallel rank reads at every step. A sample
+is a window of ``seq_len + 1`` consecutive tokens (inputs and shifted targets); windows do not
+overlap. Each epoch visits all windows in a permutation seeded by (seed, epoch); step ``s``
+takes the next ``global_batch`` windows of that order and DP rank ``r`` reads its contiguous
+share. The batches are thus a pure function of (seed, step, layout): a resumed run reads
+exactly what an uninterrupted one would, and a single process with the same global batch
+reads the union of what the DP ranks read.
+
+Usage::
+
+    python -m hpml_core.data prepare --files ../shared/data/wikitext-2/valid.txt \\
+        --tokenizer train --vocab-size 4096 --out results/data/wikitext-2
+    python -m hpml_core.data prepare --hub Salesforce/wikitext --hub-config wikitext-103-raw-v1 \\
+        --tokenizer gpt2 --out /scratch/$USER/data/wikitext-103
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hpml_core.atomic import atomic_write, atomic_write_json
+from hpml_core.errors import EXIT_USAGE, UsageError
+
+FORMAT_VERSION = 1
+TOKENS_FILE = "tokens.bin"
+META_FILE = "meta.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+# ---------------------------------------------------------------- preparation (login node)
+
+
+def _load_texts(args: argparse.Namespace):
+    """The corpus as a ``datasets.Dataset`` with a ``text`` column, read through one library."""
+    from datasets import load_dataset
+
+    if args.hub:
+        try:
+            ds = load_dataset(args.hub, args.hub_config, split=args.split)
+        except Exception as exc:  # the hub is unreachable or the name is wrong
+            raise UsageError("--hub", f"cannot load {args.hub!r} ({type(exc).__name__}: {exc}); "
+                             "prepare from local --files instead when offline") from None
+    else:
+        missing = [str(f) for f in args.files if not Path(f).is_file()]
+        if missing:
+            raise UsageError("--files", f"no such file: {missing[0]}")
+        suffixes = {Path(f).suffix for f in args.files}
+        if suffixes - {".txt", ".parquet"} or len(suffixes) > 1:
+            raise UsageError("--files", f"all files must be .txt or all .parquet (got {sorted(suffixes)})")
+        if suffixes == {".txt"}:
+            ds = load_dataset("text", data_files=[str(f) for f in args.files], split="train", keep_linebreaks=True)
+        else:
+            ds = load_dataset("parquet", data_files=[str(f) for f in args.files], split="train")
+    if args.text_column not in ds.column_names:
+        raise UsageError("--text-column", f"{args.text_column!r} is not a column (columns: {ds.column_names})")
+    return ds.rename_column(args.text_column, "text") if args.text_column != "text" else ds
+
+
+def _tokenizer(args: argparse.Namespace, texts) -> tuple["Tokenizer", dict]:  # noqa: F821
+    """GPT-2's tokenizer by hub name, one from a local folder, or a byte-level BPE trained on the corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    spec = args.tokenizer
+    if spec == "train":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=args.vocab_size,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            special_tokens=["<|endoftext|>"],
+        )
+        tok.train_from_iterator((batch["text"] for batch in texts.iter(batch_size=1000)), trainer)
+        return tok, {"source": "trained", "vocab_size_requested": args.vocab_size}
+    if Path(spec).is_dir():
+        file = Path(spec) / TOKENIZER_FILE
+        if not file.is_file():
+            raise UsageError("--tokenizer", f"folder {spec} has no {TOKENIZER_FILE}")
+        return Tokenizer.from_file(str(file)), {"source": "folder", "path": str(Path(spec).resolve())}
+    try:
+        return Tokenizer.from_pretrained(spec), {"source": "hub", "name": spec}
+    except Exception as exc:
+        raise UsageError("--tokenizer", f"cannot load {spec!r} from the hub ({type(exc).__name__}); "
+                         "offline, pass a local tokenizer folder or 'train'") from None
+
+
+def prepare(args: argparse.Namespace) -> Path:
+    out = Path(args.out)
+    started = time.time()
+    texts = _load_texts(args)
+    tok, tok_info = _tokenizer(args, texts)
+    vocab_size = tok.get_vocab_size()
+    dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
+
+    chunks = []
+    for batch in texts.iter(batch_size=1000):
+        for enc in tok.encode_batch(batch["text"]):
+            chunks.append(np.asarray(enc.ids, dtype=dtype))
+    tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
+    if len(tokens) < 2:
+        raise UsageError("--files" if not args.hub else "--hub", "the corpus has no text to tokenize")
+
+    # meta.json is written last: its presence means tokens.bin and tokenizer.json are complete.
+    (out / META_FILE).unlink(missing_ok=True)
+    atomic_write(out / TOKENS_FILE, lambda f: f.write(tokens.tobytes()))
+    atomic_write(out / TOKENIZER_FILE, lambda f: f.write(tok.to_str().encode()))
+    atomic_write_json(out / META_FILE, {
+        "format_version": FORMAT_VERSION,
+        "num_tokens": int(len(tokens)),
+        "dtype": np.dtype(dtype).name,
+        "vocab_size": vocab_size,
+        "tokenizer": tok_info,
+        "source": {"hub": args.hub, "hub_config": args.hub_config, "split": args.split} if args.hub
+        else {"files": [str(Path(f).resolve()) for f in args.files]},
+        "text_column": args.text_column,
+        "prepared_in_s": round(time.time() - started, 2),
+    })
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hpml data", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="tokenize a corpus into a token file for training")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--hub", help="dataset name on the Hugging Face hub, e.g. Salesforce/wikitext")
+    src.add_argument("--files", nargs="+", type=Path, help="local .txt files (one line a row) or .parquet files")
+    p.add_argument("--hub-config", help="hub dataset configuration, e.g. wikitext-103-raw-v1")
+    p.add_argument("--split", default="train", help="hub split (default train)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--tokenizer", default="gpt2", help="hub name (default gpt2), a local folder with tokenizer.json, or 'train'")
+    p.add_argument("--vocab-size", type=int, default=50257, help="with --tokenizer train (default 50257, GPT-2's)")
+    p.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+    try:
+        out = prepare(args)
+    except UsageError as exc:
+        print(f"hpml data: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    meta = json.loads((out / META_FILE).read_text())
+    print(f"wrote {meta['num_tokens']:,} tokens (vocab {meta['vocab_size']:,}) to {out}")
+    return 0
+
+
+# ---------------------------------------------------------------- reading (inside a job)
+
+
+@dataclass(frozen=True)
+class TokenData:
+    tokens: np.memmap
+    vocab_size: int
+    path: Path
+
+    @classmethod
+    def open(cls, path: Path) -> "TokenData":
+        meta_path = path / META_FILE
+        if not meta_path.is_file():
+            raise UsageError("--data", f"{meta_path} does not exist; make it with `hpml data prepare`")
+        try:
+            meta = json.loads(meta_path.read_text())
+            tokens = np.memmap(path / TOKENS_FILE, dtype=meta["dtype"], mode="r")
+        except (OSError, ValueError, KeyError) as exc:
+            raise UsageError("--data", f"{path} is not a readable prepared data folder ({exc})") from None
+        if meta.get("format_version") != FORMAT_VERSION or len(tokens) != meta["num_tokens"]:
+            raise UsageError("--data", f"{path / TOKENS_FILE} does not match {META_FILE}; prepare it again")
+        return cls(tokens=tokens, vocab_size=int(meta["vocab_size"]), path=path)
+
+
+class TokenBatches:
+    """Deterministic, rank-sharded batches of (inputs, targets); see the module docstring."""
+
+    def __init__(self, data: TokenData, seq_len: int, batch_size: int, dp_size: int, dp_rank: int, seed: int):
+        self.data = data
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.global_batch = batch_size * dp_size
+        self.dp_rank = dp_rank
+        self.seed = seed
+        self.num_samples = (len(data.tokens) - 1) // seq_len
+        self._epoch, self._order = -1, None
+
+    def steps_per_epoch(self) -> int:
+        return self.num_samples // self.global_batch
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._order = epoch, torch.randperm(self.num_samples, generator=gen)
+        return self._order
+
+    def sample_ids(self, step: int) -> torch.Tensor:
+        """Indices of the windows this rank reads at ``step``."""
+        epoch, within = divmod(step, self.steps_per_epoch())
+        start = within * self.global_batch + self.dp_rank * self.batch_size
+        return self._epoch_order(epoch)[start:start + self.batch_size]
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [
+            np.asarray(self.data.tokens[i * self.seq_len:(i + 1) * self.seq_len + 1], dtype=np.int64)
+            for i in self.sample_ids(step).tolist()
+        ]
+        window = torch.from_numpy(np.stack(rows))
+        return window[:, :-1].contiguous(), window[:, 1:].contiguous()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

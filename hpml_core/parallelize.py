@@ -1,0 +1,35 @@
+"""Turn the plain GPT into what trains: passes applied from outside, in torchtitan's order
+(activation checkpointing, then compilation, then data parallelism). The model file stays
+unaware of all of them."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.checkpoint import checkpoint
+
+from hpml_core.config import TrainConfig
+from hpml_core.model import GPT
+
+
+def apply_activation_checkpointing(model: GPT) -> None:
+    """Recompute each block's activations in the backward pass instead of keeping them.
+
+    The block's forward is wrapped in place, so parameter names (and so checkpoints) are the
+    same with and without it.
+    """
+    for block in model.blocks:
+        block.forward = partial(checkpoint, block.forward, use_reentrant=False)
+
+
+def parallelize(model: GPT, config: TrainConfig, device: torch.device) -> nn.Module:
+    """The module the training step calls; ``model`` itself stays the one to save and count."""
+    if config.grad_ckpt:
+        apply_activation_checkpointing(model)
+    trained: nn.Module = torch.compile(model) if config.compile else model
+    if config.mode == "baseline":
+        trained = DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None)
+    return trained

@@ -1,0 +1,154 @@
+"""The per-rank result file, ``rank-<k>.json``: its schema and how it is written.
+
+Every process of a run writes one, whether the run completed, failed or ran out of memory,
+so a report can tell "slow" from "broken" from "never ran". The pydantic model below is the
+schema; ``hpml_core/schemas/rank_file.schema.json`` is its JSON Schema export for other tools
+(``python -m hpml_core.rank_file`` regenerates it, and a test keeps the two in step).
+
+Throughput counts every token once: the tokens of one data-parallel replica are shared by its
+tensor-parallel ranks, so a rank's share is (batch × seq_len) / tp_size, and the run's figure
+is the global batch's tokens over the slowest rank's median step time.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hpml_core.atomic import atomic_write, atomic_write_json
+from hpml_core.config import TrainConfig
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "rank_file.schema.json"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Versions(_Strict):
+    python: str
+    torch: str
+    deepspeed: str | None
+    transformers: str | None
+    cuda: str | None = Field(description="CUDA version torch was built with; null on a CPU build")
+
+
+class Slurm(_Strict):
+    job_id: str | None
+    array_job_id: str | None
+    array_task_id: str | None
+    node_list: str | None
+
+
+class ModelInfo(_Strict):
+    name: str
+    n_layer: int
+    n_head: int
+    n_embd: int
+    vocab_size: int = Field(description="padded to a multiple of 128")
+    seq_len: int
+    params_total: int
+    params_non_embedding: int = Field(description="without token and position embeddings (Kaplan et al.)")
+    params_matmul: int = Field(description="N of the FLOP formula: weights multiplying activations")
+
+
+class Throughput(_Strict):
+    timing: str = Field(description="what one step time measures")
+    timed_steps: int
+    step_times_s: list[float]
+    step_time_median_s: float
+    step_time_mean_s: float
+    run_step_time_median_s: float = Field(description="the slowest rank's median: the run goes at its pace")
+    tokens_per_step: int = Field(description="whole run, each token once")
+    samples_per_step: int = Field(description="whole run (global batch)")
+    rank_tokens_per_s: float = Field(description="this rank's share: its replica's tokens / tp_size, per second")
+    rank_samples_per_s: float
+    run_tokens_per_s: float
+    run_samples_per_s: float
+
+
+class Flops(_Strict):
+    formula: str
+    n_params: int = Field(description="the N used in the formula")
+    flops_per_token: int
+    achieved_tflops_per_s: float = Field(description="model TFLOP/s per device: run total / world size")
+    peak_tflops_per_s: float | None
+    peak_source: str | None
+    mfu: float | None = Field(description="achieved / peak, a fraction in [0, 1]")
+    mfu_missing_reason: str | None
+
+
+class Memory(_Strict):
+    cuda_max_allocated_bytes: int | None
+    cuda_max_reserved_bytes: int | None
+    cpu_peak_rss_bytes: int = Field(description="the whole process's peak resident set")
+
+
+class Loss(_Strict):
+    start_step: int = Field(description="index of the first step this process ran (non-zero after --resume)")
+    values: list[float] = Field(description="one per step run by this process")
+    averaged_over_dp: bool = Field(description="true: the mean over data-parallel ranks; false (a failed run): this rank's own")
+
+
+class RankFile(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    run_id: str
+    status: Literal["completed", "failed", "oom"]
+    error: str | None = Field(description="what went wrong, when status is not completed")
+    config: TrainConfig
+    mode: str
+    world_size: int
+    dp_size: int
+    tp_size: int
+    rank: int
+    local_rank: int
+    dp_rank: int
+    tp_rank: int
+    launcher: str
+    hostname: str
+    device_type: str
+    device_name: str
+    versions: Versions
+    slurm: Slurm | None
+    model: ModelInfo
+    batch_size: int = Field(description="samples per data-parallel rank per step")
+    global_batch: int
+    total_steps: int
+    steps_completed: int
+    resumed_from_step: int | None
+    started_at: str
+    finished_at: str
+    wall_time_s: float
+    throughput: Throughput | None = Field(description="null unless the run completed its timed steps")
+    flops: Flops | None
+    memory: Memory
+    loss: Loss
+
+
+def rank_file_path(out: Path, rank: int) -> Path:
+    return out / f"rank-{rank}.json"
+
+
+def write(out: Path, record: RankFile) -> Path:
+    path = rank_file_path(out, record.rank)
+    atomic_write_json(path, record.model_dump(mode="json"))
+    return path
+
+
+def read(path: Path) -> RankFile:
+    return RankFile.model_validate_json(path.read_text())
+
+
+def json_schema() -> dict:
+    return RankFile.model_json_schema()
+
+
+if __name__ == "__main__":
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    atomic_write(SCHEMA_PATH, lambda f: f.write(text.encode()))
+    print(f"wrote {SCHEMA_PATH}", file=sys.stderr)
