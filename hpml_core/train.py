@@ -198,7 +198,7 @@ class Trainer:
             if timed:
                 self.timer.stop()
             done = step + 1
-            if config.checkpoint_every and done % config.checkpoint_every == 0 and done < plan.total_steps:
+            if config.checkpoint_every and done % config.checkpoint_every == 0:
                 self.save_checkpoint(done)
             if done % report_every == 0 or done == plan.total_steps:
                 _log(plan, f"step {done}/{plan.total_steps}  {time.perf_counter() - started:.1f} s")

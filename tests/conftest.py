@@ -1,0 +1,57 @@
+"""Shared fixtures: real WikiText-2 text from ../shared, tokenized once per test session, and
+a helper that runs the engine the way a user would (a subprocess, or torchrun)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("HPML_SHARED", REPO.parent / "shared"))
+WIKITEXT = SHARED / "data" / "wikitext-2"
+
+
+@pytest.fixture(scope="session")
+def wikitext_valid() -> Path:
+    path = WIKITEXT / "valid.txt"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: the tests read real WikiText-2 text from ../shared (or $HPML_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def token_data(tmp_path_factory, wikitext_valid) -> Path:
+    """WikiText-2 valid tokenized with a 512-token BPE trained on it: small vocabulary, tiny model."""
+    from hpml_core import data
+
+    out = tmp_path_factory.mktemp("data") / "wikitext-2"
+    assert data.main(["prepare", "--files", str(wikitext_valid), "--tokenizer", "train",
+                      "--vocab-size", "512", "--out", str(out)]) == 0
+    return out
+
+
+def engine(args: list[str], nproc: int = 1, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python -m hpml_core.train`` alone, or under torchrun with ``nproc`` ranks."""
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "hpml_core.train", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "hpml_core.train", *args]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def rank_files(out: Path) -> dict[int, dict]:
+    return {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json"))}
+
+
+def losses(out: Path, rank: int = 0) -> list[float]:
+    return rank_files(out)[rank]["loss"]["values"]

@@ -1,0 +1,70 @@
+"""Bad input: one line naming the flag or file, exit status 2, and no rank file written."""
+
+import shutil
+
+import pytest
+
+from tests.conftest import engine
+
+
+def refused(args, tmp_path, env=None):
+    out = tmp_path / "run"
+    proc = engine([*args, "--out", str(out)], env=env, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert not out.exists()  # refused before anything is written
+    return lines[0]
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--batch-size", "0"], "--batch-size"),
+    (["--model", "gpt5"], "--model"),
+    (["--precision", "fp8"], "--precision"),
+    (["--seq-len", "4096"], "--seq-len"),
+    (["--steps", "2", "--warmup-steps", "2"], "--steps"),
+    (["--tp-size", "2"], "--tp-size"),  # tensor parallelism in a single process
+])
+def test_bad_flag_values_are_refused(args, flag, tmp_path, token_data):
+    line = refused(["--test", "--data", str(token_data), *args], tmp_path)
+    assert flag in line
+
+
+def test_tp_size_that_does_not_divide_the_world_is_refused_before_any_process_group(tmp_path, token_data):
+    # Exactly what torchrun --nproc_per_node=4 gives rank 0; nobody listens on the port, so
+    # reaching init_process_group would hang or fail differently.
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "9"}
+    line = refused(["--test", "--data", str(token_data), "--mode", "hybrid", "--tp-size", "3"], tmp_path, env)
+    assert "--tp-size" in line and "3" in line and "4" in line
+
+
+def test_missing_data_folder_is_named(tmp_path):
+    line = refused(["--test", "--data", str(tmp_path / "no-such-data")], tmp_path)
+    assert "--data" in line and "no-such-data" in line
+
+
+def test_missing_data_flag_is_named(tmp_path):
+    assert "--data" in refused(["--test"], tmp_path)
+
+
+def test_corrupt_checkpoint_is_refused_and_the_run_folder_is_left_alone(tmp_path, token_data):
+    out = tmp_path / "run"
+    args = ["--test", "--data", str(token_data), "--steps", "4", "--warmup-steps", "1"]
+    engine([*args, "--checkpoint-every", "2", "--out", str(out)])
+    state = next((out / "checkpoints").glob("step-*/state.pt"))
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # a write cut short
+    before = (out / "rank-0.json").read_bytes()
+    proc = engine([*args, "--steps", "6", "--resume", "--out", str(out)], check=False)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--resume" in proc.stderr and "unreadable" in proc.stderr
+    assert (out / "rank-0.json").read_bytes() == before
+
+
+def test_checkpoint_from_another_configuration_is_refused(tmp_path, token_data):
+    out = tmp_path / "run"
+    engine(["--test", "--data", str(token_data), "--steps", "4", "--warmup-steps", "1", "--checkpoint-every", "2",
+            "--out", str(out)])
+    shutil.rmtree(out / "checkpoints" / "step-00000002", ignore_errors=True)  # latest is step 4
+    proc = engine(["--test", "--data", str(token_data), "--steps", "8", "--warmup-steps", "1", "--batch-size", "3",
+                   "--resume", "--out", str(out)], check=False)
+    assert proc.returncode == 2 and "--batch-size" in proc.stderr

@@ -1,0 +1,44 @@
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from hpml_core.flops import lookup_peak, training_flops_per_token
+from hpml_core.model import GPT, model_dims, next_token_loss
+
+
+@pytest.mark.parametrize("batch,seq_len", [(2, 64), (3, 40)])
+def test_formula_equals_pytorch_flop_counter_on_a_training_step(batch, seq_len):
+    """The PaLM formula counts exactly the matmul FLOPs of one forward+backward.
+
+    Eager attention, because on the CPU the flop counter sees SDPA's attention as zero.
+    """
+    torch.manual_seed(0)
+    dims = model_dims("tiny", 512)
+    model = GPT(dims, attn="eager")
+    idx = torch.randint(0, dims.vocab_size, (batch, seq_len))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        next_token_loss(model(idx), idx).backward()
+    assert counter.get_total_flops() == training_flops_per_token(dims, seq_len) * batch * seq_len
+
+
+@pytest.mark.parametrize("name,precision,peak", [
+    ("NVIDIA A100-SXM4-80GB", "bf16", 312.0),
+    ("NVIDIA A100-PCIE-40GB", "fp16", 312.0),
+    ("NVIDIA A100-SXM4-40GB", "fp32", 19.5),
+    ("NVIDIA H100 80GB HBM3", "bf16", 989.0),
+    ("NVIDIA H100 PCIe", "bf16", 756.0),
+    ("NVIDIA H100 NVL", "bf16", 835.0),
+    ("NVIDIA H200", "bf16", 989.0),
+])
+def test_known_gpus_have_their_data_sheet_peak(name, precision, peak):
+    found = lookup_peak("cuda", name, precision)
+    assert (found.tflops, found.missing_reason) == (peak, None)
+    assert found.source
+
+
+@pytest.mark.parametrize("device_type,name", [("cuda", "Tesla T4"), ("cuda", "NVIDIA A10G"), ("cpu", "AMD EPYC")])
+def test_unknown_gpu_or_cpu_gives_no_peak_and_a_reason(device_type, name):
+    found = lookup_peak(device_type, name, "bf16")
+    assert found.tflops is None and found.source is None
+    assert name in found.missing_reason

@@ -1,0 +1,61 @@
+"""Rank discovery from the launchers' environments, and a real two-process run launched the
+way srun launches it (SLURM_* variables only, no torchrun)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hpml_core.config import parse_args
+from hpml_core.launch import detect, first_host
+from tests.conftest import REPO, losses, rank_files
+
+
+@pytest.mark.parametrize("nodelist,host", [
+    ("gr001", "gr001"), ("gr[012-015,020]", "gr012"), ("gpu[7,9],cpu1", "gpu7"), ("a-b[03-04]", "a-b03"),
+])
+def test_first_host_of_a_slurm_node_list(nodelist, host):
+    assert first_host(nodelist) == host
+
+
+def test_torchrun_variables_win_over_slurm():
+    env = detect({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "1234",
+                  "TORCHELASTIC_RUN_ID": "x", "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "2", "SLURM_JOB_NODELIST": "n1"})
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port, env.launcher) == \
+        (3, 4, 1, "n1", 1234, "torchrun")
+
+
+def test_srun_task_variables():
+    env = detect({"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "4242",
+                  "SLURM_JOB_NODELIST": "gpu[03-06]", "SLURM_STEP_NODELIST": "gpu[04-05]"})
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.launcher) == (5, 8, 1, "gpu04", "srun")
+    assert env.master_port == 20000 + 4242
+
+
+def test_a_batch_script_without_srun_is_one_process():
+    env = detect({"SLURM_JOB_ID": "1", "SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_JOB_NODELIST": "n1"})
+    assert (env.rank, env.world_size, env.launcher) == (0, 1, "none")
+
+
+def test_deepspeed_launcher_local_rank_argument_is_accepted(token_data):
+    assert parse_args(["--local_rank=1", "--data", str(token_data)]).data == token_data
+
+
+def test_two_tasks_launched_like_srun_train_together(tmp_path, token_data):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "hpml_core.train", "--test", "--mode", "baseline", "--precision", "fp32",
+            "--batch-size", "2", "--steps", "4", "--warmup-steps", "1", "--data", str(token_data), "--out", str(out)]
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "MASTER_"))}
+    procs = [
+        subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={
+            **base, "OMP_NUM_THREADS": "1", "SLURM_JOB_ID": "777", "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
+            "SLURM_STEP_NUM_TASKS": "2", "SLURM_JOB_NODELIST": "localhost", "SLURM_STEP_NODELIST": "localhost"})
+        for rank in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    files = rank_files(out)
+    assert sorted(files) == [0, 1]
+    assert all(f["launcher"] == "srun" and f["slurm"]["job_id"] == "777" for f in files.values())
+    assert losses(out, 0) == losses(out, 1)

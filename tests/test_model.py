@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from hpml_core.model import GPT, PRESETS, model_dims, next_token_loss
+
+
+@pytest.mark.parametrize("name", ["tiny", "gpt2"])
+def test_analytic_parameter_counts_match_the_module(name):
+    dims = model_dims(name, 50257)
+    model = GPT(dims)
+    assert dims.params_total == sum(p.numel() for p in model.parameters())  # tied LM head counted once
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.lm_head)
+    assert dims.params_matmul == linear + model.wte.weight.numel()
+    assert dims.params_non_embedding == dims.params_total - model.wte.weight.numel() - model.wpe.weight.numel()
+
+
+def test_gpt2_large_is_the_774m_model():
+    dims = model_dims("gpt2-large", 50257)
+    assert (dims.n_layer, dims.n_embd, dims.n_head, dims.vocab_size) == (36, 1280, 20, 50304)
+    # GPT-2 Large has 774,030,080 parameters; padding 50257 -> 50304 rows adds 47 x 1280.
+    assert dims.params_total == 774_030_080 + 47 * 1280
+    assert set(PRESETS) == {"tiny", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"}
+
+
+def test_sdpa_and_eager_attention_compute_the_same_function():
+    torch.manual_seed(0)
+    sdpa = GPT(model_dims("tiny", 512), attn="sdpa")
+    eager = GPT(model_dims("tiny", 512), attn="eager")
+    eager.load_state_dict(sdpa.state_dict())
+    idx = torch.randint(0, 512, (2, 32))
+    torch.testing.assert_close(sdpa(idx), eager(idx), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_is_causal():
+    torch.manual_seed(0)
+    model = GPT(model_dims("tiny", 512))
+    idx = torch.randint(0, 512, (1, 16))
+    changed = idx.clone()
+    changed[0, 10:] = (changed[0, 10:] + 1) % 512
+    torch.testing.assert_close(model(idx)[:, :10], model(changed)[:, :10])
+
+
+def test_loss_of_an_untrained_model_is_near_uniform():
+    torch.manual_seed(0)
+    model = GPT(model_dims("tiny", 512))
+    idx, targets = torch.randint(0, 512, (2, 4, 32))
+    loss = next_token_loss(model(idx), targets)
+    assert abs(loss.item() - torch.log(torch.tensor(512.0)).item()) < 0.1

@@ -1,0 +1,115 @@
+"""End-to-end runs of the engine: one process, and DDP under torchrun (gloo on the CPU)."""
+
+import json
+import math
+import statistics
+
+import jsonschema
+import pytest
+
+from hpml_core import rank_file
+from tests.conftest import engine, losses, rank_files
+
+# fp32 and SGD-free AdamW; 8 steps of which 2 warm-up; a global batch of 4 sequences of 64 tokens.
+COMMON = ["--test", "--precision", "fp32", "--steps", "8", "--warmup-steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory, token_data):
+    out = tmp_path_factory.mktemp("single") / "run"
+    engine([*COMMON, "--data", str(token_data), "--out", str(out), "--batch-size", "4"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, token_data):
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    engine([*COMMON, "--mode", "baseline", "--data", str(token_data), "--out", str(out), "--batch-size", "2"], nproc=2)
+    return out
+
+
+def test_single_run_writes_a_schema_valid_rank_file(single_run):
+    files = rank_files(single_run)
+    assert list(files) == [0]
+    record = files[0]
+    jsonschema.validate(record, json.loads(rank_file.SCHEMA_PATH.read_text()))
+    rank_file.read(single_run / "rank-0.json")  # the typed model accepts it too
+    assert record["status"] == "completed" and record["error"] is None
+    assert record["run_id"] == "run" and record["config"]["steps"] == 8
+    assert (record["world_size"], record["dp_size"], record["tp_size"]) == (1, 1, 1)
+    assert record["steps_completed"] == record["total_steps"] == 8 and len(record["loss"]["values"]) == 8
+    assert record["versions"]["torch"] and record["versions"]["deepspeed"] == "0.19.8"
+    assert record["slurm"] is None
+
+
+def test_throughput_and_flops_figures_follow_from_the_step_times(single_run):
+    record = rank_files(single_run)[0]
+    t = record["throughput"]
+    assert t["timed_steps"] == len(t["step_times_s"]) == 6  # 8 steps less 2 warm-up
+    assert t["step_time_median_s"] == pytest.approx(statistics.median(t["step_times_s"]))
+    assert t["tokens_per_step"] == 4 * 64 and t["samples_per_step"] == 4
+    assert t["run_tokens_per_s"] == pytest.approx(4 * 64 / t["run_step_time_median_s"])
+    assert t["rank_tokens_per_s"] == pytest.approx(t["run_tokens_per_s"])  # one rank: all of it
+    f = record["flops"]
+    m = record["model"]
+    assert f["n_params"] == m["params_matmul"]
+    assert f["flops_per_token"] == 6 * m["params_matmul"] + 12 * m["n_layer"] * m["n_embd"] * 64
+    assert f["achieved_tflops_per_s"] == pytest.approx(f["flops_per_token"] * t["run_tokens_per_s"] / 1e12)
+    # A CPU has no peak to compare with: MFU is missing, with the reason, never guessed.
+    assert f["mfu"] is None and f["peak_tflops_per_s"] is None and "cpu" in f["mfu_missing_reason"]
+    assert record["memory"]["cpu_peak_rss_bytes"] > 50e6 and record["memory"]["cuda_max_allocated_bytes"] is None
+
+
+def test_ddp_losses_equal_the_single_process_run(single_run, ddp_run):
+    files = rank_files(ddp_run)
+    assert sorted(files) == [0, 1]
+    for rank, record in files.items():
+        assert record["status"] == "completed" and record["rank"] == rank and record["dp_rank"] == rank
+        assert (record["mode"], record["world_size"], record["dp_size"], record["global_batch"]) == ("baseline", 2, 2, 4)
+        assert record["launcher"] == "torchrun"
+    single = losses(single_run)
+    for rank in (0, 1):
+        assert losses(ddp_run, rank) == pytest.approx(single, abs=1e-5)
+    assert single[-1] < single[0]  # it learns
+
+
+def test_ddp_counts_each_token_once(ddp_run):
+    files = rank_files(ddp_run)
+    run_rates = {r["throughput"]["run_tokens_per_s"] for r in files.values()}
+    assert len(run_rates) == 1  # every rank reports the same run figure (the slowest rank's pace)
+    t = files[0]["throughput"]
+    assert t["tokens_per_step"] == 4 * 64  # global batch, not world x global batch
+    assert t["run_tokens_per_s"] == pytest.approx(4 * 64 / t["run_step_time_median_s"])
+    for record in files.values():
+        own = record["throughput"]
+        assert own["rank_tokens_per_s"] == pytest.approx(2 * 64 / own["step_time_median_s"])
+        assert own["run_step_time_median_s"] == max(r["throughput"]["step_time_median_s"] for r in files.values())
+
+
+def test_activation_checkpointing_does_not_change_the_training(tmp_path, token_data, single_run):
+    out = tmp_path / "ckpt"
+    engine([*COMMON, "--data", str(token_data), "--out", str(out), "--batch-size", "4", "--grad-ckpt"])
+    assert losses(out) == pytest.approx(losses(single_run), abs=1e-6)
+
+
+def test_resumed_run_continues_with_the_same_losses(tmp_path, token_data):
+    """2K steps in one go equal K steps, then K more resumed from the checkpoint (DDP, fp16 loss scaling)."""
+    args = ["--test", "--precision", "fp16", "--warmup-steps", "1", "--mode", "baseline", "--batch-size", "2",
+            "--data", str(token_data)]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    engine([*args, "--steps", "6", "--out", str(whole)], nproc=2)
+    engine([*args, "--steps", "3", "--checkpoint-every", "3", "--out", str(split)], nproc=2)
+    first_half = losses(split)
+    assert json.loads((split / "checkpoints" / "latest.json").read_text())["step"] == 3
+    engine([*args, "--steps", "6", "--resume", "--out", str(split)], nproc=2)
+    record = rank_files(split)[0]
+    assert record["resumed_from_step"] == 3 and record["loss"]["start_step"] == 3
+    assert first_half + record["loss"]["values"] == losses(whole)
+    assert all(math.isfinite(v) for v in losses(whole))
+
+
+def test_resume_without_a_checkpoint_starts_from_step_zero(tmp_path, token_data, single_run):
+    out = tmp_path / "fresh"
+    engine([*COMMON, "--data", str(token_data), "--out", str(out), "--batch-size", "4", "--resume"])
+    record = rank_files(out)[0]
+    assert record["resumed_from_step"] is None and losses(out) == losses(single_run)
