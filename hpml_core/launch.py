@@ -71,9 +71,12 @@ def detect(environ: Mapping[str, str] = os.environ) -> ProcessEnv:
 
 
 def select_device(env: ProcessEnv) -> torch.device:
+    """The GPU of this local rank; when a launcher gives each task one visible GPU (srun
+    --gpus-per-task=1), that GPU whatever the local rank."""
     if torch.cuda.is_available():
-        torch.cuda.set_device(env.local_rank)
-        return torch.device("cuda", env.local_rank)
+        index = env.local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
 
 
