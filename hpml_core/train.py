@@ -173,7 +173,8 @@ class Trainer:
 
     def step(self, step: int) -> torch.Tensor:
         x, y = self.plan.batches.batch(step)
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":  # pinned, so the copy overlaps with the previous step's work
+            x, y = x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         with self.autocast:
             loss = next_token_loss(self.trained(x), y)
         self.scaler.scale(loss).backward()
@@ -213,10 +214,10 @@ class Trainer:
     def loss_values(self, completed: bool) -> list[float]:
         """Per-step losses, read from the device once; averaged over data-parallel ranks (one
         collective for the whole run) when every rank is known to be alive."""
-        if not self.losses:
-            return []
+        if not completed:  # one scalar at a time: after an out-of-memory error even a stack may fail
+            return [loss.item() for loss in self.losses]
         losses = torch.stack(self.losses).float()
-        if completed and dist.is_initialized():
+        if dist.is_initialized():
             dist.all_reduce(losses)  # tensor-parallel ranks hold equal losses, so the world mean is the DP mean
             losses /= dist.get_world_size()
         return losses.cpu().tolist()

@@ -3,14 +3,17 @@
 import json
 import math
 import statistics
+import subprocess
+import sys
+from pathlib import Path
 
 import jsonschema
 import pytest
 
 from hpml_core import rank_file
-from tests.conftest import engine, losses, rank_files
+from tests.conftest import REPO, engine, losses, rank_files
 
-# fp32 and SGD-free AdamW; 8 steps of which 2 warm-up; a global batch of 4 sequences of 64 tokens.
+# fp32 AdamW; 8 steps of which 2 warm-up; a global batch of 4 sequences of 64 tokens.
 COMMON = ["--test", "--precision", "fp32", "--steps", "8", "--warmup-steps", "2"]
 
 
@@ -113,3 +116,22 @@ def test_resume_without_a_checkpoint_starts_from_step_zero(tmp_path, token_data,
     engine([*COMMON, "--data", str(token_data), "--out", str(out), "--batch-size", "4", "--resume"])
     record = rank_files(out)[0]
     assert record["resumed_from_step"] is None and losses(out) == losses(single_run)
+
+
+def test_deepspeed_launcher_runs_the_same_ddp_training(tmp_path, token_data, ddp_run):
+    out = tmp_path / "ds"
+    launcher = Path(sys.executable).parent / "deepspeed"
+    proc = subprocess.run([str(launcher), "--num_gpus", "2", "--module", "hpml_core.train", *COMMON, "--mode", "baseline",
+                           "--data", str(token_data), "--out", str(out), "--batch-size", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(rank_files(out)) == [0, 1]
+    # The deepspeed launcher leaves OMP_NUM_THREADS alone, unlike torchrun, so CPU kernels may
+    # sum in another order: equal up to float32 rounding.
+    assert losses(out, 1) == pytest.approx(losses(ddp_run, 1), abs=1e-5)
+
+
+def test_compiled_model_trains_the_same(tmp_path, token_data, single_run):
+    out = tmp_path / "compiled"
+    engine([*COMMON, "--data", str(token_data), "--out", str(out), "--batch-size", "4", "--compile"])
+    assert losses(out) == pytest.approx(losses(single_run), abs=1e-5)
