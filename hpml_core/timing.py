@@ -4,7 +4,9 @@ On CUDA, each timed step records a start and an end event on the current stream 
 host carries on; all events are read once, after the last step, with a single synchronise.
 On the CPU the work is synchronous, so the wall clock at the same two points is the step
 time. Either way a step's time runs from fetching its batch to the end of its optimizer
-update; what happens between steps (checkpoints, progress lines) is left out.
+update; what happens between steps (checkpoints, progress lines) is left out. The only
+host-device synchronisation inside a step is fp16's: the loss scaler must read whether the
+gradients overflowed before it can decide to skip the update.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -267,7 +267,7 @@ def train(plan: Plan) -> int:
         launch.init_process_group(plan.env, device)
     run_id, out = run_identity(plan.config, plan.env)
     config = plan.config.model_copy(update={"run_id": run_id, "out": out, "steps": plan.total_steps})
-    plan = Plan(**{**plan.__dict__, "config": config})
+    plan = replace(plan, config=config)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     _log(plan, f"run {run_id}: {config.mode}, {config.model}, world {plan.env.world_size} (dp {plan.dp_size} x tp "
                f"{plan.tp_size}), batch {config.batch_size}/rank, {plan.total_steps} steps, {config.precision}, on {device_name}")
