@@ -52,6 +52,8 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(0, ge=0)
     checkpoint_dir: Path | None = None
     resume: bool = False
+    save_model: bool = False
+    zero_stage: Literal[3] | None = Field(None, description="ZeRO stage under --mode hybrid (3, the default there)")
     test: bool = False
 
 
@@ -94,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, help="save a checkpoint every N steps (0: never)")
     p.add_argument("--checkpoint-dir", type=Path, help="default <out>/checkpoints")
     p.add_argument("--resume", action="store_true", default=None, help="continue from the latest checkpoint if there is one")
+    p.add_argument("--save-model", action="store_true", default=None,
+                   help="write the trained weights, gathered whole, to <out>/model.pt")
+    p.add_argument("--zero-stage", type=int, help="ZeRO stage of --mode hybrid (allowed: 3, the default)")
     p.add_argument("--test", action="store_true", default=None, help="tiny model, short sequences, a few steps")
     # The deepspeed launcher appends --local_rank=N; the rank is read from the environment instead.
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
@@ -114,19 +119,27 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         raise UsageError(_flag(field), f"{first['msg']} (got {first.get('input')!r})") from None
 
 
-def check_layout(config: TrainConfig, world_size: int, n_head: int) -> tuple[int, int]:
+def check_layout(config: TrainConfig, world_size: int, local_world_size: int, n_head: int, vocab_size: int) -> tuple[int, int]:
     """Return (dp_size, tp_size) for this launch, or raise before any process group is made."""
     tp = config.tp_size
     if world_size % tp:
         raise UsageError("--tp-size", f"{tp} does not divide the world size {world_size}")
+    if local_world_size % tp:
+        raise UsageError("--tp-size", f"{tp} would span nodes: it must divide the {local_world_size} processes per node")
     if n_head % tp:
         raise UsageError("--tp-size", f"{tp} does not divide the {n_head} attention heads of {config.model}")
+    if vocab_size % tp:
+        raise UsageError("--tp-size", f"{tp} does not divide the padded vocabulary of {vocab_size}")
     if config.mode == "single" and world_size > 1:
         raise UsageError("--mode", f"single runs one process but {world_size} were launched; use baseline or hybrid")
-    if tp > 1 and config.mode != "hybrid":
-        raise UsageError("--tp-size", f"{tp} needs --mode hybrid (allowed: 1 with --mode {config.mode})")
-    if config.mode == "hybrid":
-        raise UsageError("--mode", "hybrid (ZeRO-3, tensor parallelism) is not available yet; allowed now: single, baseline")
+    if config.mode == "single" and tp > 1:
+        raise UsageError("--tp-size", f"{tp} needs several processes (--mode baseline or hybrid)")
+    if config.zero_stage is not None and config.mode != "hybrid":
+        raise UsageError("--zero-stage", f"ZeRO needs --mode hybrid; --mode {config.mode} is "
+                         f"{'DDP' if config.mode == 'baseline' else 'one process'}")
+    if (config.checkpoint_every or config.resume) and (tp > 1 or config.mode == "hybrid"):
+        flag = "--checkpoint-every" if config.checkpoint_every else "--resume"
+        raise UsageError(flag, "checkpoints are implemented for --mode single and baseline with --tp-size 1 only")
     if config.steps is not None and config.steps <= config.warmup_steps:
         raise UsageError("--steps", f"{config.steps} leaves no timed step after {config.warmup_steps} warm-up steps")
     return world_size // tp, tp

@@ -25,7 +25,8 @@ class ProcessEnv:
     world_size: int
     master_addr: str
     master_port: int
-    launcher: str  # "none", "torchrun", "env" (deepspeed and other RANK/WORLD_SIZE launchers) or "srun"
+    launcher: str
+    local_world_size: int = 1  # processes on this node  # "none", "torchrun", "env" (deepspeed and other RANK/WORLD_SIZE launchers) or "srun"
 
 
 def first_host(nodelist: str) -> str:
@@ -52,6 +53,7 @@ def detect(environ: Mapping[str, str] = os.environ) -> ProcessEnv:
             master_addr=environ.get("MASTER_ADDR", "127.0.0.1"),
             master_port=int(environ.get("MASTER_PORT", 29500)),
             launcher="torchrun" if "TORCHELASTIC_RUN_ID" in environ else "env",
+            local_world_size=int(environ.get("LOCAL_WORLD_SIZE", environ["WORLD_SIZE"])),
         )
     # srun sets SLURM_STEP_NUM_TASKS for the tasks of a job step; a batch script alone does
     # not, so `python -m hpml_core.train` typed inside an allocation stays a single process.
@@ -66,8 +68,10 @@ def detect(environ: Mapping[str, str] = os.environ) -> ProcessEnv:
             # A port derived from the job id, so concurrent jobs on one node do not collide.
             master_port=int(environ.get("MASTER_PORT") or 20000 + job_id % 20000),
             launcher="srun",
+            # e.g. "4" or "4(x2)": tasks on each node of the step
+            local_world_size=int(re.match(r"\d+", environ.get("SLURM_STEP_TASKS_PER_NODE", "1")).group()),
         )
-    return ProcessEnv(0, 0, 1, "127.0.0.1", _free_port(), "none")
+    return ProcessEnv(0, 0, 1, "127.0.0.1", _free_port(), "none", 1)
 
 
 def select_device(env: ProcessEnv) -> torch.device:

@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from transformers import GPT2Config
 
 # Architecture presets, given as GPT2Config keyword arguments. The four GPT-2 sizes are the
-# published ones (gpt2-large: 36 layers, width 1280, 20 heads); "tiny" is ours, for tests.
+# published ones (gpt2-large: 36 layers, width 1280, 20 heads, 1024 positions); "tiny" is ours,
+# for tests, with 256 positions so that its position table does not outweigh its blocks.
 PRESETS: dict[str, dict[str, int]] = {
-    "tiny": dict(n_layer=2, n_head=4, n_embd=64),
+    "tiny": dict(n_layer=2, n_head=4, n_embd=64, n_positions=256),
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
     "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),

@@ -89,6 +89,19 @@ class Memory(_Strict):
     cpu_peak_rss_bytes: int = Field(description="the whole process's peak resident set")
 
 
+class ModelState(_Strict):
+    """Parameters, gradients and optimizer state this rank holds (see hpml_core.accounting)."""
+
+    param_elements_local: int = Field(description="parameter elements this rank stores (its TP shard, its ZeRO partition)")
+    full_params_resident: int = Field(description="parameters held whole outside forward/backward (0 under ZeRO-3)")
+    params_bytes: int
+    grads_bytes: int
+    optimizer_bytes: int = Field(description="optimizer moments, and fp32 master weights where they are separate")
+    total_bytes: int
+    expected_bytes: int
+    expectation: str = Field(description="how expected_bytes was computed")
+
+
 class Loss(_Strict):
     start_step: int = Field(description="index of the first step this process ran (non-zero after --resume)")
     values: list[float] = Field(description="one per step run by this process")
@@ -127,6 +140,7 @@ class RankFile(_Strict):
     throughput: Throughput | None = Field(description="null unless the run completed its timed steps")
     flops: Flops | None
     memory: Memory
+    model_state: ModelState | None = Field(description="null unless the run completed")
     loss: Loss
 
 

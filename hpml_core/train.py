@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from contextlib import nullcontext
+from functools import partial
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,12 +27,13 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from hpml_core import checkpoint, flops, launch
+from hpml_core import accounting, checkpoint, export, flops, launch, tensor_parallel, zero
 from hpml_core import rank_file as rf
 from hpml_core.config import TrainConfig, check_layout, parse_args
 from hpml_core.data import TokenBatches, TokenData
 from hpml_core.errors import EXIT_FAILED, EXIT_OOM, EXIT_USAGE, UsageError
 from hpml_core.memory import peak_memory
+from hpml_core.mesh import Mesh, build_mesh, grid_position
 from hpml_core.model import GPT, ModelDims, model_dims, next_token_loss
 from hpml_core.parallelize import parallelize
 from hpml_core.timing import StepTimer
@@ -53,12 +55,12 @@ class Plan:
     resume_state: dict | None
 
     @property
-    def dp_rank(self) -> int:  # tensor-parallel groups are adjacent ranks
-        return self.env.rank // self.tp_size
+    def dp_rank(self) -> int:
+        return grid_position(self.env.rank, self.tp_size)[0]
 
     @property
     def tp_rank(self) -> int:
-        return self.env.rank % self.tp_size
+        return grid_position(self.env.rank, self.tp_size)[1]
 
 
 def make_plan(argv: list[str] | None, env: launch.ProcessEnv) -> Plan:
@@ -67,8 +69,10 @@ def make_plan(argv: list[str] | None, env: launch.ProcessEnv) -> Plan:
     dims = model_dims(config.model, data.vocab_size)
     if config.seq_len > dims.n_positions:
         raise UsageError("--seq-len", f"{config.seq_len} exceeds the {dims.n_positions} positions of {config.model}")
-    dp_size, tp_size = check_layout(config, env.world_size, dims.n_head)
-    batches = TokenBatches(data, config.seq_len, config.batch_size, dp_size, env.rank // tp_size, config.seed)
+    dp_size, tp_size = check_layout(config, env.world_size, env.local_world_size, dims.n_head, dims.vocab_size)
+    if config.mode == "hybrid" and config.zero_stage is None:
+        config = config.model_copy(update={"zero_stage": 3})
+    batches = TokenBatches(data, config.seq_len, config.batch_size, dp_size, grid_position(env.rank, tp_size)[0], config.seed)
     if batches.steps_per_epoch() == 0:
         raise UsageError("--batch-size", f"the global batch {batches.global_batch} exceeds the "
                          f"{batches.num_samples} samples of {config.data} at --seq-len {config.seq_len}")
@@ -155,36 +159,64 @@ def _log(plan: Plan, message: str) -> None:
 
 
 class Trainer:
-    def __init__(self, plan: Plan, device: torch.device, run_id: str, out: Path):
-        self.plan, self.device, self.run_id, self.out = plan, device, run_id, out
+    """Builds the parallel model and runs the steps. Three ways to train one model:
+    plain PyTorch (single process, DDP, tensor parallelism, DP×TP with DDP over the DP group),
+    and DeepSpeed's ZeRO-3 engine (hybrid, with or without TP inside)."""
+
+    def __init__(self, plan: Plan, device: torch.device, mesh: Mesh, run_id: str, out: Path):
+        self.plan, self.device, self.mesh, self.run_id, self.out = plan, device, mesh, run_id, out
         config = plan.config
-        torch.manual_seed(config.seed)  # every rank builds the same initial model
+        torch.manual_seed(config.seed)  # every rank builds the same full model, then keeps its shard
         with device:
             self.model = GPT(plan.dims, attn=config.attn)
-        self.trained = parallelize(self.model, config, device)
+        self.loss_fn = next_token_loss
+        if mesh.tp_size > 1:
+            tensor_parallel.apply_tensor_parallel(self.model, mesh)
+            self.loss_fn = partial(tensor_parallel.vocab_parallel_cross_entropy, group=mesh.tp_group,
+                                   vocab_start=self.model.wte.start)
+        self.trained = parallelize(self.model, config, device, mesh)
         self.optimizer = build_optimizer(self.model, config, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        self.engine = zero.initialize(self.trained, self.optimizer, config, mesh, out) if config.mode == "hybrid" else None
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16" and not self.engine)
         dtype = AUTOCAST_DTYPES[config.precision]
-        self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+        # DeepSpeed casts the model to bf16/fp16 itself; PyTorch runs keep fp32 weights under autocast.
+        self.autocast = torch.autocast(device.type, dtype=dtype) if dtype and not self.engine else nullcontext()
         self.start_step = checkpoint.restore(plan.resume_state, self.model, self.optimizer, self.scaler) \
             if plan.resume_state else 0
         self.losses: list[torch.Tensor] = []
         self.timer = StepTimer(device)
+        self.model_state: dict | None = None
 
-    def step(self, step: int) -> torch.Tensor:
+    def step(self, step: int, measure: bool = False) -> torch.Tensor:
         x, y = self.plan.batches.batch(step)
         if self.device.type == "cuda":  # pinned, so the copy overlaps with the previous step's work
             x, y = x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        if self.engine:  # DeepSpeed: loss scaling, clipping and the update happen inside
+            loss = self.loss_fn(self.engine(x), y)
+            self.engine.backward(loss)
+            self.engine.step()
+            if measure:
+                self.model_state = accounting.measure_zero3(self.engine)
+            return loss.detach()
         with self.autocast:
-            loss = next_token_loss(self.trained(x), y)
+            loss = self.loss_fn(self.trained(x), y)
         self.scaler.scale(loss).backward()
         if self.plan.config.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.plan.config.grad_clip)
+            self.clip_gradients()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if measure:
+            self.model_state = accounting.measure_torch(self.model, self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
+
+    def clip_gradients(self) -> None:
+        params = list(self.model.parameters())
+        if self.mesh.tp_size > 1:
+            tensor_parallel.clip_grad_norm_(params, self.plan.config.grad_clip, self.mesh.tp_group)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, self.plan.config.grad_clip)
 
     def run(self) -> None:
         plan, config = self.plan, self.plan.config
@@ -195,7 +227,7 @@ class Trainer:
             timed = step >= first_timed
             if timed:
                 self.timer.start()
-            self.losses.append(self.step(step))
+            self.losses.append(self.step(step, measure=step == plan.total_steps - 1))
             if timed:
                 self.timer.stop()
             done = step + 1
@@ -260,11 +292,20 @@ def flops_record(plan: Plan, device_type: str, device_name: str, run_tokens_per_
     )
 
 
+def model_state_record(plan: Plan, measured: dict) -> rf.ModelState:
+    replicated = tensor_parallel.replicated_param_count(plan.dims) if plan.tp_size > 1 else 0
+    expected, how = accounting.expected_bytes(plan.config, plan.dims.params_total - replicated, replicated,
+                                              plan.tp_size, plan.dp_size)
+    total = measured["params_bytes"] + measured["grads_bytes"] + measured["optimizer_bytes"]
+    return rf.ModelState(**measured, total_bytes=total, expected_bytes=expected, expectation=how)
+
+
 def train(plan: Plan) -> int:
     started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
     device = launch.select_device(plan.env)
     if plan.config.mode != "single":
         launch.init_process_group(plan.env, device)
+    mesh = build_mesh(device, plan.env.world_size, plan.env.rank, plan.tp_size)
     run_id, out = run_identity(plan.config, plan.env)
     config = plan.config.model_copy(update={"run_id": run_id, "out": out, "steps": plan.total_steps})
     plan = replace(plan, config=config)
@@ -274,9 +315,11 @@ def train(plan: Plan) -> int:
 
     status, error, throughput, trainer = "completed", None, None, None
     try:
-        trainer = Trainer(plan, device, run_id, out)
+        trainer = Trainer(plan, device, mesh, run_id, out)
         trainer.run()
         throughput = trainer.throughput()
+        if config.save_model:
+            export.save_full_model(trainer.model, mesh, trainer.engine, out, plan.env.rank)
     except Exception as exc:  # recorded in the rank file; the exit status says it failed
         status = "oom" if is_out_of_memory(exc) else "failed"
         error = f"{type(exc).__name__}: {exc}".strip()
@@ -305,6 +348,7 @@ def train(plan: Plan) -> int:
         throughput=throughput,
         flops=flops_record(plan, device.type, device_name, throughput.run_tokens_per_s) if throughput else None,
         memory=rf.Memory(**peak_memory(device)),
+        model_state=model_state_record(plan, trainer.model_state) if throughput and trainer.model_state else None,
         loss=rf.Loss(start_step=start_step, values=losses, averaged_over_dp=status == "completed"),
     )
     path = rf.write(out, record)

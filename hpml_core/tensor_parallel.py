@@ -1,0 +1,215 @@
+"""Megatron-style tensor parallelism, applied to the plain GPT from outside.
+
+Each block's attention QKV and MLP up-projection become ``ColumnParallelLinear`` (each rank
+keeps a slice of the output features: whole heads of q, k and v, a quarter of the MLP...),
+and the attention output and MLP down-projection become ``RowParallelLinear`` (each rank
+multiplies its slice of the input features and the partial sums are all-reduced). So a block
+costs two all-reduces forward and two backward, through two conjugate autograd functions:
+
+- ``copy_to_tp``: identity forward, all-reduce of the gradient backward (where a replicated
+  activation enters a column-parallel layer, each rank holds only its part of the gradient);
+- ``reduce_from_tp``: all-reduce forward, identity backward (partial sums of a row-parallel
+  layer).
+
+The token embedding and the LM head tied to it are vocabulary-parallel: each rank holds
+vocab_size / tp rows, looks up the ids in its range, and computes the cross-entropy over the
+full vocabulary from its slice of the logits without ever gathering them
+(``vocab_parallel_cross_entropy``). LayerNorms, the position embedding and the biases of
+row-parallel layers stay replicated; their gradients come out equal on every TP rank.
+
+``apply_tensor_parallel`` shards a full model built with the run's seed, so a TP run starts
+from exactly the weights of the unsharded one. Sharded parameters are marked
+``tensor_model_parallel = True`` so gradient-norm clipping (ours and DeepSpeed's) counts each
+of their elements once and each replicated parameter once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hpml_core.mesh import Mesh
+from hpml_core.model import GPT
+
+
+class _CopyToTP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class _ReduceFromTP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        x = x.contiguous()
+        dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def copy_to_tp(x: torch.Tensor, group) -> torch.Tensor:
+    return _CopyToTP.apply(x, group)
+
+
+def reduce_from_tp(x: torch.Tensor, group) -> torch.Tensor:
+    return _ReduceFromTP.apply(x, group)
+
+
+def _mark_sharded(param: nn.Parameter) -> nn.Parameter:
+    param.tensor_model_parallel = True
+    return param
+
+
+def _rows(weight: torch.Tensor, mesh: Mesh, parts: int = 1) -> torch.Tensor:
+    """This rank's slice of dim 0, taken from each of ``parts`` equal blocks (q, k and v)."""
+    return torch.cat([block.chunk(mesh.tp_size)[mesh.tp_rank] for block in weight.chunk(parts)]).clone()
+
+
+class ColumnParallelLinear(nn.Module):
+    """y_local = x @ W_local^T + b_local: this rank's slice of the output features."""
+
+    def __init__(self, full: nn.Linear, mesh: Mesh, parts: int = 1):
+        super().__init__()
+        self.group, self.parts = mesh.tp_group, parts
+        self.weight = _mark_sharded(nn.Parameter(_rows(full.weight.data, mesh, parts)))
+        self.bias = _mark_sharded(nn.Parameter(_rows(full.bias.data, mesh, parts)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(copy_to_tp(x, self.group), self.weight, self.bias)
+
+
+class RowParallelLinear(nn.Module):
+    """y = all-reduce(x_local @ W_local^T) + b: this rank's slice of the input features."""
+
+    def __init__(self, full: nn.Linear, mesh: Mesh):
+        super().__init__()
+        self.group = mesh.tp_group
+        self.weight = _mark_sharded(nn.Parameter(full.weight.data.chunk(mesh.tp_size, dim=1)[mesh.tp_rank].clone()))
+        self.bias = nn.Parameter(full.bias.data.clone())  # replicated: added once, after the reduction
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return reduce_from_tp(F.linear(x, self.weight), self.group) + self.bias
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Rows [start, start + vocab/tp) of the embedding; other ids contribute zeros to the sum."""
+
+    def __init__(self, full: nn.Embedding, mesh: Mesh):
+        super().__init__()
+        self.group = mesh.tp_group
+        self.weight = _mark_sharded(nn.Parameter(_rows(full.weight.data, mesh)))
+        self.start = mesh.tp_rank * self.weight.shape[0]
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        local = idx - self.start
+        outside = (local < 0) | (local >= self.weight.shape[0])
+        out = F.embedding(local.masked_fill(outside, 0), self.weight)
+        return reduce_from_tp(out.masked_fill(outside.unsqueeze(-1), 0.0), self.group)
+
+
+class VocabParallelLMHead(nn.Module):
+    """Logits for this rank's vocabulary slice, from the embedding slice it is tied to."""
+
+    def __init__(self, embedding: VocabParallelEmbedding):
+        super().__init__()
+        self.group = embedding.group
+        self.weight = embedding.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(copy_to_tp(x, self.group), self.weight)
+
+
+def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, group, vocab_start: int) -> torch.Tensor:
+    """Mean cross-entropy over the full vocabulary, from each rank's slice of the logits.
+
+    log-sum-exp and the target's logit are each assembled with one all-reduce; the max used
+    for numerical stability is a constant to autograd, which leaves the gradient exact.
+    """
+    logits = logits.float().view(-1, logits.shape[-1])
+    targets = targets.view(-1)
+    with torch.no_grad():
+        shift = logits.max(dim=-1).values
+        dist.all_reduce(shift, op=dist.ReduceOp.MAX, group=group)
+    shifted = logits - shift.unsqueeze(-1)
+    sum_exp = reduce_from_tp(shifted.exp().sum(dim=-1), group)
+    local = targets - vocab_start
+    inside = (local >= 0) & (local < logits.shape[-1])
+    target_logit = shifted.gather(1, local.clamp(0, logits.shape[-1] - 1).unsqueeze(1)).squeeze(1)
+    target_logit = reduce_from_tp(target_logit * inside, group)
+    return (sum_exp.log() - target_logit).mean()
+
+
+def apply_tensor_parallel(model: GPT, mesh: Mesh) -> None:
+    """Replace the layers of a full model, in place, by this rank's shards."""
+    for block in model.blocks:
+        block.attn.qkv = ColumnParallelLinear(block.attn.qkv, mesh, parts=3)
+        block.attn.proj = RowParallelLinear(block.attn.proj, mesh)
+        block.mlp.fc = ColumnParallelLinear(block.mlp.fc, mesh)
+        block.mlp.proj = RowParallelLinear(block.mlp.proj, mesh)
+    model.wte = VocabParallelEmbedding(model.wte, mesh)
+    model.lm_head = VocabParallelLMHead(model.wte)
+
+
+def _gather(shard: torch.Tensor, mesh: Mesh, dim: int = 0, parts: int = 1) -> torch.Tensor:
+    """Inverse of the sharding: every rank's slice, put back in place (within each of ``parts``)."""
+    shards = [torch.empty_like(shard) for _ in range(mesh.tp_size)]
+    dist.all_gather(shards, shard.contiguous(), group=mesh.tp_group)
+    blocks = [torch.cat([s.chunk(parts, dim=dim)[i] for s in shards], dim=dim) for i in range(parts)]
+    return torch.cat(blocks, dim=dim)
+
+
+def full_state_dict(model: GPT, mesh: Mesh) -> dict[str, torch.Tensor]:
+    """The unsharded model's state dict (same keys as a plain GPT), assembled on every TP rank."""
+    state = {}
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, ColumnParallelLinear):
+            state[prefix + "weight"] = _gather(module.weight.data, mesh, parts=module.parts)
+            state[prefix + "bias"] = _gather(module.bias.data, mesh, parts=module.parts)
+        elif isinstance(module, RowParallelLinear):
+            state[prefix + "weight"] = _gather(module.weight.data, mesh, dim=1)
+            state[prefix + "bias"] = module.bias.data
+        elif isinstance(module, VocabParallelEmbedding):
+            state[prefix + "weight"] = _gather(module.weight.data, mesh)
+    for name, param in model.named_parameters():
+        state.setdefault(name, param.data)
+    state["lm_head.weight"] = state["wte.weight"]
+    return state
+
+
+def clip_grad_norm_(params: list[nn.Parameter], max_norm: float, group) -> torch.Tensor:
+    """Clip by the norm of the whole (unsharded) model's gradient.
+
+    Sharded parameters contribute their local squares, summed over the TP group; replicated
+    ones are equal on every TP rank and count once. Without this, each rank would clip by a
+    different, wrong norm and the replicas would drift apart.
+    """
+    grads = [p for p in params if p.grad is not None]
+    sharded = [p.grad for p in grads if getattr(p, "tensor_model_parallel", False)]
+    replicated = [p.grad for p in grads if not getattr(p, "tensor_model_parallel", False)]
+    device = grads[0].grad.device
+    square = lambda gs: torch.stack([g.float().pow(2).sum() for g in gs]).sum() if gs else torch.zeros((), device=device)
+    sharded_sq = square(sharded)
+    dist.all_reduce(sharded_sq, group=group)
+    total = (sharded_sq + square(replicated)).sqrt()
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_([p.grad for p in grads], scale)
+    return total
+
+
+def replicated_param_count(dims) -> int:
+    """Parameters every TP rank holds whole: LayerNorms, row-parallel biases, positions."""
+    d = dims.n_embd
+    return dims.n_layer * (4 * d + 2 * d) + 2 * d + dims.n_positions * d

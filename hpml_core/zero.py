@@ -1,0 +1,65 @@
+"""ZeRO-3 through DeepSpeed: the configuration, generated from the run's config and written next
+to the run (``<out>/deepspeed_config.json``) so what DeepSpeed was told is on record, and the
+engine around the plain (possibly tensor-parallel) model.
+
+The optimizer is torch's own AdamW (fused on CUDA) or SGD, handed to ``deepspeed.initialize``,
+so no DeepSpeed op has to be compiled. Precision follows DeepSpeed's own scheme: with bf16 or
+fp16 the partitioned parameters and gradients are 16-bit and the optimizer keeps fp32 master
+weights (16 bytes per parameter in all, as in the ZeRO paper); fp16 adds DeepSpeed's dynamic
+loss scaling. ``stage3_param_persistence_threshold`` is 0 so that every parameter, however
+small, is partitioned; DeepSpeed's default keeps parameters under 100k elements whole on
+every rank, which would leave a tiny test model unpartitioned.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from hpml_core.atomic import atomic_write_json
+from hpml_core.config import TrainConfig
+from hpml_core.mesh import DeepSpeedMPU, Mesh
+
+CONFIG_FILE = "deepspeed_config.json"
+
+
+def deepspeed_config(config: TrainConfig, mesh: Mesh) -> dict:
+    grad_dtype = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}[config.precision]
+    return {
+        "train_micro_batch_size_per_gpu": config.batch_size,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": config.batch_size * mesh.dp_size,
+        "gradient_clipping": config.grad_clip,
+        "bf16": {"enabled": config.precision == "bf16"},
+        "fp16": {"enabled": config.precision == "fp16", "initial_scale_power": 16},
+        "data_types": {"grad_accum_dtype": grad_dtype},
+        "zero_optimization": {
+            "stage": 3,
+            "stage3_param_persistence_threshold": 0,
+            "overlap_comm": True,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": 50_000_000,
+            "stage3_prefetch_bucket_size": 50_000_000,
+        },
+        "zero_allow_untested_optimizer": True,  # torch's AdamW: nothing to compile
+        "steps_per_print": 1_000_000_000,  # hpml does its own logging
+        "wall_clock_breakdown": False,
+    }
+
+
+def initialize(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, mesh: Mesh, out: Path):
+    import deepspeed
+
+    # DeepSpeed's collectives use names PyTorch has deprecated; one warning per call would drown the log.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    settings = deepspeed_config(config, mesh)
+    if int(os.environ.get("RANK", 0)) == 0:
+        atomic_write_json(out / CONFIG_FILE, settings)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=settings, mpu=DeepSpeedMPU(mesh) if mesh.tp_size > 1 else None,
+    )
+    return engine
