@@ -35,13 +35,15 @@ def token_data(tmp_path_factory, wikitext_valid) -> Path:
     return out
 
 
-def engine(args: list[str], nproc: int = 1, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``python -m hpml_core.train`` alone, or under torchrun with ``nproc`` ranks."""
+def engine(args: list[str], nproc: int = 1, env: dict | None = None, check: bool = True,
+           script: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m hpml_core.train`` (or ``script``) alone, or under torchrun with ``nproc`` ranks."""
+    target = [str(script)] if script else ["-m", "hpml_core.train"]
     if nproc == 1:
-        cmd = [sys.executable, "-m", "hpml_core.train", *args]
+        cmd = [sys.executable, *target, *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "hpml_core.train", *args]
+               *target, *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:

@@ -30,12 +30,25 @@ def test_bad_flag_values_are_refused(args, flag, tmp_path, token_data):
     assert flag in line
 
 
-def test_tp_size_that_does_not_divide_the_world_is_refused_before_any_process_group(tmp_path, token_data):
-    # Exactly what torchrun --nproc_per_node=4 gives rank 0; nobody listens on the port, so
-    # reaching init_process_group would hang or fail differently.
-    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "9"}
-    line = refused(["--test", "--data", str(token_data), "--mode", "hybrid", "--tp-size", "3"], tmp_path, env)
-    assert "--tp-size" in line and "3" in line and "4" in line
+def launched(world: int, per_node: int) -> dict:
+    """Exactly what torchrun gives rank 0; nobody listens on the port, so reaching
+    init_process_group would hang or fail differently."""
+    return {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(per_node),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "9"}
+
+
+@pytest.mark.parametrize("args,world,per_node,words", [
+    (["--mode", "hybrid", "--tp-size", "3"], 4, 4, ["--tp-size", "3", "world size 4"]),
+    (["--mode", "hybrid", "--tp-size", "8"], 8, 8, ["--tp-size", "4 attention heads"]),
+    (["--mode", "hybrid", "--tp-size", "5", "--model", "gpt2-xl"], 5, 5, ["--tp-size", "vocabulary of 512"]),
+    (["--mode", "hybrid", "--tp-size", "4"], 4, 2, ["--tp-size", "span nodes"]),
+    (["--mode", "baseline", "--zero-stage", "3"], 4, 4, ["--zero-stage", "hybrid"]),
+    (["--mode", "single"], 2, 2, ["--mode", "2 were launched"]),
+    (["--mode", "hybrid", "--tp-size", "2", "--checkpoint-every", "2"], 4, 4, ["--checkpoint-every"]),
+])
+def test_layouts_that_cannot_work_are_refused_before_any_process_group(args, world, per_node, words, tmp_path, token_data):
+    line = refused(["--test", "--data", str(token_data), *args], tmp_path, launched(world, per_node))
+    assert all(word in line for word in words), line
 
 
 def test_missing_data_folder_is_named(tmp_path):

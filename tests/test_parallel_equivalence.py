@@ -1,0 +1,155 @@
+"""Every parallel layout computes the training a single process computes.
+
+Each layout trains the tiny GPT-2 for 6 steps with the same global batch (4 sequences) and
+seed as one process, with gradient clipping on (--grad-clip 0.5 bites at every step: the
+initial gradient norm is about 1.6), and must give the same losses and, gathered whole with
+--save-model, the same weights:
+
+- SGD in fp32: the update is linear in the gradient, so only summation order differs:
+  per-tensor relative difference of the weights at most 1e-5.
+- AdamW in fp32: the update m / (sqrt(v) + eps) normalises each element by its own gradient
+  scale, so an element whose gradient is near eps (1e-8) moves by up to lr whatever the last
+  bits of its gradient are; rounding-level differences then show up at about 2e-4 of a
+  tensor's norm after 6 steps (measured). The test allows 1e-3, five times that and still
+  far below what a wrong gradient gives (the broken-TP test below differs by far more).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from hpml_core import tensor_parallel
+from hpml_core.model import GPT, model_dims
+from tests.conftest import engine, losses, rank_files
+
+STEPS = 6
+COMMON = ["--test", "--precision", "fp32", "--steps", str(STEPS), "--warmup-steps", "1", "--grad-clip", "0.5",
+          "--save-model"]
+OPTIMIZERS = {"sgd": (["--optimizer", "sgd", "--lr", "0.1"], 1e-5), "adamw": (["--optimizer", "adamw"], 1e-3)}
+# name: processes, mode, tp size, batch per DP rank (global batch 4 everywhere)
+LAYOUTS = {
+    "ddp-4": (4, "baseline", 1, 1),
+    "zero3-2": (2, "hybrid", 1, 2),
+    "zero3-4": (4, "hybrid", 1, 1),
+    "tp-2": (2, "baseline", 2, 4),
+    "dp2xtp2-allreduce": (4, "baseline", 2, 2),
+    "dp2xtp2-zero3": (4, "hybrid", 2, 2),
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, token_data):
+    """Run a layout once per test module and hand back its run folder."""
+    root = tmp_path_factory.mktemp("layouts")
+    done: dict[tuple, object] = {}
+
+    def run(optimizer: str, layout: str, extra: tuple[str, ...] = ()):
+        key = (optimizer, layout, extra)
+        if key not in done:
+            out = root / f"{optimizer}-{layout}-{len(done)}"
+            args = [*COMMON, *OPTIMIZERS[optimizer][0], "--data", str(token_data), "--out", str(out), *extra]
+            if layout == "single":
+                engine([*args, "--batch-size", "4"])
+            else:
+                nproc, mode, tp, batch = LAYOUTS[layout]
+                engine([*args, "--mode", mode, "--tp-size", str(tp), "--batch-size", str(batch)], nproc=nproc)
+            done[key] = out
+        return done[key]
+
+    return run
+
+
+def weight_differences(out, reference) -> dict[str, float]:
+    """Per-tensor relative difference of the saved weights."""
+    ours, ref = torch.load(out / "model.pt"), torch.load(reference / "model.pt")
+    assert ours.keys() == ref.keys()
+    return {name: ((ours[name] - ref[name]).norm() / ref[name].norm()).item() for name in ref}
+
+
+def assert_same_training(out, reference, tolerance: float) -> None:
+    assert losses(out) == pytest.approx(losses(reference), abs=1e-5)
+    worst = max(weight_differences(out, reference).items(), key=lambda kv: kv[1])
+    assert worst[1] <= tolerance, f"{worst[0]} differs by {worst[1]:.2e} (allowed {tolerance:.0e})"
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_layout_trains_exactly_like_one_process(layout, optimizer, trained):
+    out = trained(optimizer, layout)
+    files = rank_files(out)
+    nproc, mode, tp, _ = LAYOUTS[layout]
+    assert sorted(files) == list(range(nproc))
+    for rank, record in files.items():
+        assert record["status"] == "completed"
+        assert (record["dp_rank"], record["tp_rank"]) == (rank // tp, rank % tp)  # TP groups are adjacent ranks
+        assert record["global_batch"] == 4
+        assert losses(out, rank) == losses(out, 0)
+    assert_same_training(out, trained(optimizer, "single"), OPTIMIZERS[optimizer][1])
+
+
+def test_zero3_really_partitions_the_parameters(trained):
+    """Summed over a DP group, the ZeRO-3 partitions hold what one replica would hold whole (up
+    to DeepSpeed's padding of each tensor's partition), and after the run no rank holds any
+    parameter whole: with stage3_param_persistence_threshold 0 even the tiny ones are released."""
+    n_tensors = len(list(GPT(model_dims("tiny", 512)).parameters()))
+    tp_shard = {rank: record["model_state"]["param_elements_local"]
+                for rank, record in rank_files(trained("sgd", "tp-2")).items()}
+    cases = [("zero3-4", [[0, 1, 2, 3]], lambda tp_rank: model_dims("tiny", 512).params_total),
+             ("dp2xtp2-zero3", [[0, 2], [1, 3]], lambda tp_rank: tp_shard[tp_rank])]
+    for layout, dp_groups, replica_elements in cases:
+        files = rank_files(trained("sgd", layout))
+        for group in dp_groups:
+            held = sum(files[rank]["model_state"]["param_elements_local"] for rank in group)
+            whole = replica_elements(files[group[0]]["tp_rank"])
+            assert whole <= held <= whole + len(group) * n_tensors
+            assert all(files[rank]["model_state"]["param_elements_local"] < whole for rank in group)
+        for record in files.values():
+            assert record["model_state"]["full_params_resident"] == 0
+
+
+def test_model_state_is_measured_as_expected_in_every_layout(trained):
+    for layout in ["single", *LAYOUTS]:
+        for record in rank_files(trained("adamw", layout)).values():
+            state = record["model_state"]
+            assert state["total_bytes"] == state["params_bytes"] + state["grads_bytes"] + state["optimizer_bytes"]
+            # exact but for DeepSpeed's per-tensor padding of partitions
+            assert state["total_bytes"] == pytest.approx(state["expected_bytes"], rel=0.01), state["expectation"]
+
+
+def test_dp2xtp2_zero3_holds_a_quarter_of_the_single_process_model_state(trained):
+    """bf16, where ZeRO-3 and PyTorch AMP both keep 16 bytes per parameter with AdamW.
+
+    Slack: parameters that TP leaves replicated (LayerNorms, row-parallel biases, position
+    embedding) are divided by DP only, not by DP x TP: 16 B x replicated / 2 per rank, plus
+    DeepSpeed's padding of each partition (at most one element per tensor per rank).
+    """
+    bf16 = ("--precision", "bf16")
+    single = rank_files(trained("adamw", "single", bf16))[0]["model_state"]["total_bytes"]
+    replicated = tensor_parallel.replicated_param_count(model_dims("tiny", 512))
+    slack = 16 * replicated / 2 + 16 * len(list(GPT(model_dims("tiny", 512)).parameters()))
+    for record in rank_files(trained("adamw", "dp2xtp2-zero3", bf16)).values():
+        assert record["model_state"]["total_bytes"] <= single / 4 + slack
+
+
+def test_breaking_the_tp_backward_all_reduce_breaks_the_equivalence(tmp_path, token_data, trained):
+    """The negative control: without copy_to_tp's gradient all-reduce, each TP rank sees only
+    its own share of the gradient of the activations entering a column-parallel layer."""
+    script = tmp_path / "broken_tp.py"
+    script.write_text(
+        "import sys\n"
+        "from hpml_core import tensor_parallel\n"
+        "tensor_parallel._CopyToTP.backward = staticmethod(lambda ctx, grad: (grad, None))\n"
+        "from hpml_core.train import main\n"
+        "sys.exit(main())\n"
+    )
+    out = tmp_path / "broken"
+    args = [*COMMON, *OPTIMIZERS["sgd"][0], "--data", str(token_data), "--out", str(out),
+            "--mode", "baseline", "--tp-size", "2", "--batch-size", "4"]
+    engine(args, nproc=2, script=script)
+    with pytest.raises(AssertionError):
+        assert_same_training(out, trained("sgd", "single"), OPTIMIZERS["sgd"][1])
+    assert max(weight_differences(out, trained("sgd", "single")).values()) > 1e-3
