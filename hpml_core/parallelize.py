@@ -32,7 +32,8 @@ def parallelize(model: GPT, config: TrainConfig, device: torch.device, mesh: Mes
     """The module the training step calls; ``model`` itself stays the one to save and count."""
     if config.grad_ckpt:
         apply_activation_checkpointing(model)
-    trained: nn.Module = torch.compile(model) if config.compile else model
+    # Under ZeRO-3, DeepSpeed's hooks must see the plain modules: the engine compiles instead (hpml_core.zero).
+    trained: nn.Module = torch.compile(model) if config.compile and config.mode != "hybrid" else model
     if config.mode == "baseline" and mesh.dp_size > 1:  # gradients all-reduced over the DP group only
         trained = DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None,
                                           process_group=mesh.dp_group)

@@ -62,4 +62,6 @@ def initialize(model: nn.Module, optimizer: torch.optim.Optimizer, config: Train
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, config=settings, mpu=DeepSpeedMPU(mesh) if mesh.tp_size > 1 else None,
     )
+    if config.compile:
+        engine.compile()
     return engine

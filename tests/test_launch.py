@@ -42,20 +42,21 @@ def test_deepspeed_launcher_local_rank_argument_is_accepted(token_data):
     assert parse_args(["--local_rank=1", "--data", str(token_data)]).data == token_data
 
 
-def test_two_tasks_launched_like_srun_train_together(tmp_path, token_data):
+@pytest.mark.parametrize("mode", ["baseline", "hybrid"])
+def test_two_tasks_launched_like_srun_train_together(mode, tmp_path, token_data):
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "hpml_core.train", "--test", "--mode", "baseline", "--precision", "fp32",
+    args = [sys.executable, "-m", "hpml_core.train", "--test", "--mode", mode, "--precision", "fp32",
             "--batch-size", "2", "--steps", "4", "--warmup-steps", "1", "--data", str(token_data), "--out", str(out)]
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "MASTER_"))}
     procs = [
         subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={
-            **base, "OMP_NUM_THREADS": "1", "SLURM_JOB_ID": "777", "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
-            "SLURM_STEP_NUM_TASKS": "2", "SLURM_JOB_NODELIST": "localhost", "SLURM_STEP_NODELIST": "localhost"})
+            **base, "OMP_NUM_THREADS": "1", "SLURM_JOB_ID": str(770 + len(mode)), "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
+            "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_JOB_NODELIST": "localhost", "SLURM_STEP_NODELIST": "localhost"})
         for rank in range(2)
     ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     files = rank_files(out)
     assert sorted(files) == [0, 1]
-    assert all(f["launcher"] == "srun" and f["slurm"]["job_id"] == "777" for f in files.values())
+    assert all(f["launcher"] == "srun" and f["slurm"]["job_id"] == str(770 + len(mode)) for f in files.values())
     assert losses(out, 0) == losses(out, 1)

@@ -87,6 +87,10 @@ def test_layout_trains_exactly_like_one_process(layout, optimizer, trained):
         assert record["status"] == "completed"
         assert (record["dp_rank"], record["tp_rank"]) == (rank // tp, rank % tp)  # TP groups are adjacent ranks
         assert record["global_batch"] == 4
+        # each token once: the run's figure is the global batch's, a TP rank's share is 1/tp of its replica's
+        t = record["throughput"]
+        assert t["tokens_per_step"] == 4 * 64
+        assert t["rank_tokens_per_s"] == pytest.approx(LAYOUTS[layout][3] * 64 / tp / t["step_time_median_s"])
         assert losses(out, rank) == losses(out, 0)
     assert_same_training(out, trained(optimizer, "single"), OPTIMIZERS[optimizer][1])
 
@@ -153,3 +157,10 @@ def test_breaking_the_tp_backward_all_reduce_breaks_the_equivalence(tmp_path, to
     with pytest.raises(AssertionError):
         assert_same_training(out, trained("sgd", "single"), OPTIMIZERS["sgd"][1])
     assert max(weight_differences(out, trained("sgd", "single")).values()) > 1e-3
+
+
+def test_compiled_zero3_trains_like_uncompiled(trained):
+    """Under ZeRO-3, compilation goes through DeepSpeed's engine.compile() (its hooks must see
+    the plain modules); the result is the same training, up to float32 rounding of fused kernels."""
+    compiled = trained("adamw", "zero3-2", ("--compile",))
+    assert losses(compiled) == pytest.approx(losses(trained("adamw", "zero3-2")), abs=1e-5)
