@@ -137,9 +137,6 @@ def check_layout(config: TrainConfig, world_size: int, local_world_size: int, n_
     if config.zero_stage is not None and config.mode != "hybrid":
         raise UsageError("--zero-stage", f"ZeRO needs --mode hybrid; --mode {config.mode} is "
                          f"{'DDP' if config.mode == 'baseline' else 'one process'}")
-    if (config.checkpoint_every or config.resume) and (tp > 1 or config.mode == "hybrid"):
-        flag = "--checkpoint-every" if config.checkpoint_every else "--resume"
-        raise UsageError(flag, "checkpoints are implemented for --mode single and baseline with --tp-size 1 only")
     if config.steps is not None and config.steps <= config.warmup_steps:
         raise UsageError("--steps", f"{config.steps} leaves no timed step after {config.warmup_steps} warm-up steps")
     return world_size // tp, tp

@@ -52,7 +52,7 @@ class Plan:
     tp_size: int
     batches: TokenBatches
     total_steps: int
-    resume_state: dict | None
+    resume_state: checkpoint.Resume | None
 
     @property
     def dp_rank(self) -> int:
@@ -86,8 +86,9 @@ def make_plan(argv: list[str] | None, env: launch.ProcessEnv) -> Plan:
     if config.resume:
         if config.out is None:
             raise UsageError("--resume", "needs --out, the run folder to resume in")
-        resume_state = checkpoint.load_latest(checkpoint_dir(config, config.out), config, dp_size)
-        start = resume_state["step"] if resume_state else 0
+        resume_state = checkpoint.find(checkpoint_dir(config, config.out), checkpoint.fingerprint(config, dp_size),
+                                       tp_rank=grid_position(env.rank, tp_size)[1], zero3=config.mode == "hybrid")
+        start = resume_state.step if resume_state else 0
         if total_steps - start <= config.warmup_steps:
             raise UsageError("--steps", f"{total_steps} leaves no timed step after resuming at step {start} "
                              f"with {config.warmup_steps} warm-up steps")
@@ -181,8 +182,9 @@ class Trainer:
         dtype = AUTOCAST_DTYPES[config.precision]
         # DeepSpeed casts the model to bf16/fp16 itself; PyTorch runs keep fp32 weights under autocast.
         self.autocast = torch.autocast(device.type, dtype=dtype) if dtype and not self.engine else nullcontext()
-        self.start_step = checkpoint.restore(plan.resume_state, self.model, self.optimizer, self.scaler) \
-            if plan.resume_state else 0
+        self.start_step = 0
+        if plan.resume_state:
+            self.start_step = checkpoint.restore(plan.resume_state, self.model, self.optimizer, self.scaler, self.engine)
         self.losses: list[torch.Tensor] = []
         self.timer = StepTimer(device)
         self.model_state: dict | None = None
@@ -237,11 +239,9 @@ class Trainer:
                 _log(plan, f"step {done}/{plan.total_steps}  {time.perf_counter() - started:.1f} s")
 
     def save_checkpoint(self, step: int) -> None:
-        if self.plan.env.rank == 0:
-            checkpoint.save(checkpoint_dir(self.plan.config, self.out), step, self.model, self.optimizer,
-                            self.scaler, self.plan.config, self.plan.dp_size)
-        if dist.is_initialized():
-            dist.barrier()
+        plan = self.plan
+        checkpoint.save(checkpoint_dir(plan.config, self.out), step, self.model, self.optimizer, self.scaler,
+                        self.engine, self.mesh, plan.env.rank, checkpoint.fingerprint(plan.config, plan.dp_size))
 
     def loss_values(self, completed: bool) -> list[float]:
         """Per-step losses, read from the device once; averaged over data-parallel ranks (one

@@ -1,7 +1,5 @@
 """Bad input: one line naming the flag or file, exit status 2, and no rank file written."""
 
-import shutil
-
 import pytest
 
 from tests.conftest import engine
@@ -44,7 +42,6 @@ def launched(world: int, per_node: int) -> dict:
     (["--mode", "hybrid", "--tp-size", "4"], 4, 2, ["--tp-size", "span nodes"]),
     (["--mode", "baseline", "--zero-stage", "3"], 4, 4, ["--zero-stage", "hybrid"]),
     (["--mode", "single"], 2, 2, ["--mode", "2 were launched"]),
-    (["--mode", "hybrid", "--tp-size", "2", "--checkpoint-every", "2"], 4, 4, ["--checkpoint-every"]),
 ])
 def test_layouts_that_cannot_work_are_refused_before_any_process_group(args, world, per_node, words, tmp_path, token_data):
     line = refused(["--test", "--data", str(token_data), *args], tmp_path, launched(world, per_node))
@@ -64,7 +61,7 @@ def test_corrupt_checkpoint_is_refused_and_the_run_folder_is_left_alone(tmp_path
     out = tmp_path / "run"
     args = ["--test", "--data", str(token_data), "--steps", "4", "--warmup-steps", "1"]
     engine([*args, "--checkpoint-every", "2", "--out", str(out)])
-    state = next((out / "checkpoints").glob("step-*/state.pt"))
+    state = next((out / "checkpoints").glob("step-*/state-tp0.pt"))
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # a write cut short
     before = (out / "rank-0.json").read_bytes()
     proc = engine([*args, "--steps", "6", "--resume", "--out", str(out)], check=False)
@@ -77,7 +74,6 @@ def test_checkpoint_from_another_configuration_is_refused(tmp_path, token_data):
     out = tmp_path / "run"
     engine(["--test", "--data", str(token_data), "--steps", "4", "--warmup-steps", "1", "--checkpoint-every", "2",
             "--out", str(out)])
-    shutil.rmtree(out / "checkpoints" / "step-00000002", ignore_errors=True)  # latest is step 4
     proc = engine(["--test", "--data", str(token_data), "--steps", "8", "--warmup-steps", "1", "--batch-size", "3",
                    "--resume", "--out", str(out)], check=False)
     assert proc.returncode == 2 and "--batch-size" in proc.stderr

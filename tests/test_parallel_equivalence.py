@@ -164,3 +164,18 @@ def test_compiled_zero3_trains_like_uncompiled(trained):
     the plain modules); the result is the same training, up to float32 rounding of fused kernels."""
     compiled = trained("adamw", "zero3-2", ("--compile",))
     assert losses(compiled) == pytest.approx(losses(trained("adamw", "zero3-2")), abs=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["tp-2", "dp2xtp2-zero3"])
+def test_resumed_layout_continues_with_the_same_losses(layout, trained, tmp_path, token_data):
+    """3 steps, a checkpoint (per TP rank; DeepSpeed's partitions under ZeRO-3), then 3 more
+    resumed in a new launch: the same 6 losses as one uninterrupted run."""
+    nproc, mode, tp, batch = LAYOUTS[layout]
+    out = tmp_path / "split"
+    args = [*COMMON, *OPTIMIZERS["adamw"][0], "--data", str(token_data), "--out", str(out),
+            "--mode", mode, "--tp-size", str(tp), "--batch-size", str(batch)]
+    engine([*args, "--steps", "3", "--checkpoint-every", "3"], nproc=nproc)  # the last --steps wins
+    first_half = losses(out)
+    engine([*args, "--resume"], nproc=nproc)
+    assert rank_files(out)[0]["resumed_from_step"] == 3
+    assert first_half + losses(out) == losses(trained("adamw", layout))
