@@ -31,7 +31,7 @@ from hpml_core.errors import UsageError
 from hpml_core.mesh import Mesh
 
 LATEST = "latest.json"
-MUST_MATCH = ("mode", "model", "seq_len", "batch_size", "tp_size", "seed", "precision", "optimizer")
+MUST_MATCH = ("mode", "model", "seq_len", "batch_size", "grad_accum", "tp_size", "seed", "precision", "optimizer")
 
 
 def fingerprint(config: TrainConfig, dp_size: int) -> dict:

@@ -21,7 +21,7 @@ Precision = Literal["fp32", "fp16", "bf16"]
 
 # What --test means: the tiny model on a short sequence for a few steps. A flag the user
 # gives explicitly always wins over these.
-TEST_DEFAULTS = dict(model="tiny", seq_len=64, steps=8, warmup_steps=2, max_samples=512)
+TEST_DEFAULTS = dict(model="tiny", seq_len=64, steps=8, warmup_steps=2, max_samples=512, zero_persistence_threshold=0)
 
 
 class TrainConfig(BaseModel):
@@ -32,7 +32,8 @@ class TrainConfig(BaseModel):
     mode: Mode = "single"
     model: Literal[tuple(PRESETS)] = "gpt2-large"  # type: ignore[valid-type]
     tp_size: int = Field(1, ge=1)
-    batch_size: int = Field(8, ge=1, description="samples per data-parallel rank per step")
+    batch_size: int = Field(8, ge=1, description="samples per data-parallel rank per micro-step")
+    grad_accum: int = Field(1, ge=1, description="micro-steps accumulated per optimizer step")
     seq_len: int = Field(1024, ge=2)
     steps: int | None = Field(None, ge=1, description="optimizer steps, warm-up included")
     warmup_steps: int = Field(5, ge=0, description="first steps of this process, not timed")
@@ -54,6 +55,7 @@ class TrainConfig(BaseModel):
     resume: bool = False
     save_model: bool = False
     zero_stage: Literal[3] | None = Field(None, description="ZeRO stage under --mode hybrid (3, the default there)")
+    zero_persistence_threshold: int = Field(100_000, ge=0, description="stage3_param_persistence_threshold")
     test: bool = False
 
 
@@ -76,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["single", "baseline", "hybrid"], help="single process, DDP (baseline) or ZeRO-3 (hybrid)")
     p.add_argument("--model", choices=list(PRESETS))
     p.add_argument("--tp-size", type=int, help="tensor-parallel ranks per model replica (hybrid only)")
-    p.add_argument("--batch-size", type=int, help="samples per data-parallel rank per step")
+    p.add_argument("--batch-size", type=int, help="samples per data-parallel rank per micro-step")
+    p.add_argument("--grad-accum", type=int, help="micro-steps accumulated per optimizer step; global batch = batch x DP x this (1)")
     p.add_argument("--seq-len", type=int)
     p.add_argument("--steps", type=int, help="optimizer steps including warm-up (default: as many as --max-samples allows, else one epoch)")
     p.add_argument("--warmup-steps", type=int, help="first steps of this process that are run but not timed")
@@ -99,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-model", action="store_true", default=None,
                    help="write the trained weights, gathered whole, to <out>/model.pt")
     p.add_argument("--zero-stage", type=int, help="ZeRO stage of --mode hybrid (allowed: 3, the default)")
+    p.add_argument("--zero-persistence-threshold", type=int,
+                   help="ZeRO-3 keeps parameters smaller than this whole on every rank (DeepSpeed's 100000; 0 with --test)")
     p.add_argument("--test", action="store_true", default=None, help="tiny model, short sequences, a few steps")
     # The deepspeed launcher appends --local_rank=N; the rank is read from the environment instead.
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)

@@ -7,8 +7,8 @@ used. Jobs memory-map ``tokens.bin``: no tokenizing and no network inside a job.
 ``TokenBatches`` decides which samples every data-parallel rank reads at every step. A sample
 is a window of ``seq_len + 1`` consecutive tokens (inputs and shifted targets); windows do not
 overlap. Each epoch visits all windows in a permutation seeded by (seed, epoch); step ``s``
-takes the next ``global_batch`` windows of that order and DP rank ``r`` reads its contiguous
-share. The batches are thus a pure function of (seed, step, layout): a resumed run reads
+takes the next ``global_batch`` windows of that order (batch × DP ranks × accumulation
+micro-steps) and, in micro-step ``m``, DP rank ``r`` reads the ``m·dp + r``-th contiguous share. The batches are thus a pure function of (seed, step, layout): a resumed run reads
 exactly what an uninterrupted one would, and a single process with the same global batch
 reads the union of what the DP ranks read.
 
@@ -183,11 +183,14 @@ class TokenData:
 class TokenBatches:
     """Deterministic, rank-sharded batches of (inputs, targets); see the module docstring."""
 
-    def __init__(self, data: TokenData, seq_len: int, batch_size: int, dp_size: int, dp_rank: int, seed: int):
+    def __init__(self, data: TokenData, seq_len: int, batch_size: int, dp_size: int, dp_rank: int, seed: int,
+                 grad_accum: int = 1):
         self.data = data
         self.seq_len = seq_len
         self.batch_size = batch_size
-        self.global_batch = batch_size * dp_size
+        self.grad_accum = grad_accum
+        self.global_batch = batch_size * dp_size * grad_accum
+        self.dp_size = dp_size
         self.dp_rank = dp_rank
         self.seed = seed
         self.num_samples = (len(data.tokens) - 1) // seq_len
@@ -202,16 +205,16 @@ class TokenBatches:
             self._epoch, self._order = epoch, torch.randperm(self.num_samples, generator=gen)
         return self._order
 
-    def sample_ids(self, step: int) -> torch.Tensor:
-        """Indices of the windows this rank reads at ``step``."""
+    def sample_ids(self, step: int, micro: int = 0) -> torch.Tensor:
+        """Indices of the windows this rank reads at ``step``, accumulation micro-step ``micro``."""
         epoch, within = divmod(step, self.steps_per_epoch())
-        start = within * self.global_batch + self.dp_rank * self.batch_size
+        start = within * self.global_batch + (micro * self.dp_size + self.dp_rank) * self.batch_size
         return self._epoch_order(epoch)[start:start + self.batch_size]
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, step: int, micro: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [
             np.asarray(self.data.tokens[i * self.seq_len:(i + 1) * self.seq_len + 1], dtype=np.int64)
-            for i in self.sample_ids(step).tolist()
+            for i in self.sample_ids(step, micro).tolist()
         ]
         window = torch.from_numpy(np.stack(rows))
         return window[:, :-1].contiguous(), window[:, 1:].contiguous()

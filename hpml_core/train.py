@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 
 from hpml_core import accounting, checkpoint, export, flops, launch, tensor_parallel, zero
 from hpml_core import rank_file as rf
@@ -72,7 +73,8 @@ def make_plan(argv: list[str] | None, env: launch.ProcessEnv) -> Plan:
     dp_size, tp_size = check_layout(config, env.world_size, env.local_world_size, dims.n_head, dims.vocab_size)
     if config.mode == "hybrid" and config.zero_stage is None:
         config = config.model_copy(update={"zero_stage": 3})
-    batches = TokenBatches(data, config.seq_len, config.batch_size, dp_size, grid_position(env.rank, tp_size)[0], config.seed)
+    batches = TokenBatches(data, config.seq_len, config.batch_size, dp_size, grid_position(env.rank, tp_size)[0],
+                           config.seed, config.grad_accum)
     if batches.steps_per_epoch() == 0:
         raise UsageError("--batch-size", f"the global batch {batches.global_batch} exceeds the "
                          f"{batches.num_samples} samples of {config.data} at --seq-len {config.seq_len}")
@@ -190,28 +192,41 @@ class Trainer:
         self.model_state: dict | None = None
 
     def step(self, step: int, measure: bool = False) -> torch.Tensor:
-        x, y = self.plan.batches.batch(step)
-        if self.device.type == "cuda":  # pinned, so the copy overlaps with the previous step's work
-            x, y = x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
-        if self.engine:  # DeepSpeed: loss scaling, clipping and the update happen inside
-            loss = self.loss_fn(self.engine(x), y)
-            self.engine.backward(loss)
-            self.engine.step()
-            if measure:
-                self.model_state = accounting.measure_zero3(self.engine)
-            return loss.detach()
-        with self.autocast:
-            loss = self.loss_fn(self.trained(x), y)
-        self.scaler.scale(loss).backward()
-        if self.plan.config.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            self.clip_gradients()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if measure:
-            self.model_state = accounting.measure_torch(self.model, self.optimizer)
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        """One optimizer step over --grad-accum micro-batches; returns their mean loss."""
+        accum = self.plan.config.grad_accum
+        losses = []
+        for micro in range(accum):
+            x, y = self.plan.batches.batch(step, micro)
+            if self.device.type == "cuda":  # pinned, so the copy overlaps with the previous step's work
+                x, y = x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+            if self.engine:  # DeepSpeed scales for accumulation, and clips and updates at the last micro-step
+                loss = self.loss_fn(self.engine(x), y)
+                self.engine.backward(loss)
+                self.engine.step()
+            else:
+                with self.gradient_sync(micro == accum - 1):
+                    with self.autocast:
+                        loss = self.loss_fn(self.trained(x), y)
+                    self.scaler.scale(loss / accum).backward()
+            losses.append(loss.detach())
+        if not self.engine:
+            if self.plan.config.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                self.clip_gradients()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        if measure:  # while the gradients still exist
+            self.model_state = (accounting.measure_zero3(self.engine) if self.engine
+                                else accounting.measure_torch(self.model, self.optimizer))
+        if not self.engine:
+            self.optimizer.zero_grad(set_to_none=True)
+        return torch.stack(losses).mean()
+
+    def gradient_sync(self, last_micro_step: bool):
+        """DDP all-reduces gradients on the last micro-step of an accumulation only."""
+        if last_micro_step or not isinstance(self.trained, DistributedDataParallel):
+            return nullcontext()
+        return self.trained.no_sync()
 
     def clip_gradients(self) -> None:
         params = list(self.model.parameters())
@@ -263,7 +278,7 @@ class Trainer:
             box = torch.tensor([median], dtype=torch.float64, device=self.device)
             dist.all_reduce(box, op=dist.ReduceOp.MAX)
             run_median = box.item()
-        replica_tokens = plan.config.batch_size * plan.config.seq_len
+        replica_samples = plan.config.batch_size * plan.config.grad_accum
         global_batch = plan.batches.global_batch
         return rf.Throughput(
             timing=self.timer.description,
@@ -274,8 +289,8 @@ class Trainer:
             run_step_time_median_s=run_median,
             tokens_per_step=global_batch * plan.config.seq_len,
             samples_per_step=global_batch,
-            rank_tokens_per_s=replica_tokens / plan.tp_size / median,
-            rank_samples_per_s=plan.config.batch_size / plan.tp_size / median,
+            rank_tokens_per_s=replica_samples * plan.config.seq_len / plan.tp_size / median,
+            rank_samples_per_s=replica_samples / plan.tp_size / median,
             run_tokens_per_s=global_batch * plan.config.seq_len / run_median,
             run_samples_per_s=global_batch / run_median,
         )

@@ -6,9 +6,10 @@ The optimizer is torch's own AdamW (fused on CUDA) or SGD, handed to ``deepspeed
 so no DeepSpeed op has to be compiled. Precision follows DeepSpeed's own scheme: with bf16 or
 fp16 the partitioned parameters and gradients are 16-bit and the optimizer keeps fp32 master
 weights (16 bytes per parameter in all, as in the ZeRO paper); fp16 adds DeepSpeed's dynamic
-loss scaling. ``stage3_param_persistence_threshold`` is 0 so that every parameter, however
-small, is partitioned; DeepSpeed's default keeps parameters under 100k elements whole on
-every rank, which would leave a tiny test model unpartitioned.
+loss scaling. ``stage3_param_persistence_threshold`` (``--zero-persistence-threshold``) keeps
+parameters under that many elements whole on every rank, saving their all-gathers: DeepSpeed's
+default of 100000 suits GPT-2 Large, where that is only LayerNorms and biases, while ``--test``
+sets 0 so that a tiny model is really partitioned.
 """
 
 from __future__ import annotations
@@ -31,15 +32,15 @@ def deepspeed_config(config: TrainConfig, mesh: Mesh) -> dict:
     grad_dtype = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}[config.precision]
     return {
         "train_micro_batch_size_per_gpu": config.batch_size,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": config.batch_size * mesh.dp_size,
+        "gradient_accumulation_steps": config.grad_accum,
+        "train_batch_size": config.batch_size * mesh.dp_size * config.grad_accum,
         "gradient_clipping": config.grad_clip,
         "bf16": {"enabled": config.precision == "bf16"},
         "fp16": {"enabled": config.precision == "fp16", "initial_scale_power": 16},
         "data_types": {"grad_accum_dtype": grad_dtype},
         "zero_optimization": {
             "stage": 3,
-            "stage3_param_persistence_threshold": 0,
+            "stage3_param_persistence_threshold": config.zero_persistence_threshold,
             "overlap_comm": True,
             "contiguous_gradients": True,
             "reduce_bucket_size": 50_000_000,

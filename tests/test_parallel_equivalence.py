@@ -30,14 +30,16 @@ STEPS = 6
 COMMON = ["--test", "--precision", "fp32", "--steps", str(STEPS), "--warmup-steps", "1", "--grad-clip", "0.5",
           "--save-model"]
 OPTIMIZERS = {"sgd": (["--optimizer", "sgd", "--lr", "0.1"], 1e-5), "adamw": (["--optimizer", "adamw"], 1e-3)}
-# name: processes, mode, tp size, batch per DP rank (global batch 4 everywhere)
+# name: processes, mode, tp size, batch per DP rank, accumulation (global batch 4 everywhere)
 LAYOUTS = {
-    "ddp-4": (4, "baseline", 1, 1),
-    "zero3-2": (2, "hybrid", 1, 2),
-    "zero3-4": (4, "hybrid", 1, 1),
-    "tp-2": (2, "baseline", 2, 4),
-    "dp2xtp2-allreduce": (4, "baseline", 2, 2),
-    "dp2xtp2-zero3": (4, "hybrid", 2, 2),
+    "ddp-4": (4, "baseline", 1, 1, 1),
+    "ddp-2-accum-2": (2, "baseline", 1, 1, 2),
+    "zero3-2": (2, "hybrid", 1, 2, 1),
+    "zero3-4": (4, "hybrid", 1, 1, 1),
+    "tp-2": (2, "baseline", 2, 4, 1),
+    "dp2xtp2-allreduce": (4, "baseline", 2, 2, 1),
+    "dp2xtp2-zero3": (4, "hybrid", 2, 2, 1),
+    "dp2xtp2-zero3-accum-2": (4, "hybrid", 2, 1, 2),
 }
 
 
@@ -55,8 +57,9 @@ def trained(tmp_path_factory, token_data):
             if layout == "single":
                 engine([*args, "--batch-size", "4"])
             else:
-                nproc, mode, tp, batch = LAYOUTS[layout]
-                engine([*args, "--mode", mode, "--tp-size", str(tp), "--batch-size", str(batch)], nproc=nproc)
+                nproc, mode, tp, batch, accum = LAYOUTS[layout]
+                engine([*args, "--mode", mode, "--tp-size", str(tp), "--batch-size", str(batch),
+                        "--grad-accum", str(accum)], nproc=nproc)
             done[key] = out
         return done[key]
 
@@ -81,7 +84,7 @@ def assert_same_training(out, reference, tolerance: float) -> None:
 def test_layout_trains_exactly_like_one_process(layout, optimizer, trained):
     out = trained(optimizer, layout)
     files = rank_files(out)
-    nproc, mode, tp, _ = LAYOUTS[layout]
+    nproc, mode, tp, batch, accum = LAYOUTS[layout]
     assert sorted(files) == list(range(nproc))
     for rank, record in files.items():
         assert record["status"] == "completed"
@@ -90,7 +93,7 @@ def test_layout_trains_exactly_like_one_process(layout, optimizer, trained):
         # each token once: the run's figure is the global batch's, a TP rank's share is 1/tp of its replica's
         t = record["throughput"]
         assert t["tokens_per_step"] == 4 * 64
-        assert t["rank_tokens_per_s"] == pytest.approx(LAYOUTS[layout][3] * 64 / tp / t["step_time_median_s"])
+        assert t["rank_tokens_per_s"] == pytest.approx(batch * accum * 64 / tp / t["step_time_median_s"])
         assert losses(out, rank) == losses(out, 0)
     assert_same_training(out, trained(optimizer, "single"), OPTIMIZERS[optimizer][1])
 
@@ -170,7 +173,7 @@ def test_compiled_zero3_trains_like_uncompiled(trained):
 def test_resumed_layout_continues_with_the_same_losses(layout, trained, tmp_path, token_data):
     """3 steps, a checkpoint (per TP rank; DeepSpeed's partitions under ZeRO-3), then 3 more
     resumed in a new launch: the same 6 losses as one uninterrupted run."""
-    nproc, mode, tp, batch = LAYOUTS[layout]
+    nproc, mode, tp, batch, _ = LAYOUTS[layout]
     out = tmp_path / "split"
     args = [*COMMON, *OPTIMIZERS["adamw"][0], "--data", str(token_data), "--out", str(out),
             "--mode", mode, "--tp-size", str(tp), "--batch-size", str(batch)]
