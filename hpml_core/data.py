@@ -28,12 +28,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from hpml_core.atomic import atomic_write, atomic_write_json
 from hpml_core.errors import EXIT_USAGE, UsageError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 FORMAT_VERSION = 1
 TOKENS_FILE = "tokens.bin"
@@ -70,7 +74,7 @@ def _load_texts(args: argparse.Namespace):
     return ds.rename_column(args.text_column, "text") if args.text_column != "text" else ds
 
 
-def _tokenizer(args: argparse.Namespace, texts) -> tuple["Tokenizer", dict]:  # noqa: F821
+def _tokenizer(args: argparse.Namespace, texts) -> tuple[Tokenizer, dict]:
     """GPT-2's tokenizer by hub name, one from a local folder, or a byte-level BPE trained on the corpus."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 

@@ -10,16 +10,12 @@ autocast, backward, clip, update.
 
 from __future__ import annotations
 
-import importlib.metadata
-import os
-import platform
-import socket
 import statistics
 import sys
 import time
 from contextlib import nullcontext
-from functools import partial
 from dataclasses import dataclass, replace
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,15 +24,15 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from hpml_core import accounting, checkpoint, export, flops, launch, tensor_parallel, zero
+from hpml_core import accounting, checkpoint, export, launch, tensor_parallel, zero
 from hpml_core import rank_file as rf
 from hpml_core.config import TrainConfig, check_layout, parse_args
 from hpml_core.data import TokenBatches, TokenData
 from hpml_core.errors import EXIT_FAILED, EXIT_OOM, EXIT_USAGE, UsageError
-from hpml_core.memory import peak_memory
 from hpml_core.mesh import Mesh, build_mesh, grid_position
 from hpml_core.model import GPT, ModelDims, model_dims, next_token_loss
 from hpml_core.parallelize import parallelize
+from hpml_core.record import build_rank_file, cpu_name
 from hpml_core.timing import StepTimer
 
 AUTOCAST_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -130,30 +126,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)  # the CPU allocator
     )
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _slurm() -> rf.Slurm | None:
-    if "SLURM_JOB_ID" not in os.environ:
-        return None
-    return rf.Slurm(job_id=os.environ.get("SLURM_JOB_ID"), array_job_id=os.environ.get("SLURM_ARRAY_JOB_ID"),
-                    array_task_id=os.environ.get("SLURM_ARRAY_TASK_ID"), node_list=os.environ.get("SLURM_JOB_NODELIST"))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def _log(plan: Plan, message: str) -> None:
@@ -296,25 +268,6 @@ class Trainer:
         )
 
 
-def flops_record(plan: Plan, device_type: str, device_name: str, run_tokens_per_s: float) -> rf.Flops:
-    per_token = flops.training_flops_per_token(plan.dims, plan.config.seq_len)
-    achieved = per_token * run_tokens_per_s / plan.env.world_size / 1e12
-    peak = flops.lookup_peak(device_type, device_name, plan.config.precision)
-    return rf.Flops(
-        formula=flops.FORMULA, n_params=plan.dims.params_matmul, flops_per_token=per_token,
-        achieved_tflops_per_s=achieved, peak_tflops_per_s=peak.tflops, peak_source=peak.source,
-        mfu=achieved / peak.tflops if peak.tflops else None, mfu_missing_reason=peak.missing_reason,
-    )
-
-
-def model_state_record(plan: Plan, measured: dict) -> rf.ModelState:
-    replicated = tensor_parallel.replicated_param_count(plan.dims) if plan.tp_size > 1 else 0
-    expected, how = accounting.expected_bytes(plan.config, plan.dims.params_total - replicated, replicated,
-                                              plan.tp_size, plan.dp_size)
-    total = measured["params_bytes"] + measured["grads_bytes"] + measured["optimizer_bytes"]
-    return rf.ModelState(**measured, total_bytes=total, expected_bytes=expected, expectation=how)
-
-
 def train(plan: Plan) -> int:
     started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
     device = launch.select_device(plan.env)
@@ -324,7 +277,7 @@ def train(plan: Plan) -> int:
     run_id, out = run_identity(plan.config, plan.env)
     config = plan.config.model_copy(update={"run_id": run_id, "out": out, "steps": plan.total_steps})
     plan = replace(plan, config=config)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     _log(plan, f"run {run_id}: {config.mode}, {config.model}, world {plan.env.world_size} (dp {plan.dp_size} x tp "
                f"{plan.tp_size}), batch {config.batch_size}/rank, {plan.total_steps} steps, {config.precision}, on {device_name}")
 
@@ -342,37 +295,15 @@ def train(plan: Plan) -> int:
             error = f"out of memory at batch size {config.batch_size} per rank: {error}"
         print(f"[hpml] rank {plan.env.rank}: {status}: {error}", file=sys.stderr, flush=True)
 
-    start_step = trainer.start_step if trainer else 0
-    losses = trainer.loss_values(completed=status == "completed") if trainer else []
-    record = rf.RankFile(
-        run_id=run_id, status=status, error=error, config=config,
-        mode=config.mode, world_size=plan.env.world_size, dp_size=plan.dp_size, tp_size=plan.tp_size,
-        rank=plan.env.rank, local_rank=plan.env.local_rank, dp_rank=plan.dp_rank, tp_rank=plan.tp_rank,
-        launcher=plan.env.launcher, hostname=socket.gethostname(), device_type=device.type, device_name=device_name,
-        versions=rf.Versions(python=platform.python_version(), torch=torch.__version__, deepspeed=_version("deepspeed"),
-                             transformers=_version("transformers"), cuda=torch.version.cuda),
-        slurm=_slurm(),
-        model=rf.ModelInfo(name=plan.dims.name, n_layer=plan.dims.n_layer, n_head=plan.dims.n_head,
-                           n_embd=plan.dims.n_embd, vocab_size=plan.dims.vocab_size, seq_len=config.seq_len,
-                           params_total=plan.dims.params_total, params_non_embedding=plan.dims.params_non_embedding,
-                           params_matmul=plan.dims.params_matmul),
-        batch_size=config.batch_size, global_batch=plan.batches.global_batch, total_steps=plan.total_steps,
-        steps_completed=start_step + len(losses), resumed_from_step=start_step if plan.resume_state else None,
-        started_at=started_at.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
-        wall_time_s=time.perf_counter() - t0,
-        throughput=throughput,
-        flops=flops_record(plan, device.type, device_name, throughput.run_tokens_per_s) if throughput else None,
-        memory=rf.Memory(**peak_memory(device)),
-        model_state=model_state_record(plan, trainer.model_state) if throughput and trainer.model_state else None,
-        loss=rf.Loss(start_step=start_step, values=losses, averaged_over_dp=status == "completed"),
-    )
+    record = build_rank_file(plan, trainer, run_id, status, error, throughput, device, device_name, started_at,
+                             time.perf_counter() - t0)
     path = rf.write(out, record)
     if status != "completed":
         return EXIT_OOM if status == "oom" else EXIT_FAILED
     if plan.env.rank == 0:
         f = record.flops
         mfu = f"{f.mfu:.1%}" if f.mfu is not None else f"n/a ({f.mfu_missing_reason})"
-        _log(plan, f"final loss {losses[-1]:.4f}; {throughput.run_tokens_per_s:,.0f} tokens/s, "
+        _log(plan, f"final loss {record.loss.values[-1]:.4f}; {throughput.run_tokens_per_s:,.0f} tokens/s, "
                    f"{f.achieved_tflops_per_s:.3g} TFLOP/s per device, MFU {mfu}")
         _log(plan, f"results: {path.parent}")
     if dist.is_initialized():

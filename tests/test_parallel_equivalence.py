@@ -16,8 +16,6 @@ initial gradient norm is about 1.6), and must give the same losses and, gathered
 
 from __future__ import annotations
 
-import json
-import sys
 
 import pytest
 import torch
