@@ -57,3 +57,28 @@ def rank_files(out: Path) -> dict[int, dict]:
 
 def losses(out: Path, rank: int = 0) -> list[float]:
     return rank_files(out)[rank]["loss"]["values"]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, token_data):
+    """Train a layout of tests/layouts.py once per session and hand back its run folder."""
+    from tests.layouts import COMMON, LAYOUTS, OPTIMIZERS
+
+    root = tmp_path_factory.mktemp("layouts")
+    done: dict[tuple, object] = {}
+
+    def run(optimizer: str, layout: str, extra: tuple[str, ...] = ()):
+        key = (optimizer, layout, extra)
+        if key not in done:
+            out = root / f"{optimizer}-{layout}-{len(done)}"
+            args = [*COMMON, *OPTIMIZERS[optimizer][0], "--data", str(token_data), "--out", str(out), *extra]
+            if layout == "single":
+                engine([*args, "--batch-size", "4"])
+            else:
+                nproc, mode, tp, batch, accum = LAYOUTS[layout]
+                engine([*args, "--mode", mode, "--tp-size", str(tp), "--batch-size", str(batch),
+                        "--grad-accum", str(accum)], nproc=nproc)
+            done[key] = out
+        return done[key]
+
+    return run

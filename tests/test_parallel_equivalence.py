@@ -16,53 +16,13 @@ initial gradient norm is about 1.6), and must give the same losses and, gathered
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
 from hpml_core import tensor_parallel
 from hpml_core.model import GPT, model_dims
 from tests.conftest import engine, losses, rank_files
-
-STEPS = 6
-COMMON = ["--test", "--precision", "fp32", "--steps", str(STEPS), "--warmup-steps", "1", "--grad-clip", "0.5",
-          "--save-model"]
-OPTIMIZERS = {"sgd": (["--optimizer", "sgd", "--lr", "0.1"], 1e-5), "adamw": (["--optimizer", "adamw"], 1e-3)}
-# name: processes, mode, tp size, batch per DP rank, accumulation (global batch 4 everywhere)
-LAYOUTS = {
-    "ddp-4": (4, "baseline", 1, 1, 1),
-    "ddp-2-accum-2": (2, "baseline", 1, 1, 2),
-    "zero3-2": (2, "hybrid", 1, 2, 1),
-    "zero3-4": (4, "hybrid", 1, 1, 1),
-    "tp-2": (2, "baseline", 2, 4, 1),
-    "dp2xtp2-allreduce": (4, "baseline", 2, 2, 1),
-    "dp2xtp2-zero3": (4, "hybrid", 2, 2, 1),
-    "dp2xtp2-zero3-accum-2": (4, "hybrid", 2, 1, 2),
-}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, token_data):
-    """Run a layout once per test module and hand back its run folder."""
-    root = tmp_path_factory.mktemp("layouts")
-    done: dict[tuple, object] = {}
-
-    def run(optimizer: str, layout: str, extra: tuple[str, ...] = ()):
-        key = (optimizer, layout, extra)
-        if key not in done:
-            out = root / f"{optimizer}-{layout}-{len(done)}"
-            args = [*COMMON, *OPTIMIZERS[optimizer][0], "--data", str(token_data), "--out", str(out), *extra]
-            if layout == "single":
-                engine([*args, "--batch-size", "4"])
-            else:
-                nproc, mode, tp, batch, accum = LAYOUTS[layout]
-                engine([*args, "--mode", mode, "--tp-size", str(tp), "--batch-size", str(batch),
-                        "--grad-accum", str(accum)], nproc=nproc)
-            done[key] = out
-        return done[key]
-
-    return run
-
+from tests.layouts import COMMON, LAYOUTS, OPTIMIZERS
 
 def weight_differences(out, reference) -> dict[str, float]:
     """Per-tensor relative difference of the saved weights."""
@@ -158,25 +118,3 @@ def test_breaking_the_tp_backward_all_reduce_breaks_the_equivalence(tmp_path, to
     with pytest.raises(AssertionError):
         assert_same_training(out, trained("sgd", "single"), OPTIMIZERS["sgd"][1])
     assert max(weight_differences(out, trained("sgd", "single")).values()) > 1e-3
-
-
-def test_compiled_zero3_trains_like_uncompiled(trained):
-    """Under ZeRO-3, compilation goes through DeepSpeed's engine.compile() (its hooks must see
-    the plain modules); the result is the same training, up to float32 rounding of fused kernels."""
-    compiled = trained("adamw", "zero3-2", ("--compile",))
-    assert losses(compiled) == pytest.approx(losses(trained("adamw", "zero3-2")), abs=1e-5)
-
-
-@pytest.mark.parametrize("layout", ["tp-2", "dp2xtp2-zero3"])
-def test_resumed_layout_continues_with_the_same_losses(layout, trained, tmp_path, token_data):
-    """3 steps, a checkpoint (per TP rank; DeepSpeed's partitions under ZeRO-3), then 3 more
-    resumed in a new launch: the same 6 losses as one uninterrupted run."""
-    nproc, mode, tp, batch, _ = LAYOUTS[layout]
-    out = tmp_path / "split"
-    args = [*COMMON, *OPTIMIZERS["adamw"][0], "--data", str(token_data), "--out", str(out),
-            "--mode", mode, "--tp-size", str(tp), "--batch-size", str(batch)]
-    engine([*args, "--steps", "3", "--checkpoint-every", "3"], nproc=nproc)  # the last --steps wins
-    first_half = losses(out)
-    engine([*args, "--resume"], nproc=nproc)
-    assert rank_files(out)[0]["resumed_from_step"] == 3
-    assert first_half + losses(out) == losses(trained("adamw", layout))

@@ -1,0 +1,19 @@
+"""The parallel layouts the tests train, and how: shared by the equivalence, resume and compile
+tests so that each layout is trained once per session (see the ``trained`` fixture)."""
+
+STEPS = 6
+COMMON = ["--test", "--precision", "fp32", "--steps", str(STEPS), "--warmup-steps", "1", "--grad-clip", "0.5",
+          "--save-model"]
+# optimizer flags, and the relative tolerance on trained weights (justified in test_parallel_equivalence.py)
+OPTIMIZERS = {"sgd": (["--optimizer", "sgd", "--lr", "0.1"], 1e-5), "adamw": (["--optimizer", "adamw"], 1e-3)}
+# name: processes, mode, tp size, batch per DP rank, accumulation (global batch 4 everywhere)
+LAYOUTS = {
+    "ddp-4": (4, "baseline", 1, 1, 1),
+    "ddp-2-accum-2": (2, "baseline", 1, 1, 2),
+    "zero3-2": (2, "hybrid", 1, 2, 1),
+    "zero3-4": (4, "hybrid", 1, 1, 1),
+    "tp-2": (2, "baseline", 2, 4, 1),
+    "dp2xtp2-allreduce": (4, "baseline", 2, 2, 1),
+    "dp2xtp2-zero3": (4, "hybrid", 2, 2, 1),
+    "dp2xtp2-zero3-accum-2": (4, "hybrid", 2, 1, 2),
+}

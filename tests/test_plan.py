@@ -1,0 +1,100 @@
+"""`hpml plan`: experiment files expand into validated runs, or are refused naming run and field."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from jobs import experiment
+from jobs.cli import EXPERIMENTS
+from tests.conftest import REPO
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "exp.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_seed_study_is_the_original_five_configurations():
+    exp = experiment.load(EXPERIMENTS / "seed_study.yaml")
+    table = {r.name: (r.train["mode"], r.nodes * r.gpus, r.dp_size, r.tp_size, r.train["batch_size"], r.global_batch,
+                      r.steps) for r in exp.runs}
+    assert table == {  # 5000 samples: steps = 5000 // global batch
+        "single": ("single", 1, 1, 1, 8, 8, 625),
+        "ddp-4": ("baseline", 4, 4, 1, 8, 32, 156),
+        "zero3-4": ("hybrid", 4, 4, 1, 8, 32, 156),
+        "dp2xtp2-b8": ("hybrid", 4, 2, 2, 8, 16, 312),
+        "dp2xtp2-b32": ("hybrid", 4, 2, 2, 32, 64, 78),
+    }
+    assert all(r.train["model"] == "gpt2-large" and r.train["precision"] == "bf16" for r in exp.runs)
+
+
+def test_tiny_study_has_the_seed_study_layouts():
+    seed, tiny = (experiment.load(EXPERIMENTS / f"{n}.yaml") for n in ("seed_study", "tiny_study"))
+    layout = lambda r: (r.name, r.train["mode"], r.gpus, r.tp_size, r.train["batch_size"])  # noqa: E731
+    assert [layout(r) for r in tiny.runs] == [layout(r) for r in seed.runs]
+    assert all(r.train["model"] == "tiny" for r in tiny.runs)
+
+
+def test_runs_grid_zip_and_repeats_multiply(tmp_path):
+    exp = experiment.load(write(tmp_path, """
+        name: sweep
+        dataset: wikitext-2
+        defaults: {model: tiny, steps: 10, warmup_steps: 1}
+        runs: [{name: a, mode: baseline}, {name: b, mode: hybrid}]
+        grid: {batch_size: [8, 16]}
+        zip: {gpus: [2, 4], tp_size: [1, 2]}
+        repeats: 2
+    """))
+    names = [r.name for r in exp.runs]
+    assert len(names) == len(set(names)) == 2 * 2 * 2 * 2
+    assert "a-batch-size-16-gpus-4-tp-size-2-r1" in names
+    run = next(r for r in exp.runs if r.name == "b-batch-size-8-gpus-4-tp-size-2-r0")
+    assert (run.train["mode"], run.train["batch_size"], run.gpus, run.tp_size, run.dp_size, run.repeat) == \
+        ("hybrid", 8, 4, 2, 2, 0)
+
+
+@pytest.mark.parametrize("run_fields,where,field", [
+    ("{name: x, mode: hybrid, tp_size: 3, gpus: 4}", "run 'x'", "tp_size"),
+    ("{name: x, mode: baseline, tp_size: 4, gpus: 2, nodes: 2}", "run 'x'", "tp_size"),  # TP across nodes
+    ("{name: x, batch_size: 0}", "run 'x'", "batch_size"),
+    ("{name: x, batchsize: 8}", "run 'x'", "batchsize"),
+    ("{name: x, data: /etc}", "run 'x'", "data"),
+    ("{name: x, model: gpt5}", "run 'x'", "model"),
+    ("{name: x, mode: baseline, zero_stage: 3, gpus: 2}", "run 'x'", "zero_stage"),
+    ("{name: x, gpus: 0}", "run 'x'", "gpus"),
+    ("{name: x, time_limit: 2h}", "run 'x'", "time_limit"),
+    ("{name: ../../etc/x}", "run '../../etc/x'", "name"),
+    ("{name: 'a;b'}", "run 'a;b'", "name"),
+])
+def test_invalid_runs_are_refused_naming_the_run_and_the_field(tmp_path, run_fields, where, field):
+    path = write(tmp_path, f"""
+        name: bad
+        dataset: wikitext-2
+        defaults: {{model: tiny, steps: 10, warmup_steps: 1}}
+        runs: [{run_fields}]
+    """)
+    with pytest.raises(experiment.ExperimentError) as caught:
+        experiment.load(path)
+    assert str(caught.value).startswith(f"{where}: {field}: ")
+
+
+def test_duplicate_names_and_unequal_zips_are_refused(tmp_path):
+    dup = write(tmp_path, "name: d\ndataset: w\nruns: [{name: a}, {name: a}]\n")
+    with pytest.raises(experiment.ExperimentError, match="appears twice"):
+        experiment.load(dup)
+    zipped = write(tmp_path, "name: z\ndataset: w\nzip: {gpus: [1, 2], batch_size: [8]}\n")
+    with pytest.raises(experiment.ExperimentError, match="zip: all lists"):
+        experiment.load(zipped)
+
+
+def test_plan_command_prints_the_table_or_one_error_line(tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "jobs.cli", "seed_study"], cwd=REPO, capture_output=True, text=True)
+    assert ok.returncode == 0 and "dp2xtp2-b32" in ok.stdout and "625" in ok.stdout
+    bad = write(tmp_path, "name: b\ndataset: w\nruns: [{name: x, mode: hybrid, tp_size: 3, gpus: 4}]\n")
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", str(bad)], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "hpml plan: error: run 'x': tp_size: 3 does not divide the world size 4"]

@@ -1,0 +1,40 @@
+"""A run stopped and resumed from its checkpoint trains exactly like one that never stopped."""
+
+import json
+import math
+
+import pytest
+
+from tests.conftest import engine, losses, rank_files
+from tests.layouts import COMMON, LAYOUTS, OPTIMIZERS
+
+
+def test_resumed_run_continues_with_the_same_losses(tmp_path, token_data):
+    """2K steps in one go equal K steps, then K more resumed from the checkpoint (DDP, fp16 loss scaling)."""
+    args = ["--test", "--precision", "fp16", "--warmup-steps", "1", "--mode", "baseline", "--batch-size", "2",
+            "--data", str(token_data)]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    engine([*args, "--steps", "6", "--out", str(whole)], nproc=2)
+    engine([*args, "--steps", "3", "--checkpoint-every", "3", "--out", str(split)], nproc=2)
+    first_half = losses(split)
+    assert json.loads((split / "checkpoints" / "latest.json").read_text())["step"] == 3
+    engine([*args, "--steps", "6", "--resume", "--out", str(split)], nproc=2)
+    record = rank_files(split)[0]
+    assert record["resumed_from_step"] == 3 and record["loss"]["start_step"] == 3
+    assert first_half + record["loss"]["values"] == losses(whole)
+    assert all(math.isfinite(v) for v in losses(whole))
+
+
+@pytest.mark.parametrize("layout", ["tp-2", "dp2xtp2-zero3"])
+def test_resumed_layout_continues_with_the_same_losses(layout, trained, tmp_path, token_data):
+    """3 steps, a checkpoint (per TP rank; DeepSpeed's partitions under ZeRO-3), then 3 more
+    resumed in a new launch: the same 6 losses as one uninterrupted run."""
+    nproc, mode, tp, batch, _ = LAYOUTS[layout]
+    out = tmp_path / "split"
+    args = [*COMMON, *OPTIMIZERS["adamw"][0], "--data", str(token_data), "--out", str(out),
+            "--mode", mode, "--tp-size", str(tp), "--batch-size", str(batch)]
+    engine([*args, "--steps", "3", "--checkpoint-every", "3"], nproc=nproc)  # the last --steps wins
+    first_half = losses(out)
+    engine([*args, "--resume"], nproc=nproc)
+    assert rank_files(out)[0]["resumed_from_step"] == 3
+    assert first_half + losses(out) == losses(trained("adamw", layout))
