@@ -9,6 +9,7 @@ USAGE = """usage: hpml COMMAND [ARGS...]
 commands:
   train   train GPT-2 and write one result file per rank (python -m hpml_core.train)
   data    prepare a token file from a corpus (python -m hpml_core.data)
+  plan    expand and validate an experiment file, and print its runs (python -m jobs.cli)
 
 `hpml COMMAND --help` describes each."""
 
@@ -23,8 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         from hpml_core.train import main as run
     elif command == "data":
         from hpml_core.data import main as run
+    elif command == "plan":
+        from jobs.cli import main as run
     else:
-        print(f"hpml: error: unknown command {command!r} (allowed: train, data)", file=sys.stderr)
+        print(f"hpml: error: unknown command {command!r} (allowed: train, data, plan)", file=sys.stderr)
         return 2
     return run(rest)
 

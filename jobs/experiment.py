@@ -1,0 +1,174 @@
+"""Experiment files: a study as a matrix of training runs, expanded and validated once, here.
+
+An experiment file (YAML) names the study, the prepared dataset it trains on, shared
+``defaults``, and the runs: explicit ``runs`` entries, each crossed with the cartesian product
+of ``grid`` and with the paired values of ``zip``, all repeated ``repeats`` times. A run entry
+holds training flags (the fields of ``hpml_core.config.TrainConfig``: ``mode``, ``tp_size``,
+``batch_size``...) and job fields: ``name``, ``nodes``, ``gpus`` (processes per node: one per
+GPU, or CPU processes on a machine without one) and ``time_limit``.
+
+Every expanded run is validated exactly as the engine will validate it (``TrainConfig`` and
+``check_layout`` for its nodes × GPUs), so a study that plans cleanly launches cleanly. An
+error names the run and the field; nothing downstream sees an invalid run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hpml_core.config import TrainConfig, check_layout
+from hpml_core.errors import UsageError
+from hpml_core.model import model_dims
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+TIME_LIMIT = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")
+JOB_FIELDS = {"name", "nodes", "gpus", "time_limit"}
+# Set per run by the jobs layer, never by an experiment file.
+MANAGED_FIELDS = {"data", "out", "run_id", "checkpoint_dir", "resume", "test"}
+TRAIN_FIELDS = set(TrainConfig.model_fields) - MANAGED_FIELDS
+# The vocabulary is known only once the data is prepared; GPT-2's, padded, is what TP must divide.
+ASSUMED_VOCAB = 50257
+
+
+class ExperimentError(UsageError):
+    """A bad experiment file: names the run (when there is one) and the field."""
+
+    def __init__(self, where: str, field: str, message: str):
+        super().__init__(f"{where}: {field}", message)
+
+
+class ExperimentFile(BaseModel):
+    """The YAML as written."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    dataset: str = Field(description="prepared data folder under the site's data_root")
+    defaults: dict[str, Any] = {}
+    runs: list[dict[str, Any]] = [{}]
+    grid: dict[str, list[Any]] = {}
+    zip: dict[str, list[Any]] = {}
+    repeats: int = Field(1, ge=1)
+
+
+class Run(BaseModel):
+    """One expanded, validated run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    nodes: int
+    gpus: int
+    time_limit: str
+    repeat: int
+    train: dict[str, Any]  # TrainConfig fields, validated
+    dp_size: int
+    tp_size: int
+    global_batch: int
+    steps: int | None  # None: one epoch of the data
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus
+
+
+class Experiment(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    description: str
+    dataset: str
+    path: Path
+    runs: list[Run]
+
+
+def _label(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _expand(spec: ExperimentFile) -> list[tuple[str, int, dict[str, Any]]]:
+    """(name, repeat, fields) of every run, before validation."""
+    zipped = list(spec.zip.values())
+    if zipped and len({len(v) for v in zipped}) != 1:
+        raise ExperimentError(f"experiment {spec.name!r}", "zip", "all lists must have the same length")
+    zip_rows = [dict(zip(spec.zip, row)) for row in zip(*zipped)] if zipped else [{}]
+    grid_rows = [dict(zip(spec.grid, row)) for row in itertools.product(*spec.grid.values())]
+    expanded = []
+    for index, base in enumerate(spec.runs):
+        base_name = base.get("name", spec.name if len(spec.runs) == 1 else f"run{index}")
+        for grid_row, zip_row in itertools.product(grid_rows, zip_rows):
+            varied = {**grid_row, **zip_row}
+            name = "-".join([str(base_name), *(f"{k.replace('_', '-')}-{_label(v)}" for k, v in varied.items())])
+            fields = {**spec.defaults, **{k: v for k, v in base.items() if k != "name"}, **varied}
+            for repeat in range(spec.repeats):
+                expanded.append((name if spec.repeats == 1 else f"{name}-r{repeat}", repeat, fields))
+    return expanded
+
+
+def _validate(name: str, repeat: int, fields: dict[str, Any]) -> Run:
+    where = f"run {name!r}"
+    if not SAFE_NAME.match(name):
+        raise ExperimentError(where, "name", "use letters, digits, '.', '_' and '-' (at most 100, not starting with '.' or '-')")
+    unknown = set(fields) - TRAIN_FIELDS - JOB_FIELDS
+    if unknown:
+        field = sorted(unknown)[0]
+        hint = "set by hpml for each run" if field in MANAGED_FIELDS else f"allowed: {', '.join(sorted(TRAIN_FIELDS | JOB_FIELDS))}"
+        raise ExperimentError(where, field, f"not a run field ({hint})")
+    nodes, gpus, time_limit = fields.get("nodes", 1), fields.get("gpus", 1), str(fields.get("time_limit", "01:00:00"))
+    for field, value in (("nodes", nodes), ("gpus", gpus)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ExperimentError(where, field, f"must be a whole number >= 1 (got {value!r})")
+    if not TIME_LIMIT.match(time_limit):
+        raise ExperimentError(where, "time_limit", f"must be [D-]HH:MM:SS (got {time_limit!r})")
+    train = {k: v for k, v in fields.items() if k in TRAIN_FIELDS}
+    try:
+        config = TrainConfig(**train, data=Path("."))
+        dims = model_dims(config.model, ASSUMED_VOCAB)
+        dp, tp = check_layout(config, nodes * gpus, gpus, dims.n_head, dims.vocab_size)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ExperimentError(where, str(first["loc"][0]), f"{first['msg']} (got {first.get('input')!r})") from None
+    except UsageError as exc:
+        raise ExperimentError(where, exc.field.removeprefix("--").replace("-", "_"), str(exc).split(": ", 1)[1]) from None
+    global_batch = config.batch_size * dp * config.grad_accum
+    steps = config.steps
+    if config.max_samples is not None:
+        steps = min(steps or config.max_samples, config.max_samples // global_batch)
+        if steps <= config.warmup_steps:
+            raise ExperimentError(where, "max_samples", f"{config.max_samples} samples make {steps} steps of "
+                                  f"{global_batch}, not more than the {config.warmup_steps} warm-up steps")
+    return Run(name=name, nodes=nodes, gpus=gpus, time_limit=time_limit, repeat=repeat,
+               train=config.model_dump(mode="json", include=set(train)), dp_size=dp, tp_size=tp,
+               global_batch=global_batch, steps=steps)
+
+
+def load(path: Path) -> Experiment:
+    if not path.is_file():
+        raise ExperimentError("experiment", str(path), "no such file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+        spec = ExperimentFile.model_validate(raw)
+    except yaml.YAMLError as exc:
+        raise ExperimentError("experiment", str(path), f"not valid YAML ({str(exc).splitlines()[0]})") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "file"
+        raise ExperimentError(f"experiment {path.name}", field, first["msg"]) from None
+    if not SAFE_NAME.match(spec.name):
+        raise ExperimentError(f"experiment {path.name}", "name", "use letters, digits, '.', '_' and '-'")
+    if not SAFE_NAME.match(spec.dataset):
+        raise ExperimentError(f"experiment {path.name}", "dataset", "a folder name under the site's data_root")
+    runs = [_validate(name, repeat, fields) for name, repeat, fields in _expand(spec)]
+    seen: set[str] = set()
+    for run in runs:
+        if run.name in seen:
+            raise ExperimentError(f"run {run.name!r}", "name", "appears twice; give each runs entry its own name")
+        seen.add(run.name)
+    return Experiment(name=spec.name, description=spec.description, dataset=spec.dataset, path=path, runs=runs)
