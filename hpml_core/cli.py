@@ -9,7 +9,8 @@ USAGE = """usage: hpml COMMAND [ARGS...]
 commands:
   train   train GPT-2 and write one result file per rank (python -m hpml_core.train)
   data    prepare a token file from a corpus (python -m hpml_core.data)
-  plan    expand and validate an experiment file, and print its runs (python -m jobs.cli)
+  plan    expand and validate an experiment file, and print its runs (python -m jobs.cli plan)
+  render  write an experiment's job scripts for a site profile (python -m jobs.cli render)
 
 `hpml COMMAND --help` describes each."""
 
@@ -24,10 +25,12 @@ def main(argv: list[str] | None = None) -> int:
         from hpml_core.train import main as run
     elif command == "data":
         from hpml_core.data import main as run
-    elif command == "plan":
-        from jobs.cli import main as run
+    elif command in ("plan", "render"):
+        from jobs.cli import main as jobs_main
+
+        return jobs_main(argv)
     else:
-        print(f"hpml: error: unknown command {command!r} (allowed: train, data, plan)", file=sys.stderr)
+        print(f"hpml: error: unknown command {command!r} (allowed: train, data, plan, render)", file=sys.stderr)
         return 2
     return run(rest)
 

@@ -1,4 +1,5 @@
-"""``hpml plan``: expand and validate an experiment file, and show what it would run."""
+"""``hpml plan`` and ``hpml render``: expand and validate an experiment file, show what it would
+run, and write its job scripts for a site."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hpml_core.errors import EXIT_USAGE, UsageError
-from jobs import experiment
+from jobs import experiment, render, site
 
 EXPERIMENTS = Path(__file__).parent / "experiments"
 
@@ -33,15 +34,26 @@ def plan_table(exp: experiment.Experiment) -> Table:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hpml plan", description=__doc__)
-    parser.add_argument("experiment", help="an experiment file, or the name of one in jobs/experiments/")
+    parser = argparse.ArgumentParser(prog="hpml", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    plan = sub.add_parser("plan", help="expand and validate an experiment, print its runs")
+    plan.add_argument("experiment", help="an experiment file, or the name of one in jobs/experiments/")
+    draw = sub.add_parser("render", help="write results/<experiment>/<run>/job.sbatch for a site")
+    draw.add_argument("experiment", help="an experiment file, or the name of one in jobs/experiments/")
+    draw.add_argument("--site", required=True, help="a site profile file, or the name of one in jobs/sites/")
+    draw.add_argument("--results", type=Path, default=Path("results"), help="where the scripts go (default results)")
     args = parser.parse_args(argv)
     try:
         exp = experiment.load(resolve(args.experiment))
+        if args.command == "render":
+            paths = render.render(exp, site.load(args.site), args.results)
     except UsageError as exc:
-        print(f"hpml plan: error: {exc}", file=sys.stderr)
+        print(f"hpml {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    Console(width=140).print(plan_table(exp))
+    if args.command == "plan":
+        Console(width=140).print(plan_table(exp))
+    else:
+        print(f"wrote {len(paths)} job scripts under {args.results / exp.name}/")
     return 0
 
 

@@ -91,10 +91,10 @@ def test_duplicate_names_and_unequal_zips_are_refused(tmp_path):
 
 
 def test_plan_command_prints_the_table_or_one_error_line(tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "jobs.cli", "seed_study"], cwd=REPO, capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", "seed_study"], cwd=REPO, capture_output=True, text=True)
     assert ok.returncode == 0 and "dp2xtp2-b32" in ok.stdout and "625" in ok.stdout
     bad = write(tmp_path, "name: b\ndataset: w\nruns: [{name: x, mode: hybrid, tp_size: 3, gpus: 4}]\n")
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", str(bad)], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", str(bad)], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
         "hpml plan: error: run 'x': tp_size: 3 does not divide the world size 4"]

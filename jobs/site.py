@@ -1,0 +1,121 @@
+"""Site profiles: where and how a cluster runs jobs (account, partition, GPU request style,
+container, paths, environment), one YAML file per site in ``jobs/sites/``.
+
+Values are validated here, once: the ones that land in ``#SBATCH`` lines (which sbatch reads
+itself, without a shell) must match a plain pattern, and paths may use ``$USER``, ``$HOME``
+and ``$SCRATCH``, expanded when the script is rendered. Everything else that reaches shell
+text is quoted by the template's ``shquote`` filter, so no value can run a command.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from jobs.experiment import ExperimentError
+
+SITES = Path(__file__).parent / "sites"
+SBATCH_VALUE = re.compile(r"^[A-Za-z0-9._:+-]+$")  # partition, account, gpu type, memory
+PATH_VALUE = re.compile(r"^[A-Za-z0-9._/+${}-]+$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+PATH_VARIABLES = ("USER", "HOME", "SCRATCH")
+
+
+def expand_path(value: str) -> str:
+    """Expand $USER, $HOME and $SCRATCH (only those), as the login node that renders sees them."""
+    for name in PATH_VARIABLES:
+        if f"${name}" in value or f"${{{name}}}" in value:
+            if name not in os.environ:
+                raise ExperimentError("site", "path", f"{value!r} uses ${name}, which is not set here")
+            value = value.replace(f"${{{name}}}", os.environ[name]).replace(f"${name}", os.environ[name])
+    if "$" in value:
+        raise ExperimentError("site", "path", f"{value!r}: only $USER, $HOME and $SCRATCH may be used")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Container(_Strict):
+    kind: Literal["none", "singularity", "apptainer"] = "none"
+    image: str | None = None
+    overlay: str | None = None  # singularity/apptainer --overlay, mounted read-only
+    activate: str | None = None  # a script sourced inside the container before Python runs
+
+    @field_validator("image", "overlay", "activate")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and not PATH_VALUE.match(value):
+            raise ValueError(f"{value!r} must be a plain path (letters, digits, . _ / + - and $VARIABLES)")
+        return value
+
+
+class Site(_Strict):
+    name: str
+    scheduler: Literal["slurm"]
+    account: str | None = None
+    partition: str | None = None
+    qos: str | None = None
+    gpu_request: Literal["gres", "gpus-per-node"] = "gres"
+    gpu_type: str | None = None
+    cpus_per_gpu: int = 4
+    mem_per_gpu: str | None = None
+    modules: list[str] = []
+    container: Container = Container()
+    project_dir: str
+    results_root: str
+    data_root: str
+    env: dict[str, str] = {}
+
+    @field_validator("account", "partition", "qos", "gpu_type", "mem_per_gpu")
+    @classmethod
+    def _sbatch_value(cls, value: str | None) -> str | None:
+        if value is not None and not SBATCH_VALUE.match(value):
+            raise ValueError(f"{value!r} must be letters, digits and . _ : + - only (it goes into an #SBATCH line)")
+        return value
+
+    @field_validator("project_dir", "results_root", "data_root")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not PATH_VALUE.match(value):
+            raise ValueError(f"{value!r} must be a plain path (letters, digits, . _ / + - and $VARIABLES)")
+        return value
+
+    @field_validator("modules")
+    @classmethod
+    def _modules(cls, value: list[str]) -> list[str]:
+        for module in value:
+            if not PATH_VALUE.match(module) or "$" in module:
+                raise ValueError(f"module {module!r} must be a plain name such as cuda/12.1")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return value
+
+
+def load(name_or_path: str) -> Site:
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = SITES / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in SITES.glob("*.yaml")))
+        raise ExperimentError("site", str(name_or_path), f"no such site profile (known: {known})")
+    try:
+        return Site.model_validate(yaml.safe_load(path.read_text()))
+    except yaml.YAMLError as exc:
+        raise ExperimentError(f"site {path.name}", "file", f"not valid YAML ({str(exc).splitlines()[0]})") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "file"
+        raise ExperimentError(f"site {path.name}", field, first["msg"]) from None
