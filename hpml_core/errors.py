@@ -11,3 +11,4 @@ class UsageError(Exception):
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_OOM = 3
+EXIT_STOPPED = 4  # stopped on a signal after saving a checkpoint: requeue and --resume

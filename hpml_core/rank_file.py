@@ -111,8 +111,9 @@ class Loss(_Strict):
 class RankFile(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     run_id: str
-    status: Literal["completed", "failed", "oom"]
-    error: str | None = Field(description="what went wrong, when status is not completed")
+    status: Literal["completed", "failed", "oom", "stopped"] = Field(
+        description="stopped: a signal (time limit near, preemption) stopped it after a checkpoint; resume with --resume")
+    error: str | None = Field(description="what went wrong, or what stopped it, when status is not completed")
     config: TrainConfig
     mode: str
     world_size: int

@@ -66,7 +66,8 @@ def build_rank_file(plan, trainer, run_id: str, status: str, error: str | None, 
     """``trainer`` is None when the failure came before it was built."""
     config = plan.config
     start_step = trainer.start_step if trainer else 0
-    losses = trainer.loss_values(completed=status == "completed") if trainer else []
+    alive = status in ("completed", "stopped")  # every rank reached the same step: collectives are safe
+    losses = trainer.loss_values(ranks_alive=alive) if trainer else []
     return rf.RankFile(
         run_id=run_id, status=status, error=error, config=config,
         mode=config.mode, world_size=plan.env.world_size, dp_size=plan.dp_size, tp_size=plan.tp_size,
@@ -87,5 +88,5 @@ def build_rank_file(plan, trainer, run_id: str, status: str, error: str | None, 
         flops=flops_record(plan, device.type, device_name, throughput.run_tokens_per_s) if throughput else None,
         memory=rf.Memory(**peak_memory(device)),
         model_state=model_state_record(plan, trainer.model_state) if throughput and trainer.model_state else None,
-        loss=rf.Loss(start_step=start_step, values=losses, averaged_over_dp=status == "completed"),
+        loss=rf.Loss(start_step=start_step, values=losses, averaged_over_dp=alive),
     )

@@ -41,6 +41,10 @@ class StepTimer:
     def stop(self) -> None:
         self._pairs.append((self._start, self._now()))
 
+    @property
+    def timed_steps(self) -> int:
+        return len(self._pairs)
+
     def step_times_s(self) -> list[float]:
         if self.cuda:
             torch.cuda.synchronize()

@@ -28,11 +28,12 @@ from hpml_core import accounting, checkpoint, export, launch, tensor_parallel, z
 from hpml_core import rank_file as rf
 from hpml_core.config import TrainConfig, check_layout, parse_args
 from hpml_core.data import TokenBatches, TokenData
-from hpml_core.errors import EXIT_FAILED, EXIT_OOM, EXIT_USAGE, UsageError
+from hpml_core.errors import EXIT_FAILED, EXIT_OOM, EXIT_STOPPED, EXIT_USAGE, UsageError
 from hpml_core.mesh import Mesh, build_mesh, grid_position
 from hpml_core.model import GPT, ModelDims, model_dims, next_token_loss
 from hpml_core.parallelize import parallelize
 from hpml_core.record import build_rank_file, cpu_name
+from hpml_core.stopping import StopRequest
 from hpml_core.timing import StepTimer
 
 AUTOCAST_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -138,8 +139,8 @@ class Trainer:
     plain PyTorch (single process, DDP, tensor parallelism, DP×TP with DDP over the DP group),
     and DeepSpeed's ZeRO-3 engine (hybrid, with or without TP inside)."""
 
-    def __init__(self, plan: Plan, device: torch.device, mesh: Mesh, run_id: str, out: Path):
-        self.plan, self.device, self.mesh, self.run_id, self.out = plan, device, mesh, run_id, out
+    def __init__(self, plan: Plan, device: torch.device, mesh: Mesh, run_id: str, out: Path, stop: StopRequest):
+        self.plan, self.device, self.mesh, self.run_id, self.out, self.stop = plan, device, mesh, run_id, out, stop
         config = plan.config
         torch.manual_seed(config.seed)  # every rank builds the same full model, then keeps its shard
         with device:
@@ -207,7 +208,8 @@ class Trainer:
         else:
             torch.nn.utils.clip_grad_norm_(params, self.plan.config.grad_clip)
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Train to the last step; False if a stop signal ended it early, after a checkpoint."""
         plan, config = self.plan, self.plan.config
         first_timed = self.start_step + config.warmup_steps
         report_every = max(1, (plan.total_steps - self.start_step) // 10)
@@ -224,16 +226,22 @@ class Trainer:
                 self.save_checkpoint(done)
             if done % report_every == 0 or done == plan.total_steps:
                 _log(plan, f"step {done}/{plan.total_steps}  {time.perf_counter() - started:.1f} s")
+            if done < plan.total_steps and self.stop.agreed():
+                if not (config.checkpoint_every and done % config.checkpoint_every == 0):
+                    self.save_checkpoint(done)
+                _log(plan, f"stopped by {self.stop.signal_name} after step {done}; checkpoint saved, resume with --resume")
+                return False
+        return True
 
     def save_checkpoint(self, step: int) -> None:
         plan = self.plan
         checkpoint.save(checkpoint_dir(plan.config, self.out), step, self.model, self.optimizer, self.scaler,
                         self.engine, self.mesh, plan.env.rank, checkpoint.fingerprint(plan.config, plan.dp_size))
 
-    def loss_values(self, completed: bool) -> list[float]:
+    def loss_values(self, ranks_alive: bool) -> list[float]:
         """Per-step losses, read from the device once; averaged over data-parallel ranks (one
         collective for the whole run) when every rank is known to be alive."""
-        if not completed:  # one scalar at a time: after an out-of-memory error even a stack may fail
+        if not ranks_alive:  # one scalar at a time: after an out-of-memory error even a stack may fail
             return [loss.item() for loss in self.losses]
         losses = torch.stack(self.losses).float()
         if dist.is_initialized():
@@ -270,6 +278,7 @@ class Trainer:
 
 def train(plan: Plan) -> int:
     started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
+    stop = StopRequest()
     device = launch.select_device(plan.env)
     if plan.config.mode != "single":
         launch.init_process_group(plan.env, device)
@@ -283,10 +292,11 @@ def train(plan: Plan) -> int:
 
     status, error, throughput, trainer = "completed", None, None, None
     try:
-        trainer = Trainer(plan, device, mesh, run_id, out)
-        trainer.run()
-        throughput = trainer.throughput()
-        if config.save_model:
+        trainer = Trainer(plan, device, mesh, run_id, out, stop)
+        if not trainer.run():
+            status, error = "stopped", f"stopped by {trainer.stop.signal_name}; checkpoint saved"
+        throughput = trainer.throughput() if trainer.timer.timed_steps else None
+        if config.save_model and status == "completed":
             export.save_full_model(trainer.model, mesh, trainer.engine, out, plan.env.rank)
     except Exception as exc:  # recorded in the rank file; the exit status says it failed
         status = "oom" if is_out_of_memory(exc) else "failed"
@@ -299,7 +309,7 @@ def train(plan: Plan) -> int:
                              time.perf_counter() - t0)
     path = rf.write(out, record)
     if status != "completed":
-        return EXIT_OOM if status == "oom" else EXIT_FAILED
+        return {"oom": EXIT_OOM, "stopped": EXIT_STOPPED}.get(status, EXIT_FAILED)
     if plan.env.rank == 0:
         f = record.flops
         mfu = f"{f.mfu:.1%}" if f.mfu is not None else f"n/a ({f.mfu_missing_reason})"

@@ -20,6 +20,8 @@ from jobs.site import Site, expand_path
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 SCRIPT = "job.sbatch"
+# Time between the stop signal and the time limit: enough to save GPT-2 Large's checkpoint.
+STOP_SECONDS = 180
 
 
 def _environment() -> Environment:
@@ -62,6 +64,7 @@ def render_run(experiment: Experiment, run: Run, site: Site) -> str:
         experiment=experiment.name, run=run, site=site, run_dir=run_dir,
         project_dir=expand_path(site.project_dir),
         tasks_per_node=run.gpus if single_node else 1,
+        stop_seconds=STOP_SECONDS,
         cpus_per_task=site.cpus_per_gpu * (1 if single_node else run.gpus),
         wrapper=container_wrapper(site),
         train_args=train_args(run, f"{expand_path(site.data_root)}/{experiment.dataset}", run_dir),
