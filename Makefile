@@ -6,7 +6,6 @@ SHARED ?= ../shared
 PY := $(VENV)/bin/python
 HPML := $(VENV)/bin/hpml
 DEMO_DATA := results/data/wikitext-2
-DEMO_FLAGS := --test --data $(DEMO_DATA) --precision bf16 --steps 40 --warmup-steps 5
 
 .PHONY: venv data demo test schema
 
@@ -26,11 +25,11 @@ $(DEMO_DATA)/meta.json: | venv
 	@test -f $(SHARED)/data/wikitext-2/valid.txt || { echo "make data: no $(SHARED)/data/wikitext-2/valid.txt; set SHARED=... or see README, Data" >&2; exit 2; }
 	$(HPML) data prepare --files $(SHARED)/data/wikitext-2/valid.txt --tokenizer train --vocab-size 4096 --out $(DEMO_DATA)
 
-# The tiny GPT-2 trained alone and with DDP on two CPU ranks (gloo), one rank file per process.
+# The seed study's five layouts on the tiny GPT-2 (jobs/experiments/tiny_study.yaml), run on this
+# machine without Slurm: CPU processes with gloo, one rank file per process. Running it again
+# runs only what has not completed.
 demo: venv data
-	$(HPML) train $(DEMO_FLAGS) --batch-size 8 --out results/demo/single
-	$(VENV)/bin/torchrun --standalone --nproc_per_node=2 -m hpml_core.train $(DEMO_FLAGS) --mode baseline --batch-size 4 --out results/demo/ddp-2
-	@echo "demo results: results/demo/single/rank-0.json, results/demo/ddp-2/rank-{0,1}.json"
+	$(HPML) submit tiny_study --site local
 
 test: venv
 	$(PY) -m pytest -q

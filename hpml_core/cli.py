@@ -11,6 +11,7 @@ commands:
   data    prepare a token file from a corpus (python -m hpml_core.data)
   plan    expand and validate an experiment file, and print its runs (python -m jobs.cli plan)
   render  write an experiment's job scripts for a site profile (python -m jobs.cli render)
+  submit  run an experiment's runs that have not completed (python -m jobs.cli submit)
 
 `hpml COMMAND --help` describes each."""
 
@@ -25,12 +26,12 @@ def main(argv: list[str] | None = None) -> int:
         from hpml_core.train import main as run
     elif command == "data":
         from hpml_core.data import main as run
-    elif command in ("plan", "render"):
+    elif command in ("plan", "render", "submit"):
         from jobs.cli import main as jobs_main
 
         return jobs_main(argv)
     else:
-        print(f"hpml: error: unknown command {command!r} (allowed: train, data, plan, render)", file=sys.stderr)
+        print(f"hpml: error: unknown command {command!r} (allowed: train, data, plan, render, submit)", file=sys.stderr)
         return 2
     return run(rest)
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hpml_core.errors import EXIT_USAGE, UsageError
-from jobs import experiment, render, site
+from jobs import experiment, render, site, submit
 
 EXPERIMENTS = Path(__file__).parent / "experiments"
 
@@ -42,11 +42,27 @@ def main(argv: list[str] | None = None) -> int:
     draw.add_argument("experiment", help="an experiment file, or the name of one in jobs/experiments/")
     draw.add_argument("--site", required=True, help="a site profile file, or the name of one in jobs/sites/")
     draw.add_argument("--results", type=Path, default=Path("results"), help="where the scripts go (default results)")
+    run = sub.add_parser("submit", help="run every run that has not completed, keeping the ledger")
+    run.add_argument("experiment", help="an experiment file, or the name of one in jobs/experiments/")
+    run.add_argument("--site", default="local", help="a site profile (default local: this machine, no Slurm)")
+    choice = run.add_mutually_exclusive_group()
+    choice.add_argument("--only-failed", action="store_true", help="only runs that failed, ran out of memory or stopped")
+    choice.add_argument("--force", action="store_true", help="every run, completed or not")
+    run.add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
     args = parser.parse_args(argv)
     try:
         exp = experiment.load(resolve(args.experiment))
         if args.command == "render":
-            paths = render.render(exp, site.load(args.site), args.results)
+            profile = site.load(args.site)
+            if profile.scheduler != "slurm":
+                raise UsageError("--site", f"{args.site} runs without Slurm: it has no job scripts (use hpml submit)")
+            paths = render.render(exp, profile, args.results)
+        if args.command == "submit":
+            profile = site.load(args.site)
+            if profile.scheduler != "local":
+                raise UsageError("--site", f"submitting to Slurm is not built yet; `hpml render {args.experiment} "
+                                 f"--site {args.site}` writes the job scripts to sbatch by hand (allowed here: local)")
+            return submit.submit_local(exp, profile, args.only_failed, args.force, args.dry_run)
     except UsageError as exc:
         print(f"hpml {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -58,7 +58,7 @@ class Container(_Strict):
 
 class Site(_Strict):
     name: str
-    scheduler: Literal["slurm"]
+    scheduler: Literal["slurm", "local"]
     account: str | None = None
     partition: str | None = None
     qos: str | None = None
