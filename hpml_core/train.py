@@ -32,6 +32,7 @@ from hpml_core.errors import EXIT_FAILED, EXIT_OOM, EXIT_STOPPED, EXIT_USAGE, Us
 from hpml_core.mesh import Mesh, build_mesh, grid_position
 from hpml_core.model import GPT, ModelDims, model_dims, next_token_loss
 from hpml_core.parallelize import parallelize
+from hpml_core.progress import Progress
 from hpml_core.record import build_rank_file, cpu_name
 from hpml_core.stopping import StopRequest
 from hpml_core.timing import StepTimer
@@ -139,8 +140,10 @@ class Trainer:
     plain PyTorch (single process, DDP, tensor parallelism, DP×TP with DDP over the DP group),
     and DeepSpeed's ZeRO-3 engine (hybrid, with or without TP inside)."""
 
-    def __init__(self, plan: Plan, device: torch.device, mesh: Mesh, run_id: str, out: Path, stop: StopRequest):
-        self.plan, self.device, self.mesh, self.run_id, self.out, self.stop = plan, device, mesh, run_id, out, stop
+    def __init__(self, plan: Plan, device: torch.device, mesh: Mesh, run_id: str, out: Path, stop: StopRequest,
+                 progress: Progress):
+        self.plan, self.device, self.mesh, self.run_id, self.out = plan, device, mesh, run_id, out
+        self.stop, self.progress = stop, progress
         config = plan.config
         torch.manual_seed(config.seed)  # every rank builds the same full model, then keeps its shard
         with device:
@@ -226,6 +229,7 @@ class Trainer:
                 self.save_checkpoint(done)
             if done % report_every == 0 or done == plan.total_steps:
                 _log(plan, f"step {done}/{plan.total_steps}  {time.perf_counter() - started:.1f} s")
+                self.progress.update("running", done)
             if done < plan.total_steps and self.stop.agreed():
                 if not (config.checkpoint_every and done % config.checkpoint_every == 0):
                     self.save_checkpoint(done)
@@ -286,13 +290,15 @@ def train(plan: Plan) -> int:
     run_id, out = run_identity(plan.config, plan.env)
     config = plan.config.model_copy(update={"run_id": run_id, "out": out, "steps": plan.total_steps})
     plan = replace(plan, config=config)
+    progress = Progress(out, plan.total_steps, enabled=plan.env.rank == 0)
+    progress.update("starting", plan.resume_state.step if plan.resume_state else 0)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     _log(plan, f"run {run_id}: {config.mode}, {config.model}, world {plan.env.world_size} (dp {plan.dp_size} x tp "
                f"{plan.tp_size}), batch {config.batch_size}/rank, {plan.total_steps} steps, {config.precision}, on {device_name}")
 
     status, error, throughput, trainer = "completed", None, None, None
     try:
-        trainer = Trainer(plan, device, mesh, run_id, out, stop)
+        trainer = Trainer(plan, device, mesh, run_id, out, stop, progress)
         if not trainer.run():
             status, error = "stopped", f"stopped by {trainer.stop.signal_name}; checkpoint saved"
         throughput = trainer.throughput() if trainer.timer.timed_steps else None
@@ -308,6 +314,7 @@ def train(plan: Plan) -> int:
     record = build_rank_file(plan, trainer, run_id, status, error, throughput, device, device_name, started_at,
                              time.perf_counter() - t0)
     path = rf.write(out, record)
+    progress.update(status, record.steps_completed, error)
     if status != "completed":
         return {"oom": EXIT_OOM, "stopped": EXIT_STOPPED}.get(status, EXIT_FAILED)
     if plan.env.rank == 0:

@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from hpml_core.errors import EXIT_USAGE, UsageError
-from jobs import experiment, render, site, submit
+from jobs import experiment, render, site, status, submit
+from jobs.site import expand_path
 
 EXPERIMENTS = Path(__file__).parent / "experiments"
 
@@ -49,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     choice.add_argument("--only-failed", action="store_true", help="only runs that failed, ran out of memory or stopped")
     choice.add_argument("--force", action="store_true", help="every run, completed or not")
     run.add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
+    watch = sub.add_parser("status", help="the state and progress of an experiment's runs")
+    watch.add_argument("experiment", help="an experiment file, or the name of one in jobs/experiments/")
+    watch.add_argument("--site", default="local", help="the site profile it was submitted with (default local)")
+    watch.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until no run is active")
     args = parser.parse_args(argv)
     try:
         exp = experiment.load(resolve(args.experiment))
@@ -63,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError("--site", f"submitting to Slurm is not built yet; `hpml render {args.experiment} "
                                  f"--site {args.site}` writes the job scripts to sbatch by hand (allowed here: local)")
             return submit.submit_local(exp, profile, args.only_failed, args.force, args.dry_run)
+        if args.command == "status":
+            folder = Path(expand_path(site.load(args.site).results_root)) / exp.name
+            return status.show(exp, folder, args.watch)
     except UsageError as exc:
         print(f"hpml {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -49,7 +49,7 @@ def local_command(run: Run, args: list[str]) -> list[str]:
             "-m", "hpml_core.train", *args]
 
 
-def _running_elsewhere(entry: dict) -> bool:
+def running_elsewhere(entry: dict) -> bool:
     """A run another `hpml submit` on this machine is running right now."""
     if entry.get("state") != "RUNNING" or not entry.get("pid"):
         return False
@@ -65,7 +65,7 @@ def select(experiment: Experiment, folder: Path, only_failed: bool, force: bool)
     chosen = []
     for run in experiment.runs:
         state = entries.get(run.name, {}).get("state")
-        if _running_elsewhere(entries.get(run.name, {})):
+        if running_elsewhere(entries.get(run.name, {})):
             continue  # never twice at once, not even with --force
         if force:
             chosen.append(run)

@@ -38,6 +38,10 @@ def test_submit_runs_what_has_not_completed_and_only_that(study, capsys):
     assert sorted(rank_files(folder / "ddp-2")) == [0, 1] and sorted(rank_files(folder / "single")) == [0]
     assert "results: " in capsys.readouterr().out
 
+    assert main(["status", str(exp), "--site", str(site)]) == 0
+    table = capsys.readouterr().out
+    assert table.count("COMPLETED") == 2 and "completed, step 4/4" in table
+
     assert main(["submit", str(exp), "--site", str(site)]) == 0  # again: nothing to do
     assert "0 to run, 2 skipped" in capsys.readouterr().out
     assert all(entry["attempts"] == 1 for entry in ledger(folder).values())

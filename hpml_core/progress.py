@@ -1,0 +1,26 @@
+"""The run's own status file, ``<out>/status.json``, written by rank 0: what ``hpml status``
+shows while a job runs ("running, step k of n") and after it ends (the final status, as in the
+rank files). Written at the start, with each progress line (every tenth of the run) and at the
+end, atomically and from the host only: it never waits for the GPU."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from hpml_core.atomic import atomic_write_json
+
+STATUS_FILE = "status.json"
+
+
+class Progress:
+    def __init__(self, out: Path, total_steps: int, enabled: bool):
+        self.out, self.total_steps, self.enabled = out, total_steps, enabled
+        self.started = time.time()
+
+    def update(self, state: str, step: int, error: str | None = None) -> None:
+        if self.enabled:
+            atomic_write_json(self.out / STATUS_FILE, {
+                "state": state, "step": step, "total_steps": self.total_steps, "error": error,
+                "started_at": self.started, "updated_at": time.time(),
+            })
