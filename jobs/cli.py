@@ -1,5 +1,6 @@
-"""``hpml plan`` and ``hpml render``: expand and validate an experiment file, show what it would
-run, and write its job scripts for a site."""
+"""The study commands: ``hpml plan`` (expand and validate an experiment, show its runs),
+``hpml render`` (job scripts for a Slurm site), ``hpml submit`` (run what has not completed) and
+``hpml status`` (where each run stands)."""
 
 from __future__ import annotations
 
@@ -34,51 +35,57 @@ def plan_table(exp: experiment.Experiment) -> Table:
     return table
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpml", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    plan = sub.add_parser("plan", help="expand and validate an experiment, print its runs")
-    plan.add_argument("experiment", help="an experiment file, or the name of one in jobs/experiments/")
-    draw = sub.add_parser("render", help="write results/<experiment>/<run>/job.sbatch for a site")
-    draw.add_argument("experiment", help="an experiment file, or the name of one in jobs/experiments/")
-    draw.add_argument("--site", required=True, help="a site profile file, or the name of one in jobs/sites/")
-    draw.add_argument("--results", type=Path, default=Path("results"), help="where the scripts go (default results)")
-    run = sub.add_parser("submit", help="run every run that has not completed, keeping the ledger")
-    run.add_argument("experiment", help="an experiment file, or the name of one in jobs/experiments/")
-    run.add_argument("--site", default="local", help="a site profile (default local: this machine, no Slurm)")
-    choice = run.add_mutually_exclusive_group()
+    commands = {
+        "plan": sub.add_parser("plan", help="expand and validate an experiment, print its runs"),
+        "render": sub.add_parser("render", help="write results/<experiment>/<run>/job.sbatch for a Slurm site"),
+        "submit": sub.add_parser("submit", help="run every run that has not completed, keeping the ledger"),
+        "status": sub.add_parser("status", help="the state and progress of an experiment's runs"),
+    }
+    for command in commands.values():
+        command.add_argument("experiment", help="an experiment file, or the name of one in jobs/experiments/")
+    commands["render"].add_argument("--site", required=True, help="a site profile file, or a name in jobs/sites/")
+    commands["render"].add_argument("--results", type=Path, default=Path("results"), help="where the scripts go")
+    for name in ("submit", "status"):
+        commands[name].add_argument("--site", default="local", help="a site profile (default local: this machine)")
+    choice = commands["submit"].add_mutually_exclusive_group()
     choice.add_argument("--only-failed", action="store_true", help="only runs that failed, ran out of memory or stopped")
     choice.add_argument("--force", action="store_true", help="every run, completed or not")
-    run.add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
-    watch = sub.add_parser("status", help="the state and progress of an experiment's runs")
-    watch.add_argument("experiment", help="an experiment file, or the name of one in jobs/experiments/")
-    watch.add_argument("--site", default="local", help="the site profile it was submitted with (default local)")
-    watch.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until no run is active")
-    args = parser.parse_args(argv)
+    commands["submit"].add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
+    commands["status"].add_argument("--watch", type=float, metavar="SECONDS",
+                                    help="refresh every SECONDS until no run is active")
+    return parser
+
+
+def run_command(args: argparse.Namespace) -> int:
+    exp = experiment.load(resolve(args.experiment))
+    if args.command == "plan":
+        Console(width=140).print(plan_table(exp))
+        return 0
+    profile = site.load(args.site)
+    if args.command == "render":
+        if profile.scheduler != "slurm":
+            raise UsageError("--site", f"{args.site} runs without Slurm: it has no job scripts (use hpml submit)")
+        paths = render.render(exp, profile, args.results)
+        print(f"wrote {len(paths)} job scripts under {args.results / exp.name}/")
+        return 0
+    if args.command == "submit":
+        if profile.scheduler != "local":
+            raise UsageError("--site", f"submitting to Slurm is not built yet; `hpml render {args.experiment} "
+                             f"--site {args.site}` writes the job scripts to sbatch by hand (allowed here: local)")
+        return submit.submit_local(exp, profile, args.only_failed, args.force, args.dry_run)
+    return status.show(exp, Path(expand_path(profile.results_root)) / exp.name, args.watch)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        exp = experiment.load(resolve(args.experiment))
-        if args.command == "render":
-            profile = site.load(args.site)
-            if profile.scheduler != "slurm":
-                raise UsageError("--site", f"{args.site} runs without Slurm: it has no job scripts (use hpml submit)")
-            paths = render.render(exp, profile, args.results)
-        if args.command == "submit":
-            profile = site.load(args.site)
-            if profile.scheduler != "local":
-                raise UsageError("--site", f"submitting to Slurm is not built yet; `hpml render {args.experiment} "
-                                 f"--site {args.site}` writes the job scripts to sbatch by hand (allowed here: local)")
-            return submit.submit_local(exp, profile, args.only_failed, args.force, args.dry_run)
-        if args.command == "status":
-            folder = Path(expand_path(site.load(args.site).results_root)) / exp.name
-            return status.show(exp, folder, args.watch)
+        return run_command(args)
     except UsageError as exc:
         print(f"hpml {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.command == "plan":
-        Console(width=140).print(plan_table(exp))
-    else:
-        print(f"wrote {len(paths)} job scripts under {args.results / exp.name}/")
-    return 0
 
 
 if __name__ == "__main__":
