@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hpml_core.mesh import Mesh
-from hpml_core.model import GPT
+from hpml_core.model import GPT, ModelDims
 
 
 class _CopyToTP(torch.autograd.Function):
@@ -196,20 +196,23 @@ def clip_grad_norm_(params: list[nn.Parameter], max_norm: float, group) -> torch
     ones are equal on every TP rank and count once. Without this, each rank would clip by a
     different, wrong norm and the replicas would drift apart.
     """
-    grads = [p for p in params if p.grad is not None]
-    sharded = [p.grad for p in grads if getattr(p, "tensor_model_parallel", False)]
-    replicated = [p.grad for p in grads if not getattr(p, "tensor_model_parallel", False)]
-    device = grads[0].grad.device
-    square = lambda gs: torch.stack([g.float().pow(2).sum() for g in gs]).sum() if gs else torch.zeros((), device=device)
-    sharded_sq = square(sharded)
+    with_grad = [p for p in params if p.grad is not None]
+    device = with_grad[0].grad.device
+
+    def sum_of_squares(tensors: list[nn.Parameter]) -> torch.Tensor:
+        return torch.stack([p.grad.float().pow(2).sum() for p in tensors]).sum() if tensors \
+            else torch.zeros((), device=device)
+
+    sharded_sq = sum_of_squares([p for p in with_grad if getattr(p, "tensor_model_parallel", False)])
     dist.all_reduce(sharded_sq, group=group)
-    total = (sharded_sq + square(replicated)).sqrt()
-    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    torch._foreach_mul_([p.grad for p in grads], scale)
+    replicated_sq = sum_of_squares([p for p in with_grad if not getattr(p, "tensor_model_parallel", False)])
+    total = (sharded_sq + replicated_sq).sqrt()
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)  # as torch.nn.utils.clip_grad_norm_
+    torch._foreach_mul_([p.grad for p in with_grad], scale)
     return total
 
 
-def replicated_param_count(dims) -> int:
+def replicated_param_count(dims: ModelDims) -> int:
     """Parameters every TP rank holds whole: LayerNorms, row-parallel biases, positions."""
     d = dims.n_embd
     return dims.n_layer * (4 * d + 2 * d) + 2 * d + dims.n_positions * d
