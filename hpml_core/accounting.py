@@ -11,7 +11,9 @@ twice. The expectation, per parameter element the rank is responsible for:
   and the moments 8 = 16 bytes in bf16 with AdamW, as in the ZeRO paper;
 
 and a rank is responsible for (sharded parameters / tp + replicated parameters), divided by
-dp under ZeRO-3. Activations and buffers are not model state and are not counted.
+dp under ZeRO-3. Activations and buffers are not model state and are not counted. With
+``--zero-persistence-threshold`` above 0, ZeRO-3 also keeps small parameters whole on every
+rank: that shows in the measurement (``full_params_resident``), not in the expectation.
 """
 
 from __future__ import annotations
