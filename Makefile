@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 HPML := $(VENV)/bin/hpml
 DEMO_DATA := results/data/wikitext-2
 
-.PHONY: venv data demo test schema
+.PHONY: venv data demo test schema slurm-up slurm-down
 
 # torch==2.13.0 goes in first: on a machine without a GPU it is the CPU build on this disk, and
 # everything installed after it (deepspeed, transformers) is satisfied by it.
@@ -37,3 +37,10 @@ test: venv
 # Regenerate the JSON Schema of the rank files after changing hpml_core/rank_file.py.
 schema: venv
 	$(PY) -m hpml_core.rank_file
+
+# A real Slurm on this machine (root, Debian): NODES=2 make slurm-up emulates two nodes.
+slurm-up:
+	jobs/local-slurm up
+
+slurm-down:
+	jobs/local-slurm down

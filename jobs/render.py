@@ -66,7 +66,7 @@ def render_run(experiment: Experiment, run: Run, site: Site) -> str:
         tasks_per_node=run.gpus if single_node else 1,
         stop_seconds=STOP_SECONDS,
         cpus_per_task=site.cpus_per_gpu * (1 if single_node else run.gpus),
-        wrapper=container_wrapper(site),
+        launcher=[*container_wrapper(site), expand_path(site.python)],
         train_args=train_args(run, f"{expand_path(site.data_root)}/{experiment.dataset}", run_dir),
     )
 

@@ -68,6 +68,7 @@ class Site(_Strict):
     mem_per_gpu: str | None = None
     modules: list[str] = []
     container: Container = Container()
+    python: str = "python"  # the interpreter that runs the engine (inside the container, if any)
     project_dir: str
     results_root: str
     data_root: str
@@ -80,7 +81,7 @@ class Site(_Strict):
             raise ValueError(f"{value!r} must be letters, digits and . _ : + - only (it goes into an #SBATCH line)")
         return value
 
-    @field_validator("project_dir", "results_root", "data_root")
+    @field_validator("project_dir", "results_root", "data_root", "python")
     @classmethod
     def _path(cls, value: str) -> str:
         if not PATH_VALUE.match(value):
