@@ -124,6 +124,18 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         raise UsageError(_flag(field), f"{first['msg']} (got {first.get('input')!r})") from None
 
 
+def resolve_steps(config: TrainConfig, global_batch: int, steps_per_epoch: int | None) -> int | None:
+    """Optimizer steps of the run: --steps, else one epoch (None while the data size is unknown),
+    capped so that at most --max-samples samples are seen."""
+    steps = config.steps or steps_per_epoch
+    if config.max_samples is not None:
+        steps = min(steps or config.max_samples, config.max_samples // global_batch)
+        if steps <= config.warmup_steps:
+            raise UsageError("--max-samples", f"{config.max_samples} samples make {steps} steps of "
+                             f"{global_batch}, not more than the {config.warmup_steps} warm-up steps")
+    return steps
+
+
 def check_layout(config: TrainConfig, world_size: int, local_world_size: int, n_head: int, vocab_size: int) -> tuple[int, int]:
     """Return (dp_size, tp_size) for this launch, or raise before any process group is made."""
     tp = config.tp_size

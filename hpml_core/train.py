@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hpml_core import accounting, checkpoint, export, launch, tensor_parallel, zero
 from hpml_core import rank_file as rf
-from hpml_core.config import TrainConfig, check_layout, parse_args
+from hpml_core.config import TrainConfig, check_layout, parse_args, resolve_steps
 from hpml_core.data import TokenBatches, TokenData
 from hpml_core.errors import EXIT_FAILED, EXIT_OOM, EXIT_STOPPED, EXIT_USAGE, UsageError
 from hpml_core.mesh import Mesh, build_mesh, grid_position
@@ -76,12 +76,7 @@ def make_plan(argv: list[str] | None, env: launch.ProcessEnv) -> Plan:
     if batches.steps_per_epoch() == 0:
         raise UsageError("--batch-size", f"the global batch {batches.global_batch} exceeds the "
                          f"{batches.num_samples} samples of {config.data} at --seq-len {config.seq_len}")
-    total_steps = config.steps or batches.steps_per_epoch()
-    if config.max_samples is not None:
-        total_steps = min(total_steps, config.max_samples // batches.global_batch)
-        if total_steps <= config.warmup_steps:
-            raise UsageError("--max-samples", f"{config.max_samples} samples make {total_steps} steps of "
-                             f"{batches.global_batch}, not more than the {config.warmup_steps} warm-up steps")
+    total_steps = resolve_steps(config, batches.global_batch, batches.steps_per_epoch())
     resume_state = None
     if config.resume:
         if config.out is None:
@@ -140,10 +135,9 @@ class Trainer:
     plain PyTorch (single process, DDP, tensor parallelism, DP×TP with DDP over the DP group),
     and DeepSpeed's ZeRO-3 engine (hybrid, with or without TP inside)."""
 
-    def __init__(self, plan: Plan, device: torch.device, mesh: Mesh, run_id: str, out: Path, stop: StopRequest,
+    def __init__(self, plan: Plan, device: torch.device, mesh: Mesh, out: Path, stop: StopRequest,
                  progress: Progress):
-        self.plan, self.device, self.mesh, self.run_id, self.out = plan, device, mesh, run_id, out
-        self.stop, self.progress = stop, progress
+        self.plan, self.device, self.mesh, self.out, self.stop, self.progress = plan, device, mesh, out, stop, progress
         config = plan.config
         torch.manual_seed(config.seed)  # every rank builds the same full model, then keeps its shard
         with device:
@@ -298,7 +292,7 @@ def train(plan: Plan) -> int:
 
     status, error, throughput, trainer = "completed", None, None, None
     try:
-        trainer = Trainer(plan, device, mesh, run_id, out, stop, progress)
+        trainer = Trainer(plan, device, mesh, out, stop, progress)
         if not trainer.run():
             status, error = "stopped", f"stopped by {trainer.stop.signal_name}; checkpoint saved"
         throughput = trainer.throughput() if trainer.timer.timed_steps else None

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hpml_core.config import TrainConfig, check_layout
+from hpml_core.config import TrainConfig, check_layout, resolve_steps
 from hpml_core.errors import UsageError
 from hpml_core.model import model_dims
 
@@ -132,18 +132,13 @@ def _validate(name: str, repeat: int, fields: dict[str, Any]) -> Run:
         config = TrainConfig(**train, data=Path("."))
         dims = model_dims(config.model, ASSUMED_VOCAB)
         dp, tp = check_layout(config, nodes * gpus, gpus, dims.n_head, dims.vocab_size)
+        global_batch = config.batch_size * dp * config.grad_accum
+        steps = resolve_steps(config, global_batch, steps_per_epoch=None)  # the data's size is not known here
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ExperimentError(where, str(first["loc"][0]), f"{first['msg']} (got {first.get('input')!r})") from None
     except UsageError as exc:
         raise ExperimentError(where, exc.field.removeprefix("--").replace("-", "_"), str(exc).split(": ", 1)[1]) from None
-    global_batch = config.batch_size * dp * config.grad_accum
-    steps = config.steps
-    if config.max_samples is not None:
-        steps = min(steps or config.max_samples, config.max_samples // global_batch)
-        if steps <= config.warmup_steps:
-            raise ExperimentError(where, "max_samples", f"{config.max_samples} samples make {steps} steps of "
-                                  f"{global_batch}, not more than the {config.warmup_steps} warm-up steps")
     return Run(name=name, nodes=nodes, gpus=gpus, time_limit=time_limit, repeat=repeat,
                train=config.model_dump(mode="json", include=set(train)), dp_size=dp, tp_size=tp,
                global_batch=global_batch, steps=steps)

@@ -32,6 +32,18 @@ def locked(folder: Path):
         atomic_write_json(folder / LEDGER, {"runs": runs})
 
 
+def claim(folder: Path, run: str, busy, **fields) -> int | None:
+    """Mark ``run`` as started by us and return its attempt number, or None when ``busy(entry)``
+    says another submitter has it: checked and marked under one lock, so two concurrent
+    ``hpml submit`` calls never start the same run."""
+    with locked(folder) as runs:
+        entry = runs.setdefault(run, {"attempts": 0})
+        if busy(entry):
+            return None
+        entry.update(fields, attempts=entry["attempts"] + 1, updated_at=datetime.now(timezone.utc).isoformat())
+        return entry["attempts"]
+
+
 def record(folder: Path, run: str, **fields) -> None:
     with locked(folder) as runs:
         entry = runs.setdefault(run, {"attempts": 0})

@@ -96,11 +96,14 @@ def submit_local(experiment: Experiment, site: Site, only_failed: bool, force: b
     for index, run in enumerate(runs, 1):
         run_dir = folder / run.name
         command = local_command(run, train_args(run, data_dir, str(run_dir)))
-        attempt = ledger.read(folder).get(run.name, {}).get("attempts", 0) + 1
+        attempt = ledger.claim(folder, run.name, running_elsewhere, backend="local", job_id=None, pid=os.getpid(),
+                               state="RUNNING", started_at=datetime.now(timezone.utc).isoformat())
+        if attempt is None:
+            print(f"[{index}/{len(runs)}] {run.name}: started meanwhile by another hpml submit, skipped")
+            continue
         log = run_dir / f"local-{attempt}.out"
         run_dir.mkdir(parents=True, exist_ok=True)
-        ledger.record(folder, run.name, backend="local", job_id=None, pid=os.getpid(), state="RUNNING", attempts=attempt,
-                      started_at=datetime.now(timezone.utc).isoformat(), log=str(log))
+        ledger.record(folder, run.name, log=str(log))
         print(f"[{index}/{len(runs)}] {run.name}: {run.nodes} x {run.gpus} processes ...", end="", flush=True)
         started = time.perf_counter()
         with open(log, "w") as out:

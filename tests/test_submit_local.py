@@ -73,3 +73,28 @@ def test_slurm_sites_are_refused_by_submit_for_now(study, capsys):
     exp, _, _ = study
     assert main(["submit", str(exp), "--site", "greene"]) == 2
     assert "hpml render" in capsys.readouterr().err
+
+
+def _claim_many(folder, runs, results):
+    from jobs import ledger
+
+    busy = lambda entry: entry.get("state") == "RUNNING"  # noqa: E731
+    results.put([ledger.claim(folder, run, busy, state="RUNNING") is not None for run in runs])
+
+
+def test_concurrent_claims_never_start_a_run_twice_nor_lose_an_entry(tmp_path):
+    """Four processes race to claim the same 30 runs: each run is claimed exactly once, and the
+    ledger, rewritten atomically under its lock, ends with all 30 entries."""
+    import multiprocessing
+
+    runs = [f"run{i}" for i in range(30)]
+    results = multiprocessing.Queue()
+    procs = [multiprocessing.Process(target=_claim_many, args=(tmp_path, runs, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    claimed = [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert [sum(won) for won in zip(*claimed)] == [1] * len(runs)
+    entries = ledger(tmp_path)
+    assert sorted(entries) == sorted(runs) and all(e["attempts"] == 1 for e in entries.values())
