@@ -6,8 +6,11 @@ SHARED ?= ../shared
 PY := $(VENV)/bin/python
 HPML := $(VENV)/bin/hpml
 DEMO_DATA := results/data/wikitext-2
+# The study and the site for submit-all, status and cancel: make submit-all EXP=seed_study SITE=greene
+EXP ?= tiny_study
+SITE ?= local
 
-.PHONY: venv data demo test schema slurm-up slurm-down
+.PHONY: venv data demo submit-all status cancel test schema slurm-up slurm-down
 
 # torch==2.13.0 goes in first: on a machine without a GPU it is the CPU build on this disk, and
 # everything installed after it (deepspeed, transformers) is satisfied by it.
@@ -31,6 +34,18 @@ $(DEMO_DATA)/meta.json: | venv
 demo: venv data
 	$(HPML) submit tiny_study --site local
 
+# Submit every run of $(EXP) that has not completed to $(SITE) (or, with SITE=local, run it here);
+# again after failures, it submits only what did not complete. ARGS="--only-failed" and friends pass through.
+# The tiny study trains on the demo data, prepared first.
+submit-all: venv $(if $(filter tiny_study,$(EXP)),data)
+	$(HPML) submit $(EXP) --site $(SITE) $(ARGS)
+
+status: venv
+	$(HPML) status $(EXP) --site $(SITE) $(ARGS)
+
+cancel: venv
+	$(HPML) cancel $(EXP) --site $(SITE) $(ARGS)
+
 test: venv
 	$(PY) -m pytest -q
 
@@ -38,7 +53,8 @@ test: venv
 schema: venv
 	$(PY) -m hpml_core.rank_file
 
-# A real Slurm on this machine (root, Debian): NODES=2 make slurm-up emulates two nodes.
+# A real Slurm on this machine (root, Debian): NODES=2 make slurm-up emulates two nodes;
+# then make submit-all SITE=local-slurm.
 slurm-up:
 	jobs/local-slurm up
 

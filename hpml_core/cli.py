@@ -11,8 +11,9 @@ commands:
   data    prepare a token file from a corpus (python -m hpml_core.data)
   plan    expand and validate an experiment file, and print its runs (python -m jobs.cli plan)
   render  write an experiment's job scripts for a site profile (python -m jobs.cli render)
-  submit  run an experiment's runs that have not completed (python -m jobs.cli submit)
+  submit  submit (or, with --site local, run) an experiment's runs that have not completed (python -m jobs.cli submit)
   status  the state and progress of an experiment's runs (python -m jobs.cli status)
+  cancel  cancel an experiment's pending and running Slurm jobs (python -m jobs.cli cancel)
 
 `hpml COMMAND --help` describes each."""
 
@@ -27,12 +28,12 @@ def main(argv: list[str] | None = None) -> int:
         from hpml_core.train import main as run
     elif command == "data":
         from hpml_core.data import main as run
-    elif command in ("plan", "render", "submit", "status"):
+    elif command in ("plan", "render", "submit", "status", "cancel"):
         from jobs.cli import main as jobs_main
 
         return jobs_main(argv)
     else:
-        print(f"hpml: error: unknown command {command!r} (allowed: train, data, plan, render, submit, status)", file=sys.stderr)
+        print(f"hpml: error: unknown command {command!r} (allowed: train, data, plan, render, submit, status, cancel)", file=sys.stderr)
         return 2
     return run(rest)
 

@@ -43,6 +43,9 @@ class Slurm(_Strict):
     array_job_id: str | None
     array_task_id: str | None
     node_list: str | None
+    node: str | None = Field(description="the Slurm node this rank ran on (SLURMD_NODENAME); differs from hostname "
+                             "when one host runs several emulated nodes")
+    restart_count: int = Field(description="how many times Slurm requeued the job before this attempt")
 
 
 class ModelInfo(_Strict):

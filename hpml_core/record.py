@@ -29,7 +29,8 @@ def _slurm() -> rf.Slurm | None:
     if "SLURM_JOB_ID" not in os.environ:
         return None
     return rf.Slurm(job_id=os.environ.get("SLURM_JOB_ID"), array_job_id=os.environ.get("SLURM_ARRAY_JOB_ID"),
-                    array_task_id=os.environ.get("SLURM_ARRAY_TASK_ID"), node_list=os.environ.get("SLURM_JOB_NODELIST"))
+                    array_task_id=os.environ.get("SLURM_ARRAY_TASK_ID"), node_list=os.environ.get("SLURM_JOB_NODELIST"),
+                    node=os.environ.get("SLURMD_NODENAME"), restart_count=int(os.environ.get("SLURM_RESTART_COUNT", 0)))
 
 
 def cpu_name() -> str:

@@ -1,6 +1,6 @@
 """The study commands: ``hpml plan`` (expand and validate an experiment, show its runs),
 ``hpml render`` (job scripts for a Slurm site), ``hpml submit`` (run what has not completed) and
-``hpml status`` (where each run stands)."""
+``hpml status`` (where each run stands) and ``hpml cancel`` (cancel its Slurm jobs)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hpml_core.errors import EXIT_USAGE, UsageError
-from jobs import experiment, render, site, status, submit
-from jobs.site import expand_path
+from jobs import cancel, experiment, render, site, slurm, status, submit
 
 EXPERIMENTS = Path(__file__).parent / "experiments"
 
@@ -43,17 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
         "render": sub.add_parser("render", help="write results/<experiment>/<run>/job.sbatch for a Slurm site"),
         "submit": sub.add_parser("submit", help="run every run that has not completed, keeping the ledger"),
         "status": sub.add_parser("status", help="the state and progress of an experiment's runs"),
+        "cancel": sub.add_parser("cancel", help="cancel an experiment's pending and running Slurm jobs"),
     }
     for command in commands.values():
         command.add_argument("experiment", help="an experiment file, or the name of one in jobs/experiments/")
     commands["render"].add_argument("--site", required=True, help="a site profile file, or a name in jobs/sites/")
     commands["render"].add_argument("--results", type=Path, default=Path("results"), help="where the scripts go")
-    for name in ("submit", "status"):
+    for name in ("submit", "status", "cancel"):
         commands[name].add_argument("--site", default="local", help="a site profile (default local: this machine)")
     choice = commands["submit"].add_mutually_exclusive_group()
     choice.add_argument("--only-failed", action="store_true", help="only runs that failed, ran out of memory or stopped")
     choice.add_argument("--force", action="store_true", help="every run, completed or not")
     commands["submit"].add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
+    commands["cancel"].add_argument("--run", action="append", dest="runs", metavar="NAME",
+                                    help="only this run (repeat for several); default: every run")
     commands["status"].add_argument("--watch", type=float, metavar="SECONDS",
                                     help="refresh every SECONDS until no run is active")
     return parser
@@ -72,11 +74,10 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"wrote {len(paths)} job scripts under {args.results / exp.name}/")
         return 0
     if args.command == "submit":
-        if profile.scheduler != "local":
-            raise UsageError("--site", f"submitting to Slurm is not built yet; `hpml render {args.experiment} "
-                             f"--site {args.site}` writes the job scripts to sbatch by hand (allowed here: local)")
-        return submit.submit_local(exp, profile, args.only_failed, args.force, args.dry_run)
-    return status.show(exp, Path(expand_path(profile.results_root)) / exp.name, args.watch)
+        return submit.submit(exp, profile, args.only_failed, args.force, args.dry_run)
+    if args.command == "cancel":
+        return cancel.cancel(exp, profile, args.runs)
+    return status.show(exp, profile.experiment_folder(exp.name), args.watch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"hpml {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except slurm.SlurmError as exc:
+        print(f"hpml {args.command}: Slurm: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

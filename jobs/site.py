@@ -74,6 +74,14 @@ class Site(_Strict):
     data_root: str
     env: dict[str, str] = {}
 
+    def experiment_folder(self, experiment: str) -> Path:
+        """Where the runs of an experiment write, as seen from here (relative paths in a profile
+        are relative to project_dir, where the job script changes directory to)."""
+        return Path(expand_path(self.project_dir)) / expand_path(self.results_root) / experiment
+
+    def dataset_folder(self, dataset: str) -> Path:
+        return Path(expand_path(self.project_dir)) / expand_path(self.data_root) / dataset
+
     @field_validator("account", "partition", "qos", "gpu_type", "mem_per_gpu")
     @classmethod
     def _sbatch_value(cls, value: str | None) -> str | None:

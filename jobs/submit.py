@@ -1,45 +1,36 @@
-"""``hpml submit``: run every run of an experiment that has not completed, and keep the ledger.
+"""``hpml submit``: submit every run of an experiment that has not completed, and keep the ledger.
 
-Idempotent: a run whose rank files all say completed is skipped, so submitting again after
-failures runs only what did not finish; ``--only-failed`` narrows to runs that ended badly,
-``--force`` runs everything again, ``--dry-run`` only says what would run.
+Idempotent: a run whose rank files all say completed is skipped, and a run whose Slurm job is
+pending or running (or that another ``hpml submit`` is starting right now) is never submitted
+twice, not even with ``--force``. So submitting again after failures submits only what did not
+finish; ``--only-failed`` narrows to runs that ended badly, ``--force`` submits completed runs
+again, ``--dry-run`` only says what would be submitted. Each run is claimed in the ledger under
+its lock before it is started, so two ``hpml submit`` calls at once never start the same run.
 
-This module runs a study on this machine (``--site local``): one run after another, each with
-the engine command a job script would use, its processes started by torchrun, its output in
-``<run>/local-<attempt>.out``.
+Two backends, one engine command (``render.train_args``):
+- a Slurm site: each run's script is rendered from the template, checked by
+  ``sbatch --test-only`` (all of them, before any is submitted), and submitted through submitit
+  (``jobs.slurm``). Submitting returns at once; ``hpml status`` follows the jobs.
+- ``--site local``: the runs execute here, one after another, each run's processes started by
+  torchrun, output in ``<run>/local-<attempt>.out``.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hpml_core import rank_file
-from hpml_core.errors import EXIT_OOM, EXIT_STOPPED
-from jobs import ledger
+from hpml_core.atomic import atomic_write
+from hpml_core.errors import EXIT_OOM, EXIT_STOPPED, UsageError
+from jobs import ledger, render, slurm
 from jobs.experiment import Experiment, ExperimentError, Run
-from jobs.render import train_args
-from jobs.site import Site, expand_path
-
-BAD_ENDINGS = {"FAILED", "OUT_OF_MEMORY", "STOPPED", "CANCELLED", "TIMEOUT"}
-
-
-def run_outcome(run_dir: Path, world_size: int) -> str:
-    """COMPLETED only when every rank wrote a rank file saying so."""
-    statuses = set()
-    for rank in range(world_size):
-        path = rank_file.rank_file_path(run_dir, rank)
-        try:
-            statuses.add(rank_file.read(path).status)
-        except (OSError, ValueError):
-            statuses.add("missing")
-    if statuses == {"completed"}:
-        return "COMPLETED"
-    return "OUT_OF_MEMORY" if "oom" in statuses else "STOPPED" if "stopped" in statuses else "FAILED"
+from jobs.run_state import BAD_ENDINGS, busy, refresh, run_outcome
+from jobs.site import Site
 
 
 def local_command(run: Run, args: list[str]) -> list[str]:
@@ -49,55 +40,98 @@ def local_command(run: Run, args: list[str]) -> list[str]:
             "-m", "hpml_core.train", *args]
 
 
-def running_elsewhere(entry: dict) -> bool:
-    """A run another `hpml submit` on this machine is running right now."""
-    if entry.get("state") != "RUNNING" or not entry.get("pid"):
-        return False
-    try:
-        os.kill(entry["pid"], 0)
-    except ProcessLookupError:
-        return False  # that submit died: the run is not running any more
-    return True
-
-
-def select(experiment: Experiment, folder: Path, only_failed: bool, force: bool) -> list[Run]:
-    entries = ledger.read(folder)
+def select(experiment: Experiment, folder: Path, entries: dict, only_failed: bool, force: bool) -> list[Run]:
     chosen = []
     for run in experiment.runs:
-        state = entries.get(run.name, {}).get("state")
-        if running_elsewhere(entries.get(run.name, {})):
-            continue  # never twice at once, not even with --force
+        entry = entries.get(run.name, {})
+        if busy(entry):
+            continue
         if force:
             chosen.append(run)
         elif only_failed:
-            if state in BAD_ENDINGS:
+            if entry.get("state") in BAD_ENDINGS:
                 chosen.append(run)
         elif run_outcome(folder / run.name, run.world_size) != "COMPLETED":
             chosen.append(run)
     return chosen
 
 
-def submit_local(experiment: Experiment, site: Site, only_failed: bool, force: bool, dry_run: bool) -> int:
-    results = Path(expand_path(site.results_root))
-    folder = results / experiment.name
-    data_dir = f"{expand_path(site.data_root)}/{experiment.dataset}"
-    multi_node = [run.name for run in experiment.runs if run.nodes > 1]
-    if multi_node:
-        raise ExperimentError(f"run {multi_node[0]!r}", "nodes", "--site local runs on this one machine (nodes: 1)")
-    runs = select(experiment, folder, only_failed, force)
-    skipped = len(experiment.runs) - len(runs)
-    print(f"{experiment.name}: {len(runs)} to run, {skipped} skipped"
-          f"{' (completed)' if not only_failed else ' (not failed)'}{' [dry run]' if dry_run else ''}")
+def _claim(folder: Path, run: Run, entries: dict, **fields) -> int | None:
+    """Claim the run unless, since we read the ledger, it became busy or another submit took it."""
+    seen = entries.get(run.name, {}).get("attempts", 0)
+    return ledger.claim(folder, run.name, lambda entry: busy(entry) or entry.get("attempts", 0) != seen,
+                        pid=os.getpid(), host=socket.gethostname(), **fields)
+
+
+def submit(experiment: Experiment, site: Site, only_failed: bool, force: bool, dry_run: bool) -> int:
+    folder = site.experiment_folder(experiment.name)
+    data = site.dataset_folder(experiment.dataset)
+    if not (data / "meta.json").is_file():
+        raise UsageError("dataset", f"{data} holds no prepared data (no meta.json): prepare it first, "
+                         f"`hpml data prepare ... --out {data}` (README, Data)")
+    if site.scheduler == "local":
+        multi_node = [run.name for run in experiment.runs if run.nodes > 1]
+        if multi_node:
+            raise ExperimentError(f"run {multi_node[0]!r}", "nodes", "--site local runs on this one machine (nodes: 1)")
+    entries = refresh(experiment, folder)
+    runs = select(experiment, folder, entries, only_failed, force)
+    active = sum(busy(entries.get(run.name, {})) for run in experiment.runs)
+    print(f"{experiment.name}: {len(runs)} to run, {len(experiment.runs) - len(runs) - active} skipped"
+          f"{' (completed)' if not only_failed else ' (not failed)'}, {active} pending or running"
+          f"{' [dry run]' if dry_run else ''}")
+    if site.scheduler == "local":
+        return _run_locally(experiment, site, folder, runs, entries, dry_run)
+    return _submit_to_slurm(experiment, site, folder, runs, entries, dry_run)
+
+
+def _submit_to_slurm(experiment: Experiment, site: Site, folder: Path, runs: list[Run], entries: dict,
+                     dry_run: bool) -> int:
+    slurm.require_slurm(site.name)
+    scripts = {run.name: render.render_run(experiment, run, site) for run in runs}
+    for run in runs:  # Slurm checks every script (partition, account, GPUs, time) before any is submitted
+        slurm.test_only(scripts[run.name], f"run {run.name!r}")
     if dry_run:
         for run in runs:
-            print(f"  would run {run.name}: {' '.join(local_command(run, train_args(run, data_dir, str(folder / run.name))))}")
+            print(f"  would submit {run.name}: {run.nodes} node(s) x {run.gpus} GPUs, {run.time_limit}")
+        return 0
+    for index, run in enumerate(runs, 1):
+        run_dir = folder / run.name
+        attempt = _claim(folder, run, entries, backend="slurm", state="SUBMITTING", job_id=None,
+                         submitted_at=datetime.now(timezone.utc).isoformat())
+        if attempt is None:
+            print(f"[{index}/{len(runs)}] {run.name}: submitted meanwhile by another hpml submit, skipped")
+            continue
+        script = run_dir / render.SCRIPT
+        atomic_write(script, lambda f, text=scripts[run.name]: f.write(text.encode()))
+        try:
+            job_id = slurm.submit(scripts[run.name], run_dir / "submitit", run.world_size)
+        except slurm.SlurmError as exc:
+            ledger.record(folder, run.name, state="SUBMIT_FAILED", error=str(exc))
+            print(f"[{index}/{len(runs)}] {run.name}: {exc}; nothing more submitted", file=sys.stderr)
+            return 1
+        ledger.record(folder, run.name, state="PENDING", job_id=job_id, script=str(script),
+                      log=str(run_dir / f"slurm-{job_id}.out"))
+        print(f"[{index}/{len(runs)}] {run.name}: job {job_id} ({run.nodes} x {run.gpus}, {script})")
+    if runs:
+        print(f"follow: hpml status {experiment.name} --site {site.name} [--watch 30]; "
+              f"results: {folder}/<run>/rank-<k>.json")
+    return 0
+
+
+def _run_locally(experiment: Experiment, site: Site, folder: Path, runs: list[Run], entries: dict,
+                 dry_run: bool) -> int:
+    data_dir = str(site.dataset_folder(experiment.dataset))
+    if dry_run:
+        for run in runs:
+            args = render.train_args(run, data_dir, str(folder / run.name))
+            print(f"  would run {run.name}: {' '.join(local_command(run, args))}")
         return 0
     failures = 0
     for index, run in enumerate(runs, 1):
         run_dir = folder / run.name
-        command = local_command(run, train_args(run, data_dir, str(run_dir)))
-        attempt = ledger.claim(folder, run.name, running_elsewhere, backend="local", job_id=None, pid=os.getpid(),
-                               state="RUNNING", started_at=datetime.now(timezone.utc).isoformat())
+        command = local_command(run, render.train_args(run, data_dir, str(run_dir)))
+        attempt = _claim(folder, run, entries, backend="local", state="RUNNING", job_id=None,
+                         started_at=datetime.now(timezone.utc).isoformat())
         if attempt is None:
             print(f"[{index}/{len(runs)}] {run.name}: started meanwhile by another hpml submit, skipped")
             continue
