@@ -1,6 +1,6 @@
 """The run's own status file, ``<out>/status.json``, written by rank 0: what ``hpml status``
 shows while a job runs ("running, step k of n") and after it ends (the final status, as in the
-rank files). Written at the start, with each progress line (every tenth of the run) and at the
+rank files). Written at the start, with each progress line (every tenth of the run, and at least every 30 s) and at the
 end, atomically and from the host only: it never waits for the GPU."""
 
 from __future__ import annotations

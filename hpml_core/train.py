@@ -38,6 +38,8 @@ from hpml_core.stopping import StopRequest
 from hpml_core.timing import StepTimer
 
 AUTOCAST_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# A progress line (and status.json) every tenth of the run, and at least this often.
+REPORT_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,7 @@ class Trainer:
         plan, config = self.plan, self.plan.config
         first_timed = self.start_step + config.warmup_steps
         report_every = max(1, (plan.total_steps - self.start_step) // 10)
-        started = time.perf_counter()
+        started = last_report = time.perf_counter()
         for step in range(self.start_step, plan.total_steps):
             timed = step >= first_timed
             if timed:
@@ -221,9 +223,11 @@ class Trainer:
             done = step + 1
             if config.checkpoint_every and done % config.checkpoint_every == 0:
                 self.save_checkpoint(done)
-            if done % report_every == 0 or done == plan.total_steps:
-                _log(plan, f"step {done}/{plan.total_steps}  {time.perf_counter() - started:.1f} s")
+            now = time.perf_counter()  # the host's clock: no wait for the device
+            if done % report_every == 0 or done == plan.total_steps or now - last_report >= REPORT_SECONDS:
+                _log(plan, f"step {done}/{plan.total_steps}  {now - started:.1f} s")
                 self.progress.update("running", done)
+                last_report = now
             if done < plan.total_steps and self.stop.agreed():
                 if not (config.checkpoint_every and done % config.checkpoint_every == 0):
                     self.save_checkpoint(done)
@@ -309,6 +313,12 @@ def train(plan: Plan) -> int:
                              time.perf_counter() - t0)
     path = rf.write(out, record)
     progress.update(status, record.steps_completed, error)
+    if status == "stopped" and dist.is_initialized():
+        # Every rank stopped at the agreed step and is healthy: wait until all have written their
+        # checkpoint and rank file, so that the first rank to exit (which makes srun or torchrun
+        # end the others) cannot cut another's files short.
+        dist.barrier()
+        dist.destroy_process_group()
     if status != "completed":
         return {"oom": EXIT_OOM, "stopped": EXIT_STOPPED}.get(status, EXIT_FAILED)
     if plan.env.rank == 0:

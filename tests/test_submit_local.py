@@ -69,10 +69,13 @@ def test_dry_run_runs_nothing(study, capsys):
     assert not (folder / "ledger.json").exists()
 
 
-def test_slurm_sites_are_refused_by_submit_for_now(study, capsys):
-    exp, _, _ = study
-    assert main(["submit", str(exp), "--site", "greene"]) == 2
-    assert "hpml render" in capsys.readouterr().err
+def test_missing_data_is_refused_before_anything_runs(study, tmp_path, capsys):
+    exp, site, folder = study
+    exp.write_text(exp.read_text().replace("dataset: wikitext-2", "dataset: not-prepared"))
+    assert main(["submit", str(exp), "--site", str(site)]) == 2
+    err = capsys.readouterr().err
+    assert "dataset" in err and "not-prepared" in err and len(err.strip().splitlines()) == 1
+    assert not folder.exists()
 
 
 def _claim_many(folder, runs, results):
