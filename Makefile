@@ -10,7 +10,7 @@ DEMO_DATA := results/data/wikitext-2
 EXP ?= tiny_study
 SITE ?= local
 
-.PHONY: venv data demo submit-all status cancel test schema slurm-up slurm-down
+.PHONY: venv data demo submit-all status cancel report bench-report test schema slurm-up slurm-down
 
 # torch==2.13.0 goes in first: on a machine without a GPU it is the CPU build on this disk, and
 # everything installed after it (deepspeed, transformers) is satisfied by it.
@@ -45,6 +45,15 @@ status: venv
 
 cancel: venv
 	$(HPML) cancel $(EXP) --site $(SITE) $(ARGS)
+
+# Tables (CSV, Markdown, LaTeX), figures (PNG, SVG) and report.html in results/$(EXP)/report/;
+# works while jobs still run.
+report: venv
+	$(HPML) report $(EXP) --site $(SITE) $(ARGS)
+
+# How long the report takes to aggregate 1,000 runs x 4 rank files (target: under 5 s).
+bench-report: venv
+	$(PY) -m analysis.bench_report
 
 test: venv
 	$(PY) -m pytest -q

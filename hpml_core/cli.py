@@ -14,6 +14,7 @@ commands:
   submit  submit (or, with --site local, run) an experiment's runs that have not completed (python -m jobs.cli submit)
   status  the state and progress of an experiment's runs (python -m jobs.cli status)
   cancel  cancel an experiment's pending and running Slurm jobs (python -m jobs.cli cancel)
+  report  tables, figures and a page from an experiment's rank files (python -m analysis.report)
 
 `hpml COMMAND --help` describes each."""
 
@@ -28,12 +29,14 @@ def main(argv: list[str] | None = None) -> int:
         from hpml_core.train import main as run
     elif command == "data":
         from hpml_core.data import main as run
+    elif command == "report":
+        from analysis.report import main as run
     elif command in ("plan", "render", "submit", "status", "cancel"):
         from jobs.cli import main as jobs_main
 
         return jobs_main(argv)
     else:
-        print(f"hpml: error: unknown command {command!r} (allowed: train, data, plan, render, submit, status, cancel)", file=sys.stderr)
+        print(f"hpml: error: unknown command {command!r} (allowed: train, data, plan, render, submit, status, cancel, report)", file=sys.stderr)
         return 2
     return run(rest)
 

@@ -1,6 +1,6 @@
 """The jobs layer against a real Slurm: the one `jobs/local-slurm up` starts on this machine
-(`.ci/run` starts it with two emulated nodes and sets HPML_SLURM_TESTS=require, so that in CI
-these tests fail rather than skip when the cluster is missing).
+(`.ci/run` starts it with two emulated nodes and sets HPML_CI=1, so that in CI these tests fail
+rather than skip when the cluster is missing).
 
 Everything here is real: sbatch through submitit, srun and torchrun in the job scripts, gloo
 ranks on CPU, sacct backed by slurmdbd and MariaDB, scancel, requeue. Runs write under a
@@ -42,7 +42,7 @@ def nodes() -> list[str]:
     found = _responding()
     if not found:
         message = "no Slurm controller answers: `NODES=2 jobs/local-slurm up` starts one (root, Debian)"
-        if os.environ.get("HPML_SLURM_TESTS") == "require":
+        if os.environ.get("HPML_CI"):
             pytest.fail(message)
         pytest.skip(message)
     return found

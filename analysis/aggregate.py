@@ -1,0 +1,159 @@
+"""From rank files to the figures of the report: one row per run, then one per configuration.
+
+Per run (completed), recomputed from the rank files' raw fields rather than copied, so each
+figure has one definition here:
+- tokens/s = the global batch × sequence length (each token once, however many TP ranks share
+  it) / the slowest rank's median step time; samples/s likewise with the global batch;
+  tokens/s per GPU = tokens/s / world size.
+- MFU = achieved model FLOP/s per device (flops per token × tokens/s / world size) / the dense
+  peak the engine recorded for the device and precision; missing, with the engine's reason,
+  where the peak is unknown (a CPU, a GPU not in the table).
+- peak memory per GPU: CUDA max_memory_allocated per rank (on a CPU, the process's peak RSS,
+  and the ``memory_metric`` column says so), its maximum and mean over the ranks.
+- final loss: rank 0's last loss (the mean over data-parallel ranks).
+
+Per configuration (repeats of one run entry): median, min and max over the completed repeats,
+and against a baseline, the single-GPU configuration with the same model, sequence length,
+batch per GPU, precision, activation checkpointing, attention and compilation: speedup
+T_N / T_1, scaling efficiency T_N / (N × T_1) with N the world size, and memory reduction
+1 − M_N / M_1 on the maximum peak memory per GPU.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import pandas as pd
+
+from analysis.collect import RunResult
+
+GIB = 1024**3
+# The settings that change a GPU's own speed: a baseline must share them all.
+BASELINE_KEY = ("model", "seq_len", "batch_per_gpu", "precision", "grad_ckpt", "attn", "compile")
+SPREAD = ("tokens_per_s", "samples_per_s", "tokens_per_s_per_gpu", "mfu", "peak_memory_per_gpu_max_gib", "final_loss")
+MODE_WORDS = {"single": "single", "baseline": "DDP", "hybrid": "ZeRO-3"}
+
+
+def describe(mode: str, world: int, dp: int, tp: int, device: str, batch: int, precision: str) -> str:
+    units = "GPU" if device == "cuda" else "CPU process"
+    size = f"{world} {units}{'es' if units.endswith('s') and world > 1 else 's' if world > 1 else ''}"
+    if mode == "single":
+        layout = f"single {units}"
+    elif tp == 1:
+        layout = f"{MODE_WORDS[mode]} on {size}"
+    else:
+        over_dp = "ZeRO-3" if mode == "hybrid" else "all-reduce"
+        layout = f"DP {dp} ({over_dp}) x TP {tp} on {size}"
+    return f"{layout}, batch {batch}/{'GPU' if device == 'cuda' else 'process'}, {precision}"
+
+
+def run_row(result: RunResult) -> dict:
+    row: dict = {"run": result.name, "configuration": result.configuration, "status": result.status,
+                 "reason": result.reason}
+    if not result.ranks:
+        return row
+    files = [result.ranks[rank] for rank in sorted(result.ranks)]
+    first, config = files[0], files[0].config
+    row.update(mode=first.mode, nodes=len({(f.slurm.node if f.slurm and f.slurm.node else f.hostname) for f in files}),
+               world_size=first.world_size, dp_size=first.dp_size, tp_size=first.tp_size, model=first.model.name,
+               seq_len=first.model.seq_len, batch_per_gpu=first.batch_size, grad_accum=config.grad_accum,
+               global_batch=first.global_batch, precision=config.precision, grad_ckpt=config.grad_ckpt,
+               attn=config.attn, compile=config.compile, device=first.device_type, device_name=first.device_name,
+               steps_completed=first.steps_completed)
+    row["description"] = describe(first.mode, first.world_size, first.dp_size, first.tp_size, first.device_type,
+                                  first.batch_size, config.precision)
+    if not result.completed or any(f.throughput is None for f in files):
+        return row
+    slowest = max(f.throughput.step_time_median_s for f in files)
+    # The global batch (batch per DP rank × DP × accumulation) is all the run trains on per step:
+    # tensor-parallel ranks share their replica's samples, so their tokens count once.
+    tokens_per_s = first.global_batch * first.model.seq_len / slowest
+    achieved = first.flops.flops_per_token * tokens_per_s / first.world_size / 1e12
+    peak = first.flops.peak_tflops_per_s
+    cuda = all(f.memory.cuda_max_allocated_bytes is not None for f in files)
+    memory = [f.memory.cuda_max_allocated_bytes if cuda else f.memory.cpu_peak_rss_bytes for f in files]
+    row.update(
+        timed_steps=first.throughput.timed_steps, slowest_step_time_median_s=slowest,
+        tokens_per_s=tokens_per_s, samples_per_s=first.global_batch / slowest,
+        tokens_per_s_per_gpu=tokens_per_s / first.world_size, flops_per_token=first.flops.flops_per_token,
+        achieved_tflops_per_gpu=achieved, peak_tflops_per_gpu=peak, mfu=achieved / peak if peak else None,
+        mfu_missing_reason=None if peak else first.flops.mfu_missing_reason,
+        memory_metric="cuda_max_allocated" if cuda else "cpu_peak_rss",
+        peak_memory_per_gpu_max_gib=max(memory) / GIB, peak_memory_per_gpu_mean_gib=statistics.fmean(memory) / GIB,
+        final_loss=first.loss.values[-1] if first.loss.values else None,
+    )
+    return row
+
+
+def runs_table(results: list[RunResult]) -> pd.DataFrame:
+    return pd.DataFrame([run_row(result) for result in results])
+
+
+def _status(group: pd.DataFrame) -> tuple[str, str | None]:
+    done = int((group["status"] == "completed").sum())
+    others = group[group["status"] != "completed"]
+    reasons = "; ".join(f"{r.run}: {r.status}" + (f" ({r.reason})" if r.reason else "") for r in others.itertuples())
+    if done == len(group):
+        return "completed", None
+    if done == 0:
+        return ", ".join(others["status"].unique()), reasons
+    return f"{done}/{len(group)} completed", reasons
+
+
+def configurations_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration, in the experiment's order, with the figures over its repeats."""
+    rows = []
+    for name, group in runs.groupby("configuration", sort=False):
+        done = group[group["status"] == "completed"]
+        described = group.dropna(subset=["description"]) if "description" in group else group.iloc[0:0]
+        status, reason = _status(group)
+        row = {"configuration": name, "description": described["description"].iloc[0] if len(described) else None,
+               "status": status, "runs_completed": len(done), "runs_total": len(group), "reason": reason}
+        for column in ("mode", "nodes", "world_size", "dp_size", "tp_size", "model", "seq_len", "batch_per_gpu",
+                       "grad_accum", "global_batch", "precision", "grad_ckpt", "attn", "compile", "device", "device_name"):
+            row[column] = described[column].iloc[0] if len(described) and column in described else None
+        for column in SPREAD:
+            values = done[column].dropna() if column in done else pd.Series(dtype=float)
+            row[f"{column}_median"] = values.median() if len(values) else None
+            row[f"{column}_min"] = values.min() if len(values) else None
+            row[f"{column}_max"] = values.max() if len(values) else None
+        mean_memory = done["peak_memory_per_gpu_mean_gib"].dropna() if len(done) else pd.Series(dtype=float)
+        row["peak_memory_per_gpu_mean_gib_median"] = mean_memory.median() if len(mean_memory) else None
+        row["memory_metric"] = done["memory_metric"].iloc[0] if len(done) else None
+        reasons = done["mfu_missing_reason"].dropna() if len(done) else pd.Series(dtype=object)
+        row["mfu_missing_reason"] = reasons.iloc[0] if len(reasons) and row["mfu_median"] is None else None
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return _against_baseline(table) if len(table) else table
+
+
+def _against_baseline(table: pd.DataFrame) -> pd.DataFrame:
+    baselines = table[(table["mode"] == "single") & (table["world_size"] == 1) & table["tokens_per_s_median"].notna()]
+    table = table.astype({"tokens_per_s_median": float, "peak_memory_per_gpu_max_gib_median": float})
+    columns = {"baseline": [], "baseline_note": [], "speedup": [], "scaling_efficiency": [], "memory_reduction": []}
+    for row in table.itertuples():
+        match = baselines
+        for key in BASELINE_KEY:
+            match = match[match[key] == getattr(row, key)]
+        if row.tokens_per_s_median is None or pd.isna(row.tokens_per_s_median):
+            found, note = None, "no completed run"
+        elif match.empty:
+            found = None
+            note = (f"no single-GPU run with the same model, sequence length, batch per GPU, precision, "
+                    f"checkpointing, attention and compilation")
+        else:
+            found, note = match.iloc[0], None
+        columns["baseline"].append(found["configuration"] if found is not None else None)
+        columns["baseline_note"].append(note)
+        if found is None:
+            for key in ("speedup", "scaling_efficiency", "memory_reduction"):
+                columns[key].append(None)
+            continue
+        speedup = row.tokens_per_s_median / found["tokens_per_s_median"]
+        columns["speedup"].append(speedup)
+        columns["scaling_efficiency"].append(speedup / row.world_size)
+        columns["memory_reduction"].append(1 - row.peak_memory_per_gpu_max_gib_median
+                                           / found["peak_memory_per_gpu_max_gib_median"])
+    for key, values in columns.items():
+        table[key] = values
+    return table

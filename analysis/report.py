@@ -1,0 +1,97 @@
+"""``hpml report [EXPERIMENT ...] [--site SITE]`` (``make report``): every rank file of an
+experiment, validated, aggregated and written to ``results/<experiment>/report/``:
+summary.csv, runs.csv, summary.md, summary.tex, figures (PNG and SVG) and report.html. It also
+prints the summary table and the paths it wrote.
+
+It reads only files, so it can run while jobs still run (their rows say "running, step k/n"),
+on a login node, or on a laptop holding a copy of the results folder. The new report replaces
+the old one only once it is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from analysis import aggregate, figures, html, tables
+from analysis.collect import collect
+from hpml_core.errors import EXIT_USAGE, UsageError
+from jobs import experiment, site
+from jobs.cli import EXPERIMENTS, resolve
+
+OUTPUTS = ("summary.csv", "runs.csv", "summary.md", "summary.tex", "report.html")
+
+
+def write_report(exp: experiment.Experiment, folder: Path) -> tuple[list[Path], Table]:
+    """Write ``folder/report/`` for the experiment whose results are in ``folder``."""
+    repeated = any(run.repeat > 0 for run in exp.runs)
+    results, problems = collect(folder, {run.name: run.world_size for run in exp.runs}, repeated)
+    runs = aggregate.runs_table(results)
+    configs = aggregate.configurations_table(runs)
+    title = f"{exp.name}: {exp.description or exp.dataset}"
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=folder))
+    try:
+        configs.to_csv(staging / "summary.csv", index=False)
+        runs.to_csv(staging / "runs.csv", index=False)
+        (staging / "summary.md").write_text(tables.markdown(configs, problems, title))
+        (staging / "summary.tex").write_text(tables.latex(configs, title))
+        drawn = figures.draw_all(configs, results, staging)
+        run_rows = [[r.name, r.configuration, r.status, r.reason or ""] for r in results]
+        written = [*OUTPUTS, *(path.name for path in drawn)]
+        (staging / "report.html").write_text(html.page(title, tables.display_rows(configs), run_rows,
+                                                       tables.notes(configs, problems), drawn, written))
+        target = folder / "report"
+        if target.exists():
+            old = folder / f".report-old-{staging.name}"
+            target.rename(old)
+            staging.rename(target)
+            shutil.rmtree(old)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    terminal = Table(title=title, caption="\n".join(tables.notes(configs, problems)), caption_justify="left")
+    for header in tables.HEADERS:
+        terminal.add_column(header, justify="left" if header in ("Configuration", "Description", "Status") else "right")
+    for row in tables.display_rows(configs):
+        terminal.add_row(*row)
+    return [target / name for name in written], terminal
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hpml report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
+                        help="experiment files or names in jobs/experiments/ (default: every one with results)")
+    parser.add_argument("--site", default="local", help="the site profile whose results_root holds the results")
+    args = parser.parse_args(argv)
+    console = Console(width=160)
+    try:
+        profile = site.load(args.site)
+        if args.experiments:
+            chosen = [experiment.load(resolve(name)) for name in args.experiments]
+        else:
+            known = [experiment.load(path) for path in sorted(EXPERIMENTS.glob("*.yaml"))]
+            chosen = [exp for exp in known if profile.experiment_folder(exp.name).is_dir()]
+            if not chosen:
+                raise UsageError("EXPERIMENT", f"no experiment has results under {profile.experiment_folder('')} "
+                                 "yet (name one, or run `hpml submit` first)")
+    except UsageError as exc:
+        print(f"hpml report: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for exp in chosen:
+        paths, table = write_report(exp, profile.experiment_folder(exp.name))
+        console.print(table)
+        console.print(f"wrote {paths[0].parent}/: " + ", ".join(path.name for path in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
