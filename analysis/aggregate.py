@@ -135,12 +135,12 @@ def _against_baseline(table: pd.DataFrame) -> pd.DataFrame:
         match = baselines
         for key in BASELINE_KEY:
             match = match[match[key] == getattr(row, key)]
-        if row.tokens_per_s_median is None or pd.isna(row.tokens_per_s_median):
+        if pd.isna(row.tokens_per_s_median):
             found, note = None, "no completed run"
         elif match.empty:
             found = None
-            note = (f"no single-GPU run with the same model, sequence length, batch per GPU, precision, "
-                    f"checkpointing, attention and compilation")
+            note = ("no single-GPU run with the same model, sequence length, batch per GPU, precision, "
+                    "checkpointing, attention and compilation")
         else:
             found, note = match.iloc[0], None
         columns["baseline"].append(found["configuration"] if found is not None else None)
