@@ -33,6 +33,7 @@ $(DEMO_DATA)/meta.json: | venv
 # runs only what has not completed.
 demo: venv data
 	$(HPML) submit tiny_study --site local
+	@echo "tables, figures and report.html: make report"
 
 # Submit every run of $(EXP) that has not completed to $(SITE) (or, with SITE=local, run it here);
 # again after failures, it submits only what did not complete. ARGS="--only-failed" and friends pass through.

@@ -34,6 +34,8 @@ def _bars(ax, configs: pd.DataFrame, column: str, label: str, scale: float = 1.0
         high = [_value(v) for v in configs[f"{base}_max"]]
         errors = [[(v - lo) * scale if v is not None else 0 for v, lo in zip(values, low)],
                   [(hi - v) * scale if v is not None else 0 for v, hi in zip(values, high)]]
+        if not any(errors[0]) and not any(errors[1]):
+            errors = None  # one repeat each: no spread to draw
     ax.bar(names, heights, yerr=errors, capsize=4, color="#4c72b0")
     for index, value in enumerate(values):
         if value is None:
