@@ -101,14 +101,28 @@ def test_every_figure_of_the_summary_matches_a_hand_computation(study, capsys):
     assert row.peak_memory_per_gpu_mean_gib_median == pytest.approx(21.5)
     assert row.memory_reduction == pytest.approx(1 - 23.0 / 21.0)
 
+    zero = 4 * 8 * SEQ / 0.8
     row = summary.loc["zero3-4"]
     assert "zero3-4-r1: incomplete (rank files missing: 3)" in row.reason
-    assert row.tokens_per_s_median == pytest.approx(4 * 8 * SEQ / 0.8)
+    assert (row.tokens_per_s_median, row.tokens_per_s_min, row.tokens_per_s_max) == pytest.approx((zero,) * 3)
+    assert row.samples_per_s_median == pytest.approx(32 / 0.8)
+    assert row.tokens_per_s_per_gpu_median == pytest.approx(zero / 4)
+    assert row.mfu_median == pytest.approx(FLOPS_PER_TOKEN * zero / 4 / 1e12 / A100_BF16_PEAK)
+    assert row.peak_memory_per_gpu_max_gib_median == pytest.approx(21.0)
+    assert row.peak_memory_per_gpu_mean_gib_median == pytest.approx(20.0)
+    assert row.final_loss_median == pytest.approx(7.0)
+    assert (row.baseline, row.scaling_efficiency) == ("single", pytest.approx(zero / (4 * t1)))
+    assert row.memory_reduction == pytest.approx(0.0)
 
     # DP 2 x TP 2: 2 replicas of batch 8 per step, whatever the 4 ranks say: TP ranks count once.
     hybrid = [2 * 8 * SEQ / 0.32, 2 * 8 * SEQ / 0.34]
     row = summary.loc["dp2xtp2-b8"]
     assert row.tokens_per_s_median == pytest.approx(sum(hybrid) / 2)
+    assert (row.tokens_per_s_min, row.tokens_per_s_max) == pytest.approx((hybrid[1], hybrid[0]))
+    assert row.tokens_per_s_per_gpu_median == pytest.approx(sum(hybrid) / 2 / 4)
+    assert row.mfu_median == pytest.approx(FLOPS_PER_TOKEN * sum(hybrid) / 2 / 4 / 1e12 / A100_BF16_PEAK)
+    assert row.peak_memory_per_gpu_mean_gib_median == pytest.approx((6.125 + 6.0) / 2)
+    assert row.speedup == pytest.approx(sum(hybrid) / 2 / t1)
     assert row.samples_per_s_median == pytest.approx((16 / 0.32 + 16 / 0.34) / 2)
     assert row.scaling_efficiency == pytest.approx(sum(hybrid) / 2 / (4 * t1))
     assert row.peak_memory_per_gpu_max_gib_median == pytest.approx((6.5 + 6.0) / 2)
