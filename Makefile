@@ -10,7 +10,7 @@ DEMO_DATA := results/data/wikitext-2
 EXP ?= tiny_study
 SITE ?= local
 
-.PHONY: venv data demo submit-all status cancel report bench-report test schema slurm-up slurm-down
+.PHONY: venv data demo submit-all status cancel report bench bench-report test schema slurm-up slurm-down
 
 # torch==2.13.0 goes in first: on a machine without a GPU it is the CPU build on this disk, and
 # everything installed after it (deepspeed, transformers) is satisfied by it.
@@ -51,6 +51,12 @@ cancel: venv
 # works while jobs still run.
 report: venv
 	$(HPML) report $(EXP) --site $(SITE) $(ARGS)
+
+# On one GPU: the original study's loop against the engine (tokens/s, TFLOP/s, MFU, memory, ratio),
+# written to results/bench/bench.json. BENCH_ARGS="--data DIR --engine-batch 16"; on a CPU, see README.
+BENCH_ARGS ?= --data $(DEMO_DATA)
+bench: venv
+	$(PY) -m hpml_core.bench $(BENCH_ARGS)
 
 # How long the report takes to aggregate 1,000 runs x 4 rank files (target: under 5 s).
 bench-report: venv

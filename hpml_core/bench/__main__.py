@@ -1,0 +1,126 @@
+"""``make bench`` (``python -m hpml_core.bench``): the original study's style of training loop
+against hpml's engine, on one device, same model, sequence length and data, each variant in
+its own process. Prints and writes ``OUT/bench.json``: tokens/s, TFLOP/s per device, MFU and
+peak memory of each, and the ratio of the engine's tokens/s to the original loop's.
+
+    python -m hpml_core.bench --model gpt2-large --data DATA --engine-batch 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from hpml_core import rank_file
+from hpml_core.atomic import atomic_write_json
+from hpml_core.model import PRESETS
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m hpml_core.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(PRESETS), default="gpt2-large")
+    parser.add_argument("--data", type=Path, required=True, help="a folder made by `hpml data prepare`")
+    parser.add_argument("--out", type=Path, default=Path("results/bench"))
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup-steps", type=int, default=10)
+    parser.add_argument("--original-batch", type=int, default=8, help="the original study's batch (8)")
+    parser.add_argument("--original-precision", choices=("fp16", "bf16", "fp32"), default="fp16")
+    parser.add_argument("--engine-batch", type=int, default=8, help="the largest batch that fits, for the engine")
+    parser.add_argument("--engine-args", default="--precision bf16 --compile",
+                        help="the engine's speed settings (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def _run(command: list[str], what: str) -> None:
+    print(f"[bench] {what}: {shlex.join(command)}", file=sys.stderr, flush=True)
+    done = subprocess.run(command)
+    if done.returncode != 0:
+        raise SystemExit(f"[bench] {what} exited with status {done.returncode}")
+
+
+def nvidia_driver() -> str | None:
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else None
+
+
+def engine_result(run_dir: Path) -> dict:
+    record = rank_file.read(rank_file.rank_file_path(run_dir, 0))
+    memory = record.memory
+    return {
+        "variant": "hpml engine",
+        "settings": record.config.model_dump(mode="json", include={"model", "seq_len", "batch_size", "precision",
+                                                                   "grad_ckpt", "attn", "compile", "optimizer"}),
+        "device": record.device_name,
+        "timing": record.throughput.timing,
+        "step_time_median_s": record.throughput.step_time_median_s,
+        "tokens_per_s": record.throughput.run_tokens_per_s,
+        "samples_per_s": record.throughput.run_samples_per_s,
+        "flops_per_token": record.flops.flops_per_token,
+        "achieved_tflops_per_s": record.flops.achieved_tflops_per_s,
+        "peak_tflops_per_s": record.flops.peak_tflops_per_s,
+        "mfu": record.flops.mfu,
+        "mfu_missing_reason": record.flops.mfu_missing_reason,
+        "peak_memory_bytes": memory.cuda_max_allocated_bytes if memory.cuda_max_allocated_bytes is not None
+        else memory.cpu_peak_rss_bytes,
+        "memory_metric": "cuda_max_allocated" if memory.cuda_max_allocated_bytes is not None else "cpu_peak_rss",
+        "losses": record.loss.values,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    common = ["--model", args.model, "--seq-len", str(args.seq_len), "--steps", str(args.steps),
+              "--warmup-steps", str(args.warmup_steps), "--data", str(args.data)]
+    original = [sys.executable, "-m", "hpml_core.bench.original_loop", *common, "--batch-size",
+                str(args.original_batch), "--precision", args.original_precision, "--out",
+                str(args.out / "original.json")]
+    engine = [sys.executable, "-m", "hpml_core.train", "--mode", "single", *common, "--batch-size",
+              str(args.engine_batch), *shlex.split(args.engine_args), "--out", str(args.out / "engine")]
+    _run(original, "original loop")
+    _run(engine, "hpml engine")
+    results = {"original": json.loads((args.out / "original.json").read_text()), "engine": engine_result(args.out / "engine")}
+    ratio = results["engine"]["tokens_per_s"] / results["original"]["tokens_per_s"]
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(),
+        "device": results["engine"]["device"],
+        "driver": nvidia_driver(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda},
+        "commands": {"original": shlex.join(original), "engine": shlex.join(engine)},
+        **results,
+        "tokens_per_s_ratio_engine_over_original": ratio,
+    }
+    atomic_write_json(args.out / "bench.json", report)
+
+    table = Table(title=f"{args.model}, sequence {args.seq_len}, on {report['device']}")
+    for column in ("variant", "batch", "precision", "tokens/s", "TFLOP/s", "MFU", "peak memory (GiB)"):
+        table.add_column(column, justify="left" if column in ("variant", "precision") else "right")
+    for result in results.values():
+        mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a"
+        table.add_row(result["variant"], str(result["settings"]["batch_size"]), result["settings"]["precision"],
+                      f"{result['tokens_per_s']:,.0f}", f"{result['achieved_tflops_per_s']:.3g}", mfu,
+                      f"{result['peak_memory_bytes'] / 1024**3:.2f} ({result['memory_metric']})")
+    console = Console(width=140)
+    console.print(table)
+    reason = results["engine"]["mfu_missing_reason"]
+    console.print(f"engine / original tokens/s: {ratio:.2f}x" + (f"; MFU n/a: {reason}" if reason else ""))
+    console.print(f"wrote {args.out / 'bench.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

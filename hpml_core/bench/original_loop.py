@@ -1,0 +1,133 @@
+"""The original study's style of training loop, kept as the yardstick of ``make bench``:
+transformers' ``GPT2LMHeadModel`` (unpadded vocabulary), fp16 autocast with a GradScaler,
+gradient checkpointing, torch's AdamW (not fused), and the loss read back every step, as a loop
+that prints it does. Everything else matches hpml's engine so that only the loop differs: the
+same prepared tokens and batches, the same step timing (median of the steps after warm-up, the
+device synchronised at each step's end) and the same FLOP formula and peak table for MFU.
+
+    python -m hpml_core.bench.original_loop --model gpt2-large --data DATA --out original.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from hpml_core.atomic import atomic_write_json
+from hpml_core.data import TokenBatches, TokenData
+from hpml_core.flops import FORMULA, lookup_peak
+from hpml_core.model import PRESETS
+from hpml_core.record import cpu_name
+
+AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
+
+
+def matmul_weights(model: GPT2LMHeadModel) -> int:
+    """N of the PaLM formula, counted on the model itself: every Conv1D weight of the blocks and
+    the LM head (tied to the token embedding, so once)."""
+    blocks = sum(module.weight.numel() for name, module in model.named_modules()
+                 if type(module).__name__ == "Conv1D")
+    return blocks + model.lm_head.weight.numel()
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="original_loop", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(PRESETS), default="gpt2-large")
+    parser.add_argument("--data", type=Path, required=True, help="a folder made by `hpml data prepare`")
+    parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup-steps", type=int, default=10)
+    parser.add_argument("--precision", choices=sorted(AUTOCAST), default="fp16")
+    parser.add_argument("--no-grad-ckpt", dest="grad_ckpt", action="store_false")
+    parser.add_argument("--seed", type=int, default=1337)
+    args = parser.parse_args(argv)
+    if args.steps <= args.warmup_steps:
+        parser.error(f"--steps: must be more than --warmup-steps ({args.warmup_steps}), or nothing is timed")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    data = TokenData.open(args.data)
+    torch.manual_seed(args.seed)
+    config = GPT2Config(**PRESETS[args.model], vocab_size=data.vocab_size, use_cache=False, bos_token_id=None,
+                        eos_token_id=None)
+    model = GPT2LMHeadModel(config).to(device)
+    if args.grad_ckpt:  # the method's newer name in transformers 5, the older one before
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    batches = TokenBatches(data, args.seq_len, args.batch_size, dp_size=1, dp_rank=0, seed=args.seed)
+    dtype = AUTOCAST[args.precision]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    losses, times = [], []
+    for step in range(args.steps):
+        started = time.perf_counter()
+        inputs, targets = (t.to(device, non_blocking=True) for t in batches.batch(step))
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(input_ids=inputs).logits
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(loss.item())  # the host waits for the device here, every step
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - started)
+
+    timed = times[args.warmup_steps:]
+    median = statistics.median(timed)
+    tokens_per_s = args.batch_size * args.seq_len / median
+    n = matmul_weights(model)
+    flops_per_token = 6 * n + 12 * config.n_layer * config.n_head * (config.n_embd // config.n_head) * args.seq_len
+    achieved = flops_per_token * tokens_per_s / 1e12
+    peak = lookup_peak(device.type, device_name, args.precision)
+    result = {
+        "variant": "original study's loop (transformers GPT2LMHeadModel)",
+        "settings": {"model": args.model, "seq_len": args.seq_len, "batch_size": args.batch_size,
+                     "precision": args.precision, "grad_ckpt": args.grad_ckpt, "optimizer": "torch AdamW (foreach)",
+                     "vocab_size": data.vocab_size, "steps": args.steps, "warmup_steps": args.warmup_steps},
+        "device": device_name,
+        "timing": "wall clock per step, device synchronised at each step's end; median of the steps after warm-up",
+        "step_time_median_s": median,
+        "tokens_per_s": tokens_per_s,
+        "samples_per_s": args.batch_size / median,
+        "flops_formula": FORMULA,
+        "flops_per_token": flops_per_token,
+        "n_params_matmul": n,
+        "achieved_tflops_per_s": achieved,
+        "peak_tflops_per_s": peak.tflops,
+        "peak_source": peak.source,
+        "mfu": achieved / peak.tflops if peak.tflops else None,
+        "mfu_missing_reason": peak.missing_reason,
+        "peak_memory_bytes": (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
+        "memory_metric": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss",
+        "losses": losses,
+    }
+    atomic_write_json(args.out, result)
+    print(json.dumps({k: result[k] for k in ("tokens_per_s", "achieved_tflops_per_s", "mfu")}), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
