@@ -77,21 +77,23 @@ def _own_status(run_dir: Path) -> dict | None:
         return None
 
 
-def _status(ranks: dict[int, RankFile], world: int | None, entry: dict, own: dict | None) -> tuple[str, str | None]:
-    """The run's status and, unless completed, why."""
+def _status(ranks: dict[int, RankFile], world: int, entry: dict, own: dict | None) -> tuple[str, str | None]:
+    """The run's status and, unless completed, why. The current attempt first (running, or
+    waiting in Slurm's queue), then what the rank files of the last attempt say."""
     slurm_state = entry.get("state")
     statuses = {f.status for f in ranks.values()}
-    missing = sorted(set(range(world)) - set(ranks)) if world else []
+    missing = sorted(set(range(world)) - set(ranks))
+    if own and own.get("state") in ("starting", "running") and slurm_state not in SLURM_ENDINGS:
+        return "running", f"step {own['step']}/{own['total_steps']}"
+    if slurm_state in SLURM_WAITING:
+        last = f"; last attempt: {own['state']} at step {own['step']}/{own['total_steps']}" if own else ""
+        return "pending", f"Slurm: {slurm_state}{last}"
     for bad in ("oom", "failed"):
         if bad in statuses:
             first = next(f for f in ranks.values() if f.status == bad)
             return bad, f"rank {first.rank}: {first.error}"
     if ranks and not missing and statuses == {"completed"}:
         return "completed", None
-    if own and own.get("state") in ("starting", "running") and slurm_state not in SLURM_ENDINGS:
-        return "running", f"step {own['step']}/{own['total_steps']}"
-    if slurm_state in SLURM_WAITING:
-        return "pending", f"Slurm: {slurm_state}" + (f" after stopping at step {own['step']}" if own else "")
     if slurm_state in SLURM_ENDINGS:
         step = f" at step {own['step']}/{own['total_steps']}" if own else ""
         return SLURM_ENDINGS[slurm_state], f"Slurm: {slurm_state}{step}"
@@ -103,9 +105,8 @@ def _status(ranks: dict[int, RankFile], world: int | None, entry: dict, own: dic
     return "incomplete", f"rank files missing: {', '.join(map(str, missing))}"
 
 
-def collect(folder: Path, runs: dict[str, int] | None, repeated: bool) -> tuple[list[RunResult], list[Problem]]:
-    """Every run of the experiment in ``folder``. ``runs`` maps the experiment's run names to
-    their world sizes; without it (no experiment file), the run folders found are the runs."""
+def collect(folder: Path, runs: dict[str, int], repeated: bool) -> tuple[list[RunResult], list[Problem]]:
+    """Every run of the experiment in ``folder``; ``runs`` maps its run names to their world sizes."""
     problems: list[Problem] = []
     try:
         ledger = json.loads((folder / "ledger.json").read_text())["runs"]
@@ -114,14 +115,10 @@ def collect(folder: Path, runs: dict[str, int] | None, repeated: bool) -> tuple[
     except (OSError, ValueError, KeyError) as exc:
         problems.append(Problem(str(folder / "ledger.json"), f"unreadable ledger ({exc})"))
         ledger = {}
-    if runs is None:
-        found = sorted(p.parent.name for p in folder.glob("*/rank-*.json")) + sorted(ledger)
-        runs = dict.fromkeys(sorted(set(found)))
     results = []
     for name, world in runs.items():
         run_dir = folder / name
         ranks = _read_ranks(run_dir, problems)
-        world = world or next((f.world_size for f in ranks.values()), None)
         status, reason = _status(ranks, world, ledger.get(name, {}), _own_status(run_dir))
         results.append(RunResult(name, configuration_of(name, repeated), status, reason, ranks))
     return results, problems

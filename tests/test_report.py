@@ -221,3 +221,23 @@ def test_report_html_opens_in_headless_chromium_with_every_figure_drawn(study):
     assert sorted(image["alt"] for image in images) == ["loss", "memory", "mfu_vs_batch", "throughput"]
     assert all(image["complete"] and image["width"] > 100 and image["colours"] > 2 for image in images), images
     assert errors == []
+
+
+def test_the_current_attempt_wins_over_the_rank_files_of_the_last(tmp_path):
+    """A resubmitted run that is running again, or requeued and waiting, is not reported with
+    its previous attempt's ending."""
+    from analysis.collect import collect
+
+    write_run(tmp_path, "again", status="failed", error="RuntimeError: boom", mode="single", world=1, tp=1, batch=8)
+    write_run(tmp_path, "requeued", status="stopped", error="stopped by SIGUSR1; checkpoint saved", mode="single",
+              world=1, tp=1, batch=8)
+    for run, state in (("again", "running"), ("requeued", "stopped")):
+        (tmp_path / run / "status.json").write_text(json.dumps(
+            {"state": state, "step": 3, "total_steps": 10, "error": None, "started_at": 0, "updated_at": 1}))
+    (tmp_path / "ledger.json").write_text(json.dumps({"runs": {
+        "again": {"backend": "slurm", "job_id": "9", "state": "RUNNING"},
+        "requeued": {"backend": "slurm", "job_id": "10", "state": "PENDING"}}}))
+    results, problems = collect(tmp_path, {"again": 1, "requeued": 1}, repeated=False)
+    assert not problems
+    assert [(r.status, r.reason) for r in results] == [
+        ("running", "step 3/10"), ("pending", "Slurm: PENDING; last attempt: stopped at step 3/10")]

@@ -114,6 +114,15 @@ def own_step(run_dir: Path) -> int:
         return -1
 
 
+def stop_and_requeue(job: str, run_dir: Path, steps: int) -> None:
+    """Send the stop signal (as Slurm does before the time limit) after 20 steps, wait for the
+    requeue, and release the job: Slurm holds a requeued job a while (reason BeginTime)."""
+    wait_for(lambda: own_step(run_dir) >= 20, 180, "20 steps before the signal")
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    wait_for(lambda: job_state(job) == "PENDING" and own_step(run_dir) < steps, 180, "the requeue")
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+
+
 def test_make_submit_all_runs_the_tiny_study_once_even_when_submitted_twice_at_once(slurm_site):
     """Two `make submit-all` at once submit each run exactly once; every run completes with all
     its rank files; a third submits nothing."""
@@ -199,11 +208,7 @@ def test_a_stop_signal_requeues_the_job_which_resumes_to_the_uninterrupted_loss(
     """, steps=300, warmup_steps=10)
     assert hpml("submit", str(exp), "--site", str(slurm_site)).returncode == 0
     job = ledger(folder)["interrupted"]["job_id"]
-    wait_for(lambda: own_step(folder / "interrupted") >= 20, 180, "20 steps before the signal")
-    subprocess.run(["scancel", "--signal=USR1", job], check=True)
-    # Slurm holds a requeued job for a while (reason BeginTime); release it rather than wait.
-    wait_for(lambda: job_state(job) == "PENDING" and own_step(folder / "interrupted") < 300, 180, "the requeue")
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    stop_and_requeue(job, folder / "interrupted", steps=300)
     assert wait_finished(job) == "COMPLETED"
     assert wait_finished(ledger(folder)["reference"]["job_id"]) == "COMPLETED"
 
@@ -226,10 +231,7 @@ def test_a_two_node_job_meets_through_the_rendezvous_and_survives_a_requeue(slur
     """, steps=300, warmup_steps=10)
     assert hpml("submit", str(exp), "--site", str(slurm_site)).returncode == 0
     job = ledger(folder)["ddp-2x2"]["job_id"]
-    wait_for(lambda: own_step(folder / "ddp-2x2") >= 20, 180, "20 steps before the signal")
-    subprocess.run(["scancel", "--signal=USR1", job], check=True)
-    wait_for(lambda: job_state(job) == "PENDING" and own_step(folder / "ddp-2x2") < 300, 180, "the requeue")
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    stop_and_requeue(job, folder / "ddp-2x2", steps=300)
     assert wait_finished(job) == "COMPLETED"
     files = rank_files(folder / "ddp-2x2")
     assert sorted(files) == [0, 1, 2, 3] and {f["world_size"] for f in files.values()} == {4}
