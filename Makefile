@@ -10,7 +10,7 @@ DEMO_DATA := results/data/wikitext-2
 EXP ?= tiny_study
 SITE ?= local
 
-.PHONY: venv data demo submit-all status cancel report bench bench-report test schema slurm-up slurm-down
+.PHONY: venv data demo submit-all status cancel report bench bench-memory bench-report test schema slurm-up slurm-down
 
 # torch==2.13.0 goes in first: on a machine without a GPU it is the CPU build on this disk, and
 # everything installed after it (deepspeed, transformers) is satisfied by it.
@@ -57,6 +57,12 @@ report: venv
 BENCH_ARGS ?= --data $(DEMO_DATA)
 bench: venv
 	$(PY) -m hpml_core.bench $(BENCH_ARGS)
+
+# The study's memory table measured: per-rank peak memory in the four layouts (4 processes; with
+# fewer than 4 GPUs they share GPU 0 over gloo). MEMORY_ARGS="--data DIR"; results/bench/memory/.
+MEMORY_ARGS ?= --data $(DEMO_DATA)
+bench-memory: venv
+	$(PY) -m hpml_core.bench.memory $(MEMORY_ARGS)
 
 # How long the report takes to aggregate 1,000 runs x 4 rank files (target: under 5 s).
 bench-report: venv

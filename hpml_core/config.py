@@ -56,6 +56,9 @@ class TrainConfig(BaseModel):
     save_model: bool = False
     zero_stage: Literal[3] | None = Field(None, description="ZeRO stage under --mode hybrid (3, the default there)")
     zero_persistence_threshold: int = Field(100_000, ge=0, description="stage3_param_persistence_threshold")
+    dist_backend: Literal["nccl", "gloo"] | None = Field(
+        None, description="collectives: NCCL between GPUs, gloo on CPUs (the default); gloo also lets several "
+                          "ranks share one GPU, which NCCL refuses")
     test: bool = False
 
 
@@ -104,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zero-stage", type=int, help="ZeRO stage of --mode hybrid (allowed: 3, the default)")
     p.add_argument("--zero-persistence-threshold", type=int,
                    help="ZeRO-3 keeps parameters smaller than this whole on every rank (DeepSpeed's 100000; 0 with --test)")
+    p.add_argument("--dist-backend", choices=["nccl", "gloo"],
+                   help="collectives backend (default: nccl on GPUs, gloo on CPUs); gloo lets ranks share one GPU")
     p.add_argument("--test", action="store_true", default=None, help="tiny model, short sequences, a few steps")
     # The deepspeed launcher appends --local_rank=N; the rank is read from the environment instead.
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)

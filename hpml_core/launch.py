@@ -84,12 +84,12 @@ def select_device(env: ProcessEnv) -> torch.device:
     return torch.device("cpu")
 
 
-def init_process_group(env: ProcessEnv, device: torch.device) -> None:
-    """NCCL between GPUs, gloo on the CPU; through env:// so torchrun's own store is reused."""
+def init_process_group(env: ProcessEnv, device: torch.device, backend: str | None = None) -> None:
+    """NCCL between GPUs, gloo on the CPU (or as asked); through env:// so torchrun's own store is reused."""
     os.environ.update(
         RANK=str(env.rank), WORLD_SIZE=str(env.world_size), LOCAL_RANK=str(env.local_rank),
         MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port),
     )
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
     dist.init_process_group(backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size,
-                            device_id=device if device.type == "cuda" else None)
+                            device_id=device if backend == "nccl" else None)

@@ -71,6 +71,8 @@ def make_plan(argv: list[str] | None, env: launch.ProcessEnv) -> Plan:
     if config.seq_len > dims.n_positions:
         raise UsageError("--seq-len", f"{config.seq_len} exceeds the {dims.n_positions} positions of {config.model}")
     dp_size, tp_size = check_layout(config, env.world_size, env.local_world_size, dims.n_head, dims.vocab_size)
+    if config.dist_backend == "nccl" and not torch.cuda.is_available():
+        raise UsageError("--dist-backend", "nccl needs GPUs, and this machine has none (allowed here: gloo)")
     if config.mode == "hybrid" and config.zero_stage is None:
         config = config.model_copy(update={"zero_stage": 3})
     batches = TokenBatches(data, config.seq_len, config.batch_size, dp_size, grid_position(env.rank, tp_size)[0],
@@ -283,7 +285,7 @@ def train(plan: Plan) -> int:
     stop = StopRequest()
     device = launch.select_device(plan.env)
     if plan.config.mode != "single":
-        launch.init_process_group(plan.env, device)
+        launch.init_process_group(plan.env, device, plan.config.dist_backend)
     mesh = build_mesh(device, plan.env.world_size, plan.env.rank, plan.tp_size)
     run_id, out = run_identity(plan.config, plan.env)
     config = plan.config.model_copy(update={"run_id": run_id, "out": out, "steps": plan.total_steps})

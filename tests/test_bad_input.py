@@ -1,6 +1,7 @@
 """Bad input: one line naming the flag or file, exit status 2, and no rank file written."""
 
 import pytest
+import torch
 
 from tests.conftest import engine
 
@@ -22,6 +23,8 @@ def refused(args, tmp_path, env=None):
     (["--seq-len", "4096"], "--seq-len"),
     (["--steps", "2", "--warmup-steps", "2"], "--steps"),
     (["--tp-size", "2"], "--tp-size"),  # tensor parallelism in a single process
+    pytest.param(["--dist-backend", "nccl"], "--dist-backend",  # NCCL without a GPU
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
 ])
 def test_bad_flag_values_are_refused(args, flag, tmp_path, token_data):
     line = refused(["--test", "--data", str(token_data), *args], tmp_path)

@@ -34,3 +34,21 @@ def test_original_loop_refuses_nothing_to_time(tmp_path, token_data):
                    "--out", str(tmp_path / "o.json")], script=REPO / "hpml_core" / "bench" / "original_loop.py",
                   check=False)
     assert proc.returncode == 2 and "--steps" in proc.stderr and not (tmp_path / "o.json").exists()
+
+
+def test_memory_table_runs_the_four_layouts(tmp_path, token_data):
+    import subprocess
+
+    out = tmp_path / "memory"
+    done = subprocess.run([sys.executable, "-m", "hpml_core.bench.memory", "--model", "tiny", "--seq-len", "64",
+                           "--batch-size", "4", "--steps", "4", "--warmup-steps", "1", "--engine-args",
+                           "--precision fp32 --zero-persistence-threshold 0", "--data", str(token_data), "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {row["layout"]: row for row in json.loads((out / "memory.json").read_text())["layouts"]}
+    assert {name: row["ranks"] for name, row in rows.items()} == {"single": 1, "ddp-4": 4, "zero3-4": 4,
+                                                                   "dp2xtp2-zero3": 4}
+    assert all(min(row["peak_bytes_per_rank"]) > 0 and row["memory_metric"] == "cpu_peak_rss" for row in rows.values())
+    # ZeRO-3 partitions the model state over the 4 ranks; DDP keeps it whole on each.
+    assert max(rows["zero3-4"]["model_state_bytes_per_rank"]) < max(rows["ddp-4"]["model_state_bytes_per_rank"]) / 2
+    assert all(row["original_study_gb"] is None for row in rows.values())  # the study measured GPT-2 Large only

@@ -1,0 +1,101 @@
+"""The memory table of the original study, measured: per-rank peak memory of one model at one
+batch in the four layouts (single; DDP on 4; ZeRO-3 on 4; DP 2 × TP 2 with ZeRO-3), set
+against the figures the study reported (about 21 GB single and DDP, 20 GB ZeRO-3, 6 GB DP×TP).
+
+The four ranks run as four processes. With fewer than four GPUs they share GPU 0 and talk over
+gloo (``--dist-backend gloo``: NCCL refuses two ranks on one device), which changes the speed,
+not what each rank allocates. On a CPU the figure is each process's peak RSS.
+
+    python -m hpml_core.bench.memory --model gpt2-large --batch-size 8 --data DATA
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from hpml_core import rank_file
+from hpml_core.atomic import atomic_write_json
+from hpml_core.model import PRESETS
+
+GIB = 1024**3
+# name, engine flags, processes, the original study's reported peak memory per GPU (GB)
+LAYOUTS = (
+    ("single", ["--mode", "single"], 1, 21.0),
+    ("ddp-4", ["--mode", "baseline"], 4, 21.0),
+    ("zero3-4", ["--mode", "hybrid"], 4, 20.0),
+    ("dp2xtp2-zero3", ["--mode", "hybrid", "--tp-size", "2"], 4, 6.0),
+)
+
+
+# The study's figures are for GPT-2 Large at batch 8 and sequence 1024; other settings have none.
+STUDY_SETTINGS = ("gpt2-large", 8, 1024)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m hpml_core.bench.memory", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(PRESETS), default="gpt2-large")
+    parser.add_argument("--data", type=Path, required=True, help="a folder made by `hpml data prepare`")
+    parser.add_argument("--out", type=Path, default=Path("results/bench/memory"))
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup-steps", type=int, default=2)
+    parser.add_argument("--engine-args", default="--precision bf16",
+                        help="further engine flags, the same for every layout (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def command(flags: list[str], processes: int, args: argparse.Namespace, out: Path) -> list[str]:
+    engine = ["-m", "hpml_core.train", *flags, "--model", args.model, "--batch-size", str(args.batch_size),
+              "--seq-len", str(args.seq_len), "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps),
+              "--data", str(args.data), "--out", str(out), *shlex.split(args.engine_args)]
+    if processes == 1:
+        return [sys.executable, *engine]
+    if 0 < torch.cuda.device_count() < processes:
+        engine.append("--dist-backend=gloo")  # the ranks share GPU 0
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *engine]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    rows = []
+    comparable = (args.model, args.batch_size, args.seq_len) == STUDY_SETTINGS
+    for name, flags, processes, reported in LAYOUTS:
+        run = command(flags, processes, args, args.out / name)
+        print(f"[memory] {name}: {shlex.join(run)}", file=sys.stderr, flush=True)
+        if subprocess.run(run).returncode != 0:
+            raise SystemExit(f"[memory] {name} failed; its rank files are in {args.out / name}")
+        files = [rank_file.read(path) for path in sorted((args.out / name).glob("rank-*.json"))]
+        cuda = all(f.memory.cuda_max_allocated_bytes is not None for f in files)
+        peaks = [f.memory.cuda_max_allocated_bytes if cuda else f.memory.cpu_peak_rss_bytes for f in files]
+        rows.append({"layout": name, "command": shlex.join(run), "ranks": len(files), "device": files[0].device_name,
+                     "memory_metric": "cuda_max_allocated" if cuda else "cpu_peak_rss",
+                     "peak_bytes_per_rank": peaks, "peak_gib_max": max(peaks) / GIB,
+                     "model_state_bytes_per_rank": [f.model_state.total_bytes for f in files],
+                     "original_study_gb": reported if comparable else None})
+    atomic_write_json(args.out / "memory.json", {"model": args.model, "batch_size": args.batch_size,
+                                                 "seq_len": args.seq_len, "layouts": rows})
+    table = Table(title=f"Peak memory per rank: {args.model}, batch {args.batch_size}, sequence {args.seq_len}, "
+                        f"on {rows[0]['device']} ({rows[0]['memory_metric']})")
+    for column in ("layout", "ranks", "peak per rank, max (GiB)", "model state per rank (GiB)", "original study (GB)"):
+        table.add_column(column, justify="left" if column == "layout" else "right")
+    for row in rows:
+        reported = row["original_study_gb"]
+        table.add_row(row["layout"], str(row["ranks"]), f"{row['peak_gib_max']:.3g}",
+                      f"{max(row['model_state_bytes_per_rank']) / GIB:.3g}",
+                      f"{reported:.0f}" if reported else "- (other settings)")
+    Console(width=140).print(table)
+    print(f"wrote {args.out / 'memory.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
