@@ -241,3 +241,16 @@ def test_the_current_attempt_wins_over_the_rank_files_of_the_last(tmp_path):
     assert not problems
     assert [(r.status, r.reason) for r in results] == [
         ("running", "step 3/10"), ("pending", "Slurm: PENDING; last attempt: stopped at step 3/10")]
+
+
+def test_without_an_experiment_every_one_with_results_is_reported_even_before_any_rank_file(tmp_path):
+    site = tmp_path / "site.yaml"
+    site.write_text(f"name: t\nscheduler: local\nproject_dir: .\nresults_root: {tmp_path / 'results'}\n"
+                    f"data_root: {tmp_path}\n")
+    (tmp_path / "results" / "tiny_study").mkdir(parents=True)  # submitted, nothing written yet
+    assert main(["--site", str(site)]) == 0
+    report = tmp_path / "results" / "tiny_study" / "report"
+    runs = pd.read_csv(report / "runs.csv")
+    assert len(runs) == 5 and set(runs["status"]) == {"missing"}
+    assert {p.name for p in report.glob("*.png")} == {"throughput.png", "memory.png", "mfu_vs_batch.png", "loss.png"}
+    assert not (tmp_path / "results" / "seed_study").exists()  # no results, no report
