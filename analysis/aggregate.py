@@ -70,15 +70,14 @@ def run_row(result: RunResult) -> dict:
     tokens_per_s = first.global_batch * first.model.seq_len / slowest
     achieved = first.flops.flops_per_token * tokens_per_s / first.world_size / 1e12
     peak = first.flops.peak_tflops_per_s
-    cuda = all(f.memory.cuda_max_allocated_bytes is not None for f in files)
-    memory = [f.memory.cuda_max_allocated_bytes if cuda else f.memory.cpu_peak_rss_bytes for f in files]
+    memory = [f.memory.peak()[0] for f in files]
     row.update(
         timed_steps=first.throughput.timed_steps, slowest_step_time_median_s=slowest,
         tokens_per_s=tokens_per_s, samples_per_s=first.global_batch / slowest,
         tokens_per_s_per_gpu=tokens_per_s / first.world_size, flops_per_token=first.flops.flops_per_token,
-        achieved_tflops_per_gpu=achieved, peak_tflops_per_gpu=peak, mfu=achieved / peak if peak else None,
-        mfu_missing_reason=None if peak else first.flops.mfu_missing_reason,
-        memory_metric="cuda_max_allocated" if cuda else "cpu_peak_rss",
+        achieved_tflops_per_gpu=achieved, peak_tflops_per_gpu=peak, peak_source=first.flops.peak_source,
+        mfu=achieved / peak if peak else None, mfu_missing_reason=None if peak else first.flops.mfu_missing_reason,
+        timing=first.throughput.timing, memory_metric=first.memory.peak()[1],
         peak_memory_per_gpu_max_gib=max(memory) / GIB, peak_memory_per_gpu_mean_gib=statistics.fmean(memory) / GIB,
         final_loss=first.loss.values[-1] if first.loss.values else None,
     )
@@ -119,7 +118,8 @@ def configurations_table(runs: pd.DataFrame) -> pd.DataFrame:
             row[f"{column}_max"] = values.max() if len(values) else None
         mean_memory = done["peak_memory_per_gpu_mean_gib"].dropna() if len(done) else pd.Series(dtype=float)
         row["peak_memory_per_gpu_mean_gib_median"] = mean_memory.median() if len(mean_memory) else None
-        row["memory_metric"] = done["memory_metric"].iloc[0] if len(done) else None
+        for column in ("memory_metric", "peak_source", "peak_tflops_per_gpu", "timing"):
+            row[column] = done[column].iloc[0] if len(done) else None
         reasons = done["mfu_missing_reason"].dropna() if len(done) else pd.Series(dtype=object)
         row["mfu_missing_reason"] = reasons.iloc[0] if len(reasons) and row["mfu_median"] is None else None
         rows.append(row)

@@ -10,15 +10,15 @@ listed by path.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from hpml_core.progress import STATUS_FILE
+from hpml_core.progress import read_status
 from hpml_core.rank_file import RankFile
+from jobs import ledger
 
 RANK_FILE = re.compile(r"^rank-(\d+)\.json$")
 REPEAT_SUFFIX = re.compile(r"-r\d+$")
@@ -70,13 +70,6 @@ def _read_ranks(run_dir: Path, problems: list[Problem]) -> dict[int, RankFile]:
     return ranks
 
 
-def _own_status(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _status(ranks: dict[int, RankFile], world: int, entry: dict, own: dict | None) -> tuple[str, str | None]:
     """The run's status and, unless completed, why. The current attempt first (running, or
     waiting in Slurm's queue), then what the rank files of the last attempt say."""
@@ -109,16 +102,14 @@ def collect(folder: Path, runs: dict[str, int], repeated: bool) -> tuple[list[Ru
     """Every run of the experiment in ``folder``; ``runs`` maps its run names to their world sizes."""
     problems: list[Problem] = []
     try:
-        ledger = json.loads((folder / "ledger.json").read_text())["runs"]
-    except FileNotFoundError:
-        ledger = {}
+        entries = ledger.read(folder)
     except (OSError, ValueError, KeyError) as exc:
-        problems.append(Problem(str(folder / "ledger.json"), f"unreadable ledger ({exc})"))
-        ledger = {}
+        problems.append(Problem(str(folder / ledger.LEDGER), f"unreadable ledger ({exc})"))
+        entries = {}
     results = []
     for name, world in runs.items():
         run_dir = folder / name
         ranks = _read_ranks(run_dir, problems)
-        status, reason = _status(ranks, world, ledger.get(name, {}), _own_status(run_dir))
+        status, reason = _status(ranks, world, entries.get(name, {}), read_status(run_dir))
         results.append(RunResult(name, configuration_of(name, repeated), status, reason, ranks))
     return results, problems

@@ -59,6 +59,12 @@ def notes(configs: pd.DataFrame, problems: list[Problem]) -> list[str]:
         lines.append("Memory: CUDA max_memory_allocated, maximum over the ranks.")
     lines.append("MFU: model FLOP/s per GPU (PaLM: 6N + 12·L·H·Q·T per token) over the GPU's dense peak for the "
                  "precision. Tokens/s: each token once, over the slowest rank's median step time.")
+    if "peak_source" in configs:
+        peaks = configs.dropna(subset=["peak_source"]).groupby(["peak_source", "peak_tflops_per_gpu"], sort=False)
+        for (source, tflops), group in peaks:
+            lines.append(f"Peak used for MFU: {source}, {tflops:g} TFLOP/s ({', '.join(group['configuration'])}).")
+    for timing in sorted(set(configs["timing"].dropna())) if "timing" in configs else []:
+        lines.append(f"Step time: {timing}.")
     for reason in sorted(set(configs["mfu_missing_reason"].dropna())) if "mfu_missing_reason" in configs else []:
         lines.append(f"MFU n/a: {reason}")
     baselines = configs.dropna(subset=["baseline"]) if "baseline" in configs else configs.iloc[0:0]

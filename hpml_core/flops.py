@@ -26,9 +26,12 @@ FORMULA = (
 )
 
 
+def palm_flops_per_token(params_matmul: int, n_layer: int, n_head: int, head_dim: int, seq_len: int) -> int:
+    return 6 * params_matmul + 12 * n_layer * n_head * head_dim * seq_len
+
+
 def training_flops_per_token(dims: ModelDims, seq_len: int) -> int:
-    attention = 12 * dims.n_layer * dims.n_head * dims.head_dim * seq_len
-    return 6 * dims.params_matmul + attention
+    return palm_flops_per_token(dims.params_matmul, dims.n_layer, dims.n_head, dims.head_dim, seq_len)
 
 
 @dataclass(frozen=True)

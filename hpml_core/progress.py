@@ -1,16 +1,25 @@
 """The run's own status file, ``<out>/status.json``, written by rank 0: what ``hpml status``
 shows while a job runs ("running, step k of n") and after it ends (the final status, as in the
-rank files). Written at the start, with each progress line (every tenth of the run, and at least every 30 s) and at the
-end, atomically and from the host only: it never waits for the GPU."""
+rank files). Written at the start, with each progress line (every tenth of the run, and at
+least every 30 s) and at the end, atomically and from the host only: it never waits for the GPU."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from hpml_core.atomic import atomic_write_json
 
 STATUS_FILE = "status.json"
+
+
+def read_status(run_dir: Path) -> dict | None:
+    """The run's status file, or None before the engine has written one."""
+    try:
+        return json.loads((run_dir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 class Progress:

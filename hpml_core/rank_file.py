@@ -91,6 +91,13 @@ class Memory(_Strict):
     cuda_max_reserved_bytes: int | None
     cpu_peak_rss_bytes: int = Field(description="the whole process's peak resident set")
 
+    def peak(self) -> tuple[int, str]:
+        """The peak memory figure of this rank and its name: CUDA max_memory_allocated on a GPU,
+        the process's peak RSS on a CPU (which is all a CPU run has)."""
+        if self.cuda_max_allocated_bytes is not None:
+            return self.cuda_max_allocated_bytes, "cuda_max_allocated"
+        return self.cpu_peak_rss_bytes, "cpu_peak_rss"
+
 
 class ModelState(_Strict):
     """Parameters, gradients and optimizer state this rank holds (see hpml_core.accounting)."""

@@ -5,7 +5,6 @@ nodes. ``--watch`` refreshes it until no run is pending or running."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from hpml_core.progress import STATUS_FILE
+from hpml_core.progress import read_status
 from jobs import ledger, slurm
 from jobs.experiment import Experiment
 from jobs.run_state import busy, refresh
@@ -41,8 +40,7 @@ def rows(experiment: Experiment, folder: Path, entries: dict) -> list[dict]:
     for run in experiment.runs:
         entry = entries.get(run.name, {})
         state = entry.get("state", "NOT SUBMITTED")
-        own_path = folder / run.name / STATUS_FILE
-        own = json.loads(own_path.read_text()) if own_path.exists() else None
+        own = read_status(folder / run.name)
         if entry.get("backend") == "slurm":
             job, elapsed, nodes = entry.get("job_id") or "-", entry.get("elapsed", "-"), entry.get("nodes") or "-"
         else:

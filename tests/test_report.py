@@ -147,6 +147,8 @@ def test_every_figure_of_the_summary_matches_a_hand_computation(study, capsys):
     assert "| Configuration | Description | Memory (GiB/GPU) | MFU |" in markdown
     assert f"{folder / 'ddp-4-r1' / 'rank-2.json'}: does not match the rank-file schema (not JSON)" in markdown
     assert "DP 2 (ZeRO-3) x TP 2 on 4 GPUs, batch 8/GPU, bf16" in markdown
+    assert "Peak used for MFU: A100 SXM bf16 dense, 312 TFLOP/s (single, ddp-4, zero3-4, dp2xtp2-b8)." in markdown
+    assert "Step time: CUDA events." in markdown
     tex = (folder / "report" / "summary.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex and "dp2xtp2-b8" in tex
     out = capsys.readouterr().out

@@ -23,17 +23,12 @@ from rich.table import Table
 
 from hpml_core import rank_file
 from hpml_core.atomic import atomic_write_json
-from hpml_core.model import PRESETS
+from hpml_core.bench import common_arguments
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m hpml_core.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=sorted(PRESETS), default="gpt2-large")
-    parser.add_argument("--data", type=Path, required=True, help="a folder made by `hpml data prepare`")
-    parser.add_argument("--out", type=Path, default=Path("results/bench"))
-    parser.add_argument("--seq-len", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup-steps", type=int, default=10)
+    common_arguments(parser, out=Path("results/bench"), steps=30, warmup_steps=10)
     parser.add_argument("--original-batch", type=int, default=8, help="the original study's batch (8)")
     parser.add_argument("--original-precision", choices=("fp16", "bf16", "fp32"), default="fp16")
     parser.add_argument("--engine-batch", type=int, default=8, help="the largest batch that fits, for the engine")
@@ -60,7 +55,7 @@ def nvidia_driver() -> str | None:
 
 def engine_result(run_dir: Path) -> dict:
     record = rank_file.read(rank_file.rank_file_path(run_dir, 0))
-    memory = record.memory
+    peak_bytes, metric = record.memory.peak()
     return {
         "variant": "hpml engine",
         "settings": record.config.model_dump(mode="json", include={"model", "seq_len", "batch_size", "precision",
@@ -75,9 +70,8 @@ def engine_result(run_dir: Path) -> dict:
         "peak_tflops_per_s": record.flops.peak_tflops_per_s,
         "mfu": record.flops.mfu,
         "mfu_missing_reason": record.flops.mfu_missing_reason,
-        "peak_memory_bytes": memory.cuda_max_allocated_bytes if memory.cuda_max_allocated_bytes is not None
-        else memory.cpu_peak_rss_bytes,
-        "memory_metric": "cuda_max_allocated" if memory.cuda_max_allocated_bytes is not None else "cpu_peak_rss",
+        "peak_memory_bytes": peak_bytes,
+        "memory_metric": metric,
         "losses": record.loss.values,
     }
 

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from hpml_core import rank_file
 from hpml_core.atomic import atomic_write_json
-from hpml_core.model import PRESETS
+from hpml_core.bench import common_arguments
 
 GIB = 1024**3
 # name, engine flags, processes, the original study's reported peak memory per GPU (GB)
@@ -41,13 +41,8 @@ STUDY_SETTINGS = ("gpt2-large", 8, 1024)
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m hpml_core.bench.memory", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=sorted(PRESETS), default="gpt2-large")
-    parser.add_argument("--data", type=Path, required=True, help="a folder made by `hpml data prepare`")
-    parser.add_argument("--out", type=Path, default=Path("results/bench/memory"))
+    common_arguments(parser, out=Path("results/bench/memory"), steps=6, warmup_steps=2)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--warmup-steps", type=int, default=2)
     parser.add_argument("--engine-args", default="--precision bf16",
                         help="further engine flags, the same for every layout (default: %(default)s)")
     return parser.parse_args(argv)
@@ -74,10 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         if subprocess.run(run).returncode != 0:
             raise SystemExit(f"[memory] {name} failed; its rank files are in {args.out / name}")
         files = [rank_file.read(path) for path in sorted((args.out / name).glob("rank-*.json"))]
-        cuda = all(f.memory.cuda_max_allocated_bytes is not None for f in files)
-        peaks = [f.memory.cuda_max_allocated_bytes if cuda else f.memory.cpu_peak_rss_bytes for f in files]
+        peaks = [f.memory.peak()[0] for f in files]
         rows.append({"layout": name, "command": shlex.join(run), "ranks": len(files), "device": files[0].device_name,
-                     "memory_metric": "cuda_max_allocated" if cuda else "cpu_peak_rss",
+                     "memory_metric": files[0].memory.peak()[1],
                      "peak_bytes_per_rank": peaks, "peak_gib_max": max(peaks) / GIB,
                      "model_state_bytes_per_rank": [f.model_state.total_bytes for f in files],
                      "original_study_gb": reported if comparable else None})

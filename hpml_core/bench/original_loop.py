@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +22,11 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from hpml_core.atomic import atomic_write_json
 from hpml_core.data import TokenBatches, TokenData
-from hpml_core.flops import FORMULA, lookup_peak
+from hpml_core.bench import common_arguments
+from hpml_core.flops import FORMULA, lookup_peak, palm_flops_per_token
+from hpml_core.memory import peak_memory
 from hpml_core.model import PRESETS
+from hpml_core.rank_file import Memory
 from hpml_core.record import cpu_name
 
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
@@ -41,13 +42,8 @@ def matmul_weights(model: GPT2LMHeadModel) -> int:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="original_loop", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=sorted(PRESETS), default="gpt2-large")
-    parser.add_argument("--data", type=Path, required=True, help="a folder made by `hpml data prepare`")
-    parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+    common_arguments(parser, out=None, steps=30, warmup_steps=10)  # --out: the JSON file to write
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup-steps", type=int, default=10)
     parser.add_argument("--precision", choices=sorted(AUTOCAST), default="fp16")
     parser.add_argument("--no-grad-ckpt", dest="grad_ckpt", action="store_false")
     parser.add_argument("--seed", type=int, default=1337)
@@ -98,9 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     median = statistics.median(timed)
     tokens_per_s = args.batch_size * args.seq_len / median
     n = matmul_weights(model)
-    flops_per_token = 6 * n + 12 * config.n_layer * config.n_head * (config.n_embd // config.n_head) * args.seq_len
+    flops_per_token = palm_flops_per_token(n, config.n_layer, config.n_head, config.n_embd // config.n_head, args.seq_len)
     achieved = flops_per_token * tokens_per_s / 1e12
     peak = lookup_peak(device.type, device_name, args.precision)
+    peak_bytes, metric = Memory(**peak_memory(device)).peak()
     result = {
         "variant": "original study's loop (transformers GPT2LMHeadModel)",
         "settings": {"model": args.model, "seq_len": args.seq_len, "batch_size": args.batch_size,
@@ -119,9 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         "peak_source": peak.source,
         "mfu": achieved / peak.tflops if peak.tflops else None,
         "mfu_missing_reason": peak.missing_reason,
-        "peak_memory_bytes": (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-                              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
-        "memory_metric": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss",
+        "peak_memory_bytes": peak_bytes,
+        "memory_metric": metric,
         "losses": losses,
     }
     atomic_write_json(args.out, result)
