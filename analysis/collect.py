@@ -1,7 +1,7 @@
 """Read what an experiment left on disk, run by run, and say how each run stands.
 
 Sources, per run folder: the rank files (each validated against the schema of
-``hpml_core.rank_file``), the engine's ``status.json`` (progress of a run still going) and the
+``hpml_core.spec.rank_file``), the engine's ``status.json`` (progress of a run still going) and the
 ledger entry ``hpml submit`` keeps (Slurm's last recorded state: pending, timeout, cancelled).
 Nothing is dropped: a run with no rank files, a missing rank or an unreadable file becomes a
 ``RunResult`` with a status and a reason, and every unreadable or schema-invalid file is
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from hpml_core.progress import read_status
-from hpml_core.rank_file import RankFile
+from hpml_core.spec.status_file import read_status
+from hpml_core.spec.rank_file import RankFile
 from jobs import ledger
 
 RANK_FILE = re.compile(r"^rank-(\d+)\.json$")

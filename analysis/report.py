@@ -21,7 +21,7 @@ from rich.table import Table
 
 from analysis import aggregate, figures, html, tables
 from analysis.collect import collect
-from hpml_core.errors import EXIT_USAGE, UsageError
+from hpml_core.spec.errors import EXIT_USAGE, UsageError
 from jobs import experiment, site
 from jobs.cli import EXPERIMENTS, resolve
 

@@ -25,9 +25,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from hpml_core.atomic import atomic_write, atomic_write_json
-from hpml_core.config import TrainConfig
-from hpml_core.errors import UsageError
+from hpml_core.spec.atomic import atomic_write, atomic_write_json
+from hpml_core.spec.config import TrainConfig
+from hpml_core.spec.errors import UsageError
 from hpml_core.mesh import Mesh
 
 LATEST = "latest.json"

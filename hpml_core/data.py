@@ -1,16 +1,8 @@
-"""Token data: prepared once on a login node, then only read by training jobs.
-
-``prepare`` tokenizes a corpus (a hub dataset through ``datasets``, or local text or parquet
-files) into ``tokens.bin``, a flat array of token ids, plus ``meta.json`` and the tokenizer
-used. Jobs memory-map ``tokens.bin``: no tokenizing and no network inside a job.
-
-``TokenBatches`` decides which samples every data-parallel rank reads at every step. A sample
-is a window of ``seq_len + 1`` consecutive tokens (inputs and shifted targets); windows do not
-overlap. Each epoch visits all windows in a permutation seeded by (seed, epoch); step ``s``
-takes the next ``global_batch`` windows of that order (batch × DP ranks × accumulation
-micro-steps) and, in micro-step ``m``, DP rank ``r`` reads the ``m·dp + r``-th contiguous share. The batches are thus a pure function of (seed, step, layout): a resumed run reads
-exactly what an uninterrupted one would, and a single process with the same global batch
-reads the union of what the DP ranks read.
+"""Token data, prepared once on a login node (``hpml data prepare``): a corpus (a hub dataset
+through ``datasets``, or local text or parquet files) tokenized into ``tokens.bin``, a flat
+array of token ids, plus ``meta.json`` and the tokenizer used. Jobs memory-map ``tokens.bin``
+(``hpml_core.batches``): no tokenizing and no network inside a job. Needs ``datasets`` and
+``tokenizers`` (``pip install 'hpml[data]'``), not torch.
 
 Usage::
 
@@ -26,26 +18,17 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from hpml_core.atomic import atomic_write, atomic_write_json
-from hpml_core.errors import EXIT_USAGE, UsageError
+from hpml_core.spec.atomic import atomic_write, atomic_write_json
+from hpml_core.spec.data_meta import FORMAT_VERSION, META_FILE, TOKENIZER_FILE, TOKENS_FILE
+from hpml_core.spec.errors import EXIT_USAGE, UsageError
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
-
-FORMAT_VERSION = 1
-TOKENS_FILE = "tokens.bin"
-META_FILE = "meta.json"
-TOKENIZER_FILE = "tokenizer.json"
-
-
-# ---------------------------------------------------------------- preparation (login node)
 
 
 def _load_texts(args: argparse.Namespace):
@@ -158,70 +141,6 @@ def main(argv: list[str] | None = None) -> int:
     meta = json.loads((out / META_FILE).read_text())
     print(f"wrote {meta['num_tokens']:,} tokens (vocab {meta['vocab_size']:,}) to {out}")
     return 0
-
-
-# ---------------------------------------------------------------- reading (inside a job)
-
-
-@dataclass(frozen=True)
-class TokenData:
-    tokens: np.memmap
-    vocab_size: int
-    path: Path
-
-    @classmethod
-    def open(cls, path: Path) -> "TokenData":
-        meta_path = path / META_FILE
-        if not meta_path.is_file():
-            raise UsageError("--data", f"{meta_path} does not exist; make it with `hpml data prepare`")
-        try:
-            meta = json.loads(meta_path.read_text())
-            tokens = np.memmap(path / TOKENS_FILE, dtype=meta["dtype"], mode="r")
-        except (OSError, ValueError, KeyError) as exc:
-            raise UsageError("--data", f"{path} is not a readable prepared data folder ({exc})") from None
-        if meta.get("format_version") != FORMAT_VERSION or len(tokens) != meta["num_tokens"]:
-            raise UsageError("--data", f"{path / TOKENS_FILE} does not match {META_FILE}; prepare it again")
-        return cls(tokens=tokens, vocab_size=int(meta["vocab_size"]), path=path)
-
-
-class TokenBatches:
-    """Deterministic, rank-sharded batches of (inputs, targets); see the module docstring."""
-
-    def __init__(self, data: TokenData, seq_len: int, batch_size: int, dp_size: int, dp_rank: int, seed: int,
-                 grad_accum: int = 1):
-        self.data = data
-        self.seq_len = seq_len
-        self.batch_size = batch_size
-        self.grad_accum = grad_accum
-        self.global_batch = batch_size * dp_size * grad_accum
-        self.dp_size = dp_size
-        self.dp_rank = dp_rank
-        self.seed = seed
-        self.num_samples = (len(data.tokens) - 1) // seq_len
-        self._epoch, self._order = -1, None
-
-    def steps_per_epoch(self) -> int:
-        return self.num_samples // self.global_batch
-
-    def _epoch_order(self, epoch: int) -> torch.Tensor:
-        if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._order = epoch, torch.randperm(self.num_samples, generator=gen)
-        return self._order
-
-    def sample_ids(self, step: int, micro: int = 0) -> torch.Tensor:
-        """Indices of the windows this rank reads at ``step``, accumulation micro-step ``micro``."""
-        epoch, within = divmod(step, self.steps_per_epoch())
-        start = within * self.global_batch + (micro * self.dp_size + self.dp_rank) * self.batch_size
-        return self._epoch_order(epoch)[start:start + self.batch_size]
-
-    def batch(self, step: int, micro: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [
-            np.asarray(self.data.tokens[i * self.seq_len:(i + 1) * self.seq_len + 1], dtype=np.int64)
-            for i in self.sample_ids(step, micro).tolist()
-        ]
-        window = torch.from_numpy(np.stack(rows))
-        return window[:, :-1].contiguous(), window[:, 1:].contiguous()
 
 
 if __name__ == "__main__":

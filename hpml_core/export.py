@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from hpml_core import tensor_parallel
-from hpml_core.atomic import atomic_write
+from hpml_core.spec.atomic import atomic_write
 from hpml_core.mesh import Mesh
 from hpml_core.model import GPT
 

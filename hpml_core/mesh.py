@@ -1,44 +1,56 @@
-"""The one place that knows the rank layout: a data-parallel × tensor-parallel grid.
-
-Ranks are laid out row-major in a (dp, tp) grid, so tensor-parallel groups are adjacent ranks
-(world 4, tp 2: TP groups [0,1] and [2,3]; DP groups [0,2] and [1,3]) and, with ranks numbered
-node by node, a TP group never leaves its node as long as tp divides the ranks per node,
-which ``hpml_core.config.check_layout`` enforces. The groups come from PyTorch's
-``DeviceMesh``; ``DeepSpeedMPU`` hands the same groups to DeepSpeed in the ``mpu`` interface
-Megatron defined, so ZeRO-3 shards over the DP group only and clips gradients knowing TP.
+"""The process groups of one launch, built from the contract's ``Layout`` (which alone decides
+which ranks form a tensor-parallel group and which a data-parallel one), plus the same groups
+in the ``mpu`` interface Megatron defined, which DeepSpeed asks for when the model is split, so
+ZeRO-3 shards over the DP group only and clips gradients knowing TP.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
+
+from hpml_core.spec.layout import Layout
 
 
 @dataclass(frozen=True)
 class Mesh:
-    dp_size: int
-    tp_size: int
-    dp_rank: int
-    tp_rank: int
+    layout: Layout
+    rank: int
     dp_group: dist.ProcessGroup | None  # None in a single process
     tp_group: dist.ProcessGroup | None
 
+    @property
+    def dp_size(self) -> int:
+        return self.layout.dp_size
 
-def grid_position(rank: int, tp_size: int) -> tuple[int, int]:
-    """(dp_rank, tp_rank) of a global rank."""
-    return rank // tp_size, rank % tp_size
+    @property
+    def tp_size(self) -> int:
+        return self.layout.tp_size
+
+    @property
+    def dp_rank(self) -> int:
+        return self.layout.position(self.rank)[0]
+
+    @property
+    def tp_rank(self) -> int:
+        return self.layout.position(self.rank)[1]
 
 
-def build_mesh(device: torch.device, world_size: int, rank: int, tp_size: int) -> Mesh:
-    dp_size = world_size // tp_size
-    dp_rank, tp_rank = grid_position(rank, tp_size)
+def build_mesh(layout: Layout, rank: int) -> Mesh:
+    """Collective: every rank creates every group, in the same order, and keeps its own."""
     if not dist.is_initialized():
-        return Mesh(1, 1, 0, 0, None, None)
-    grid = init_device_mesh(device.type, (dp_size, tp_size), mesh_dim_names=("dp", "tp"))
-    return Mesh(dp_size, tp_size, dp_rank, tp_rank, grid["dp"].get_group(), grid["tp"].get_group())
+        return Mesh(layout, rank, None, None)
+    tp_group = dp_group = None
+    for dp_rank in range(layout.dp_size):
+        group = dist.new_group(layout.tp_group(dp_rank))
+        if rank in layout.tp_group(dp_rank):
+            tp_group = group
+    for tp_rank in range(layout.tp_size):
+        group = dist.new_group(layout.dp_group(tp_rank))
+        if rank in layout.dp_group(tp_rank):
+            dp_group = group
+    return Mesh(layout, rank, dp_group, tp_group)
 
 
 class DeepSpeedMPU:
@@ -61,7 +73,7 @@ class DeepSpeedMPU:
     get_tensor_model_parallel_group = get_model_parallel_group
 
     def get_tensor_model_parallel_src_rank(self) -> int:
-        return dist.get_rank() - self.mesh.tp_rank  # first rank of this TP group
+        return self.mesh.layout.tp_group(self.mesh.dp_rank)[0]
 
     def get_data_parallel_rank(self) -> int:
         return self.mesh.dp_rank
@@ -73,7 +85,7 @@ class DeepSpeedMPU:
         return self.mesh.dp_group
 
     def get_data_parallel_group_ranks(self) -> list[int]:
-        return [dp * self.mesh.tp_size + self.mesh.tp_rank for dp in range(self.mesh.dp_size)]
+        return self.mesh.layout.dp_group(self.mesh.tp_rank)
 
     def get_pipeline_model_parallel_world_size(self) -> int:
         return 1

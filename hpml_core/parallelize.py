@@ -13,7 +13,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
-from hpml_core.config import TrainConfig
+from hpml_core.spec.config import TrainConfig
 from hpml_core.mesh import Mesh
 from hpml_core.model import GPT
 

@@ -25,15 +25,15 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from hpml_core import accounting, checkpoint, export, launch, tensor_parallel, zero
-from hpml_core import rank_file as rf
-from hpml_core.config import TrainConfig, check_layout, parse_args, resolve_steps
-from hpml_core.data import TokenBatches, TokenData
-from hpml_core.errors import EXIT_FAILED, EXIT_OOM, EXIT_STOPPED, EXIT_USAGE, UsageError
+from hpml_core.spec import rank_file as rf
+from hpml_core.spec.config import TrainConfig, check_layout, parse_args, resolve_steps
+from hpml_core.batches import TokenBatches, TokenData
+from hpml_core.spec.errors import EXIT_FAILED, EXIT_OOM, EXIT_STOPPED, EXIT_USAGE, UsageError
 from hpml_core.mesh import Mesh, build_mesh, grid_position
 from hpml_core.model import GPT, ModelDims, model_dims, next_token_loss
 from hpml_core.parallelize import parallelize
-from hpml_core.progress import Progress
-from hpml_core.record import build_rank_file, cpu_name
+from hpml_core.spec.status_file import Progress
+from hpml_core.rank_result import build_rank_file, cpu_name
 from hpml_core.stopping import StopRequest
 from hpml_core.timing import StepTimer
 
@@ -47,51 +47,45 @@ class Plan:
     """Everything decided before training starts; validated, so the rest can trust it."""
 
     config: TrainConfig
+    source: ConfigSource
     env: launch.ProcessEnv
     dims: ModelDims
-    dp_size: int
-    tp_size: int
+    layout: Layout
     batches: TokenBatches
     total_steps: int
     resume_state: checkpoint.Resume | None
 
     @property
     def dp_rank(self) -> int:
-        return grid_position(self.env.rank, self.tp_size)[0]
+        return self.layout.position(self.env.rank)[0]
 
     @property
     def tp_rank(self) -> int:
-        return grid_position(self.env.rank, self.tp_size)[1]
+        return self.layout.position(self.env.rank)[1]
 
 
 def make_plan(argv: list[str] | None, env: launch.ProcessEnv) -> Plan:
-    config = parse_args(argv)
+    """The run this process is part of, or a ``UsageError``: the contract's checks (the same
+    ``hpml plan`` makes), then what only the job can know (a GPU for NCCL, a checkpoint)."""
+    config, source = parse_args(argv)
     data = TokenData.open(config.data)
-    dims = model_dims(config.model, data.vocab_size)
-    if config.seq_len > dims.n_positions:
-        raise UsageError("--seq-len", f"{config.seq_len} exceeds the {dims.n_positions} positions of {config.model}")
-    dp_size, tp_size = check_layout(config, env.world_size, env.local_world_size, dims.n_head, dims.vocab_size)
+    run = resolve(config, env.world_size, env.local_world_size, data.meta)
+    config, layout = run.config, run.layout
     if config.dist_backend == "nccl" and not torch.cuda.is_available():
         raise UsageError("--dist-backend", "nccl needs GPUs, and this machine has none (allowed here: gloo)")
-    if config.mode == "hybrid" and config.zero_stage is None:
-        config = config.model_copy(update={"zero_stage": 3})
-    batches = TokenBatches(data, config.seq_len, config.batch_size, dp_size, grid_position(env.rank, tp_size)[0],
-                           config.seed, config.grad_accum)
-    if batches.steps_per_epoch() == 0:
-        raise UsageError("--batch-size", f"the global batch {batches.global_batch} exceeds the "
-                         f"{batches.num_samples} samples of {config.data} at --seq-len {config.seq_len}")
-    total_steps = resolve_steps(config, batches.global_batch, batches.steps_per_epoch())
+    dp_rank, tp_rank = layout.position(env.rank)
+    batches = TokenBatches(data, config.seq_len, config.batch_size, layout, dp_rank, config.seed, config.grad_accum)
     resume_state = None
     if config.resume:
         if config.out is None:
             raise UsageError("--resume", "needs --out, the run folder to resume in")
-        resume_state = checkpoint.find(checkpoint_dir(config, config.out), checkpoint.fingerprint(config, dp_size),
-                                       tp_rank=grid_position(env.rank, tp_size)[1], zero3=config.mode == "hybrid")
+        resume_state = checkpoint.find(checkpoint_dir(config, config.out), checkpoint.fingerprint(config, layout.dp_size),
+                                       tp_rank=tp_rank, zero3=config.mode == "zero3")
         start = resume_state.step if resume_state else 0
-        if total_steps - start <= config.warmup_steps:
-            raise UsageError("--steps", f"{total_steps} leaves no timed step after resuming at step {start} "
+        if run.total_steps - start <= config.warmup_steps:
+            raise UsageError("--steps", f"{run.total_steps} leaves no timed step after resuming at step {start} "
                              f"with {config.warmup_steps} warm-up steps")
-    return Plan(config, env, dims, dp_size, tp_size, batches, total_steps, resume_state)
+    return Plan(config, source, env, run.dims, layout, batches, run.total_steps, resume_state)
 
 
 def checkpoint_dir(config: TrainConfig, out: Path) -> Path:

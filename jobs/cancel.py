@@ -4,7 +4,7 @@ resumes from there."""
 
 from __future__ import annotations
 
-from hpml_core.errors import UsageError
+from hpml_core.spec.errors import UsageError
 from jobs import slurm
 from jobs.experiment import Experiment
 from jobs.run_state import refresh

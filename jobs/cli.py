@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from hpml_core.errors import EXIT_USAGE, UsageError
+from hpml_core.spec.errors import EXIT_USAGE, UsageError
 from jobs import cancel, experiment, render, site, slurm, status, submit
 
 EXPERIMENTS = Path(__file__).parent / "experiments"

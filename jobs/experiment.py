@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hpml_core.config import TrainConfig, check_layout, resolve_steps
-from hpml_core.errors import UsageError
+from hpml_core.spec.config import TrainConfig, check_layout, resolve_steps
+from hpml_core.spec.errors import UsageError
 from hpml_core.model import model_dims
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

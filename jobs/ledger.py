@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hpml_core.atomic import atomic_write_json
+from hpml_core.spec.atomic import atomic_write_json
 
 LEDGER = "ledger.json"
 

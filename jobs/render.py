@@ -14,11 +14,12 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from hpml_core.atomic import atomic_write
+from hpml_core.spec.atomic import atomic_write
 from jobs.experiment import Experiment, Run
 from jobs.site import Site, expand_path
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+# templates/ at the top of the repository, linked here so that it ships as package data of jobs.
+TEMPLATES = Path(__file__).parent / "templates"
 SCRIPT = "job.sbatch"
 # Time between the stop signal and the time limit: enough to save GPT-2 Large's checkpoint.
 STOP_SECONDS = 180

@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hpml_core import rank_file
+from hpml_core.spec import rank_file
 from jobs import ledger, slurm
 from jobs.experiment import Experiment
 

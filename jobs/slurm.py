@@ -23,7 +23,7 @@ from submitit import SlurmExecutor
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 from submitit.slurm.slurm import SlurmInfoWatcher
 
-from hpml_core.errors import UsageError
+from hpml_core.spec.errors import UsageError
 
 QUERY_TIMEOUT_S = 30
 # Slurm states in which a job still holds or waits for resources: never submit its run again.

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from hpml_core.progress import read_status
+from hpml_core.spec.status_file import read_status
 from jobs import ledger, slurm
 from jobs.experiment import Experiment
 from jobs.run_state import busy, refresh

@@ -25,8 +25,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hpml_core.atomic import atomic_write
-from hpml_core.errors import EXIT_OOM, EXIT_STOPPED, UsageError
+from hpml_core.spec.atomic import atomic_write
+from hpml_core.spec.errors import EXIT_OOM, EXIT_STOPPED, UsageError
 from jobs import ledger, render, slurm
 from jobs.experiment import Experiment, ExperimentError, Run
 from jobs.run_state import BAD_ENDINGS, busy, refresh, run_outcome

@@ -1,4 +1,4 @@
-"""Rank files for the report's tests, built from the rank-file schema (hpml_core.rank_file) with
+"""Rank files for the report's tests, built from the rank-file schema (hpml_core.spec.rank_file) with
 chosen numbers, so that every figure of the report can be computed by hand.
 
 The per-rank throughput fields that the report must *not* use (each rank's own tokens/s, the
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hpml_core import rank_file as rf
-from hpml_core.config import TrainConfig
+from hpml_core.spec import rank_file as rf
+from hpml_core.spec.config import TrainConfig
 
 GIB = 1024**3
 FLOPS_PER_TOKEN = 5_000_000_000

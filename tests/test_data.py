@@ -10,8 +10,8 @@ import torch
 from tokenizers import Tokenizer
 
 from hpml_core import data
-from hpml_core.data import TokenBatches, TokenData
-from hpml_core.errors import UsageError
+from hpml_core.batches import TokenBatches, TokenData
+from hpml_core.spec.errors import UsageError
 
 
 def test_prepare_writes_tokens_that_decode_back_to_the_text(token_data, wikitext_valid):

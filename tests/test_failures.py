@@ -8,8 +8,9 @@ rest of the engine is the real one, run in this process.
 import pytest
 import torch
 
-from hpml_core import rank_file, train
-from hpml_core.errors import EXIT_FAILED, EXIT_OOM
+from hpml_core import train
+from hpml_core.spec import rank_file
+from hpml_core.spec.errors import EXIT_FAILED, EXIT_OOM
 from hpml_core.model import GPT
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hpml_core.flops import lookup_peak, training_flops_per_token
+from hpml_core.spec.flops import lookup_peak, training_flops_per_token
 from hpml_core.model import GPT, model_dims, next_token_loss
 
 

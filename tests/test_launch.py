@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from hpml_core.config import parse_args
+from hpml_core.spec.config import parse_args
 from hpml_core.launch import detect, first_host
 from tests.conftest import REPO, losses, rank_files
 

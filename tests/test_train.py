@@ -9,7 +9,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from hpml_core import rank_file
+from hpml_core.spec import rank_file
 from tests.conftest import REPO, engine, losses, rank_files
 
 # fp32 AdamW; 8 steps of which 2 warm-up; a global batch of 4 sequences of 64 tokens.

@@ -21,8 +21,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from hpml_core import rank_file
-from hpml_core.atomic import atomic_write_json
+from hpml_core.spec import rank_file
+from hpml_core.spec.atomic import atomic_write_json
 from hpml_core.bench import common_arguments
 
 

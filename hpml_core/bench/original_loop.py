@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from hpml_core.atomic import atomic_write_json
-from hpml_core.data import TokenBatches, TokenData
+from hpml_core.spec.atomic import atomic_write_json
+from hpml_core.batches import TokenBatches, TokenData
 from hpml_core.bench import common_arguments
-from hpml_core.flops import FORMULA, lookup_peak, palm_flops_per_token
+from hpml_core.spec.flops import FORMULA, lookup_peak, palm_flops_per_token
 from hpml_core.memory import peak_memory
 from hpml_core.model import PRESETS
-from hpml_core.rank_file import Memory
-from hpml_core.record import cpu_name
+from hpml_core.spec.rank_file import Memory
+from hpml_core.rank_result import cpu_name
 
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
 

@@ -3,7 +3,7 @@
 Every process of a run writes one, whether the run completed, failed or ran out of memory,
 so a report can tell "slow" from "broken" from "never ran". The pydantic model below is the
 schema; ``hpml_core/schemas/rank_file.schema.json`` is its JSON Schema export for other tools
-(``python -m hpml_core.rank_file`` regenerates it, and a test keeps the two in step).
+(``python -m hpml_core.spec.rank_file``, ``make schema``, regenerates it, and a test keeps the two in step).
 
 Throughput counts every token once: the tokens of one data-parallel replica are shared by its
 tensor-parallel ranks, so a rank's share is (batch × seq_len) / tp_size, and the run's figure
@@ -19,8 +19,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hpml_core.atomic import atomic_write, atomic_write_json
-from hpml_core.config import TrainConfig
+from hpml_core.spec.atomic import atomic_write, atomic_write_json
+from hpml_core.spec.config import ConfigSource, Mode, TrainConfig
+from hpml_core.spec.status_file import Outcome
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "rank_file.schema.json"
@@ -100,7 +101,7 @@ class Memory(_Strict):
 
 
 class ModelState(_Strict):
-    """Parameters, gradients and optimizer state this rank holds (see hpml_core.accounting)."""
+    """Parameters, gradients and optimizer state this rank holds (measured by hpml_core.model_state_memory, expected by hpml_core.spec.model_state)."""
 
     param_elements_local: int = Field(description="parameter elements this rank stores (its TP shard, its ZeRO partition)")
     full_params_resident: int = Field(description="parameters held whole outside forward/backward (0 under ZeRO-3)")
@@ -121,11 +122,12 @@ class Loss(_Strict):
 class RankFile(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     run_id: str
-    status: Literal["completed", "failed", "oom", "stopped"] = Field(
+    status: Outcome = Field(
         description="stopped: a signal (time limit near, preemption) stopped it after a checkpoint; resume with --resume")
     error: str | None = Field(description="what went wrong, or what stopped it, when status is not completed")
     config: TrainConfig
-    mode: str
+    config_source: ConfigSource | None = Field(None, description="the run spec file and the flags that overrode it")
+    mode: Mode
     world_size: int
     dp_size: int
     tp_size: int

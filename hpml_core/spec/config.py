@@ -1,22 +1,46 @@
-"""Training configuration: parsed from the command line and validated once, here.
+"""The run spec: one training run's configuration, validated once, here.
 
-``parse_args`` turns argv into a ``TrainConfig`` or raises ``UsageError`` naming the flag.
-``check_layout`` validates the config against the number of processes that were launched,
-before any process group exists. Past this module, code trusts the config.
+A run's configuration reaches the engine in one of two ways, both ending in the same
+``TrainConfig``:
+
+- ``hpml render`` and ``hpml submit`` write each run's validated spec to ``<run>/run.json``
+  (``write_run_spec``) and the job starts the engine with ``--config <run>/run.json``;
+- a person typing a command gives flags (``--mode ddp --batch-size 8 ...``), the seed's style.
+
+Flags given next to ``--config`` override the file's values, and ``ConfigSource`` records
+which, so a rank file tells a run that followed its spec from one that was changed by hand.
+``parse_args`` raises ``UsageError`` naming the flag; past this module, code trusts the config.
+
+Modes are named after what trains: ``single`` (one process), ``ddp`` (PyTorch DDP, all-reduce)
+and ``zero3`` (DeepSpeed ZeRO-3). The seed study's ``baseline`` and ``hybrid`` are accepted as
+aliases of ``ddp`` and ``zero3`` and recorded under the new names.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from hpml_core.errors import UsageError
-from hpml_core.model import PRESETS
+from hpml_core.spec.atomic import atomic_write_json
+from hpml_core.spec.errors import UsageError
+from hpml_core.spec.models import PRESETS
 
-Mode = Literal["single", "baseline", "hybrid"]
+MODES = ("single", "ddp", "zero3")
+MODE_ALIASES = {"baseline": "ddp", "hybrid": "zero3"}
+MODE_WORDS = {"single": "one process", "ddp": "PyTorch DDP", "zero3": "DeepSpeed ZeRO-3"}
+RUN_SPEC_FILE = "run.json"
+RUN_SPEC_VERSION = 1
+
+
+def _canonical_mode(value: Any) -> Any:
+    return MODE_ALIASES.get(value, value)
+
+
+Mode = Annotated[Literal["single", "ddp", "zero3"], BeforeValidator(_canonical_mode)]
 Precision = Literal["fp32", "fp16", "bf16"]
 
 # What --test means: the tiny model on a short sequence for a few steps. A flag the user
@@ -29,7 +53,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    mode: Mode = "single"
+    mode: Mode = Field("single", description="single, ddp or zero3 (aliases: baseline = ddp, hybrid = zero3)")
     model: Literal[tuple(PRESETS)] = "gpt2-large"  # type: ignore[valid-type]
     tp_size: int = Field(1, ge=1)
     batch_size: int = Field(8, ge=1, description="samples per data-parallel rank per micro-step")
@@ -54,7 +78,7 @@ class TrainConfig(BaseModel):
     checkpoint_dir: Path | None = None
     resume: bool = False
     save_model: bool = False
-    zero_stage: Literal[3] | None = Field(None, description="ZeRO stage under --mode hybrid (3, the default there)")
+    zero_stage: Literal[3] | None = Field(None, description="ZeRO stage under --mode zero3 (3, the default there)")
     zero_persistence_threshold: int = Field(100_000, ge=0, description="stage3_param_persistence_threshold")
     dist_backend: Literal["nccl", "gloo"] | None = Field(
         None, description="collectives: NCCL between GPUs, gloo on CPUs (the default); gloo also lets several "
@@ -62,8 +86,29 @@ class TrainConfig(BaseModel):
     test: bool = False
 
 
-def _flag(field: str) -> str:
+class ConfigSource(BaseModel):
+    """Where a run's configuration came from: its run.json, and the flags that overrode it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: str | None = Field(description="the run spec given with --config; null when only flags were given")
+    overrides: list[str] = Field(description="flags given next to --config, which won over the file")
+
+
+def flag(field: str) -> str:
     return "--" + field.replace("_", "-")
+
+
+def field_of(flag_name: str) -> str:
+    """The config field a flag sets: ``--tp-size`` is ``tp_size``."""
+    return flag_name.removeprefix("--").replace("-", "_")
+
+
+def first_error(exc: ValidationError) -> tuple[str, str]:
+    """(field, message) of the first thing pydantic refused, worded the same everywhere."""
+    first = exc.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else "config"
+    return field, f"{first['msg']} (got {first.get('input')!r})"
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -78,9 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m hpml_core.train",
         description="Train GPT-2 on a prepared token file and write one JSON result file per rank.",
     )
-    p.add_argument("--mode", choices=["single", "baseline", "hybrid"], help="single process, DDP (baseline) or ZeRO-3 (hybrid)")
+    p.add_argument("--config", type=Path, help=f"a run spec ({RUN_SPEC_FILE}, written by hpml render/submit); "
+                                               "flags given with it override its values")
+    p.add_argument("--mode", choices=[*MODES, *MODE_ALIASES],
+                   help="single process, ddp (PyTorch DDP) or zero3 (DeepSpeed ZeRO-3); baseline and hybrid are "
+                        "the seed study's names for ddp and zero3")
     p.add_argument("--model", choices=list(PRESETS))
-    p.add_argument("--tp-size", type=int, help="tensor-parallel ranks per model replica (hybrid only)")
+    p.add_argument("--tp-size", type=int, help="tensor-parallel ranks per model replica")
     p.add_argument("--batch-size", type=int, help="samples per data-parallel rank per micro-step")
     p.add_argument("--grad-accum", type=int, help="micro-steps accumulated per optimizer step; global batch = batch x DP x this (1)")
     p.add_argument("--seq-len", type=int)
@@ -104,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", default=None, help="continue from the latest checkpoint if there is one")
     p.add_argument("--save-model", action="store_true", default=None,
                    help="write the trained weights, gathered whole, to <out>/model.pt")
-    p.add_argument("--zero-stage", type=int, help="ZeRO stage of --mode hybrid (allowed: 3, the default)")
+    p.add_argument("--zero-stage", type=int, help="ZeRO stage of --mode zero3 (allowed: 3, the default)")
     p.add_argument("--zero-persistence-threshold", type=int,
                    help="ZeRO-3 keeps parameters smaller than this whole on every rank (DeepSpeed's 100000; 0 with --test)")
     p.add_argument("--dist-backend", choices=["nccl", "gloo"],
@@ -115,50 +164,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    given = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
-    given.pop("local_rank", None)
-    if "data" not in given:
-        raise UsageError("--data", "required: a folder made by `hpml data prepare` (see README)")
-    values = {**TEST_DEFAULTS, **given} if given.get("test") else given
+def make_config(values: dict[str, Any]) -> TrainConfig:
+    """A ``TrainConfig`` from field values, or a ``UsageError`` naming the flag of the first bad one."""
     try:
         return TrainConfig(**values)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "config"
-        raise UsageError(_flag(field), f"{first['msg']} (got {first.get('input')!r})") from None
+        field, message = first_error(exc)
+        raise UsageError(flag(field), message) from None
 
 
-def resolve_steps(config: TrainConfig, global_batch: int, steps_per_epoch: int | None) -> int | None:
-    """Optimizer steps of the run: --steps, else one epoch (None while the data size is unknown),
-    capped so that at most --max-samples samples are seen."""
-    steps = config.steps or steps_per_epoch
-    if config.max_samples is not None:
-        steps = min(steps or config.max_samples, config.max_samples // global_batch)
-        if steps <= config.warmup_steps:
-            raise UsageError("--max-samples", f"{config.max_samples} samples make {steps} steps of "
-                             f"{global_batch}, not more than the {config.warmup_steps} warm-up steps")
-    return steps
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, ConfigSource]:
+    given = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
+    given.pop("local_rank", None)
+    spec_file = given.pop("config", None)
+    base = read_run_spec(spec_file) if spec_file else {}
+    values = {**base, **given}
+    if "data" not in values:
+        raise UsageError("--data", "required: a folder made by `hpml data prepare` (see README)")
+    if values.get("test"):
+        values = {**TEST_DEFAULTS, **values}
+    source = ConfigSource(file=str(spec_file) if spec_file else None,
+                          overrides=[flag(name) for name in given] if spec_file else [])
+    return make_config(values), source
 
 
-def check_layout(config: TrainConfig, world_size: int, local_world_size: int, n_head: int, vocab_size: int) -> tuple[int, int]:
-    """Return (dp_size, tp_size) for this launch, or raise before any process group is made."""
-    tp = config.tp_size
-    if world_size % tp:
-        raise UsageError("--tp-size", f"{tp} does not divide the world size {world_size}")
-    if local_world_size % tp:
-        raise UsageError("--tp-size", f"{tp} would span nodes: it must divide the {local_world_size} processes per node")
-    if n_head % tp:
-        raise UsageError("--tp-size", f"{tp} does not divide the {n_head} attention heads of {config.model}")
-    if vocab_size % tp:
-        raise UsageError("--tp-size", f"{tp} does not divide the padded vocabulary of {vocab_size}")
-    if config.mode == "single" and world_size > 1:
-        raise UsageError("--mode", f"single runs one process but {world_size} were launched; use baseline or hybrid")
-    if config.mode == "single" and tp > 1:
-        raise UsageError("--tp-size", f"{tp} needs several processes (--mode baseline or hybrid)")
-    if config.zero_stage is not None and config.mode != "hybrid":
-        raise UsageError("--zero-stage", f"ZeRO needs --mode hybrid; --mode {config.mode} is "
-                         f"{'DDP' if config.mode == 'baseline' else 'one process'}")
-    if config.steps is not None and config.steps <= config.warmup_steps:
-        raise UsageError("--steps", f"{config.steps} leaves no timed step after {config.warmup_steps} warm-up steps")
-    return world_size // tp, tp
+def write_run_spec(path: Path, config: TrainConfig) -> None:
+    """``<run>/run.json``: every field of the validated config, defaults included, so the job
+    runs exactly what was planned even if a later hpml changes a default."""
+    atomic_write_json(path, {"run_spec_version": RUN_SPEC_VERSION, "config": config.model_dump(mode="json")})
+
+
+def read_run_spec(path: Path) -> dict[str, Any]:
+    """The config fields of a run spec, validated; a ``UsageError`` on ``--config`` otherwise."""
+    try:
+        document = json.loads(Path(path).read_text())
+        if document.get("run_spec_version") != RUN_SPEC_VERSION:
+            raise ValueError(f"run_spec_version is {document.get('run_spec_version')!r}, expected {RUN_SPEC_VERSION}")
+        config = TrainConfig.model_validate(document["config"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        reason = first_error(exc) if isinstance(exc, ValidationError) else None
+        detail = f"{reason[0]}: {reason[1]}" if reason else f"{type(exc).__name__}: {exc}"
+        raise UsageError("--config", f"{path} is not a readable run spec ({detail})") from None
+    return config.model_dump(exclude_unset=False)

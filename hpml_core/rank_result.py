@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from hpml_core import accounting, flops, tensor_parallel
-from hpml_core import rank_file as rf
+from hpml_core.spec import rank_file as rf
 from hpml_core.memory import peak_memory
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from hpml_core.model import ModelDims
+from hpml_core.spec.models import ModelDims
 
 FORMULA = (
     "PaLM appendix B: 6N + 12*L*H*Q*T FLOPs per token (forward+backward, model FLOPs: "
@@ -72,4 +72,4 @@ def lookup_peak(device_type: str, device_name: str, precision: str) -> PeakLooku
             if precision == "fp32":
                 return PeakLookup(peak.fp32, f"{peak.label} dense fp32 (no TF32)", None)
             return PeakLookup(peak.tensor_16bit, f"{peak.label} dense {precision} tensor core", None)
-    return PeakLookup(None, None, f"no peak on record for GPU {device_name!r}; add it to hpml_core.flops.PEAKS")
+    return PeakLookup(None, None, f"no peak on record for GPU {device_name!r}; add it to hpml_core.spec.flops.PEAKS")

@@ -1,17 +1,26 @@
 """The run's own status file, ``<out>/status.json``, written by rank 0: what ``hpml status``
 shows while a job runs ("running, step k of n") and after it ends (the final status, as in the
 rank files). Written at the start, with each progress line (every tenth of the run, and at
-least every 30 s) and at the end, atomically and from the host only: it never waits for the GPU."""
+least every 30 s) and at the end, atomically and from the host only: it never waits for the GPU.
+
+The engine's words for where a run stands: ``starting`` and ``running`` while it trains, then
+one ``Outcome``, the same word its rank files carry."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
+from typing import Literal, get_args
 
-from hpml_core.atomic import atomic_write_json
+from hpml_core.spec.atomic import atomic_write_json
 
 STATUS_FILE = "status.json"
+# How a process ended: completed; failed; oom (out of memory); stopped (by a signal, after a
+# checkpoint: resume with --resume).
+Outcome = Literal["completed", "failed", "oom", "stopped"]
+OUTCOMES = get_args(Outcome)
+ACTIVE_STATES = ("starting", "running")
 
 
 def read_status(run_dir: Path) -> dict | None:

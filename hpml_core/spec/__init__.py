@@ -1,0 +1,15 @@
+"""The contract between the login node and the job: everything both sides must agree on, and
+nothing that needs torch, transformers or DeepSpeed.
+
+- ``config``: the run spec (``TrainConfig``), read from flags or from ``<run>/run.json``;
+- ``models``: model presets and dimensions; ``flops``: the FLOP formula, GPU peaks and MFU;
+- ``layout``: the DP × TP rank grid and every rule derived from it (groups, global batch);
+- ``checks``: every refusal a run can meet before training, made the same way by ``hpml plan``
+  and by the engine; ``data_meta``: what a prepared data folder says about itself;
+- ``rank_file`` and ``status_file``: what a run writes, and the states it can be in;
+  ``model_state``: the model-state bytes a rank should hold;
+- ``errors`` and ``atomic``: one error type for bad input, one way to write a file.
+
+The jobs layer (``jobs/``) and the report (``analysis/``) import this package and nothing else
+from ``hpml_core``; the engine (the rest of ``hpml_core``) imports it plus torch.
+"""

@@ -1,0 +1,68 @@
+"""Every refusal a run can meet before it trains, in one place: ``hpml plan`` calls ``resolve``
+for each run of a study, the engine for its launch, and both word a refusal the same way (the
+flag, then why). So a study that plans cleanly launches cleanly; what only the job can know
+(a GPU for NCCL, a checkpoint to resume) is left to the engine.
+
+``resolve`` also derives what follows from a valid run: the model's dimensions with the data's
+real vocabulary, the rank layout, the global batch and the number of optimizer steps. Before
+the data is prepared, a plan passes ``data=None``: GPT-2's vocabulary is assumed and the data's
+size is not checked (``Resolved.data_checked`` says so).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hpml_core.spec.config import TrainConfig
+from hpml_core.spec.data_meta import DataMeta
+from hpml_core.spec.errors import UsageError
+from hpml_core.spec.layout import Layout
+from hpml_core.spec.models import GPT2_VOCAB, ModelDims, model_dims
+
+
+@dataclass(frozen=True)
+class Resolved:
+    config: TrainConfig  # zero_stage filled in for zero3
+    dims: ModelDims
+    layout: Layout
+    global_batch: int
+    total_steps: int | None  # None: one epoch of data whose size is not known yet
+    data_checked: bool
+
+
+def resolve_steps(config: TrainConfig, global_batch: int, steps_per_epoch: int | None) -> int | None:
+    """Optimizer steps of the run: --steps, else one epoch (None while the data size is unknown),
+    capped so that at most --max-samples samples are seen."""
+    steps = config.steps or steps_per_epoch
+    if config.max_samples is not None:
+        steps = min(steps or config.max_samples, config.max_samples // global_batch)
+        if steps <= config.warmup_steps:
+            raise UsageError("--max-samples", f"{config.max_samples} samples make {steps} steps of "
+                             f"{global_batch}, not more than the {config.warmup_steps} warm-up steps")
+    return steps
+
+
+def resolve(config: TrainConfig, world_size: int, ranks_per_node: int, data: DataMeta | None) -> Resolved:
+    """The run as it will train on ``world_size`` ranks, or a ``UsageError`` naming the flag."""
+    dims = model_dims(config.model, data.vocab_size if data else GPT2_VOCAB)
+    if config.seq_len > dims.n_positions:
+        raise UsageError("--seq-len", f"{config.seq_len} exceeds the {dims.n_positions} positions of {config.model}")
+    layout = Layout.check(config.mode, config.tp_size, world_size, ranks_per_node, config.model, dims.n_head,
+                          dims.vocab_size)
+    if config.zero_stage is not None and config.mode != "zero3":
+        raise UsageError("--zero-stage", f"ZeRO needs --mode zero3; --mode {config.mode} is "
+                         f"{'DDP' if config.mode == 'ddp' else 'one process'}")
+    if config.steps is not None and config.steps <= config.warmup_steps:
+        raise UsageError("--steps", f"{config.steps} leaves no timed step after {config.warmup_steps} warm-up steps")
+    if config.mode == "zero3" and config.zero_stage is None:
+        config = config.model_copy(update={"zero_stage": 3})
+    global_batch = layout.global_batch(config.batch_size, config.grad_accum)
+    steps_per_epoch = None
+    if data is not None:
+        samples = data.num_samples(config.seq_len)
+        steps_per_epoch = samples // global_batch
+        if steps_per_epoch == 0:
+            raise UsageError("--batch-size", f"the global batch {global_batch} exceeds the {samples} samples of "
+                             f"{data.path} at --seq-len {config.seq_len}")
+    total_steps = resolve_steps(config, global_batch, steps_per_epoch)
+    return Resolved(config, dims, layout, global_batch, total_steps, data_checked=data is not None)
