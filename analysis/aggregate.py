@@ -31,7 +31,9 @@ GIB = 1024**3
 # The settings that change a GPU's own speed: a baseline must share them all.
 BASELINE_KEY = ("model", "seq_len", "batch_per_gpu", "precision", "grad_ckpt", "attn", "compile")
 SPREAD = ("tokens_per_s", "samples_per_s", "tokens_per_s_per_gpu", "mfu", "peak_memory_per_gpu_max_gib", "final_loss")
-MODE_WORDS = {"single": "single", "baseline": "DDP", "hybrid": "ZeRO-3"}
+# How a layout is named in the tables (hpml_core.spec.config.MODES); rank files written with the
+# seed's names (baseline, hybrid) are read as ddp and zero3.
+MODE_WORDS = {"single": "single", "ddp": "DDP", "zero3": "ZeRO-3"}
 
 
 def describe(mode: str, world: int, dp: int, tp: int, device: str, batch: int, precision: str) -> str:
@@ -42,7 +44,7 @@ def describe(mode: str, world: int, dp: int, tp: int, device: str, batch: int, p
     elif tp == 1:
         layout = f"{MODE_WORDS[mode]} on {size}"
     else:
-        over_dp = "ZeRO-3" if mode == "hybrid" else "all-reduce"
+        over_dp = "ZeRO-3" if mode == "zero3" else "all-reduce"
         layout = f"DP {dp} ({over_dp}) x TP {tp} on {size}"
     return f"{layout}, batch {batch}/{'GPU' if device == 'cuda' else 'process'}, {precision}"
 

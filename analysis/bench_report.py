@@ -2,7 +2,7 @@
 sweep, and time it. The target is under 5 s on a 2-core machine for reading, validating and
 aggregating; writing the tables, figures and page is timed too, separately.
 
-The rank files are the report tests' schema-built ones (tests/report_fixtures.py), so the
+The rank files are the report tests' schema-built ones (analysis/sample_rank_files.py), so the
 benchmark reads the same kind of files the tests check figure by figure.
 """
 
@@ -17,14 +17,13 @@ from pathlib import Path
 from analysis import aggregate
 from analysis.collect import collect
 from analysis.report import write_report
+from analysis.sample_rank_files import write_run
 from jobs import experiment
 
-LAYOUTS = [("ddp", "baseline", 1), ("zero3", "hybrid", 1), ("dp2xtp2", "hybrid", 2), ("tp4", "baseline", 4)]
+LAYOUTS = [("ddp", "ddp", 1), ("zero3", "zero3", 1), ("dp2xtp2", "zero3", 2), ("tp4", "ddp", 4)]
 
 
 def make_study(root: Path, runs: int) -> tuple[experiment.Experiment, Path]:
-    from tests.report_fixtures import write_run
-
     per_layout = runs // len(LAYOUTS)
     entries = "\n".join(f"  - {{name: {name}, mode: {mode}, tp_size: {tp}, gpus: 4, batch_size: 8}}"
                         for name, mode, tp in LAYOUTS)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from hpml_core.spec.status_file import read_status
 from hpml_core.spec.rank_file import RankFile
+from hpml_core.spec.status_file import ACTIVE_STATES, read_status
 from jobs import ledger
 
 RANK_FILE = re.compile(r"^rank-(\d+)\.json$")
@@ -76,7 +76,7 @@ def _status(ranks: dict[int, RankFile], world: int, entry: dict, own: dict | Non
     slurm_state = entry.get("state")
     statuses = {f.status for f in ranks.values()}
     missing = sorted(set(range(world)) - set(ranks))
-    if own and own.get("state") in ("starting", "running") and slurm_state not in SLURM_ENDINGS:
+    if own and own.get("state") in ACTIVE_STATES and slurm_state not in SLURM_ENDINGS:
         return "running", f"step {own['step']}/{own['total_steps']}"
     if slurm_state in SLURM_WAITING:
         last = f"; last attempt: {own['state']} at step {own['step']}/{own['total_steps']}" if own else ""

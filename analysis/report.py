@@ -23,7 +23,6 @@ from analysis import aggregate, figures, html, tables
 from analysis.collect import collect
 from hpml_core.spec.errors import EXIT_USAGE, UsageError
 from jobs import experiment, site
-from jobs.cli import EXPERIMENTS, resolve
 
 OUTPUTS = ("summary.csv", "runs.csv", "summary.md", "summary.tex", "report.html")
 
@@ -76,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         profile = site.load(args.site)
         if args.experiments:
-            chosen = [experiment.load(resolve(name)) for name in args.experiments]
+            chosen = [experiment.load(experiment.experiment_path(name)) for name in args.experiments]
         else:
-            known = [experiment.load(path) for path in sorted(EXPERIMENTS.glob("*.yaml"))]
+            known = [experiment.load(path) for path in sorted(experiment.EXPERIMENTS.glob("*.yaml"))]
             chosen = [exp for exp in known if profile.experiment_folder(exp.name).is_dir()]
             if not chosen:
                 raise UsageError("EXPERIMENT", f"no experiment has results under {profile.experiment_folder('')} "

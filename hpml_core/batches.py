@@ -45,6 +45,7 @@ class TokenBatches:
         self.data = data
         self.seq_len = seq_len
         self.batch_size = batch_size
+        self.grad_accum = grad_accum
         self.global_batch = layout.global_batch(batch_size, grad_accum)
         self.dp_size = layout.dp_size
         self.dp_rank = dp_rank
@@ -74,3 +75,12 @@ class TokenBatches:
         ]
         window = torch.from_numpy(np.stack(rows))
         return window[:, :-1].contiguous(), window[:, 1:].contiguous()
+
+    def micro_batches(self, step: int, device: torch.device):
+        """The ``grad_accum`` micro-batches of ``step`` on ``device``, one at a time; on a GPU
+        from pinned memory, so the copy overlaps with the work still queued."""
+        for micro in range(self.grad_accum):
+            x, y = self.batch(step, micro)
+            if device.type == "cuda":
+                x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+            yield x, y

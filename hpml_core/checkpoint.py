@@ -9,6 +9,9 @@ replaced only after every rank's state is on disk, and older states are then rem
 - ZeRO-3 runs: DeepSpeed's own checkpoint of the partitioned state, every rank writing its
   partition (``engine.save_checkpoint``), under the same step folder name as its tag.
 
+Each stepper (``hpml_core.stepper``) writes and restores its own state; this module owns the
+folder layout, the fingerprint and the moment a checkpoint becomes the latest.
+
 The data order is a function of (seed, step), so the step number is all the loader needs to
 continue where it stopped. A checkpoint is refused, before training starts, when it was made
 by a run that would read other batches or hold another model layout.
@@ -23,12 +26,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 
-from hpml_core.spec.atomic import atomic_write, atomic_write_json
+from hpml_core.spec.atomic import atomic_write_json
 from hpml_core.spec.config import TrainConfig
 from hpml_core.spec.errors import UsageError
-from hpml_core.mesh import Mesh
 
 LATEST = "latest.json"
 MUST_MATCH = ("mode", "model", "seq_len", "batch_size", "grad_accum", "tp_size", "seed", "precision", "optimizer")
@@ -52,15 +53,10 @@ class Resume:
     state: dict | None
 
 
-def save(folder: Path, step: int, model: nn.Module, optimizer, scaler, engine, mesh: Mesh, rank: int,
-         made_by: dict) -> None:
-    """Collective: every rank calls it."""
+def save(folder: Path, step: int, stepper, rank: int, made_by: dict) -> None:
+    """Collective: every rank calls it. ``latest.json`` moves only once every rank's state is written."""
     tag = _tag(step)
-    if engine is not None:
-        engine.save_checkpoint(str(folder), tag=tag)
-    elif mesh.dp_rank == 0:
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}
-        atomic_write(folder / tag / f"state-tp{mesh.tp_rank}.pt", lambda f: torch.save(state, f))
+    stepper.save_state(folder, tag)
     if dist.is_initialized():
         dist.barrier()
     if rank == 0:
@@ -89,15 +85,3 @@ def find(folder: Path, expected: dict, tp_rank: int, zero3: bool) -> Resume | No
             flag = "--" + key.replace("_", "-") if key != "dp_size" else "world size"
             raise UsageError(flag, f"the checkpoint at step {step} was made with {made_by.get(key)!r}, this run has {value!r}")
     return Resume(folder, step, tag, state)
-
-
-def restore(resume: Resume, model: nn.Module, optimizer, scaler, engine) -> int:
-    if engine is not None:
-        path, _ = engine.load_checkpoint(str(resume.folder), tag=resume.tag)
-        if path is None:
-            raise UsageError("--resume", f"DeepSpeed found no checkpoint {resume.tag} in {resume.folder}")
-    else:
-        model.load_state_dict(resume.state["model"])
-        optimizer.load_state_dict(resume.state["optimizer"])
-        scaler.load_state_dict(resume.state["scaler"])
-    return resume.step

@@ -4,28 +4,21 @@ single process's, and how a trained model leaves the cluster."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from hpml_core import tensor_parallel
-from hpml_core.spec.atomic import atomic_write
 from hpml_core.mesh import Mesh
-from hpml_core.model import GPT
+from hpml_core.spec.atomic import atomic_write
 
 MODEL_FILE = "model.pt"
 
 
-def save_full_model(model: GPT, mesh: Mesh, engine, out: Path, rank: int) -> Path:
+def save_full_model(stepper, mesh: Mesh, out: Path, rank: int) -> Path:
     """Collective: every rank calls it; global rank 0 writes."""
-    if engine is not None:
-        import deepspeed
-
-        gathered = deepspeed.zero.GatheredParameters(list(model.parameters()))
-    else:
-        gathered = nullcontext()
-    with gathered:
+    with stepper.gathered():  # ZeRO-3 partitions gathered whole for the duration
+        model = stepper.model
         state = tensor_parallel.full_state_dict(model, mesh) if mesh.tp_size > 1 else model.state_dict()
         state = {name: tensor.detach().float().cpu().clone() for name, tensor in state.items()}
     path = out / MODEL_FILE

@@ -1,21 +1,34 @@
-"""Turn the plain GPT into what trains: passes applied from outside, in torchtitan's order
-(tensor parallelism, then activation checkpointing, then compilation, then data parallelism).
-The model file stays unaware of all of them. Tensor parallelism is applied by the trainer
-(it also chooses the loss), and ZeRO-3's data parallelism by DeepSpeed (``hpml_core.zero``),
-which needs the optimizer."""
+"""Turn the plain GPT into what trains: passes applied from outside, in torchtitan's order, all
+in this one file, so the model file stays unaware of all of them:
+
+1. tensor parallelism (``hpml_core.tensor_parallel``), which also decides the loss: a sharded
+   LM head gives each rank a slice of the vocabulary's logits;
+2. activation checkpointing of every block;
+3. ``torch.compile``;
+4. data parallelism: PyTorch DDP over the data-parallel group, or DeepSpeed ZeRO-3
+   (``hpml_core.zero``), which partitions the parameters and owns the optimizer. Because this
+   last pass decides how gradients are synchronised and the update applied, it returns the
+   ``Stepper`` that trains the result (``hpml_core.stepper``).
+
+Under ZeRO-3, DeepSpeed's hooks must see the plain modules, so compilation happens inside its
+engine (``engine.compile()``) after the wrap instead of before.
+"""
 
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
-from hpml_core.spec.config import TrainConfig
+from hpml_core import tensor_parallel, zero
 from hpml_core.mesh import Mesh
-from hpml_core.model import GPT
+from hpml_core.model import GPT, next_token_loss
+from hpml_core.spec.config import TrainConfig
+from hpml_core.stepper import DeepSpeedStepper, Stepper, TorchStepper, build_optimizer
 
 
 def apply_activation_checkpointing(model: GPT) -> None:
@@ -28,13 +41,18 @@ def apply_activation_checkpointing(model: GPT) -> None:
         block.forward = partial(checkpoint, block.forward, use_reentrant=False)
 
 
-def parallelize(model: GPT, config: TrainConfig, device: torch.device, mesh: Mesh) -> nn.Module:
-    """The module the training step calls; ``model`` itself stays the one to save and count."""
+def parallelize(model: GPT, mesh: Mesh, config: TrainConfig, device: torch.device, out: Path) -> Stepper:
+    """Apply the passes to ``model`` (in place) and return what steps it."""
+    loss_fn = next_token_loss
+    if mesh.tp_size > 1:
+        loss_fn = tensor_parallel.apply_tensor_parallel(model, mesh)
     if config.grad_ckpt:
         apply_activation_checkpointing(model)
-    # Under ZeRO-3, DeepSpeed's hooks must see the plain modules: the engine compiles instead (hpml_core.zero).
-    trained: nn.Module = torch.compile(model) if config.compile and config.mode != "hybrid" else model
-    if config.mode == "baseline" and mesh.dp_size > 1:  # gradients all-reduced over the DP group only
+    if config.mode == "zero3":
+        optimizer = build_optimizer(model, config, device)
+        return DeepSpeedStepper(model, zero.initialize(model, optimizer, config, mesh, out), loss_fn)
+    trained: nn.Module = torch.compile(model) if config.compile else model
+    if config.mode == "ddp" and mesh.dp_size > 1:  # gradients all-reduced over the DP group only
         trained = DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None,
                                           process_group=mesh.dp_group)
-    return trained
+    return TorchStepper(model, trained, loss_fn, config, mesh, device)

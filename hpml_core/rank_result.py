@@ -1,6 +1,7 @@
-"""Assemble a rank file from what a run measured: the figures derived from the step times
-(FLOPs, MFU), the model-state accounting, and the facts of the environment (versions, Slurm
-ids, device). Kept apart from the training loop, which only measures."""
+"""Assemble this rank's result file from what the run measured: the throughput and FLOP figures
+derived from the step times, the losses averaged over data-parallel ranks, the model-state
+accounting, and the facts of the environment (versions, Slurm ids, device). Kept apart from
+the training loop, which only measures."""
 
 from __future__ import annotations
 
@@ -8,14 +9,28 @@ import importlib.metadata
 import os
 import platform
 import socket
+import statistics
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
-from hpml_core import accounting, flops, tensor_parallel
-from hpml_core.spec import rank_file as rf
 from hpml_core.memory import peak_memory
+from hpml_core.spec import flops, model_state
+from hpml_core.spec import rank_file as rf
+from hpml_core.timing import StepTimer
+
+
+@dataclass
+class Measured:
+    """What the training loop measured; kept when training fails midway, for the rank file."""
+
+    timer: StepTimer
+    start_step: int = 0
+    losses: list[torch.Tensor] = field(default_factory=list)  # one per step, still on the device
+    model_state: dict | None = None  # measured at the last step (hpml_core.model_state_memory)
 
 
 def _version(package: str) -> str | None:
@@ -43,6 +58,49 @@ def cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
+def loss_values(losses: list[torch.Tensor], ranks_alive: bool) -> list[float]:
+    """Per-step losses, read from the device once; averaged over data-parallel ranks (one
+    collective for the whole run) when every rank is known to be alive."""
+    if not losses:
+        return []
+    if not ranks_alive:  # one scalar at a time: after an out-of-memory error even a stack may fail
+        return [loss.item() for loss in losses]
+    values = torch.stack(losses).float()
+    if dist.is_initialized():
+        dist.all_reduce(values)  # tensor-parallel ranks hold equal losses, so the world mean is the DP mean
+        values /= dist.get_world_size()
+    return values.cpu().tolist()
+
+
+def throughput(plan, timer: StepTimer, device: torch.device) -> rf.Throughput:
+    """Collective. Every token counted once: a rank's share is its replica's tokens / TP size,
+    the run's figure the global batch's tokens over the slowest rank's median step time."""
+    times = timer.step_times_s()
+    median = statistics.median(times)
+    run_median = median
+    if dist.is_initialized():
+        box = torch.tensor([median], dtype=torch.float64, device=device)
+        dist.all_reduce(box, op=dist.ReduceOp.MAX)
+        run_median = box.item()
+    config, tp = plan.config, plan.layout.tp_size
+    replica_samples = config.batch_size * config.grad_accum
+    global_batch = plan.batches.global_batch
+    return rf.Throughput(
+        timing=timer.description,
+        timed_steps=len(times),
+        step_times_s=times,
+        step_time_median_s=median,
+        step_time_mean_s=statistics.fmean(times),
+        run_step_time_median_s=run_median,
+        tokens_per_step=global_batch * config.seq_len,
+        samples_per_step=global_batch,
+        rank_tokens_per_s=replica_samples * config.seq_len / tp / median,
+        rank_samples_per_s=replica_samples / tp / median,
+        run_tokens_per_s=global_batch * config.seq_len / run_median,
+        run_samples_per_s=global_batch / run_median,
+    )
+
+
 def flops_record(plan, device_type: str, device_name: str, run_tokens_per_s: float) -> rf.Flops:
     per_token = flops.training_flops_per_token(plan.dims, plan.config.seq_len)
     achieved = per_token * run_tokens_per_s / plan.env.world_size / 1e12
@@ -55,23 +113,22 @@ def flops_record(plan, device_type: str, device_name: str, run_tokens_per_s: flo
 
 
 def model_state_record(plan, measured: dict) -> rf.ModelState:
-    replicated = tensor_parallel.replicated_param_count(plan.dims) if plan.tp_size > 1 else 0
-    expected, how = accounting.expected_bytes(plan.config, plan.dims.params_total - replicated, replicated,
-                                              plan.tp_size, plan.dp_size)
+    expected, how = model_state.expected_bytes(plan.config, plan.dims, plan.layout.tp_size, plan.layout.dp_size)
     total = measured["params_bytes"] + measured["grads_bytes"] + measured["optimizer_bytes"]
     return rf.ModelState(**measured, total_bytes=total, expected_bytes=expected, expectation=how)
 
 
-def build_rank_file(plan, trainer, run_id: str, status: str, error: str | None, throughput: rf.Throughput | None,
-                    device: torch.device, device_name: str, started_at: datetime, wall_time_s: float) -> rf.RankFile:
-    """``trainer`` is None when the failure came before it was built."""
-    config = plan.config
-    start_step = trainer.start_step if trainer else 0
+def build_rank_file(plan, measured: Measured, run_id: str, status: str, error: str | None,
+                    run_throughput: rf.Throughput | None, device: torch.device, device_name: str,
+                    started_at: datetime, wall_time_s: float) -> rf.RankFile:
+    """Collective when the run completed or stopped (the losses are averaged over ranks)."""
+    config, layout = plan.config, plan.layout
     alive = status in ("completed", "stopped")  # every rank reached the same step: collectives are safe
-    losses = trainer.loss_values(ranks_alive=alive) if trainer else []
+    losses = loss_values(measured.losses, ranks_alive=alive)
+    start_step = measured.start_step
     return rf.RankFile(
-        run_id=run_id, status=status, error=error, config=config,
-        mode=config.mode, world_size=plan.env.world_size, dp_size=plan.dp_size, tp_size=plan.tp_size,
+        run_id=run_id, status=status, error=error, config=config, config_source=plan.source,
+        mode=config.mode, world_size=plan.env.world_size, dp_size=layout.dp_size, tp_size=layout.tp_size,
         rank=plan.env.rank, local_rank=plan.env.local_rank, dp_rank=plan.dp_rank, tp_rank=plan.tp_rank,
         launcher=plan.env.launcher, hostname=socket.gethostname(), device_type=device.type, device_name=device_name,
         versions=rf.Versions(python=platform.python_version(), torch=torch.__version__, deepspeed=_version("deepspeed"),
@@ -85,9 +142,9 @@ def build_rank_file(plan, trainer, run_id: str, status: str, error: str | None, 
         steps_completed=start_step + len(losses), resumed_from_step=start_step if plan.resume_state else None,
         started_at=started_at.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
         wall_time_s=wall_time_s,
-        throughput=throughput,
-        flops=flops_record(plan, device.type, device_name, throughput.run_tokens_per_s) if throughput else None,
+        throughput=run_throughput,
+        flops=flops_record(plan, device.type, device_name, run_throughput.run_tokens_per_s) if run_throughput else None,
         memory=rf.Memory(**peak_memory(device)),
-        model_state=model_state_record(plan, trainer.model_state) if throughput and trainer.model_state else None,
+        model_state=model_state_record(plan, measured.model_state) if run_throughput and measured.model_state else None,
         loss=rf.Loss(start_step=start_step, values=losses, averaged_over_dp=alive),
     )

@@ -25,13 +25,18 @@ of their elements once and each replicated parameter once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from hpml_core.mesh import Mesh
-from hpml_core.model import GPT, ModelDims
+from hpml_core.model import GPT
+# What this file leaves whole on every TP rank, counted from the dimensions (the contract's rule).
+from hpml_core.spec.model_state import replicated_param_count  # noqa: F401
 
 
 class _CopyToTP(torch.autograd.Function):
@@ -151,8 +156,9 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, gr
     return (sum_exp.log() - target_logit).mean()
 
 
-def apply_tensor_parallel(model: GPT, mesh: Mesh) -> None:
-    """Replace the layers of a full model, in place, by this rank's shards."""
+def apply_tensor_parallel(model: GPT, mesh: Mesh) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Replace the layers of a full model, in place, by this rank's shards; return the loss that
+    goes with them (the logits are now this rank's vocabulary slice)."""
     for block in model.blocks:
         block.attn.qkv = ColumnParallelLinear(block.attn.qkv, mesh, parts=3)
         block.attn.proj = RowParallelLinear(block.attn.proj, mesh)
@@ -160,6 +166,7 @@ def apply_tensor_parallel(model: GPT, mesh: Mesh) -> None:
         block.mlp.proj = RowParallelLinear(block.mlp.proj, mesh)
     model.wte = VocabParallelEmbedding(model.wte, mesh)
     model.lm_head = VocabParallelLMHead(model.wte)
+    return partial(vocab_parallel_cross_entropy, group=mesh.tp_group, vocab_start=model.wte.start)
 
 
 def _gather(shard: torch.Tensor, mesh: Mesh, dim: int = 0, parts: int = 1) -> torch.Tensor:
@@ -210,9 +217,3 @@ def clip_grad_norm_(params: list[nn.Parameter], max_norm: float, group) -> torch
     scale = (max_norm / (total + 1e-6)).clamp(max=1.0)  # as torch.nn.utils.clip_grad_norm_
     torch._foreach_mul_([p.grad for p in with_grad], scale)
     return total
-
-
-def replicated_param_count(dims: ModelDims) -> int:
-    """Parameters every TP rank holds whole: LayerNorms, row-parallel biases, positions."""
-    d = dims.n_embd
-    return dims.n_layer * (4 * d + 2 * d) + 2 * d + dims.n_positions * d

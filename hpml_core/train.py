@@ -2,42 +2,43 @@
 
 Runs alone, under torchrun, under the deepspeed launcher, or as srun tasks (see
 ``hpml_core.launch``). Every bad input is refused before a process group exists, with one
-line naming the flag and exit status 2. Otherwise every rank writes ``rank-<k>.json`` into
-the run folder at the end, also when training failed (status "failed", exit 1) or ran out of
-memory (status "oom", exit 3). The step itself reads like nanoGPT's: get batch, forward under
-autocast, backward, clip, update.
+line naming the flag and exit status 2 (``make_plan``, through the contract's checks). Then:
+build the model, parallelize it (``hpml_core.parallelize``: TP, checkpointing, compile, DDP or
+ZeRO-3, returning the stepper that trains it), restore a checkpoint, and run the loop below,
+which reads like nanoGPT's: get the batch, step, time it, log, checkpoint, stop when asked.
+Every rank writes ``rank-<k>.json`` into the run folder at the end, also when training failed
+(status "failed", exit 1), ran out of memory ("oom", exit 3) or was stopped by a signal after a
+checkpoint ("stopped", exit 4).
 """
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel
 
-from hpml_core import accounting, checkpoint, export, launch, tensor_parallel, zero
-from hpml_core.spec import rank_file as rf
-from hpml_core.spec.config import TrainConfig, check_layout, parse_args, resolve_steps
+from hpml_core import checkpoint, export, launch
 from hpml_core.batches import TokenBatches, TokenData
-from hpml_core.spec.errors import EXIT_FAILED, EXIT_OOM, EXIT_STOPPED, EXIT_USAGE, UsageError
-from hpml_core.mesh import Mesh, build_mesh, grid_position
-from hpml_core.model import GPT, ModelDims, model_dims, next_token_loss
+from hpml_core.mesh import Mesh, build_mesh
+from hpml_core.model import GPT
 from hpml_core.parallelize import parallelize
+from hpml_core.rank_result import Measured, build_rank_file, cpu_name, throughput
+from hpml_core.spec import rank_file as rf
+from hpml_core.spec.checks import resolve
+from hpml_core.spec.config import ConfigSource, TrainConfig, parse_args
+from hpml_core.spec.errors import EXIT_FAILED, EXIT_OOM, EXIT_STOPPED, EXIT_USAGE, UsageError
+from hpml_core.spec.layout import Layout
+from hpml_core.spec.models import ModelDims
 from hpml_core.spec.status_file import Progress
-from hpml_core.rank_result import build_rank_file, cpu_name
+from hpml_core.stepper import Stepper
 from hpml_core.stopping import StopRequest
 from hpml_core.timing import StepTimer
 
-AUTOCAST_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # A progress line (and status.json) every tenth of the run, and at least this often.
 REPORT_SECONDS = 30
 
@@ -105,18 +106,6 @@ def run_identity(config: TrainConfig, env: launch.ProcessEnv) -> tuple[str, Path
     return run_id, config.out or Path("results") / "runs" / run_id
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """Weight decay on matrices only (not biases, LayerNorms), as in GPT-2 and nanoGPT."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
-
-
 def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)  # the CPU allocator
@@ -128,150 +117,52 @@ def _log(plan: Plan, message: str) -> None:
         print(f"[hpml] {message}", flush=True)
 
 
-class Trainer:
-    """Builds the parallel model and runs the steps. Three ways to train one model:
-    plain PyTorch (single process, DDP, tensor parallelism, DP×TP with DDP over the DP group),
-    and DeepSpeed's ZeRO-3 engine (hybrid, with or without TP inside)."""
+def build(plan: Plan, device: torch.device, mesh: Mesh, out: Path) -> Stepper:
+    """The full model, built from the run's seed on every rank (so a sharded run starts from
+    the single process's weights), then parallelized."""
+    torch.manual_seed(plan.config.seed)
+    with device:
+        model = GPT(plan.dims, attn=plan.config.attn)
+    return parallelize(model, mesh, plan.config, device, out)
 
-    def __init__(self, plan: Plan, device: torch.device, mesh: Mesh, out: Path, stop: StopRequest,
-                 progress: Progress):
-        self.plan, self.device, self.mesh, self.out, self.stop, self.progress = plan, device, mesh, out, stop, progress
-        config = plan.config
-        torch.manual_seed(config.seed)  # every rank builds the same full model, then keeps its shard
-        with device:
-            self.model = GPT(plan.dims, attn=config.attn)
-        self.loss_fn = next_token_loss
-        if mesh.tp_size > 1:
-            tensor_parallel.apply_tensor_parallel(self.model, mesh)
-            self.loss_fn = partial(tensor_parallel.vocab_parallel_cross_entropy, group=mesh.tp_group,
-                                   vocab_start=self.model.wte.start)
-        self.trained = parallelize(self.model, config, device, mesh)
-        self.optimizer = build_optimizer(self.model, config, device)
-        self.engine = zero.initialize(self.trained, self.optimizer, config, mesh, out) if config.mode == "hybrid" else None
-        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16" and not self.engine)
-        dtype = AUTOCAST_DTYPES[config.precision]
-        # DeepSpeed casts the model to bf16/fp16 itself; PyTorch runs keep fp32 weights under autocast.
-        self.autocast = torch.autocast(device.type, dtype=dtype) if dtype and not self.engine else nullcontext()
-        self.start_step = 0
-        if plan.resume_state:
-            self.start_step = checkpoint.restore(plan.resume_state, self.model, self.optimizer, self.scaler, self.engine)
-        self.losses: list[torch.Tensor] = []
-        self.timer = StepTimer(device)
-        self.model_state: dict | None = None
 
-    def step(self, step: int, measure: bool = False) -> torch.Tensor:
-        """One optimizer step over --grad-accum micro-batches; returns their mean loss."""
-        accum = self.plan.config.grad_accum
-        losses = []
-        for micro in range(accum):
-            x, y = self.plan.batches.batch(step, micro)
-            if self.device.type == "cuda":  # pinned, so the copy overlaps with the previous step's work
-                x, y = x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
-            if self.engine:  # DeepSpeed scales for accumulation, and clips and updates at the last micro-step
-                loss = self.loss_fn(self.engine(x), y)
-                self.engine.backward(loss)
-                self.engine.step()
-            else:
-                with self.gradient_sync(micro == accum - 1):
-                    with self.autocast:
-                        loss = self.loss_fn(self.trained(x), y)
-                    self.scaler.scale(loss / accum).backward()
-            losses.append(loss.detach())
-        if not self.engine:
-            if self.plan.config.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                self.clip_gradients()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        if measure:  # while the gradients still exist
-            self.model_state = (accounting.measure_zero3(self.engine) if self.engine
-                                else accounting.measure_torch(self.model, self.optimizer))
-        if not self.engine:
-            self.optimizer.zero_grad(set_to_none=True)
-        return torch.stack(losses).mean()
+def save_checkpoint(plan: Plan, stepper: Stepper, out: Path, step: int) -> None:
+    checkpoint.save(checkpoint_dir(plan.config, out), step, stepper, plan.env.rank,
+                    checkpoint.fingerprint(plan.config, plan.layout.dp_size))
 
-    def gradient_sync(self, last_micro_step: bool):
-        """DDP all-reduces gradients on the last micro-step of an accumulation only."""
-        if last_micro_step or not isinstance(self.trained, DistributedDataParallel):
-            return nullcontext()
-        return self.trained.no_sync()
 
-    def clip_gradients(self) -> None:
-        params = list(self.model.parameters())
-        if self.mesh.tp_size > 1:
-            tensor_parallel.clip_grad_norm_(params, self.plan.config.grad_clip, self.mesh.tp_group)
-        else:
-            torch.nn.utils.clip_grad_norm_(params, self.plan.config.grad_clip)
-
-    def run(self) -> bool:
-        """Train to the last step; False if a stop signal ended it early, after a checkpoint."""
-        plan, config = self.plan, self.plan.config
-        first_timed = self.start_step + config.warmup_steps
-        report_every = max(1, (plan.total_steps - self.start_step) // 10)
-        started = last_report = time.perf_counter()
-        for step in range(self.start_step, plan.total_steps):
-            timed = step >= first_timed
-            if timed:
-                self.timer.start()
-            self.losses.append(self.step(step, measure=step == plan.total_steps - 1))
-            if timed:
-                self.timer.stop()
-            done = step + 1
-            if config.checkpoint_every and done % config.checkpoint_every == 0:
-                self.save_checkpoint(done)
-            now = time.perf_counter()  # the host's clock: no wait for the device
-            if done % report_every == 0 or done == plan.total_steps or now - last_report >= REPORT_SECONDS:
-                _log(plan, f"step {done}/{plan.total_steps}  {now - started:.1f} s")
-                self.progress.update("running", done)
-                last_report = now
-            if done < plan.total_steps and self.stop.agreed():
-                if not (config.checkpoint_every and done % config.checkpoint_every == 0):
-                    self.save_checkpoint(done)
-                _log(plan, f"stopped by {self.stop.signal_name} after step {done}; checkpoint saved, resume with --resume")
-                return False
-        return True
-
-    def save_checkpoint(self, step: int) -> None:
-        plan = self.plan
-        checkpoint.save(checkpoint_dir(plan.config, self.out), step, self.model, self.optimizer, self.scaler,
-                        self.engine, self.mesh, plan.env.rank, checkpoint.fingerprint(plan.config, plan.dp_size))
-
-    def loss_values(self, ranks_alive: bool) -> list[float]:
-        """Per-step losses, read from the device once; averaged over data-parallel ranks (one
-        collective for the whole run) when every rank is known to be alive."""
-        if not ranks_alive:  # one scalar at a time: after an out-of-memory error even a stack may fail
-            return [loss.item() for loss in self.losses]
-        losses = torch.stack(self.losses).float()
-        if dist.is_initialized():
-            dist.all_reduce(losses)  # tensor-parallel ranks hold equal losses, so the world mean is the DP mean
-            losses /= dist.get_world_size()
-        return losses.cpu().tolist()
-
-    def throughput(self) -> rf.Throughput:
-        plan = self.plan
-        times = self.timer.step_times_s()
-        median = statistics.median(times)
-        run_median = median
-        if dist.is_initialized():
-            box = torch.tensor([median], dtype=torch.float64, device=self.device)
-            dist.all_reduce(box, op=dist.ReduceOp.MAX)
-            run_median = box.item()
-        replica_samples = plan.config.batch_size * plan.config.grad_accum
-        global_batch = plan.batches.global_batch
-        return rf.Throughput(
-            timing=self.timer.description,
-            timed_steps=len(times),
-            step_times_s=times,
-            step_time_median_s=median,
-            step_time_mean_s=statistics.fmean(times),
-            run_step_time_median_s=run_median,
-            tokens_per_step=global_batch * plan.config.seq_len,
-            samples_per_step=global_batch,
-            rank_tokens_per_s=replica_samples * plan.config.seq_len / plan.tp_size / median,
-            rank_samples_per_s=replica_samples / plan.tp_size / median,
-            run_tokens_per_s=global_batch * plan.config.seq_len / run_median,
-            run_samples_per_s=global_batch / run_median,
-        )
+def train_steps(plan: Plan, stepper: Stepper, measured: Measured, device: torch.device, out: Path,
+                stop: StopRequest, progress: Progress) -> bool:
+    """Train from ``measured.start_step`` to the last step; False if a stop signal ended it
+    early, after a checkpoint. Losses and step times go into ``measured`` as they come."""
+    config, total = plan.config, plan.total_steps
+    first_timed = measured.start_step + config.warmup_steps
+    report_every = max(1, (total - measured.start_step) // 10)
+    started = last_report = time.perf_counter()
+    for step in range(measured.start_step, total):
+        timed = step >= first_timed
+        if timed:
+            measured.timer.start()
+        loss = stepper.step(plan.batches.micro_batches(step, device), measure=step == total - 1)
+        if timed:
+            measured.timer.stop()
+        measured.losses.append(loss)
+        done = step + 1
+        saved = config.checkpoint_every > 0 and done % config.checkpoint_every == 0
+        if saved:
+            save_checkpoint(plan, stepper, out, done)
+        now = time.perf_counter()  # the host's clock: no wait for the device
+        if done % report_every == 0 or done == total or now - last_report >= REPORT_SECONDS:
+            _log(plan, f"step {done}/{total}  {now - started:.1f} s")
+            progress.update("running", done)
+            last_report = now
+        if done < total and stop.agreed():
+            if not saved:
+                save_checkpoint(plan, stepper, out, done)
+            _log(plan, f"stopped by {stop.signal_name} after step {done}; checkpoint saved, resume with --resume")
+            return False
+    measured.model_state = stepper.model_state
+    return True
 
 
 def train(plan: Plan) -> int:
@@ -280,24 +171,28 @@ def train(plan: Plan) -> int:
     device = launch.select_device(plan.env)
     if plan.config.mode != "single":
         launch.init_process_group(plan.env, device, plan.config.dist_backend)
-    mesh = build_mesh(device, plan.env.world_size, plan.env.rank, plan.tp_size)
+    mesh = build_mesh(plan.layout, plan.env.rank)
     run_id, out = run_identity(plan.config, plan.env)
     config = plan.config.model_copy(update={"run_id": run_id, "out": out, "steps": plan.total_steps})
     plan = replace(plan, config=config)
     progress = Progress(out, plan.total_steps, enabled=plan.env.rank == 0)
     progress.update("starting", plan.resume_state.step if plan.resume_state else 0)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    _log(plan, f"run {run_id}: {config.mode}, {config.model}, world {plan.env.world_size} (dp {plan.dp_size} x tp "
-               f"{plan.tp_size}), batch {config.batch_size}/rank, {plan.total_steps} steps, {config.precision}, on {device_name}")
+    _log(plan, f"run {run_id}: {config.mode}, {config.model}, world {plan.env.world_size} (dp {plan.layout.dp_size} x "
+               f"tp {plan.layout.tp_size}), batch {config.batch_size}/rank, {plan.total_steps} steps, "
+               f"{config.precision}, on {device_name}")
 
-    status, error, throughput, trainer = "completed", None, None, None
+    status, error, run_throughput = "completed", None, None
+    measured = Measured(StepTimer(device))
     try:
-        trainer = Trainer(plan, device, mesh, out, stop, progress)
-        if not trainer.run():
-            status, error = "stopped", f"stopped by {trainer.stop.signal_name}; checkpoint saved"
-        throughput = trainer.throughput() if trainer.timer.timed_steps else None
+        stepper = build(plan, device, mesh, out)
+        if plan.resume_state:
+            measured.start_step = stepper.restore(plan.resume_state)
+        if not train_steps(plan, stepper, measured, device, out, stop, progress):
+            status, error = "stopped", f"stopped by {stop.signal_name}; checkpoint saved"
+        run_throughput = throughput(plan, measured.timer, device) if measured.timer.timed_steps else None
         if config.save_model and status == "completed":
-            export.save_full_model(trainer.model, mesh, trainer.engine, out, plan.env.rank)
+            export.save_full_model(stepper, mesh, out, plan.env.rank)
     except Exception as exc:  # recorded in the rank file; the exit status says it failed
         status = "oom" if is_out_of_memory(exc) else "failed"
         error = f"{type(exc).__name__}: {exc}".strip()
@@ -305,7 +200,7 @@ def train(plan: Plan) -> int:
             error = f"out of memory at batch size {config.batch_size} per rank: {error}"
         print(f"[hpml] rank {plan.env.rank}: {status}: {error}", file=sys.stderr, flush=True)
 
-    record = build_rank_file(plan, trainer, run_id, status, error, throughput, device, device_name, started_at,
+    record = build_rank_file(plan, measured, run_id, status, error, run_throughput, device, device_name, started_at,
                              time.perf_counter() - t0)
     path = rf.write(out, record)
     progress.update(status, record.steps_completed, error)
@@ -320,7 +215,7 @@ def train(plan: Plan) -> int:
     if plan.env.rank == 0:
         f = record.flops
         mfu = f"{f.mfu:.1%}" if f.mfu is not None else f"n/a ({f.mfu_missing_reason})"
-        _log(plan, f"final loss {record.loss.values[-1]:.4f}; {throughput.run_tokens_per_s:,.0f} tokens/s, "
+        _log(plan, f"final loss {record.loss.values[-1]:.4f}; {run_throughput.run_tokens_per_s:,.0f} tokens/s, "
                    f"{f.achieved_tflops_per_s:.3g} TFLOP/s per device, MFU {mfu}")
         _log(plan, f"results: {path.parent}")
     if dist.is_initialized():

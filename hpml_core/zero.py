@@ -33,7 +33,7 @@ def deepspeed_config(config: TrainConfig, mesh: Mesh) -> dict:
     return {
         "train_micro_batch_size_per_gpu": config.batch_size,
         "gradient_accumulation_steps": config.grad_accum,
-        "train_batch_size": config.batch_size * mesh.dp_size * config.grad_accum,
+        "train_batch_size": mesh.layout.global_batch(config.batch_size, config.grad_accum),
         "gradient_clipping": config.grad_clip,
         "bf16": {"enabled": config.precision == "bf16"},
         "fp16": {"enabled": config.precision == "fp16", "initial_scale_power": 16},

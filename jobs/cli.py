@@ -1,6 +1,9 @@
 """The study commands: ``hpml plan`` (expand and validate an experiment, show its runs),
-``hpml render`` (job scripts for a Slurm site), ``hpml submit`` (run what has not completed) and
-``hpml status`` (where each run stands) and ``hpml cancel`` (cancel its Slurm jobs)."""
+``hpml render`` (job scripts for a Slurm site), ``hpml submit`` (run what has not completed),
+``hpml status`` (where each run stands) and ``hpml cancel`` (cancel its Slurm jobs).
+
+Nothing here imports torch: these run on a login node, and take the contract
+(``hpml_core.spec``) from the engine's package, nothing else."""
 
 from __future__ import annotations
 
@@ -12,15 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from hpml_core.spec.errors import EXIT_USAGE, UsageError
+from hpml_core.spec.models import GPT2_VOCAB
 from jobs import cancel, experiment, render, site, slurm, status, submit
-
-EXPERIMENTS = Path(__file__).parent / "experiments"
-
-
-def resolve(name_or_path: str) -> Path:
-    """An experiment by file path, or by name from jobs/experiments/."""
-    path = Path(name_or_path)
-    return path if path.suffix in (".yaml", ".yml") else EXPERIMENTS / f"{name_or_path}.yaml"
 
 
 def plan_table(exp: experiment.Experiment) -> Table:
@@ -28,10 +24,19 @@ def plan_table(exp: experiment.Experiment) -> Table:
     for column in ("run", "mode", "nodes x GPUs", "DP", "TP", "batch/GPU", "accum", "global batch", "steps"):
         table.add_column(column, justify="left" if column in ("run", "mode") else "right")
     for run in exp.runs:
-        table.add_row(run.name, run.train.get("mode", "single"), f"{run.nodes} x {run.gpus}", str(run.dp_size),
-                      str(run.tp_size), str(run.train.get("batch_size", 8)), str(run.train.get("grad_accum", 1)),
+        table.add_row(run.name, run.mode, f"{run.nodes} x {run.gpus}", str(run.dp_size),
+                      str(run.tp_size), str(run.setting("batch_size")), str(run.setting("grad_accum")),
                       str(run.global_batch), str(run.steps) if run.steps else "1 epoch")
     return table
+
+
+def data_line(exp: experiment.Experiment) -> str:
+    """What the runs were checked against: the prepared data, or an assumption, said so."""
+    if exp.data is not None:
+        return (f"data: {exp.data_folder}: {exp.data.num_tokens} tokens, vocabulary {exp.data.vocab_size} "
+                "(checked: vocabulary, size)")
+    return (f"data: not prepared at {exp.data_folder}: vocabulary assumed GPT-2's {GPT2_VOCAB}, "
+            "data size not checked")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("experiment", help="an experiment file, or the name of one in jobs/experiments/")
     commands["render"].add_argument("--site", required=True, help="a site profile file, or a name in jobs/sites/")
     commands["render"].add_argument("--results", type=Path, default=Path("results"), help="where the scripts go")
-    for name in ("submit", "status", "cancel"):
+    for name in ("plan", "submit", "status", "cancel"):
         commands[name].add_argument("--site", default="local", help="a site profile (default local: this machine)")
+    commands["plan"].description = "Expand and validate an experiment against the site's prepared data, if any."
     choice = commands["submit"].add_mutually_exclusive_group()
     choice.add_argument("--only-failed", action="store_true", help="only runs that failed, ran out of memory or stopped")
     choice.add_argument("--force", action="store_true", help="every run, completed or not")
@@ -62,11 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    exp = experiment.load(resolve(args.experiment))
+    profile = site.load(args.site)
+    # Commands that start runs (or show what would) check them against the prepared data.
+    checked = args.command in ("plan", "render", "submit")
+    exp = experiment.load(experiment.experiment_path(args.experiment), profile.data_folder() if checked else None)
     if args.command == "plan":
         Console(width=140).print(plan_table(exp))
+        print(data_line(exp))
         return 0
-    profile = site.load(args.site)
     if args.command == "render":
         if profile.scheduler != "slurm":
             raise UsageError("--site", f"{args.site} runs without Slurm: it has no job scripts (use hpml submit)")

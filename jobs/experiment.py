@@ -3,13 +3,17 @@
 An experiment file (YAML) names the study, the prepared dataset it trains on, shared
 ``defaults``, and the runs: explicit ``runs`` entries, each crossed with the cartesian product
 of ``grid`` and with the paired values of ``zip``, all repeated ``repeats`` times. A run entry
-holds training flags (the fields of ``hpml_core.config.TrainConfig``: ``mode``, ``tp_size``,
-``batch_size``...) and job fields: ``name``, ``nodes``, ``gpus`` (processes per node: one per
-GPU, or CPU processes on a machine without one) and ``time_limit``.
+holds training flags (the fields of ``hpml_core.spec.config.TrainConfig``: ``mode``,
+``tp_size``, ``batch_size``...) and job fields: ``name``, ``nodes``, ``gpus`` (processes per
+node: one per GPU, or CPU processes on a machine without one) and ``time_limit``.
 
-Every expanded run is validated exactly as the engine will validate it (``TrainConfig`` and
-``check_layout`` for its nodes × GPUs), so a study that plans cleanly launches cleanly. An
-error names the run and the field; nothing downstream sees an invalid run.
+Every expanded run goes through ``hpml_core.spec.checks.resolve``, the function the engine
+calls at launch, for its nodes × GPUs, so a study that plans cleanly launches cleanly and a
+refusal reads the same in both places. When the dataset is prepared under the ``data_root``
+given to ``load``, the runs are checked against its real vocabulary and size; otherwise
+GPT-2's vocabulary is assumed and the size is not checked, and ``Experiment.data`` is None so
+that ``hpml plan`` can say so. An error names the run and the field; nothing downstream sees an
+invalid run.
 """
 
 from __future__ import annotations
@@ -22,18 +26,18 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hpml_core.spec.config import TrainConfig, check_layout, resolve_steps
+from hpml_core.spec.checks import resolve
+from hpml_core.spec.config import TrainConfig, field_of, first_error
+from hpml_core.spec.data_meta import DataMeta
 from hpml_core.spec.errors import UsageError
-from hpml_core.model import model_dims
 
+EXPERIMENTS = Path(__file__).parent / "experiments"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 TIME_LIMIT = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")
 JOB_FIELDS = {"name", "nodes", "gpus", "time_limit"}
 # Set per run by the jobs layer, never by an experiment file.
 MANAGED_FIELDS = {"data", "out", "run_id", "checkpoint_dir", "resume", "test"}
 TRAIN_FIELDS = set(TrainConfig.model_fields) - MANAGED_FIELDS
-# The vocabulary is known only once the data is prepared; GPT-2's, padded, is what TP must divide.
-ASSUMED_VOCAB = 50257
 
 
 class ExperimentError(UsageError):
@@ -41,6 +45,12 @@ class ExperimentError(UsageError):
 
     def __init__(self, where: str, field: str, message: str):
         super().__init__(f"{where}: {field}", message)
+
+
+def experiment_path(name_or_path: str) -> Path:
+    """An experiment by file path, or by name from jobs/experiments/."""
+    path = Path(name_or_path)
+    return path if path.suffix in (".yaml", ".yml") else EXPERIMENTS / f"{name_or_path}.yaml"
 
 
 class ExperimentFile(BaseModel):
@@ -68,15 +78,23 @@ class Run(BaseModel):
     gpus: int
     time_limit: str
     repeat: int
-    train: dict[str, Any]  # TrainConfig fields, validated
+    train: dict[str, Any]  # the TrainConfig fields the experiment sets, validated (modes as ddp/zero3)
     dp_size: int
     tp_size: int
     global_batch: int
-    steps: int | None  # None: one epoch of the data
+    steps: int | None  # None: one epoch of data whose size was not checked
 
     @property
     def world_size(self) -> int:
         return self.nodes * self.gpus
+
+    def setting(self, field: str) -> Any:
+        """A training field of the run: as the experiment set it, else TrainConfig's default."""
+        return self.train.get(field, TrainConfig.model_fields[field].default)
+
+    @property
+    def mode(self) -> str:
+        return self.setting("mode")
 
 
 class Experiment(BaseModel):
@@ -87,6 +105,9 @@ class Experiment(BaseModel):
     dataset: str
     path: Path
     runs: list[Run]
+    data_folder: Path | None = Field(description="where the prepared data was looked for; None: nowhere")
+    data: DataMeta | None = Field(description="the prepared data the runs were checked against; None: not "
+                                              "prepared there, GPT-2's vocabulary assumed and the size unchecked")
 
 
 def _label(value: Any) -> str:
@@ -112,7 +133,7 @@ def _expand(spec: ExperimentFile) -> list[tuple[str, int, dict[str, Any]]]:
     return expanded
 
 
-def _validate(name: str, repeat: int, fields: dict[str, Any]) -> Run:
+def _validate(name: str, repeat: int, fields: dict[str, Any], data_folder: Path, data: DataMeta | None) -> Run:
     where = f"run {name!r}"
     if not SAFE_NAME.match(name):
         raise ExperimentError(where, "name", "use letters, digits, '.', '_' and '-' (at most 100, not starting with '.' or '-')")
@@ -129,22 +150,30 @@ def _validate(name: str, repeat: int, fields: dict[str, Any]) -> Run:
         raise ExperimentError(where, "time_limit", f"must be [D-]HH:MM:SS (got {time_limit!r})")
     train = {k: v for k, v in fields.items() if k in TRAIN_FIELDS}
     try:
-        config = TrainConfig(**train, data=Path("."))
-        dims = model_dims(config.model, ASSUMED_VOCAB)
-        dp, tp = check_layout(config, nodes * gpus, gpus, dims.n_head, dims.vocab_size)
-        global_batch = config.batch_size * dp * config.grad_accum
-        steps = resolve_steps(config, global_batch, steps_per_epoch=None)  # the data's size is not known here
+        config = TrainConfig(**train, data=data_folder)
+        resolved = resolve(config, nodes * gpus, gpus, data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ExperimentError(where, str(first["loc"][0]), f"{first['msg']} (got {first.get('input')!r})") from None
-    except UsageError as exc:
-        raise ExperimentError(where, exc.field.removeprefix("--").replace("-", "_"), str(exc).split(": ", 1)[1]) from None
+        raise ExperimentError(where, *first_error(exc)) from None
+    except UsageError as exc:  # the engine's words, after its flag
+        raise ExperimentError(where, field_of(exc.field), str(exc).removeprefix(f"{exc.field}: ")) from None
     return Run(name=name, nodes=nodes, gpus=gpus, time_limit=time_limit, repeat=repeat,
-               train=config.model_dump(mode="json", include=set(train)), dp_size=dp, tp_size=tp,
-               global_batch=global_batch, steps=steps)
+               train=config.model_dump(mode="json", include=set(train)), dp_size=resolved.layout.dp_size,
+               tp_size=resolved.layout.tp_size, global_batch=resolved.global_batch, steps=resolved.total_steps)
 
 
-def load(path: Path) -> Experiment:
+def _read_data(path: Path, folder: Path | None) -> DataMeta | None:
+    """The prepared data in ``folder``, or None when it holds none (not prepared yet, or not here)."""
+    if folder is None or not DataMeta.exists(folder):
+        return None
+    try:
+        return DataMeta.read(folder)
+    except UsageError as exc:
+        raise ExperimentError(f"experiment {path.name}", "dataset", str(exc).removeprefix(f"{exc.field}: ")) from None
+
+
+def load(path: Path, data_root: Path | None = None) -> Experiment:
+    """The experiment in ``path``, every run validated; against the prepared data in
+    ``data_root / dataset`` when it is there (``Experiment.data`` says whether it was)."""
     if not path.is_file():
         raise ExperimentError("experiment", str(path), "no such file")
     try:
@@ -160,10 +189,14 @@ def load(path: Path) -> Experiment:
         raise ExperimentError(f"experiment {path.name}", "name", "use letters, digits, '.', '_' and '-'")
     if not SAFE_NAME.match(spec.dataset):
         raise ExperimentError(f"experiment {path.name}", "dataset", "a folder name under the site's data_root")
-    runs = [_validate(name, repeat, fields) for name, repeat, fields in _expand(spec)]
+    data_folder = data_root / spec.dataset if data_root is not None else None
+    data = _read_data(path, data_folder)
+    runs = [_validate(name, repeat, fields, data_folder or Path(spec.dataset), data)
+            for name, repeat, fields in _expand(spec)]
     seen: set[str] = set()
     for run in runs:
         if run.name in seen:
             raise ExperimentError(f"run {run.name!r}", "name", "appears twice; give each runs entry its own name")
         seen.add(run.name)
-    return Experiment(name=spec.name, description=spec.description, dataset=spec.dataset, path=path, runs=runs)
+    return Experiment(name=spec.name, description=spec.description, dataset=spec.dataset, path=path, runs=runs,
+                      data_folder=data_folder, data=data)

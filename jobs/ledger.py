@@ -44,7 +44,8 @@ def claim(folder: Path, run: str, busy, **fields) -> int | None:
         return entry["attempts"]
 
 
-def record(folder: Path, run: str, **fields) -> None:
+def update(folder: Path, run: str, **fields) -> None:
+    """Set fields of the run's entry (its state, job id, log), under the lock."""
     with locked(folder) as runs:
         entry = runs.setdefault(run, {"attempts": 0})
         entry.update(fields, updated_at=datetime.now(timezone.utc).isoformat())

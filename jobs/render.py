@@ -1,4 +1,10 @@
-"""``hpml render``: one sbatch script per run, from ``templates/job.sbatch.j2``.
+"""``hpml render``: one sbatch script and one run spec per run, from ``templates/job.sbatch.j2``.
+
+The run's configuration reaches the engine as one file, ``<run>/run.json`` (``run_config``
+builds it, ``hpml_core.spec.config.write_run_spec`` writes it), and the script starts the engine
+with ``--config <run>/run.json``: no command line is encoded here and parsed again there. Paths
+are the job's: the script changes directory to the site's project_dir, so the data and run
+folders are written as the site profile gives them.
 
 The rendering is a pure function (``render_run``) of the experiment's run and the site
 profile, pinned by golden-file tests. Jinja runs with StrictUndefined (a misspelt variable is
@@ -15,6 +21,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from hpml_core.spec.atomic import atomic_write
+from hpml_core.spec.config import RUN_SPEC_FILE, TrainConfig, write_run_spec
 from jobs.experiment import Experiment, Run
 from jobs.site import Site, expand_path
 
@@ -32,16 +39,16 @@ def _environment() -> Environment:
     return env
 
 
-def train_args(run: Run, data_dir: str, run_dir: str) -> list[str]:
-    """The engine's command line for this run; --resume so a resubmitted job continues."""
-    args = []
-    for field, value in run.train.items():
-        flag = "--" + field.replace("_", "-")
-        if isinstance(value, bool):
-            args += [flag] if value else []
-        elif value is not None:
-            args += [flag, str(value)]
-    return [*args, "--data", data_dir, "--out", run_dir, "--resume"]
+def job_run_dir(experiment: Experiment, run: Run, site: Site) -> str:
+    """The run folder as the job sees it (from the site's project_dir)."""
+    return f"{expand_path(site.results_root)}/{experiment.name}/{run.name}"
+
+
+def run_config(experiment: Experiment, run: Run, site: Site) -> TrainConfig:
+    """The run's spec: the experiment's training fields, the site's data, the run folder as
+    the job sees it, and ``resume`` so that a resubmitted or requeued job continues."""
+    return TrainConfig(**run.train, data=Path(f"{expand_path(site.data_root)}/{experiment.dataset}"),
+                       out=Path(job_run_dir(experiment, run, site)), resume=True)
 
 
 def container_wrapper(site: Site) -> list[str]:
@@ -59,7 +66,7 @@ def container_wrapper(site: Site) -> list[str]:
 
 
 def render_run(experiment: Experiment, run: Run, site: Site) -> str:
-    run_dir = f"{expand_path(site.results_root)}/{experiment.name}/{run.name}"
+    run_dir = job_run_dir(experiment, run, site)
     single_node = run.nodes == 1
     return _environment().get_template("job.sbatch.j2").render(
         experiment=experiment.name, run=run, site=site, run_dir=run_dir,
@@ -68,16 +75,19 @@ def render_run(experiment: Experiment, run: Run, site: Site) -> str:
         stop_seconds=STOP_SECONDS,
         cpus_per_task=site.cpus_per_gpu * (1 if single_node else run.gpus),
         launcher=[*container_wrapper(site), expand_path(site.python)],
-        train_args=train_args(run, f"{expand_path(site.data_root)}/{experiment.dataset}", run_dir),
+        run_spec=f"{run_dir}/{RUN_SPEC_FILE}",
     )
 
 
 def render(experiment: Experiment, site: Site, results: Path) -> list[Path]:
-    """Write results/<experiment>/<run>/job.sbatch for every run; all are rendered before any is written."""
-    texts = {run.name: render_run(experiment, run, site) for run in experiment.runs}
+    """Write results/<experiment>/<run>/job.sbatch and run.json for every run; all are rendered
+    before any is written. Returns the scripts' paths."""
+    rendered = {run.name: (render_run(experiment, run, site), run_config(experiment, run, site))
+                for run in experiment.runs}
     paths = []
-    for name, text in texts.items():
+    for name, (text, config) in rendered.items():
         path = results / experiment.name / name / SCRIPT
+        write_run_spec(path.parent / RUN_SPEC_FILE, config)
         atomic_write(path, lambda f, text=text: f.write(text.encode()))
         paths.append(path)
     return paths

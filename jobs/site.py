@@ -79,8 +79,12 @@ class Site(_Strict):
         are relative to project_dir, where the job script changes directory to)."""
         return Path(expand_path(self.project_dir)) / expand_path(self.results_root) / experiment
 
+    def data_folder(self) -> Path:
+        """The folder that holds the prepared datasets, as seen from here."""
+        return Path(expand_path(self.project_dir)) / expand_path(self.data_root)
+
     def dataset_folder(self, dataset: str) -> Path:
-        return Path(expand_path(self.project_dir)) / expand_path(self.data_root) / dataset
+        return self.data_folder() / dataset
 
     @field_validator("account", "partition", "qos", "gpu_type", "mem_per_gpu")
     @classmethod

@@ -7,12 +7,13 @@ finish; ``--only-failed`` narrows to runs that ended badly, ``--force`` submits 
 again, ``--dry-run`` only says what would be submitted. Each run is claimed in the ledger under
 its lock before it is started, so two ``hpml submit`` calls at once never start the same run.
 
-Two backends, one engine command (``render.train_args``):
+Two backends, one engine command, ``python -m hpml_core.train --config <run>/run.json``: each
+run's spec (``render.run_config``) is written into its folder before the run is started.
 - a Slurm site: each run's script is rendered from the template, checked by
   ``sbatch --test-only`` (all of them, before any is submitted), and submitted through submitit
   (``jobs.slurm``). Submitting returns at once; ``hpml status`` follows the jobs.
-- ``--site local``: the runs execute here, one after another, each run's processes started by
-  torchrun, output in ``<run>/local-<attempt>.out``.
+- ``--site local``: the runs execute here, one after another, from the site's project_dir (as a
+  job would), each run's processes started by torchrun, output in ``<run>/local-<attempt>.out``.
 """
 
 from __future__ import annotations
@@ -26,18 +27,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hpml_core.spec.atomic import atomic_write
+from hpml_core.spec.config import RUN_SPEC_FILE, write_run_spec
+from hpml_core.spec.data_meta import DataMeta
 from hpml_core.spec.errors import EXIT_OOM, EXIT_STOPPED, UsageError
 from jobs import ledger, render, slurm
 from jobs.experiment import Experiment, ExperimentError, Run
 from jobs.run_state import BAD_ENDINGS, busy, refresh, run_outcome
-from jobs.site import Site
+from jobs.site import Site, expand_path
 
 
-def local_command(run: Run, args: list[str]) -> list[str]:
+def local_command(run: Run, run_spec: Path) -> list[str]:
+    """The engine on this machine: one process, or torchrun starting one per "GPU"."""
+    engine = ["-m", "hpml_core.train", "--config", str(run_spec)]
     if run.gpus == 1:
-        return [sys.executable, "-m", "hpml_core.train", *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={run.gpus}",
-            "-m", "hpml_core.train", *args]
+        return [sys.executable, *engine]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={run.gpus}", *engine]
 
 
 def select(experiment: Experiment, folder: Path, entries: dict, only_failed: bool, force: bool) -> list[Run]:
@@ -66,7 +70,7 @@ def _claim(folder: Path, run: Run, entries: dict, **fields) -> int | None:
 def submit(experiment: Experiment, site: Site, only_failed: bool, force: bool, dry_run: bool) -> int:
     folder = site.experiment_folder(experiment.name)
     data = site.dataset_folder(experiment.dataset)
-    if not (data / "meta.json").is_file():
+    if not DataMeta.exists(data):
         raise UsageError("dataset", f"{data} holds no prepared data (no meta.json): prepare it first, "
                          f"`hpml data prepare ... --out {data}` (README, Data)")
     if site.scheduler == "local":
@@ -102,14 +106,15 @@ def _submit_to_slurm(experiment: Experiment, site: Site, folder: Path, runs: lis
             print(f"[{index}/{len(runs)}] {run.name}: submitted meanwhile by another hpml submit, skipped")
             continue
         script = run_dir / render.SCRIPT
+        write_run_spec(run_dir / RUN_SPEC_FILE, render.run_config(experiment, run, site))
         atomic_write(script, lambda f, text=scripts[run.name]: f.write(text.encode()))
         try:
             job_id = slurm.submit(scripts[run.name], run_dir / "submitit", run.world_size)
         except slurm.SlurmError as exc:
-            ledger.record(folder, run.name, state="SUBMIT_FAILED", error=str(exc))
+            ledger.update(folder, run.name, state="SUBMIT_FAILED", error=str(exc))
             print(f"[{index}/{len(runs)}] {run.name}: {exc}; nothing more submitted", file=sys.stderr)
             return 1
-        ledger.record(folder, run.name, state="PENDING", job_id=job_id, script=str(script),
+        ledger.update(folder, run.name, state="PENDING", job_id=job_id, script=str(script),
                       log=str(run_dir / f"slurm-{job_id}.out"))
         print(f"[{index}/{len(runs)}] {run.name}: job {job_id} ({run.nodes} x {run.gpus}, {script})")
     if runs:
@@ -120,30 +125,30 @@ def _submit_to_slurm(experiment: Experiment, site: Site, folder: Path, runs: lis
 
 def _run_locally(experiment: Experiment, site: Site, folder: Path, runs: list[Run], entries: dict,
                  dry_run: bool) -> int:
-    data_dir = str(site.dataset_folder(experiment.dataset))
+    project_dir = expand_path(site.project_dir)  # where a job starts: the run spec's paths are relative to it
     if dry_run:
         for run in runs:
-            args = render.train_args(run, data_dir, str(folder / run.name))
-            print(f"  would run {run.name}: {' '.join(local_command(run, args))}")
+            print(f"  would run {run.name}: {' '.join(local_command(run, folder / run.name / RUN_SPEC_FILE))}")
         return 0
     failures = 0
     for index, run in enumerate(runs, 1):
         run_dir = folder / run.name
-        command = local_command(run, render.train_args(run, data_dir, str(run_dir)))
+        run_spec = (run_dir / RUN_SPEC_FILE).absolute()
         attempt = _claim(folder, run, entries, backend="local", state="RUNNING", job_id=None,
                          started_at=datetime.now(timezone.utc).isoformat())
         if attempt is None:
             print(f"[{index}/{len(runs)}] {run.name}: started meanwhile by another hpml submit, skipped")
             continue
         log = run_dir / f"local-{attempt}.out"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ledger.record(folder, run.name, log=str(log))
+        write_run_spec(run_spec, render.run_config(experiment, run, site))
+        ledger.update(folder, run.name, log=str(log))
         print(f"[{index}/{len(runs)}] {run.name}: {run.nodes} x {run.gpus} processes ...", end="", flush=True)
         started = time.perf_counter()
         with open(log, "w") as out:
-            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+            code = subprocess.run(local_command(run, run_spec), cwd=project_dir, stdout=out,
+                                  stderr=subprocess.STDOUT).returncode
         state = run_outcome(run_dir, run.world_size) if code in (0, EXIT_OOM, EXIT_STOPPED) else "FAILED"
-        ledger.record(folder, run.name, state=state, exit_code=code)
+        ledger.update(folder, run.name, state=state, exit_code=code)
         print(f" {state} in {time.perf_counter() - started:.0f} s" + ("" if state == "COMPLETED" else f" (log: {log})"))
         failures += state != "COMPLETED"
     print(f"results: {folder}/<run>/rank-<k>.json; ledger: {folder / ledger.LEDGER}")

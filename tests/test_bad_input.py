@@ -39,11 +39,11 @@ def launched(world: int, per_node: int) -> dict:
 
 
 @pytest.mark.parametrize("args,world,per_node,words", [
-    (["--mode", "hybrid", "--tp-size", "3"], 4, 4, ["--tp-size", "3", "world size 4"]),
-    (["--mode", "hybrid", "--tp-size", "8"], 8, 8, ["--tp-size", "4 attention heads"]),
-    (["--mode", "hybrid", "--tp-size", "5", "--model", "gpt2-xl"], 5, 5, ["--tp-size", "vocabulary of 512"]),
-    (["--mode", "hybrid", "--tp-size", "4"], 4, 2, ["--tp-size", "span nodes"]),
-    (["--mode", "baseline", "--zero-stage", "3"], 4, 4, ["--zero-stage", "hybrid"]),
+    (["--mode", "zero3", "--tp-size", "3"], 4, 4, ["--tp-size", "3", "world size 4"]),
+    (["--mode", "zero3", "--tp-size", "8"], 8, 8, ["--tp-size", "4 attention heads"]),
+    (["--mode", "zero3", "--tp-size", "5", "--model", "gpt2-xl"], 5, 5, ["--tp-size", "vocabulary of 512"]),
+    (["--mode", "zero3", "--tp-size", "4"], 4, 2, ["--tp-size", "span nodes"]),
+    (["--mode", "ddp", "--zero-stage", "3"], 4, 4, ["--zero-stage", "zero3"]),
     (["--mode", "single"], 2, 2, ["--mode", "2 were launched"]),
 ])
 def test_layouts_that_cannot_work_are_refused_before_any_process_group(args, world, per_node, words, tmp_path, token_data):

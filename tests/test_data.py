@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 from hpml_core import data
 from hpml_core.batches import TokenBatches, TokenData
 from hpml_core.spec.errors import UsageError
+from hpml_core.spec.layout import Layout
 
 
 def test_prepare_writes_tokens_that_decode_back_to_the_text(token_data, wikitext_valid):
@@ -52,8 +53,8 @@ def test_missing_data_folder_is_a_usage_error(tmp_path):
 
 def test_data_parallel_ranks_read_the_single_process_batch_between_them(token_data):
     tokens = TokenData.open(token_data)
-    single = TokenBatches(tokens, seq_len=32, batch_size=4, dp_size=1, dp_rank=0, seed=7)
-    ranks = [TokenBatches(tokens, seq_len=32, batch_size=2, dp_size=2, dp_rank=r, seed=7) for r in range(2)]
+    single = TokenBatches(tokens, seq_len=32, batch_size=4, layout=Layout(1, 1), dp_rank=0, seed=7)
+    ranks = [TokenBatches(tokens, seq_len=32, batch_size=2, layout=Layout(2, 1), dp_rank=r, seed=7) for r in range(2)]
     for step in [0, 1, single.steps_per_epoch() + 3]:  # the last one is in the second epoch
         x, y = single.batch(step)
         shards = [b.batch(step) for b in ranks]
@@ -63,13 +64,13 @@ def test_data_parallel_ranks_read_the_single_process_batch_between_them(token_da
 
 def test_batches_are_shifted_windows_in_a_seeded_order(token_data):
     tokens = TokenData.open(token_data)
-    a = TokenBatches(tokens, seq_len=32, batch_size=4, dp_size=1, dp_rank=0, seed=7)
+    a = TokenBatches(tokens, seq_len=32, batch_size=4, layout=Layout(1, 1), dp_rank=0, seed=7)
     x, y = a.batch(5)
     assert x.shape == y.shape == (4, 32) and x.dtype == torch.int64
     torch.testing.assert_close(x[:, 1:], y[:, :-1])
-    again = TokenBatches(tokens, seq_len=32, batch_size=4, dp_size=1, dp_rank=0, seed=7)
+    again = TokenBatches(tokens, seq_len=32, batch_size=4, layout=Layout(1, 1), dp_rank=0, seed=7)
     torch.testing.assert_close(again.batch(5)[0], x)
-    other_seed = TokenBatches(tokens, seq_len=32, batch_size=4, dp_size=1, dp_rank=0, seed=8)
+    other_seed = TokenBatches(tokens, seq_len=32, batch_size=4, layout=Layout(1, 1), dp_rank=0, seed=8)
     assert not torch.equal(other_seed.batch(5)[0], x)
     # one epoch visits every window exactly once
     seen = torch.cat([a.sample_ids(s) for s in range(a.steps_per_epoch())])

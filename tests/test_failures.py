@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from hpml_core import train
+from hpml_core.model import GPT
 from hpml_core.spec import rank_file
 from hpml_core.spec.errors import EXIT_FAILED, EXIT_OOM
-from hpml_core.model import GPT
 
 
 def failing_forward(exc: Exception, at_call: int):

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hpml_core.spec.flops import lookup_peak, training_flops_per_token
 from hpml_core.model import GPT, model_dims, next_token_loss
+from hpml_core.spec.flops import lookup_peak, training_flops_per_token
 
 
 @pytest.mark.parametrize("batch,seq_len", [(2, 64), (3, 40)])

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from hpml_core.spec.config import parse_args
 from hpml_core.launch import detect, first_host
+from hpml_core.spec.config import parse_args
 from tests.conftest import REPO, losses, rank_files
 
 
@@ -39,10 +39,11 @@ def test_a_batch_script_without_srun_is_one_process():
 
 
 def test_deepspeed_launcher_local_rank_argument_is_accepted(token_data):
-    assert parse_args(["--local_rank=1", "--data", str(token_data)]).data == token_data
+    config, _ = parse_args(["--local_rank=1", "--data", str(token_data)])
+    assert config.data == token_data
 
 
-@pytest.mark.parametrize("mode", ["baseline", "hybrid"])
+@pytest.mark.parametrize("mode", ["ddp", "zero3"])
 def test_two_tasks_launched_like_srun_train_together(mode, tmp_path, token_data):
     out = tmp_path / "run"
     args = [sys.executable, "-m", "hpml_core.train", "--test", "--mode", mode, "--precision", "fp32",

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from transformers import GPT2Config
 
 from hpml_core.model import GPT, PRESETS, model_dims, next_token_loss
 
@@ -20,6 +21,16 @@ def test_gpt2_large_is_the_774m_model():
     # GPT-2 Large has 774,030,080 parameters; padding 50257 -> 50304 rows adds 47 x 1280.
     assert dims.params_total == 774_030_080 + 47 * 1280
     assert set(PRESETS) == {"tiny", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_the_contract_writes_out_transformers_gpt2_configs(name):
+    """hpml_core.spec.models spells the presets out so that planning needs no transformers;
+    the engine's models must still be transformers' GPT2Config sizes."""
+    dims = model_dims(name, 50257)
+    config = GPT2Config(**PRESETS[name], vocab_size=dims.vocab_size)
+    assert (dims.n_layer, dims.n_head, dims.n_embd, dims.n_positions, dims.layer_norm_epsilon) == \
+        (config.n_layer, config.n_head, config.n_embd, config.n_positions, config.layer_norm_epsilon)
 
 
 def test_sdpa_and_eager_attention_compute_the_same_function():

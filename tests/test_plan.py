@@ -1,13 +1,16 @@
-"""`hpml plan`: experiment files expand into validated runs, or are refused naming run and field."""
+"""`hpml plan`: experiment files expand into validated runs, or are refused naming run and field.
+(That plan and engine refuse alike is tests/test_plan_engine_refusals.py.)"""
 
+import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
+from hpml_core.spec.data_meta import DataMeta
 from jobs import experiment
-from jobs.cli import EXPERIMENTS
+from jobs.experiment import EXPERIMENTS
 from tests.conftest import REPO
 
 
@@ -23,10 +26,10 @@ def test_seed_study_is_the_original_five_configurations():
                       r.steps) for r in exp.runs}
     assert table == {  # 5000 samples: steps = 5000 // global batch
         "single": ("single", 1, 1, 1, 8, 8, 625),
-        "ddp-4": ("baseline", 4, 4, 1, 8, 32, 156),
-        "zero3-4": ("hybrid", 4, 4, 1, 8, 32, 156),
-        "dp2xtp2-b8": ("hybrid", 4, 2, 2, 8, 16, 312),
-        "dp2xtp2-b32": ("hybrid", 4, 2, 2, 32, 64, 78),
+        "ddp-4": ("ddp", 4, 4, 1, 8, 32, 156),
+        "zero3-4": ("zero3", 4, 4, 1, 8, 32, 156),
+        "dp2xtp2-b8": ("zero3", 4, 2, 2, 8, 16, 312),
+        "dp2xtp2-b32": ("zero3", 4, 2, 2, 32, 64, 78),
     }
     assert all(r.train["model"] == "gpt2-large" and r.train["precision"] == "bf16" for r in exp.runs)
 
@@ -42,8 +45,8 @@ def test_runs_grid_zip_and_repeats_multiply(tmp_path):
     exp = experiment.load(write(tmp_path, """
         name: sweep
         dataset: wikitext-2
-        defaults: {model: tiny, steps: 10, warmup_steps: 1}
-        runs: [{name: a, mode: baseline}, {name: b, mode: hybrid}]
+        defaults: {model: tiny, seq_len: 64, steps: 10, warmup_steps: 1}
+        runs: [{name: a, mode: ddp}, {name: b, mode: zero3}]
         grid: {batch_size: [8, 16]}
         zip: {gpus: [2, 4], tp_size: [1, 2]}
         repeats: 2
@@ -53,17 +56,18 @@ def test_runs_grid_zip_and_repeats_multiply(tmp_path):
     assert "a-batch-size-16-gpus-4-tp-size-2-r1" in names
     run = next(r for r in exp.runs if r.name == "b-batch-size-8-gpus-4-tp-size-2-r0")
     assert (run.train["mode"], run.train["batch_size"], run.gpus, run.tp_size, run.dp_size, run.repeat) == \
-        ("hybrid", 8, 4, 2, 2, 0)
+        ("zero3", 8, 4, 2, 2, 0)
 
 
 @pytest.mark.parametrize("run_fields,where,field", [
-    ("{name: x, mode: hybrid, tp_size: 3, gpus: 4}", "run 'x'", "tp_size"),
-    ("{name: x, mode: baseline, tp_size: 4, gpus: 2, nodes: 2}", "run 'x'", "tp_size"),  # TP across nodes
+    ("{name: x, mode: zero3, tp_size: 3, gpus: 4}", "run 'x'", "tp_size"),
+    ("{name: x, mode: ddp, tp_size: 4, gpus: 2, nodes: 2}", "run 'x'", "tp_size"),  # TP across nodes
     ("{name: x, batch_size: 0}", "run 'x'", "batch_size"),
     ("{name: x, batchsize: 8}", "run 'x'", "batchsize"),
     ("{name: x, data: /etc}", "run 'x'", "data"),
     ("{name: x, model: gpt5}", "run 'x'", "model"),
-    ("{name: x, mode: baseline, zero_stage: 3, gpus: 2}", "run 'x'", "zero_stage"),
+    ("{name: x, mode: ddp, zero_stage: 3, gpus: 2}", "run 'x'", "zero_stage"),
+    ("{name: x, mode: ddp, gpus: 2, seq_len: 512}", "run 'x'", "seq_len"),  # tiny has 256 positions
     ("{name: x, gpus: 0}", "run 'x'", "gpus"),
     ("{name: x, time_limit: 2h}", "run 'x'", "time_limit"),
     ("{name: ../../etc/x}", "run '../../etc/x'", "name"),
@@ -73,7 +77,7 @@ def test_invalid_runs_are_refused_naming_the_run_and_the_field(tmp_path, run_fie
     path = write(tmp_path, f"""
         name: bad
         dataset: wikitext-2
-        defaults: {{model: tiny, steps: 10, warmup_steps: 1}}
+        defaults: {{model: tiny, seq_len: 64, steps: 10, warmup_steps: 1}}
         runs: [{run_fields}]
     """)
     with pytest.raises(experiment.ExperimentError) as caught:
@@ -90,10 +94,68 @@ def test_duplicate_names_and_unequal_zips_are_refused(tmp_path):
         experiment.load(zipped)
 
 
+def test_the_seed_names_are_aliases_and_the_plan_shows_the_new_ones(tmp_path):
+    path = write(tmp_path, """
+        name: old
+        dataset: wikitext-2
+        defaults: {model: tiny, seq_len: 64, steps: 10, warmup_steps: 1}
+        runs: [{name: a, mode: baseline, gpus: 2}, {name: b, mode: hybrid, gpus: 2}]
+    """)
+    assert [r.mode for r in experiment.load(path).runs] == ["ddp", "zero3"]
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", str(path)], cwd=REPO, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("│")[1:3] for line in proc.stdout.splitlines() if line.startswith("│")]
+    assert [[cell.strip() for cell in row] for row in rows] == [["a", "ddp"], ["b", "zero3"]]
+    assert "baseline" not in proc.stdout and "hybrid" not in proc.stdout
+
+
+def test_plan_checks_the_prepared_data_of_the_site_and_says_so(tmp_path, token_data):
+    """With the data prepared under the site's data_root, steps come from its real size and the
+    plan says what was checked; without, it says what was assumed."""
+    path = write(tmp_path, f"""
+        name: epoch
+        dataset: {token_data.name}
+        defaults: {{model: tiny, seq_len: 64, warmup_steps: 1}}
+        runs: [{{name: a, mode: ddp, gpus: 2, batch_size: 4}}]
+    """)
+    meta = DataMeta.read(token_data)
+    exp = experiment.load(path, data_root=token_data.parent)
+    assert exp.data == meta and exp.runs[0].steps == meta.num_samples(64) // 8
+    site = tmp_path / "site.yaml"
+    site.write_text(f"name: here\nscheduler: local\nproject_dir: .\nresults_root: {tmp_path}\n"
+                    f"data_root: {token_data.parent}\n")
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", str(path), "--site", str(site)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == (f"data: {token_data}: {meta.num_tokens} tokens, vocabulary "
+                                            f"{meta.vocab_size} (checked: vocabulary, size)")
+    assert f" {meta.num_samples(64) // 8} " in proc.stdout
+
+    unprepared = experiment.load(path, data_root=tmp_path)
+    assert unprepared.data is None and unprepared.runs[0].steps is None
+    site.write_text(site.read_text().replace(str(token_data.parent), str(tmp_path)))
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", str(path), "--site", str(site)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "1 epoch" in proc.stdout
+    assert proc.stdout.splitlines()[-1] == (f"data: not prepared at {tmp_path / token_data.name}: vocabulary "
+                                            "assumed GPT-2's 50257, data size not checked")
+
+
+def test_a_corrupt_data_folder_is_refused_naming_the_dataset(tmp_path, token_data):
+    broken = tmp_path / "data" / "broken"
+    shutil.copytree(token_data, broken)
+    with open(broken / "tokens.bin", "ab") as f:
+        f.write(b"\0\0")
+    path = write(tmp_path, "name: b\ndataset: broken\nruns: [{name: a}]\n")
+    with pytest.raises(experiment.ExperimentError, match=r"^experiment exp.yaml: dataset: .*does not match meta.json"):
+        experiment.load(path, data_root=tmp_path / "data")
+
+
 def test_plan_command_prints_the_table_or_one_error_line(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", "seed_study"], cwd=REPO, capture_output=True, text=True)
     assert ok.returncode == 0 and "dp2xtp2-b32" in ok.stdout and "625" in ok.stdout
-    bad = write(tmp_path, "name: b\ndataset: w\nruns: [{name: x, mode: hybrid, tp_size: 3, gpus: 4}]\n")
+    bad = write(tmp_path, "name: b\ndataset: w\nruns: [{name: x, mode: zero3, tp_size: 3, gpus: 4}]\n")
     proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", str(bad)], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [

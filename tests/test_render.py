@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from jobs import experiment, render, site
-from jobs.cli import EXPERIMENTS, main
+from jobs.cli import main
+from jobs.experiment import EXPERIMENTS
 from jobs.experiment import ExperimentError
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -46,8 +47,8 @@ def test_hostile_values_are_refused_or_rendered_inert(tmp_path, value):
     """Each hostile value is put where a site profile allows free text (an environment value),
     and where it allows only plain values (paths, #SBATCH values, module names), which must
     refuse it. The rendered script then runs under bash, with srun and friends replaced by
-    functions that record their arguments: the canary file must not appear, and the engine
-    must receive the value unchanged."""
+    functions that record what they got: the canary file must not appear, the engine must
+    receive the value unchanged, and its last two arguments must be --config and the run spec."""
     canary = tmp_path / "canary"
     value = value.format(canary=canary)
     base = yaml_site(tmp_path)
@@ -60,13 +61,13 @@ def test_hostile_values_are_refused_or_rendered_inert(tmp_path, value):
     text = render.render_run(exp, exp.runs[0], profile)
     record = tmp_path / "env.txt"
     stubs = textwrap.dedent(f"""\
-        srun() {{ printf '%s\\n' "$HOSTILE" > {record}; }}
+        srun() {{ printf '%s\\n' "$HOSTILE" "${{@: -2:1}}" "${{@: -1}}" > {record}; }}
         module() {{ :; }}
         scontrol() {{ :; }}
     """)
     subprocess.run(["bash", "-c", stubs + text], cwd=tmp_path, check=True, env=dict(os.environ))
     assert not canary.exists()
-    assert record.read_text() == value + "\n"
+    assert record.read_text() == f"{value}\n--config\n{tmp_path}/r/tiny_study/single/run.json\n"
 
 
 def yaml_site(tmp_path) -> dict:

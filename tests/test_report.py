@@ -1,4 +1,4 @@
-"""`hpml report`: rank files (built from the schema, tests/report_fixtures.py) to tables, figures
+"""`hpml report`: rank files (built from the schema, analysis/sample_rank_files.py) to tables, figures
 and a page; every figure of summary.csv checked against a hand computation."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from analysis.report import main
-from tests.report_fixtures import A100_BF16_PEAK, FLOPS_PER_TOKEN, write_run
+from analysis.sample_rank_files import A100_BF16_PEAK, FLOPS_PER_TOKEN, write_run
 
 SEQ = 1024
 
@@ -31,10 +31,10 @@ def study(tmp_path):
         repeats: 2
         runs:
           - {name: single, mode: single, gpus: 1, batch_size: 8}
-          - {name: ddp-4, mode: baseline, gpus: 4, batch_size: 8}
-          - {name: zero3-4, mode: hybrid, gpus: 4, batch_size: 8}
-          - {name: dp2xtp2-b8, mode: hybrid, tp_size: 2, gpus: 4, batch_size: 8}
-          - {name: dp2xtp2-b32, mode: hybrid, tp_size: 2, gpus: 4, batch_size: 32}
+          - {name: ddp-4, mode: ddp, gpus: 4, batch_size: 8}
+          - {name: zero3-4, mode: zero3, gpus: 4, batch_size: 8}
+          - {name: dp2xtp2-b8, mode: zero3, tp_size: 2, gpus: 4, batch_size: 8}
+          - {name: dp2xtp2-b32, mode: zero3, tp_size: 2, gpus: 4, batch_size: 32}
           - {name: big, mode: single, gpus: 1, batch_size: 64}
     """))
     site = tmp_path / "site.yaml"
@@ -44,16 +44,16 @@ def study(tmp_path):
     one = dict(mode="single", world=1, tp=1, batch=8)
     write_run(folder, "single-r0", step_medians=[0.5], memory_gib=[20.0], losses=(9.0, 7.5), **one)
     write_run(folder, "single-r1", step_medians=[0.4], memory_gib=[22.0], losses=(9.0, 7.0), **one)
-    four = dict(mode="baseline", world=4, tp=1, batch=8)
+    four = dict(mode="ddp", world=4, tp=1, batch=8)
     write_run(folder, "ddp-4-r0", step_medians=[0.5, 0.55, 0.6, 0.52], memory_gib=[21, 21, 21, 23], **four)
     write_run(folder, "ddp-4-r1", **four)
     (folder / "ddp-4-r1" / "rank-2.json").write_text("{not json")
-    zero = dict(mode="hybrid", world=4, tp=1, batch=8)
+    zero = dict(mode="zero3", world=4, tp=1, batch=8)
     write_run(folder, "zero3-4-r0", step_medians=[0.8] * 4, memory_gib=[19, 20, 20, 21], **zero)
     write_run(folder, "zero3-4-r1", ranks=[0, 1, 2], step_medians=[0.8] * 4, **zero)
-    hybrid = dict(mode="hybrid", world=4, tp=2, batch=8)
-    write_run(folder, "dp2xtp2-b8-r0", step_medians=[0.3, 0.3, 0.32, 0.3], memory_gib=[6, 6, 6.5, 6], **hybrid)
-    write_run(folder, "dp2xtp2-b8-r1", step_medians=[0.34, 0.3, 0.3, 0.3], memory_gib=[6, 6, 6, 6], **hybrid)
+    dp_tp = dict(mode="zero3", world=4, tp=2, batch=8)
+    write_run(folder, "dp2xtp2-b8-r0", step_medians=[0.3, 0.3, 0.32, 0.3], memory_gib=[6, 6, 6.5, 6], **dp_tp)
+    write_run(folder, "dp2xtp2-b8-r1", step_medians=[0.34, 0.3, 0.3, 0.3], memory_gib=[6, 6, 6, 6], **dp_tp)
     (folder / "dp2xtp2-b32-r0").mkdir(parents=True)
     (folder / "dp2xtp2-b32-r0" / "status.json").write_text(json.dumps(
         {"state": "running", "step": 4, "total_steps": 10, "error": None, "started_at": 0, "updated_at": 1}))
@@ -115,16 +115,16 @@ def test_every_figure_of_the_summary_matches_a_hand_computation(study, capsys):
     assert row.memory_reduction == pytest.approx(0.0)
 
     # DP 2 x TP 2: 2 replicas of batch 8 per step, whatever the 4 ranks say: TP ranks count once.
-    hybrid = [2 * 8 * SEQ / 0.32, 2 * 8 * SEQ / 0.34]
+    dp_tp = [2 * 8 * SEQ / 0.32, 2 * 8 * SEQ / 0.34]
     row = summary.loc["dp2xtp2-b8"]
-    assert row.tokens_per_s_median == pytest.approx(sum(hybrid) / 2)
-    assert (row.tokens_per_s_min, row.tokens_per_s_max) == pytest.approx((hybrid[1], hybrid[0]))
-    assert row.tokens_per_s_per_gpu_median == pytest.approx(sum(hybrid) / 2 / 4)
-    assert row.mfu_median == pytest.approx(FLOPS_PER_TOKEN * sum(hybrid) / 2 / 4 / 1e12 / A100_BF16_PEAK)
+    assert row.tokens_per_s_median == pytest.approx(sum(dp_tp) / 2)
+    assert (row.tokens_per_s_min, row.tokens_per_s_max) == pytest.approx((dp_tp[1], dp_tp[0]))
+    assert row.tokens_per_s_per_gpu_median == pytest.approx(sum(dp_tp) / 2 / 4)
+    assert row.mfu_median == pytest.approx(FLOPS_PER_TOKEN * sum(dp_tp) / 2 / 4 / 1e12 / A100_BF16_PEAK)
     assert row.peak_memory_per_gpu_mean_gib_median == pytest.approx((6.125 + 6.0) / 2)
-    assert row.speedup == pytest.approx(sum(hybrid) / 2 / t1)
+    assert row.speedup == pytest.approx(sum(dp_tp) / 2 / t1)
     assert row.samples_per_s_median == pytest.approx((16 / 0.32 + 16 / 0.34) / 2)
-    assert row.scaling_efficiency == pytest.approx(sum(hybrid) / 2 / (4 * t1))
+    assert row.scaling_efficiency == pytest.approx(sum(dp_tp) / 2 / (4 * t1))
     assert row.peak_memory_per_gpu_max_gib_median == pytest.approx((6.5 + 6.0) / 2)
     assert row.memory_reduction == pytest.approx(1 - 6.25 / 21.0)
 
@@ -256,3 +256,23 @@ def test_without_an_experiment_every_one_with_results_is_reported_even_before_an
     assert len(runs) == 5 and set(runs["status"]) == {"missing"}
     assert {p.name for p in report.glob("*.png")} == {"throughput.png", "memory.png", "mfu_vs_batch.png", "loss.png"}
     assert not (tmp_path / "results" / "seed_study").exists()  # no results, no report
+
+
+def test_rank_files_written_with_the_seed_mode_names_read_as_ddp_and_zero3(tmp_path):
+    """Results from before the rename say baseline and hybrid: the report names them DDP and ZeRO-3."""
+    from analysis import aggregate
+    from analysis.collect import collect
+
+    write_run(tmp_path, "old-ddp", mode="ddp", world=2, tp=1, batch=8)
+    write_run(tmp_path, "old-zero3", mode="zero3", world=2, tp=1, batch=8)
+    for run, new, old in (("old-ddp", "ddp", "baseline"), ("old-zero3", "zero3", "hybrid")):
+        for path in (tmp_path / run).glob("rank-*.json"):
+            text = path.read_text()
+            assert f'"mode": "{new}"' in text
+            path.write_text(text.replace(f'"mode": "{new}"', f'"mode": "{old}"'))
+    results, problems = collect(tmp_path, {"old-ddp": 2, "old-zero3": 2}, repeated=False)
+    assert not problems and [r.status for r in results] == ["completed", "completed"]
+    runs = aggregate.runs_table(results).set_index("run")
+    assert list(runs["mode"]) == ["ddp", "zero3"]
+    assert runs.loc["old-ddp", "description"].startswith("DDP on 2 GPUs")
+    assert runs.loc["old-zero3", "description"].startswith("ZeRO-3 on 2 GPUs")

@@ -148,6 +148,8 @@ def test_make_submit_all_runs_the_tiny_study_once_even_when_submitted_twice_at_o
         assert {(f["launcher"], f["slurm"]["job_id"]) for f in files.values()} == {("srun", entries[name]["job_id"])}
         assert (folder / name / "submitit" / f"{entries[name]['job_id']}_submission.sh").read_text() == \
             (folder / name / "job.sbatch").read_text()
+        assert {json.dumps(f["config_source"]) for f in files.values()} == {
+            json.dumps({"file": str(folder / name / "run.json"), "overrides": []})}
 
     again = subprocess.run(make, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "0 to run, 5 skipped (completed), 0 pending or running" in again.stdout
@@ -203,8 +205,8 @@ def test_a_stop_signal_requeues_the_job_which_resumes_to_the_uninterrupted_loss(
     preemption: the engine checkpoints and exits 4, the script requeues the job, and the job
     resumes from the checkpoint to the same final loss as the same run left alone."""
     exp, folder = experiment(slurm_site, "requeued", """
-        - {name: interrupted, mode: baseline, gpus: 2, batch_size: 2}
-        - {name: reference, mode: baseline, gpus: 2, batch_size: 2}
+        - {name: interrupted, mode: ddp, gpus: 2, batch_size: 2}
+        - {name: reference, mode: ddp, gpus: 2, batch_size: 2}
     """, steps=300, warmup_steps=10)
     assert hpml("submit", str(exp), "--site", str(slurm_site)).returncode == 0
     job = ledger(folder)["interrupted"]["job_id"]
@@ -227,7 +229,7 @@ def test_a_two_node_job_meets_through_the_rendezvous_and_survives_a_requeue(slur
     if len(nodes) < 2:
         pytest.fail(f"this cluster has one node ({nodes}): start it with NODES=2 jobs/local-slurm up")
     exp, folder = experiment(slurm_site, "two_nodes", """
-        - {name: ddp-2x2, mode: baseline, nodes: 2, gpus: 2, batch_size: 2}
+        - {name: ddp-2x2, mode: ddp, nodes: 2, gpus: 2, batch_size: 2}
     """, steps=300, warmup_steps=10)
     assert hpml("submit", str(exp), "--site", str(slurm_site)).returncode == 0
     job = ledger(folder)["ddp-2x2"]["job_id"]

@@ -25,7 +25,7 @@ def launch_like_srun(args: list[str], job_id: int) -> list[subprocess.Popen]:
 
 
 def arguments(token_data) -> list[str]:
-    return ["--test", "--mode", "baseline", "--precision", "fp32", "--batch-size", "2", "--steps", str(STEPS),
+    return ["--test", "--mode", "ddp", "--precision", "fp32", "--batch-size", "2", "--steps", str(STEPS),
             "--max-samples", str(4 * STEPS), "--warmup-steps", "1", "--data", str(token_data)]
 
 

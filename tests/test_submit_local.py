@@ -19,7 +19,7 @@ def study(tmp_path, token_data):
         defaults: {{model: tiny, seq_len: 64, steps: 4, warmup_steps: 1, precision: fp32}}
         runs:
           - {{name: single, mode: single, gpus: 1, batch_size: 4}}
-          - {{name: ddp-2, mode: baseline, gpus: 2, batch_size: 2}}
+          - {{name: ddp-2, mode: ddp, gpus: 2, batch_size: 2}}
     """))
     site = tmp_path / "site.yaml"
     site.write_text(f"name: here\nscheduler: local\nproject_dir: .\nresults_root: {tmp_path / 'results'}\n"
@@ -37,6 +37,13 @@ def test_submit_runs_what_has_not_completed_and_only_that(study, capsys):
     assert {name: entry["state"] for name, entry in ledger(folder).items()} == {"single": "COMPLETED", "ddp-2": "COMPLETED"}
     assert sorted(rank_files(folder / "ddp-2")) == [0, 1] and sorted(rank_files(folder / "single")) == [0]
     assert "results: " in capsys.readouterr().out
+    # Each run trained on its run spec: the file hpml wrote is what every rank recorded, with the
+    # run id the engine takes from the run folder's name.
+    for run in ("single", "ddp-2"):
+        spec = folder / run / "run.json"
+        for record in rank_files(folder / run).values():
+            assert record["config_source"] == {"file": str(spec), "overrides": []}
+            assert record["config"] == {**json.loads(spec.read_text())["config"], "run_id": run}
 
     assert main(["status", str(exp), "--site", str(site)]) == 0
     table = capsys.readouterr().out

@@ -67,7 +67,8 @@ def test_ddp_losses_equal_the_single_process_run(single_run, ddp_run):
     assert sorted(files) == [0, 1]
     for rank, record in files.items():
         assert record["status"] == "completed" and record["rank"] == rank and record["dp_rank"] == rank
-        assert (record["mode"], record["world_size"], record["dp_size"], record["global_batch"]) == ("baseline", 2, 2, 4)
+        # launched with the seed's --mode baseline: recorded under its name, ddp
+        assert (record["mode"], record["world_size"], record["dp_size"], record["global_batch"]) == ("ddp", 2, 2, 4)
         assert record["launcher"] == "torchrun"
     single = losses(single_run)
     for rank in (0, 1):
@@ -86,6 +87,24 @@ def test_ddp_counts_each_token_once(ddp_run):
         own = record["throughput"]
         assert own["rank_tokens_per_s"] == pytest.approx(2 * 64 / own["step_time_median_s"])
         assert own["run_step_time_median_s"] == max(r["throughput"]["step_time_median_s"] for r in files.values())
+
+
+def test_a_run_spec_trains_what_it_says_and_the_rank_file_names_the_overrides(tmp_path, token_data, single_run):
+    """The job's way in: --config <run>/run.json. The single run's own recorded config, written
+    as a run spec, trains the same losses; a flag next to it wins and is recorded."""
+    from hpml_core.spec.config import TrainConfig, write_run_spec
+
+    recorded = TrainConfig.model_validate(rank_files(single_run)[0]["config"])
+    spec = tmp_path / "run.json"
+    write_run_spec(spec, recorded.model_copy(update={"out": tmp_path / "spec", "run_id": None}))
+    engine(["--config", str(spec)])
+    record = rank_files(tmp_path / "spec")[0]
+    assert record["config_source"] == {"file": str(spec), "overrides": []}
+    assert losses(tmp_path / "spec") == losses(single_run)
+    engine(["--config", str(spec), "--out", str(tmp_path / "longer"), "--steps", "9"])
+    record = rank_files(tmp_path / "longer")[0]
+    assert record["config_source"]["overrides"] == ["--out", "--steps"]
+    assert record["config"]["steps"] == 9 and losses(tmp_path / "longer")[:8] == pytest.approx(losses(single_run))
 
 
 def test_activation_checkpointing_does_not_change_the_training(tmp_path, token_data, single_run):

@@ -21,9 +21,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from hpml_core.bench import common_arguments
 from hpml_core.spec import rank_file
 from hpml_core.spec.atomic import atomic_write_json
-from hpml_core.bench import common_arguments
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -21,17 +21,17 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from hpml_core.bench import common_arguments
 from hpml_core.spec import rank_file
 from hpml_core.spec.atomic import atomic_write_json
-from hpml_core.bench import common_arguments
 
 GIB = 1024**3
 # name, engine flags, processes, the original study's reported peak memory per GPU (GB)
 LAYOUTS = (
     ("single", ["--mode", "single"], 1, 21.0),
-    ("ddp-4", ["--mode", "baseline"], 4, 21.0),
-    ("zero3-4", ["--mode", "hybrid"], 4, 20.0),
-    ("dp2xtp2-zero3", ["--mode", "hybrid", "--tp-size", "2"], 4, 6.0),
+    ("ddp-4", ["--mode", "ddp"], 4, 21.0),
+    ("zero3-4", ["--mode", "zero3"], 4, 20.0),
+    ("dp2xtp2-zero3", ["--mode", "zero3", "--tp-size", "2"], 4, 6.0),
 )
 
 

@@ -20,14 +20,15 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from hpml_core.spec.atomic import atomic_write_json
 from hpml_core.batches import TokenBatches, TokenData
 from hpml_core.bench import common_arguments
-from hpml_core.spec.flops import FORMULA, lookup_peak, palm_flops_per_token
 from hpml_core.memory import peak_memory
-from hpml_core.model import PRESETS
-from hpml_core.spec.rank_file import Memory
 from hpml_core.rank_result import cpu_name
+from hpml_core.spec.atomic import atomic_write_json
+from hpml_core.spec.flops import FORMULA, lookup_peak, palm_flops_per_token
+from hpml_core.spec.layout import Layout
+from hpml_core.spec.models import PRESETS
+from hpml_core.spec.rank_file import Memory
 
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-    batches = TokenBatches(data, args.seq_len, args.batch_size, dp_size=1, dp_rank=0, seed=args.seed)
+    batches = TokenBatches(data, args.seq_len, args.batch_size, layout=Layout(1, 1), dp_rank=0, seed=args.seed)
     dtype = AUTOCAST[args.precision]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -31,7 +31,6 @@ from hpml_core.spec.models import PRESETS
 
 MODES = ("single", "ddp", "zero3")
 MODE_ALIASES = {"baseline": "ddp", "hybrid": "zero3"}
-MODE_WORDS = {"single": "one process", "ddp": "PyTorch DDP", "zero3": "DeepSpeed ZeRO-3"}
 RUN_SPEC_FILE = "run.json"
 RUN_SPEC_VERSION = 1
 
@@ -125,10 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", type=Path, help=f"a run spec ({RUN_SPEC_FILE}, written by hpml render/submit); "
                                                "flags given with it override its values")
-    p.add_argument("--mode", choices=[*MODES, *MODE_ALIASES],
+    # Choices are left to TrainConfig, so a wrong value is refused in the same words as a run
+    # spec's or an experiment file's (hpml plan); the metavar shows what is allowed.
+    p.add_argument("--mode", metavar="{" + ",".join(MODES) + "}",
                    help="single process, ddp (PyTorch DDP) or zero3 (DeepSpeed ZeRO-3); baseline and hybrid are "
                         "the seed study's names for ddp and zero3")
-    p.add_argument("--model", choices=list(PRESETS))
+    p.add_argument("--model", metavar="{" + ",".join(PRESETS) + "}")
     p.add_argument("--tp-size", type=int, help="tensor-parallel ranks per model replica")
     p.add_argument("--batch-size", type=int, help="samples per data-parallel rank per micro-step")
     p.add_argument("--grad-accum", type=int, help="micro-steps accumulated per optimizer step; global batch = batch x DP x this (1)")
@@ -136,11 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="optimizer steps including warm-up (default: as many as --max-samples allows, else one epoch)")
     p.add_argument("--warmup-steps", type=int, help="first steps of this process that are run but not timed")
     p.add_argument("--max-samples", type=int, help="cap on the samples seen, over all ranks")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="fp16 uses loss scaling")
+    p.add_argument("--precision", metavar="{fp32,fp16,bf16}", help="fp16 uses loss scaling")
     p.add_argument("--grad-ckpt", action="store_true", default=None, help="activation checkpointing of every block")
-    p.add_argument("--attn", choices=["sdpa", "eager"])
+    p.add_argument("--attn", metavar="{sdpa,eager}")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument("--optimizer", choices=["adamw", "sgd"])
+    p.add_argument("--optimizer", metavar="{adamw,sgd}")
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--grad-clip", type=float)
@@ -156,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zero-stage", type=int, help="ZeRO stage of --mode zero3 (allowed: 3, the default)")
     p.add_argument("--zero-persistence-threshold", type=int,
                    help="ZeRO-3 keeps parameters smaller than this whole on every rank (DeepSpeed's 100000; 0 with --test)")
-    p.add_argument("--dist-backend", choices=["nccl", "gloo"],
+    p.add_argument("--dist-backend", metavar="{nccl,gloo}",
                    help="collectives backend (default: nccl on GPUs, gloo on CPUs); gloo lets ranks share one GPU")
     p.add_argument("--test", action="store_true", default=None, help="tiny model, short sequences, a few steps")
     # The deepspeed launcher appends --local_rank=N; the rank is read from the environment instead.

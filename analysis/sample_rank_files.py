@@ -1,5 +1,7 @@
-"""Rank files for the report's tests, built from the rank-file schema (hpml_core.spec.rank_file) with
-chosen numbers, so that every figure of the report can be computed by hand.
+"""Schema-built rank files with chosen numbers, for the report's tests (tests/test_report.py) and
+``make bench-report``: built from the rank-file schema (hpml_core.spec.rank_file), so they are the
+files the engine writes, with numbers from which every figure of the report can be computed by
+hand. Part of the package, not of the tests, because the benchmark runs from an install.
 
 The per-rank throughput fields that the report must *not* use (each rank's own tokens/s, the
 engine's precomputed run figures) hold decoy values: a report that summed ranks' figures, or

@@ -1,0 +1,145 @@
+"""One optimizer step, for each of the two ways hpml trains a model, behind one interface, so
+the training loop (``hpml_core.train``) never asks which backend it runs:
+
+- ``TorchStepper``: plain PyTorch (one process, DDP, tensor parallelism, DP×TP with DDP over
+  the DP group). Weights stay fp32 under autocast; fp16 adds a GradScaler; accumulation skips
+  DDP's all-reduce until the last micro-step; clipping knows the TP shards.
+- ``DeepSpeedStepper``: DeepSpeed's ZeRO-3 engine, which casts the model to bf16/fp16 itself,
+  keeps fp32 master weights, scales the loss for accumulation, clips and updates.
+
+Each also knows how to checkpoint its state, restore it, gather the whole model for export,
+and measure the model state it holds (while the gradients still exist).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+from hpml_core import checkpoint, model_state_memory, tensor_parallel
+from hpml_core.mesh import Mesh
+from hpml_core.model import GPT
+from hpml_core.spec.atomic import atomic_write
+from hpml_core.spec.config import TrainConfig
+from hpml_core.spec.errors import UsageError
+
+AUTOCAST_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+MicroBatches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Weight decay on matrices only (not biases, LayerNorms), as in GPT-2 and nanoGPT."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+
+
+class TorchStepper:
+    def __init__(self, model: GPT, trained: nn.Module, loss_fn: LossFn, config: TrainConfig, mesh: Mesh,
+                 device: torch.device):
+        self.model = model  # the plain (TP-sharded) module: saved, counted, exported
+        self.trained = trained  # what the step calls: compiled and/or DDP-wrapped
+        self.loss_fn, self.config, self.mesh = loss_fn, config, mesh
+        self.optimizer = build_optimizer(model, config, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        dtype = AUTOCAST_DTYPES[config.precision]
+        self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+        self.model_state: dict | None = None
+
+    def step(self, micro_batches: MicroBatches, measure: bool = False) -> torch.Tensor:
+        """One optimizer step over the accumulation's micro-batches; returns their mean loss."""
+        accum, losses = self.config.grad_accum, []
+        for micro, (x, y) in enumerate(micro_batches):
+            with self._gradient_sync(last_micro_step=micro == accum - 1):
+                with self.autocast:
+                    loss = self.loss_fn(self.trained(x), y)
+                self.scaler.scale(loss / accum).backward()
+            losses.append(loss.detach())
+        if self.config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            self._clip_gradients()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if measure:  # while the gradients still exist
+            self.model_state = model_state_memory.measure_torch(self.model, self.optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+        return torch.stack(losses).mean()
+
+    def _gradient_sync(self, last_micro_step: bool):
+        """DDP all-reduces gradients on the last micro-step of an accumulation only."""
+        if last_micro_step or not isinstance(self.trained, DistributedDataParallel):
+            return nullcontext()
+        return self.trained.no_sync()
+
+    def _clip_gradients(self) -> None:
+        params = list(self.model.parameters())
+        if self.mesh.tp_size > 1:
+            tensor_parallel.clip_grad_norm_(params, self.config.grad_clip, self.mesh.tp_group)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+
+    def save_state(self, folder: Path, tag: str) -> None:
+        """Collective. The first data-parallel replica writes one file per TP rank (the others hold the same)."""
+        if self.mesh.dp_rank == 0:
+            state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scaler": self.scaler.state_dict()}
+            atomic_write(folder / tag / f"state-tp{self.mesh.tp_rank}.pt", lambda f: torch.save(state, f))
+
+    def restore(self, resume: checkpoint.Resume) -> int:
+        self.model.load_state_dict(resume.state["model"])
+        self.optimizer.load_state_dict(resume.state["optimizer"])
+        self.scaler.load_state_dict(resume.state["scaler"])
+        return resume.step
+
+    def gathered(self):
+        """Every parameter is already whole on its rank (or its TP shard)."""
+        return nullcontext()
+
+
+class DeepSpeedStepper:
+    def __init__(self, model: GPT, engine, loss_fn: LossFn):
+        self.model = model  # the plain module inside the engine; its parameters are ZeRO-3 partitions
+        self.engine, self.loss_fn = engine, loss_fn
+        self.model_state: dict | None = None
+
+    def step(self, micro_batches: MicroBatches, measure: bool = False) -> torch.Tensor:
+        """DeepSpeed scales for accumulation itself, and clips and updates at the last micro-step."""
+        losses = []
+        for x, y in micro_batches:
+            loss = self.loss_fn(self.engine(x), y)
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(loss.detach())
+        if measure:
+            self.model_state = model_state_memory.measure_zero3(self.engine)
+        return torch.stack(losses).mean()
+
+    def save_state(self, folder: Path, tag: str) -> None:
+        """Collective: every rank writes its own partition, in DeepSpeed's format."""
+        self.engine.save_checkpoint(str(folder), tag=tag)
+
+    def restore(self, resume: checkpoint.Resume) -> int:
+        path, _ = self.engine.load_checkpoint(str(resume.folder), tag=resume.tag)
+        if path is None:
+            raise UsageError("--resume", f"DeepSpeed found no checkpoint {resume.tag} in {resume.folder}")
+        return resume.step
+
+    def gathered(self):
+        """Parameters gathered whole from their partitions for the duration of the block."""
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self.model.parameters()))
+
+
+Stepper = TorchStepper | DeepSpeedStepper
