@@ -10,15 +10,16 @@ DEMO_DATA := results/data/wikitext-2
 EXP ?= tiny_study
 SITE ?= local
 
-.PHONY: venv data demo submit-all status cancel report bench bench-memory bench-report test schema slurm-up slurm-down
+.PHONY: venv data demo submit-all status cancel report bench bench-memory bench-report bench-cli test schema slurm-up slurm-down
 
+# The venv holds everything: the login side (pip install hpml), the engine and the tests.
 # torch==2.13.0 goes in first: on a machine without a GPU it is the CPU build on this disk, and
 # everything installed after it (deepspeed, transformers) is satisfied by it.
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	DS_BUILD_OPS=0 $(PY) -m pip install --quiet -e '.[dev]'
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet -e '.[engine,dev]'
 	touch $@
 
 # Real English text for the demo: WikiText-2 from ../shared, with a BPE tokenizer trained on it
@@ -68,12 +69,18 @@ bench-memory: venv
 bench-report: venv
 	$(PY) -m analysis.bench_report
 
+# How long hpml --help, plan, status and report take on the demo's results, each a fresh process
+# of $(HPML) (median of 5; target: plan and status under 0.5 s on this machine).
+bench-cli: demo
+	$(PY) -m jobs.bench_cli --hpml $(HPML)
+
 test: venv
 	$(PY) -m pytest -q
 
-# Regenerate the JSON Schema of the rank files after changing hpml_core/rank_file.py.
+# Regenerate the JSON Schema of the rank files (hpml_core/spec/schemas/) after changing
+# hpml_core/spec/rank_file.py.
 schema: venv
-	$(PY) -m hpml_core.rank_file
+	$(PY) -m hpml_core.spec.rank_file
 
 # A real Slurm on this machine (root, Debian): NODES=2 make slurm-up emulates two nodes;
 # then make submit-all SITE=local-slurm.

@@ -1,44 +1,80 @@
-"""The ``hpml`` command: one entry point, each subcommand owned by the module that does the work."""
+"""The ``hpml`` command: one entry point, each subcommand owned by the module that does the work.
+
+Importing this module imports nothing heavy: each command imports its own module when called, so
+the login-side commands never load torch, and an install without an extra says which one a
+command needs instead of printing a traceback.
+"""
 
 from __future__ import annotations
 
 import sys
 
+from hpml_core.spec.errors import EXIT_USAGE
+
 USAGE = """usage: hpml COMMAND [ARGS...]
 
-commands:
-  train   train GPT-2 and write one result file per rank (python -m hpml_core.train)
-  data    prepare a token file from a corpus (python -m hpml_core.data)
-  plan    expand and validate an experiment file, and print its runs (python -m jobs.cli plan)
-  render  write an experiment's job scripts for a site profile (python -m jobs.cli render)
-  submit  submit (or, with --site local, run) an experiment's runs that have not completed (python -m jobs.cli submit)
-  status  the state and progress of an experiment's runs (python -m jobs.cli status)
-  cancel  cancel an experiment's pending and running Slurm jobs (python -m jobs.cli cancel)
-  report  tables, figures and a page from an experiment's rank files (python -m analysis.report)
+on a login node or a laptop (pip install hpml):
+  plan    expand and validate an experiment file, and print its runs
+  render  write an experiment's job scripts for a site profile
+  submit  submit an experiment's runs that have not completed (with --site local, run them
+          here: that needs the engine too)
+  status  the state and progress of an experiment's runs
+  cancel  cancel an experiment's pending and running Slurm jobs
+  report  tables, figures and a page from an experiment's rank files
 
-`hpml COMMAND --help` describes each."""
+preparing data, once, on a login node (pip install 'hpml[data]'):
+  data    prepare a token file from a corpus (python -m hpml_core.data)
+
+in a job (pip install 'hpml[engine]'):
+  train   train GPT-2 and write one result file per rank: --mode single (one process), ddp
+          (PyTorch DDP) or zero3 (DeepSpeed ZeRO-3), --tp-size T (python -m hpml_core.train)
+
+plan, render, submit, status and cancel are also `python -m jobs.cli COMMAND`, report is
+`python -m analysis.report`. `hpml COMMAND --help` describes each."""
+
+# The commands that need an extra: the extra, and the top-level modules whose absence means it is
+# missing (an ImportError of anything else is a real error and keeps its traceback).
+EXTRAS = {
+    "train": ("engine", "the engine", {"torch", "transformers", "deepspeed", "tokenizers", "datasets"}),
+    "data": ("data", "tokenizers and datasets", {"tokenizers", "datasets"}),
+}
+
+
+def _run_with_extra(command: str, rest: list[str]) -> int:
+    """Run ``hpml train`` or ``hpml data``; one line and status 2 if its extra is not installed."""
+    extra, what, modules = EXTRAS[command]
+    try:
+        if command == "train":
+            from hpml_core.train import main as run
+        else:
+            from hpml_core.data import main as run
+        return run(rest)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in modules:
+            raise
+        print(f"hpml {command}: error: needs {what}: pip install 'hpml[{extra}]'", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
-        return 0 if argv else 2
+        return 0 if argv else EXIT_USAGE
     command, rest = argv[0], argv[1:]
-    if command == "train":
-        from hpml_core.train import main as run
-    elif command == "data":
-        from hpml_core.data import main as run
-    elif command == "report":
-        from analysis.report import main as run
-    elif command in ("plan", "render", "submit", "status", "cancel"):
+    if command in EXTRAS:
+        return _run_with_extra(command, rest)
+    if command == "report":
+        from analysis.report import main as report
+
+        return report(rest)
+    if command in ("plan", "render", "submit", "status", "cancel"):
         from jobs.cli import main as jobs_main
 
         return jobs_main(argv)
-    else:
-        print(f"hpml: error: unknown command {command!r} (allowed: train, data, plan, render, submit, status, cancel, report)", file=sys.stderr)
-        return 2
-    return run(rest)
+    print(f"hpml: error: unknown command {command!r} (allowed: train, data, plan, render, submit, status, cancel, report)",
+          file=sys.stderr)
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

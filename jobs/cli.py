@@ -16,7 +16,7 @@ from rich.table import Table
 
 from hpml_core.spec.errors import EXIT_USAGE, UsageError
 from hpml_core.spec.models import GPT2_VOCAB
-from jobs import cancel, experiment, render, site, slurm, status, submit
+from jobs import experiment, render, site
 
 
 def plan_table(exp: experiment.Experiment) -> Table:
@@ -82,11 +82,18 @@ def run_command(args: argparse.Namespace) -> int:
         paths = render.render(exp, profile, args.results)
         print(f"wrote {len(paths)} job scripts under {args.results / exp.name}/")
         return 0
-    if args.command == "submit":
-        return submit.submit(exp, profile, args.only_failed, args.force, args.dry_run)
-    if args.command == "cancel":
-        return cancel.cancel(exp, profile, args.runs)
-    return status.show(exp, profile.experiment_folder(exp.name), args.watch)
+    # Only the commands that talk to Slurm load its side (submitit), so plan and render stay quick.
+    from jobs import cancel, slurm, status, submit
+
+    try:
+        if args.command == "submit":
+            return submit.submit(exp, profile, args.only_failed, args.force, args.dry_run)
+        if args.command == "cancel":
+            return cancel.cancel(exp, profile, args.runs)
+        return status.show(exp, profile.experiment_folder(exp.name), args.watch)
+    except slurm.SlurmError as exc:
+        print(f"hpml {args.command}: Slurm: {exc}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,9 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"hpml {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except slurm.SlurmError as exc:
-        print(f"hpml {args.command}: Slurm: {exc}", file=sys.stderr)
-        return 1
 
 
 if __name__ == "__main__":

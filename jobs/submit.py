@@ -18,6 +18,7 @@ run's spec (``render.run_config``) is written into its folder before the run is 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -68,6 +69,9 @@ def _claim(folder: Path, run: Run, entries: dict, **fields) -> int | None:
 
 
 def submit(experiment: Experiment, site: Site, only_failed: bool, force: bool, dry_run: bool) -> int:
+    if site.scheduler == "local" and importlib.util.find_spec("torch") is None:  # a login-side install
+        raise UsageError("--site", f"{site.name} runs the engine on this machine, which needs it installed: "
+                         "pip install 'hpml[engine]' (or submit to a Slurm site)")
     folder = site.experiment_folder(experiment.name)
     data = site.dataset_folder(experiment.dataset)
     if not DataMeta.exists(data):
