@@ -6,7 +6,7 @@ flag, then why). So a study that plans cleanly launches cleanly; what only the j
 ``resolve`` also derives what follows from a valid run: the model's dimensions with the data's
 real vocabulary, the rank layout, the global batch and the number of optimizer steps. Before
 the data is prepared, a plan passes ``data=None``: GPT-2's vocabulary is assumed and the data's
-size is not checked (``Resolved.data_checked`` says so).
+size is not checked (``hpml plan`` says so).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ class Resolved:
     layout: Layout
     global_batch: int
     total_steps: int | None  # None: one epoch of data whose size is not known yet
-    data_checked: bool
 
 
 def resolve_steps(config: TrainConfig, global_batch: int, steps_per_epoch: int | None) -> int | None:
@@ -65,4 +64,4 @@ def resolve(config: TrainConfig, world_size: int, ranks_per_node: int, data: Dat
             raise UsageError("--batch-size", f"the global batch {global_batch} exceeds the {samples} samples of "
                              f"{data.path} at --seq-len {config.seq_len}")
     total_steps = resolve_steps(config, global_batch, steps_per_epoch)
-    return Resolved(config, dims, layout, global_batch, total_steps, data_checked=data is not None)
+    return Resolved(config, dims, layout, global_batch, total_steps)

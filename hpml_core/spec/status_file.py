@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 from hpml_core.spec.atomic import atomic_write_json
 
@@ -19,7 +19,6 @@ STATUS_FILE = "status.json"
 # How a process ended: completed; failed; oom (out of memory); stopped (by a signal, after a
 # checkpoint: resume with --resume).
 Outcome = Literal["completed", "failed", "oom", "stopped"]
-OUTCOMES = get_args(Outcome)
 ACTIVE_STATES = ("starting", "running")
 
 
