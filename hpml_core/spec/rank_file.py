@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from hpml_core.spec.atomic import atomic_write, atomic_write_json
+from hpml_core.spec.attempts import rank_file_path
 from hpml_core.spec.config import ConfigSource, Mode, TrainConfig
 from hpml_core.spec.status_file import Outcome
 
@@ -122,6 +123,8 @@ class Loss(_Strict):
 class RankFile(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     run_id: str
+    attempt: int = Field(1, ge=1, description="which attempt of the run wrote it: <run>/attempts/<attempt>/ "
+                                              "(hpml_core.spec.attempts)")
     status: Outcome = Field(
         description="stopped: a signal (time limit near, preemption) stopped it after a checkpoint; resume with --resume")
     error: str | None = Field(description="what went wrong, or what stopped it, when status is not completed")
@@ -150,19 +153,18 @@ class RankFile(_Strict):
     started_at: str
     finished_at: str
     wall_time_s: float
-    throughput: Throughput | None = Field(description="null unless the run completed its timed steps")
+    throughput: Throughput | None = Field(description="null unless this attempt completed timed steps")
+    throughput_missing_reason: str | None = Field(None, description="why throughput is null when the attempt "
+                                                  "completed (e.g. every step it had left was warm-up)")
     flops: Flops | None
     memory: Memory
     model_state: ModelState | None = Field(description="null unless the run completed")
     loss: Loss
 
 
-def rank_file_path(out: Path, rank: int) -> Path:
-    return out / f"rank-{rank}.json"
-
-
-def write(out: Path, record: RankFile) -> Path:
-    path = rank_file_path(out, record.rank)
+def write(run_dir: Path, record: RankFile) -> Path:
+    """Into the record's attempt folder: <run>/attempts/<attempt>/rank-<rank>.json."""
+    path = rank_file_path(run_dir, record.attempt, record.rank)
     atomic_write_json(path, record.model_dump(mode="json"))
     return path
 
