@@ -13,8 +13,11 @@ Each stepper (``hpml_core.stepper``) writes and restores its own state; this mod
 folder layout, the fingerprint and the moment a checkpoint becomes the latest.
 
 The data order is a function of (seed, step), so the step number is all the loader needs to
-continue where it stopped. A checkpoint is refused, before training starts, when it was made
-by a run that would read other batches or hold another model layout.
+continue where it stopped. A checkpoint records the run's fingerprint: every setting that
+changes the trajectory (the data, the model, the layout, the batch, the sequence length, the
+seed, the precision, the optimizer and its hyperparameters, clipping). A run whose fingerprint
+differs is refused before training starts, in one line naming the flag, instead of silently
+continuing another run's training.
 """
 
 from __future__ import annotations
@@ -28,15 +31,21 @@ import torch
 import torch.distributed as dist
 
 from hpml_core.spec.atomic import atomic_write_json
-from hpml_core.spec.config import TrainConfig
+from hpml_core.spec.config import TrainConfig, flag
+from hpml_core.spec.data_meta import DataMeta
 from hpml_core.spec.errors import UsageError
 
 LATEST = "latest.json"
-MUST_MATCH = ("mode", "model", "seq_len", "batch_size", "grad_accum", "tp_size", "seed", "precision", "optimizer")
+# The config fields that change the trajectory, in the order a mismatch is reported; the data's
+# identity and the data-parallel size (which the world size sets) are added by ``fingerprint``.
+MUST_MATCH = ("model", "mode", "tp_size", "batch_size", "grad_accum", "seq_len", "seed", "precision", "optimizer",
+              "lr", "weight_decay", "grad_clip")
 
 
-def fingerprint(config: TrainConfig, dp_size: int) -> dict:
-    return {**{k: getattr(config, k) for k in MUST_MATCH}, "dp_size": dp_size}
+def fingerprint(config: TrainConfig, dp_size: int, data: DataMeta) -> dict:
+    """What a checkpoint must have been made with for this run to continue it (JSON-ready)."""
+    settings = {k: getattr(config, k) for k in MUST_MATCH}
+    return {"data": data.identity, **settings, "dp_size": dp_size}
 
 
 def _tag(step: int) -> str:
@@ -81,7 +90,33 @@ def find(folder: Path, expected: dict, tp_rank: int, zero3: bool) -> Resume | No
     except Exception as exc:
         raise UsageError("--resume", f"checkpoint in {folder} is unreadable ({type(exc).__name__}: {exc})") from None
     for key, value in expected.items():
-        if made_by.get(key) != value:
-            flag = "--" + key.replace("_", "-") if key != "dp_size" else "world size"
-            raise UsageError(flag, f"the checkpoint at step {step} was made with {made_by.get(key)!r}, this run has {value!r}")
+        if key not in made_by:
+            raise UsageError(_flag(key), f"the checkpoint at step {step} does not record it (made by an "
+                             "older hpml), so it cannot be checked; train from step 0 without --resume")
+        if made_by[key] != value:
+            raise UsageError(_flag(key), mismatch(key, step, made_by[key], value))
     return Resume(folder, step, tag, state)
+
+
+def _flag(key: str) -> str:
+    return "world size" if key == "dp_size" else flag(key)
+
+
+def mismatch(key: str, step: int, made_with, this_run) -> str:
+    """Why a checkpoint cannot be continued by this run, in words a user can act on."""
+    if key == "data":
+        return (f"the checkpoint at step {step} was made from other data ({describe_data(made_with)}; "
+                f"this run's: {describe_data(this_run)})")
+    if key == "dp_size":
+        return (f"the checkpoint at step {step} was made with {made_with} data-parallel replicas, "
+                f"this run has {this_run}")
+    return f"the checkpoint at step {step} was made with {made_with}, this run has {this_run}"
+
+
+def describe_data(identity: dict) -> str:
+    """A prepared data folder's identity in a few words: its size, vocabulary and origin."""
+    source = identity.get("source") or {}
+    origin = source.get("hub") or ", ".join(Path(f).name for f in source.get("files") or []) or "unknown source"
+    tokenizer = (identity.get("tokenizer") or {}).get("source", "unknown")
+    return (f"{identity.get('num_tokens', 0):,} tokens, vocabulary {identity.get('vocab_size')}, {tokenizer} "
+            f"tokenizer, from {origin}")

@@ -45,6 +45,9 @@ def _run_with_extra(command: str, rest: list[str]) -> int:
     extra, what, modules = EXTRAS[command]
     try:
         if command == "train":
+            from hpml_core import stopping
+
+            stopping.install()  # before the engine's seconds of imports: a stop signal then is not fatal
             from hpml_core.train import main as run
         else:
             from hpml_core.data import main as run

@@ -41,8 +41,9 @@ def apply_activation_checkpointing(model: GPT) -> None:
         block.forward = partial(checkpoint, block.forward, use_reentrant=False)
 
 
-def parallelize(model: GPT, mesh: Mesh, config: TrainConfig, device: torch.device, out: Path) -> Stepper:
-    """Apply the passes to ``model`` (in place) and return what steps it."""
+def parallelize(model: GPT, mesh: Mesh, config: TrainConfig, device: torch.device, record_dir: Path) -> Stepper:
+    """Apply the passes to ``model`` (in place) and return what steps it; ZeRO-3 records its
+    DeepSpeed configuration in ``record_dir`` (the attempt's folder)."""
     loss_fn = next_token_loss
     if mesh.tp_size > 1:
         loss_fn = tensor_parallel.apply_tensor_parallel(model, mesh)
@@ -50,7 +51,7 @@ def parallelize(model: GPT, mesh: Mesh, config: TrainConfig, device: torch.devic
         apply_activation_checkpointing(model)
     if config.mode == "zero3":
         optimizer = build_optimizer(model, config, device)
-        return DeepSpeedStepper(model, zero.initialize(model, optimizer, config, mesh, out), loss_fn)
+        return DeepSpeedStepper(model, zero.initialize(model, optimizer, config, mesh, record_dir), loss_fn)
     trained: nn.Module = torch.compile(model) if config.compile else model
     if config.mode == "ddp" and mesh.dp_size > 1:  # gradients all-reduced over the DP group only
         trained = DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None,

@@ -118,7 +118,21 @@ def model_state_record(plan, measured: dict) -> rf.ModelState:
     return rf.ModelState(**measured, total_bytes=total, expected_bytes=expected, expectation=how)
 
 
-def build_rank_file(plan, measured: Measured, run_id: str, status: str, error: str | None,
+def throughput_missing_reason(plan, start_step: int, status: str, run_throughput: rf.Throughput | None) -> str | None:
+    """Why an attempt that completed has no throughput: it had no step left past its warm-up.
+    A resumed attempt trains whatever remains, so its run's figure comes from earlier attempts."""
+    if status != "completed" or run_throughput is not None:
+        return None
+    left, warmup = plan.total_steps - start_step, plan.config.warmup_steps
+    if not plan.resume_state:
+        return f"all {left} steps were warm-up (--warmup-steps {warmup})"
+    earlier = "this run's throughput is in its earlier attempts"
+    if left == 0:
+        return f"no step was left after resuming at step {start_step}; {earlier}"
+    return f"the {left} steps left after resuming at step {start_step} were all warm-up; {earlier}"
+
+
+def build_rank_file(plan, measured: Measured, run_id: str, attempt: int, status: str, error: str | None,
                     run_throughput: rf.Throughput | None, device: torch.device, device_name: str,
                     started_at: datetime, wall_time_s: float) -> rf.RankFile:
     """Collective when the run completed or stopped (the losses are averaged over ranks)."""
@@ -127,7 +141,7 @@ def build_rank_file(plan, measured: Measured, run_id: str, status: str, error: s
     losses = loss_values(measured.losses, ranks_alive=alive)
     start_step = measured.start_step
     return rf.RankFile(
-        run_id=run_id, status=status, error=error, config=config, config_source=plan.source,
+        run_id=run_id, attempt=attempt, status=status, error=error, config=config, config_source=plan.source,
         mode=config.mode, world_size=plan.env.world_size, dp_size=layout.dp_size, tp_size=layout.tp_size,
         rank=plan.env.rank, local_rank=plan.env.local_rank, dp_rank=plan.dp_rank, tp_rank=plan.tp_rank,
         launcher=plan.env.launcher, hostname=socket.gethostname(), device_type=device.type, device_name=device_name,
@@ -143,8 +157,10 @@ def build_rank_file(plan, measured: Measured, run_id: str, status: str, error: s
         started_at=started_at.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
         wall_time_s=wall_time_s,
         throughput=run_throughput,
+        throughput_missing_reason=throughput_missing_reason(plan, start_step, status, run_throughput),
         flops=flops_record(plan, device.type, device_name, run_throughput.run_tokens_per_s) if run_throughput else None,
         memory=rf.Memory(**peak_memory(device)),
-        model_state=model_state_record(plan, measured.model_state) if run_throughput and measured.model_state else None,
+        model_state=model_state_record(plan, measured.model_state)
+        if status == "completed" and measured.model_state else None,
         loss=rf.Loss(start_step=start_step, values=losses, averaged_over_dp=alive),
     )

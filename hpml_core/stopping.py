@@ -6,20 +6,26 @@ all-reduce of a flag over a CPU group, so the GPU is not synchronised) and, if a
 signalled, all of them save a checkpoint at that same step and stop with exit status 4
 (``EXIT_STOPPED``): the job script then requeues the job, whose ``--resume`` continues from
 the checkpoint with the same data order.
+
+The handler must be in place before anything slow happens: the default action of SIGUSR1 and
+SIGTERM is to kill the process, so a signal that arrives while torch is still being imported
+(seconds, on a cluster's shared file system) would otherwise end the job without a checkpoint
+or a rank file. ``python -m hpml_core.train`` therefore calls ``install()`` before its own
+imports, which is why this module imports nothing heavy: torch is imported in ``agreed()``,
+when it is loaded already.
 """
 
 from __future__ import annotations
 
 import signal
 
-import torch
-import torch.distributed as dist
-
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+_installed: StopRequest | None = None
 
 
 class StopRequest:
-    """Install it first thing, so that a signal during start-up is not fatal either."""
+    """Remembers that a stop signal arrived; one per process (see ``install``)."""
 
     def __init__(self):
         self.signal_name: str | None = None
@@ -32,6 +38,9 @@ class StopRequest:
 
     def agreed(self) -> bool:
         """Collective: True on every rank when any rank has been signalled."""
+        import torch
+        import torch.distributed as dist
+
         if not dist.is_initialized():
             return self.signal_name is not None
         if self._group is None:  # made at the first step boundary, at the same point on every rank
@@ -42,3 +51,13 @@ class StopRequest:
         if flag.item() and self.signal_name is None:
             self.signal_name = "another rank's stop signal"
         return bool(flag.item())
+
+
+def install() -> StopRequest:
+    """The process's stop request, installed on the first call: later calls (``train()`` after
+    the entry point installed it before the imports) get the same one, so a signal caught
+    during start-up is not forgotten by a second handler."""
+    global _installed
+    if _installed is None:
+        _installed = StopRequest()
+    return _installed

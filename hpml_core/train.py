@@ -6,14 +6,25 @@ line naming the flag and exit status 2 (``make_plan``, through the contract's ch
 build the model, parallelize it (``hpml_core.parallelize``: TP, checkpointing, compile, DDP or
 ZeRO-3, returning the stepper that trains it), restore a checkpoint, and run the loop below,
 which reads like nanoGPT's: get the batch, step, time it, log, checkpoint, stop when asked.
-Every rank writes ``rank-<k>.json`` into the run folder at the end, also when training failed
-(status "failed", exit 1), ran out of memory ("oom", exit 3) or was stopped by a signal after a
-checkpoint ("stopped", exit 4).
+
+Each launch that trains is one attempt of the run (``hpml_core.resuming``): every rank writes
+``<run>/attempts/<n>/rank-<k>.json`` at the end, also when training failed (status "failed",
+exit 1), ran out of memory ("oom", exit 3) or was stopped by a signal after a checkpoint
+("stopped", exit 4). A ``--resume`` of a run whose latest attempt completed does nothing and
+exits 0.
 """
 
 from __future__ import annotations
 
 import sys
+
+if __name__ == "__main__":
+    # The stop handler first, before the imports below spend seconds loading torch: a
+    # SIGUSR1 or SIGTERM during them must stop the run at its first step, not kill it.
+    from hpml_core import stopping
+
+    stopping.install()
+
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -22,13 +33,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from hpml_core import checkpoint, export, launch
+from hpml_core import checkpoint, export, launch, resuming, stopping
 from hpml_core.batches import TokenBatches, TokenData
 from hpml_core.mesh import Mesh, build_mesh
 from hpml_core.model import GPT
 from hpml_core.parallelize import parallelize
 from hpml_core.rank_result import Measured, build_rank_file, cpu_name, throughput
 from hpml_core.spec import rank_file as rf
+from hpml_core.spec.attempts import attempt_folder
 from hpml_core.spec.checks import resolve
 from hpml_core.spec.config import ConfigSource, TrainConfig, parse_args
 from hpml_core.spec.errors import EXIT_FAILED, EXIT_OOM, EXIT_STOPPED, EXIT_USAGE, UsageError
@@ -67,7 +79,8 @@ class Plan:
 
 def make_plan(argv: list[str] | None, env: launch.ProcessEnv) -> Plan:
     """The run this process is part of, or a ``UsageError``: the contract's checks (the same
-    ``hpml plan`` makes), then what only the job can know (a GPU for NCCL, a checkpoint)."""
+    ``hpml plan`` makes), then what only the job can know (a GPU for NCCL, a checkpoint).
+    Raises ``resuming.AlreadyCompleted`` when a ``--resume`` finds nothing left to train."""
     config, source = parse_args(argv)
     data = TokenData.open(config.data)
     run = resolve(config, env.world_size, env.local_world_size, data.meta)
@@ -78,19 +91,8 @@ def make_plan(argv: list[str] | None, env: launch.ProcessEnv) -> Plan:
     batches = TokenBatches(data, config.seq_len, config.batch_size, layout, dp_rank, config.seed, config.grad_accum)
     resume_state = None
     if config.resume:
-        if config.out is None:
-            raise UsageError("--resume", "needs --out, the run folder to resume in")
-        resume_state = checkpoint.find(checkpoint_dir(config, config.out), checkpoint.fingerprint(config, layout.dp_size),
-                                       tp_rank=tp_rank, zero3=config.mode == "zero3")
-        start = resume_state.step if resume_state else 0
-        if run.total_steps - start <= config.warmup_steps:
-            raise UsageError("--steps", f"{run.total_steps} leaves no timed step after resuming at step {start} "
-                             f"with {config.warmup_steps} warm-up steps")
+        resume_state = resuming.resume_point(config, run.total_steps, layout.dp_size, tp_rank, data.meta)
     return Plan(config, source, env, run.dims, layout, batches, run.total_steps, resume_state)
-
-
-def checkpoint_dir(config: TrainConfig, out: Path) -> Path:
-    return config.checkpoint_dir or out / "checkpoints"
 
 
 def run_identity(config: TrainConfig, env: launch.ProcessEnv) -> tuple[str, Path]:
@@ -117,18 +119,19 @@ def _log(plan: Plan, message: str) -> None:
         print(f"[hpml] {message}", flush=True)
 
 
-def build(plan: Plan, device: torch.device, mesh: Mesh, out: Path) -> Stepper:
+def build(plan: Plan, device: torch.device, mesh: Mesh, attempt_dir: Path) -> Stepper:
     """The full model, built from the run's seed on every rank (so a sharded run starts from
-    the single process's weights), then parallelized."""
+    the single process's weights), then parallelized (ZeRO-3's configuration is recorded in
+    the attempt's folder)."""
     torch.manual_seed(plan.config.seed)
     with device:
         model = GPT(plan.dims, attn=plan.config.attn)
-    return parallelize(model, mesh, plan.config, device, out)
+    return parallelize(model, mesh, plan.config, device, attempt_dir)
 
 
 def save_checkpoint(plan: Plan, stepper: Stepper, out: Path, step: int) -> None:
-    checkpoint.save(checkpoint_dir(plan.config, out), step, stepper, plan.env.rank,
-                    checkpoint.fingerprint(plan.config, plan.layout.dp_size))
+    checkpoint.save(resuming.checkpoint_dir(plan.config, out), step, stepper, plan.env.rank,
+                    checkpoint.fingerprint(plan.config, plan.layout.dp_size, plan.batches.data.meta))
 
 
 def train_steps(plan: Plan, stepper: Stepper, measured: Measured, device: torch.device, out: Path,
@@ -165,27 +168,27 @@ def train_steps(plan: Plan, stepper: Stepper, measured: Measured, device: torch.
     return True
 
 
-def train(plan: Plan) -> int:
+def train(plan: Plan, stop: StopRequest) -> int:
     started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
-    stop = StopRequest()
     device = launch.select_device(plan.env)
     if plan.config.mode != "single":
         launch.init_process_group(plan.env, device, plan.config.dist_backend)
     mesh = build_mesh(plan.layout, plan.env.rank)
     run_id, out = run_identity(plan.config, plan.env)
+    attempt = resuming.open_attempt(out, plan.env.rank)
     config = plan.config.model_copy(update={"run_id": run_id, "out": out, "steps": plan.total_steps})
     plan = replace(plan, config=config)
-    progress = Progress(out, plan.total_steps, enabled=plan.env.rank == 0)
+    progress = Progress(out, plan.total_steps, attempt, enabled=plan.env.rank == 0)
     progress.update("starting", plan.resume_state.step if plan.resume_state else 0)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    _log(plan, f"run {run_id}: {config.mode}, {config.model}, world {plan.env.world_size} (dp {plan.layout.dp_size} x "
-               f"tp {plan.layout.tp_size}), batch {config.batch_size}/rank, {plan.total_steps} steps, "
-               f"{config.precision}, on {device_name}")
+    _log(plan, f"run {run_id}, attempt {attempt}: {config.mode}, {config.model}, world {plan.env.world_size} "
+               f"(dp {plan.layout.dp_size} x tp {plan.layout.tp_size}), batch {config.batch_size}/rank, "
+               f"{plan.total_steps} steps, {config.precision}, on {device_name}")
 
     status, error, run_throughput = "completed", None, None
     measured = Measured(StepTimer(device))
     try:
-        stepper = build(plan, device, mesh, out)
+        stepper = build(plan, device, mesh, attempt_folder(out, attempt))
         if plan.resume_state:
             measured.start_step = stepper.restore(plan.resume_state)
         if not train_steps(plan, stepper, measured, device, out, stop, progress):
@@ -200,8 +203,8 @@ def train(plan: Plan) -> int:
             error = f"out of memory at batch size {config.batch_size} per rank: {error}"
         print(f"[hpml] rank {plan.env.rank}: {status}: {error}", file=sys.stderr, flush=True)
 
-    record = build_rank_file(plan, measured, run_id, status, error, run_throughput, device, device_name, started_at,
-                             time.perf_counter() - t0)
+    record = build_rank_file(plan, measured, run_id, attempt, status, error, run_throughput, device, device_name,
+                             started_at, time.perf_counter() - t0)
     path = rf.write(out, record)
     progress.update(status, record.steps_completed, error)
     if status == "stopped" and dist.is_initialized():
@@ -212,18 +215,26 @@ def train(plan: Plan) -> int:
         dist.destroy_process_group()
     if status != "completed":
         return {"oom": EXIT_OOM, "stopped": EXIT_STOPPED}.get(status, EXIT_FAILED)
-    if plan.env.rank == 0:
-        f = record.flops
-        mfu = f"{f.mfu:.1%}" if f.mfu is not None else f"n/a ({f.mfu_missing_reason})"
-        _log(plan, f"final loss {record.loss.values[-1]:.4f}; {run_throughput.run_tokens_per_s:,.0f} tokens/s, "
-                   f"{f.achieved_tflops_per_s:.3g} TFLOP/s per device, MFU {mfu}")
-        _log(plan, f"results: {path.parent}")
+    _log(plan, summary(record))
+    _log(plan, f"results: {path.parent}")
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
 
 
+def summary(record: rf.RankFile) -> str:
+    """The completed attempt's last line: final loss, throughput and MFU, or why they are missing."""
+    loss = f"final loss {record.loss.values[-1]:.4f}" if record.loss.values else "no step left to train"
+    if record.throughput is None:
+        return f"{loss}; no throughput: {record.throughput_missing_reason}"
+    f = record.flops
+    mfu = f"{f.mfu:.1%}" if f.mfu is not None else f"n/a ({f.mfu_missing_reason})"
+    return (f"{loss}; {record.throughput.run_tokens_per_s:,.0f} tokens/s, {f.achieved_tflops_per_s:.3g} TFLOP/s "
+            f"per device, MFU {mfu}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    stop = stopping.install()  # already there when run as a program; first thing when called in-process
     env = launch.detect()
     try:
         plan = make_plan(argv, env)
@@ -231,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         if env.rank == 0:
             print(f"hpml train: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return train(plan)
+    except resuming.AlreadyCompleted as done:
+        if env.rank == 0:
+            print(f"[hpml] {done}", flush=True)
+        return 0
+    return train(plan, stop)
 
 
 if __name__ == "__main__":

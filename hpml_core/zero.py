@@ -1,6 +1,7 @@
 """ZeRO-3 through DeepSpeed: the configuration, generated from the run's config and written next
-to the run (``<out>/deepspeed_config.json``) so what DeepSpeed was told is on record, and the
-engine around the plain (possibly tensor-parallel) model.
+to the attempt's rank files (``<run>/attempts/<n>/deepspeed_config.json``, each attempt its
+own) so what DeepSpeed was told is on record, and the engine around the plain (possibly
+tensor-parallel) model.
 
 The optimizer is torch's own AdamW (fused on CUDA) or SGD, handed to ``deepspeed.initialize``,
 so no DeepSpeed op has to be compiled. Precision follows DeepSpeed's own scheme: with bf16 or
@@ -52,14 +53,15 @@ def deepspeed_config(config: TrainConfig, mesh: Mesh) -> dict:
     }
 
 
-def initialize(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, mesh: Mesh, out: Path):
+def initialize(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, mesh: Mesh,
+               record_dir: Path):
     import deepspeed
 
     # DeepSpeed's collectives use names PyTorch has deprecated; one warning per call would drown the log.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     settings = deepspeed_config(config, mesh)
     if int(os.environ.get("RANK", 0)) == 0:
-        atomic_write_json(out / CONFIG_FILE, settings)
+        atomic_write_json(record_dir / CONFIG_FILE, settings)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, config=settings, mpu=DeepSpeedMPU(mesh) if mesh.tp_size > 1 else None,
     )

@@ -51,12 +51,22 @@ def engine(args: list[str], nproc: int = 1, env: dict | None = None, check: bool
     return proc
 
 
-def rank_files(out: Path) -> dict[int, dict]:
-    return {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json"))}
+def rank_files(out: Path, attempt: int | None = None) -> dict[int, dict]:
+    """The rank files of one attempt of the run in ``out`` (default: its latest), by rank."""
+    from hpml_core.spec import attempts
+
+    paths = attempts.latest_rank_files(out) if attempt is None else attempts.rank_files(out, attempt)
+    return {rank: json.loads(path.read_text()) for rank, path in paths.items()}
 
 
-def losses(out: Path, rank: int = 0) -> list[float]:
-    return rank_files(out)[rank]["loss"]["values"]
+def losses(out: Path, rank: int = 0, attempt: int | None = None) -> list[float]:
+    return rank_files(out, attempt)[rank]["loss"]["values"]
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every file under ``folder`` with its bytes, and every folder (None), to show that a
+    command created, changed and removed nothing there."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.conftest import engine
+from tests.conftest import engine, snapshot
 
 
 def refused(args, tmp_path, env=None):
@@ -66,11 +66,11 @@ def test_corrupt_checkpoint_is_refused_and_the_run_folder_is_left_alone(tmp_path
     engine([*args, "--checkpoint-every", "2", "--out", str(out)])
     state = next((out / "checkpoints").glob("step-*/state-tp0.pt"))
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # a write cut short
-    before = (out / "rank-0.json").read_bytes()
+    before = snapshot(out)
     proc = engine([*args, "--steps", "6", "--resume", "--out", str(out)], check=False)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "--resume" in proc.stderr and "unreadable" in proc.stderr
-    assert (out / "rank-0.json").read_bytes() == before
+    assert snapshot(out) == before  # no new attempt folder, nothing rewritten
 
 
 def test_checkpoint_from_another_configuration_is_refused(tmp_path, token_data):

@@ -36,11 +36,11 @@ def test_failure_is_recorded_in_the_rank_file(exc, status, code, tmp_path, token
     monkeypatch.setattr(GPT, "forward", failing_forward(exc, at_call=3))
     out = tmp_path / "run"
     assert train.main(["--test", "--data", str(token_data), "--out", str(out), "--batch-size", "5"]) == code
-    record = rank_file.read(out / "rank-0.json")
+    record = rank_file.read(out / "attempts" / "1" / "rank-0.json")
     assert record.status == status
     assert str(exc) in record.error
     if status == "oom":
         assert "batch size 5" in record.error
     assert record.steps_completed == 2 and len(record.loss.values) == 2 and not record.loss.averaged_over_dp
-    assert record.throughput is None and record.flops is None
-    assert not list(out.glob(".*.tmp"))
+    assert record.throughput is None and record.flops is None and record.throughput_missing_reason is None
+    assert not list(out.rglob(".*.tmp"))

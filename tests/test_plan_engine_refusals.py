@@ -41,6 +41,8 @@ CASES = [
     case("max-samples-too-small", {"batch_size": 8, "max_samples": 16}, "max_samples", "2 steps of 8"),
     case("global-batch-above-data", {"mode": "ddp", "batch_size": 100_000, "gpus": 2}, "batch_size",
          "global batch 200000 exceeds"),
+    # no --steps: one epoch of the 8,304 samples of 64 tokens at a global batch of 4,000 is 2 steps
+    case("epoch-not-above-warmup", {"steps": None, "batch_size": 4000}, "warmup_steps", "is 2 steps of 4000"),
     case("unknown-model", {"model": "gpt5"}, "model", "gpt5"),
     case("batch-size-zero", {"batch_size": 0}, "batch_size", "greater than or equal to 1"),
 ]
@@ -50,7 +52,7 @@ def engine_refusal(fields: dict, data: Path) -> tuple[str, str]:
     """(field, message) of the engine's refusal, launched as rank 0 of nodes x gpus ranks."""
     argv = ["--data", str(data)]
     for name, value in fields.items():
-        if name not in JOB:
+        if name not in JOB and value is not None:  # None: the flag is not given
             argv += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
     gpus, nodes = fields.get("gpus", 1), fields.get("nodes", 1)
     env = ProcessEnv(rank=0, local_rank=0, world_size=nodes * gpus, master_addr="127.0.0.1", master_port=29500,

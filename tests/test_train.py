@@ -35,9 +35,10 @@ def test_single_run_writes_a_schema_valid_rank_file(single_run):
     assert list(files) == [0]
     record = files[0]
     jsonschema.validate(record, json.loads(rank_file.SCHEMA_PATH.read_text()))
-    rank_file.read(single_run / "rank-0.json")  # the typed model accepts it too
+    rank_file.read(single_run / "attempts" / "1" / "rank-0.json")  # the typed model accepts it too
     assert record["status"] == "completed" and record["error"] is None
-    assert record["run_id"] == "run" and record["config"]["steps"] == 8
+    assert record["run_id"] == "run" and record["attempt"] == 1 and record["config"]["steps"] == 8
+    assert record["throughput_missing_reason"] is None
     assert (record["world_size"], record["dp_size"], record["tp_size"]) == (1, 1, 1)
     assert record["steps_completed"] == record["total_steps"] == 8 and len(record["loss"]["values"]) == 8
     assert record["versions"]["torch"] and record["versions"]["deepspeed"] == "0.19.8"

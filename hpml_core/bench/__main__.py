@@ -23,6 +23,7 @@ from rich.table import Table
 
 from hpml_core.bench import common_arguments
 from hpml_core.spec import rank_file
+from hpml_core.spec.attempts import latest_rank_files
 from hpml_core.spec.atomic import atomic_write_json
 
 
@@ -54,7 +55,9 @@ def nvidia_driver() -> str | None:
 
 
 def engine_result(run_dir: Path) -> dict:
-    record = rank_file.read(rank_file.rank_file_path(run_dir, 0))
+    """The engine's figures, from rank 0 of the run's latest attempt (an earlier bench's run in the
+    same folder is an earlier attempt)."""
+    record = rank_file.read(latest_rank_files(run_dir)[0])
     peak_bytes, metric = record.memory.peak()
     return {
         "variant": "hpml engine",

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from hpml_core.bench import common_arguments
 from hpml_core.spec import rank_file
+from hpml_core.spec.attempts import latest_rank_files
 from hpml_core.spec.atomic import atomic_write_json
 
 GIB = 1024**3
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[memory] {name}: {shlex.join(run)}", file=sys.stderr, flush=True)
         if subprocess.run(run).returncode != 0:
             raise SystemExit(f"[memory] {name} failed; its rank files are in {args.out / name}")
-        files = [rank_file.read(path) for path in sorted((args.out / name).glob("rank-*.json"))]
+        files = [rank_file.read(path) for _, path in sorted(latest_rank_files(args.out / name).items())]
         peaks = [f.memory.peak()[0] for f in files]
         rows.append({"layout": name, "command": shlex.join(run), "ranks": len(files), "device": files[0].device_name,
                      "memory_metric": files[0].memory.peak()[1],

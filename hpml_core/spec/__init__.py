@@ -6,7 +6,9 @@ nothing that needs torch, transformers or DeepSpeed.
 - ``layout``: the DP × TP rank grid and every rule derived from it (groups, global batch);
 - ``checks``: every refusal a run can meet before training, made the same way by ``hpml plan``
   and by the engine; ``data_meta``: what a prepared data folder says about itself;
-- ``rank_file`` and ``status_file``: what a run writes, and the states it can be in;
+- ``attempts``: where each attempt of a run writes (``<run>/attempts/<n>/``);
+  ``rank_file`` and ``status_file``: what an attempt writes; ``run_states``: the one vocabulary
+  of a run's states and the rule that decides them (ledger, Slurm, rank files);
   ``model_state``: the model-state bytes a rank should hold;
 - ``errors`` and ``atomic``: one error type for bad input, one way to write a file.
 

@@ -56,3 +56,9 @@ def rank_files(run_dir: Path, attempt: int) -> dict[int, Path]:
         if match:
             found[int(match.group(1))] = path
     return found
+
+
+def latest_rank_files(run_dir: Path) -> dict[int, Path]:
+    """The rank files of the run's latest attempt, by rank; empty before any attempt."""
+    latest = latest_attempt(run_dir)
+    return rank_files(run_dir, latest) if latest is not None else {}

@@ -64,4 +64,7 @@ def resolve(config: TrainConfig, world_size: int, ranks_per_node: int, data: Dat
             raise UsageError("--batch-size", f"the global batch {global_batch} exceeds the {samples} samples of "
                              f"{data.path} at --seq-len {config.seq_len}")
     total_steps = resolve_steps(config, global_batch, steps_per_epoch)
+    if config.steps is None and total_steps is not None and total_steps <= config.warmup_steps:
+        raise UsageError("--warmup-steps", f"one epoch of {data.path} is {total_steps} steps of {global_batch}, "
+                         f"not more than the {config.warmup_steps} warm-up steps (set --steps)")
     return Resolved(config, dims, layout, global_batch, total_steps)

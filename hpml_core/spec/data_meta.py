@@ -7,7 +7,7 @@ vocabulary, its size) without loading it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpml_core.spec.errors import UsageError
@@ -17,6 +17,9 @@ TOKENS_FILE = "tokens.bin"
 META_FILE = "meta.json"
 TOKENIZER_FILE = "tokenizer.json"
 ITEM_SIZES = {"uint16": 2, "uint32": 4}
+# What makes two prepared folders the same data (a checkpoint is refused on other data): not
+# where the folder now lives, nor when or how fast it was prepared.
+IDENTITY_FIELDS = ("num_tokens", "vocab_size", "dtype", "tokenizer", "source")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class DataMeta:
     num_tokens: int
     vocab_size: int
     dtype: str
+    identity: dict = field(default_factory=dict, hash=False, repr=False)  # IDENTITY_FIELDS of meta.json
 
     def num_samples(self, seq_len: int) -> int:
         """Non-overlapping windows of seq_len + 1 tokens (inputs and shifted targets)."""
@@ -43,7 +47,7 @@ class DataMeta:
         try:
             meta = json.loads(meta_path.read_text())
             found = cls(path=path, num_tokens=int(meta["num_tokens"]), vocab_size=int(meta["vocab_size"]),
-                        dtype=str(meta["dtype"]))
+                        dtype=str(meta["dtype"]), identity={k: meta.get(k) for k in IDENTITY_FIELDS})
             size = (path / TOKENS_FILE).stat().st_size
             version = meta.get("format_version")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:

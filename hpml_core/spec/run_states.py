@@ -1,18 +1,21 @@
 """A run's state: one vocabulary, and one function that decides it, for the ledger, ``hpml
 submit``, ``hpml status``, ``hpml cancel`` and ``hpml report`` alike.
 
-Three sources say where a run stands, and ``decide`` weighs them in this order:
+Pure (no I/O) and torch-free: ``jobs.run_state`` gathers the evidence (the ledger, Slurm, the
+rank files of the current submission's last attempt, whether the local ``hpml submit`` lives)
+and asks ``decide``. Three sources say where a run stands, weighed in this order:
 
 1. the scheduler, about the current attempt: a job Slurm still queues or runs is PENDING or
    RUNNING whatever older files say (likewise a local run whose ``hpml submit`` is alive);
-2. the rank files of the run's last attempt (``hpml_core.spec.attempts``), which say how the
-   engine ended: COMPLETED only when every rank says so; OUT_OF_MEMORY, FAILED or STOPPED
-   when any rank says so;
-3. how the scheduler ended the job when the engine could not say (killed at its time limit,
-   cancelled, a node failure, ...), else what the ledger last recorded.
+2. the rank files of the last attempt (``hpml_core.spec.attempts``), which say how the engine
+   ended: COMPLETED only when every rank says so; OUT_OF_MEMORY, FAILED or STOPPED when any
+   rank says so, or FAILED when a rank left none (it was killed before it could write one);
+3. how the scheduler ended the job when that says more than the files (killed at its time
+   limit, cancelled, preempted, a node failure), else what the ledger last recorded.
 
-A run that STOPPED (a stop signal, a checkpoint) and whose job has ended without being requeued
-(``scancel``, a preemption that does not requeue) takes the scheduler's word for why.
+A run that STOPPED (a stop signal, a checkpoint) and whose job then ended without being requeued
+takes the scheduler's word for why (``scancel``: CANCELLED); when its job merely exited non-zero
+(the requeue did not happen) it stays STOPPED, and resumes when submitted again.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ ACTIVE = frozenset({SUBMITTING, PENDING, RUNNING})
 # What `hpml submit --only-failed` submits again.
 ENDED_BADLY = frozenset({FAILED, OUT_OF_MEMORY, STOPPED, TIMEOUT, CANCELLED, NODE_FAIL, PREEMPTED, SUBMIT_FAILED,
                          INTERRUPTED})
+# Endings only the scheduler can tell: the engine, killed, may have written anything or nothing.
+ENDED_BY_SCHEDULER = frozenset({TIMEOUT, CANCELLED, NODE_FAIL, PREEMPTED, OUT_OF_MEMORY})
 
 # Slurm's job states (squeue and sacct spell them alike), in this vocabulary.
 SLURM_STATES: Mapping[str, str] = {
@@ -54,6 +59,8 @@ SLURM_STATES: Mapping[str, str] = {
 # The engine's outcomes (rank files, status.json), in this vocabulary.
 ENGINE_OUTCOMES: Mapping[str, str] = {"completed": COMPLETED, "failed": FAILED, "oom": OUT_OF_MEMORY,
                                       "stopped": STOPPED}
+# What ``jobs.run_state`` passes for a rank file that is there but cannot be read or validated.
+UNREADABLE = "unreadable"
 
 
 def from_slurm(slurm_state: str) -> str:
@@ -61,51 +68,111 @@ def from_slurm(slurm_state: str) -> str:
     return SLURM_STATES.get(slurm_state.split()[0] if slurm_state else "", FAILED)
 
 
-def from_rank_files(outcomes: Mapping[int, str], world_size: int) -> tuple[str, str] | tuple[None, None]:
-    """The last attempt's ending from its rank files (rank -> the engine's outcome), with why;
-    (None, None) when it left none."""
+def _ranks(ranks: list[int]) -> str:
+    return ", ".join(map(str, ranks))
+
+
+def from_rank_files(outcomes: Mapping[int, str], world_size: int,
+                    errors: Mapping[int, str | None] | None = None) -> tuple[str, str] | tuple[None, None]:
+    """The last attempt's ending from its rank files (rank -> the engine's outcome, or
+    UNREADABLE; ``errors``: rank -> the file's error text), with why; (None, None) when it
+    left none.
+
+    Out of memory wins (the other ranks fail or are killed because of it); then a failure, where
+    a rank without a file (killed: by ``kill -9``, by its launcher, by the kernel) is named
+    first, as it is the likeliest cause of the others' collective errors; then a stop."""
     if not outcomes:
         return None, None
+    errors = errors or {}
+
+    def said(rank: int, words: str) -> str:
+        return f"rank {rank}: {errors.get(rank) or words}"
+
     states = {rank: ENGINE_OUTCOMES.get(outcome, FAILED) for rank, outcome in outcomes.items()}
-    for worst in (OUT_OF_MEMORY, FAILED, STOPPED):
-        ranks = sorted(rank for rank, state in states.items() if state == worst)
-        if ranks:
-            return worst, f"rank {ranks[0]}: {worst.lower().replace('_', ' ')}"
-    missing = sorted(set(range(world_size)) - set(states))
+    out_of_memory = sorted(rank for rank, state in states.items() if state == OUT_OF_MEMORY)
+    if out_of_memory:
+        return OUT_OF_MEMORY, said(out_of_memory[0], "out of memory")
+    missing = sorted(set(range(world_size)) - set(outcomes))
+    unreadable = sorted(rank for rank, outcome in outcomes.items() if outcome == UNREADABLE)
+    failed = sorted(rank for rank, state in states.items() if state == FAILED and rank not in unreadable)
+    parts = []
     if missing:
-        return FAILED, f"no rank file from rank(s) {', '.join(map(str, missing))}: killed before writing it"
+        parts.append(f"no rank file from rank(s) {_ranks(missing)}: killed before writing it")
+    if unreadable:
+        parts.append(f"the rank file of rank(s) {_ranks(unreadable)} is unreadable")
+    if failed:
+        parts.append(said(failed[0], "failed"))
+    if parts:
+        return FAILED, "; ".join(parts)
+    stopped = sorted(rank for rank, state in states.items() if state == STOPPED)
+    if stopped:
+        return STOPPED, said(stopped[0], "stopped")
     return COMPLETED, ""
 
 
 def decide(recorded: str | None, scheduler: str | None, files: tuple[str, str] | tuple[None, None],
-           submitter_alive: bool = False, local: bool = False) -> tuple[str, str]:
+           submitter_alive: bool = False, local: bool = False, *, said_by: str = "Slurm",
+           answered: bool = True, recorded_why: str = "") -> tuple[str, str]:
     """The run's state and why (empty when there is nothing to say).
 
-    ``recorded``: the ledger's last state (None: never submitted); ``scheduler``: Slurm's state
-    of the run's job now, in this vocabulary (None: not a Slurm run, or Slurm no longer knows
-    it); ``files``: ``from_rank_files`` of the last attempt; ``submitter_alive``: whether the
-    ``hpml submit`` that runs it locally, or is submitting it, still lives; ``local``: a run of
-    ``--site local`` (no scheduler: its hpml submit is its job).
+    ``recorded``: the ledger's last state of the current submission (None: never submitted),
+    and ``recorded_why`` its reason; ``scheduler``: how the run's job stands now, in this
+    vocabulary: Slurm's state (None: not a Slurm run, or Slurm no longer knows the job), or, for
+    a local run, how its processes exited, told by the ``hpml submit`` that ran them the moment
+    they did (COMPLETED for exit status 0, else FAILED); ``said_by``: the scheduler's words, as
+    they go into the reason ("Slurm (sacct): CANCELLED by 0", "exit status 1"); ``answered``:
+    False when Slurm did not answer at all, so that a job it may still run is not called lost;
+    ``files``: ``from_rank_files`` of the current submission's last attempt (earlier
+    submissions' attempts are no evidence about this one); ``submitter_alive``: whether the
+    ``hpml submit`` submitting the run, or running it here, still lives; ``local``: a run of a
+    site without a scheduler (its ``hpml submit`` is its job).
+
+    The rules, in order (tests/test_run_states.py walks each, by number):
+
+    1. the scheduler queues or runs the job: PENDING or RUNNING;
+    2. the ``hpml submit`` that holds the run lives: SUBMITTING, or RUNNING here;
+    3. the rank files say COMPLETED or OUT_OF_MEMORY: that (an engine's OOM exits non-zero);
+    4. the scheduler ended the job in a way of its own (ENDED_BY_SCHEDULER): that, with what
+       the files say;
+    5. Slurm forgot the job, and the ledger had recorded such an ending: that, as recorded;
+    6. the rank files say FAILED or STOPPED: that;
+    7. the job failed and no rank wrote a file: FAILED, in the scheduler's words;
+    8. the job completed and no rank wrote a file: FAILED;
+    9. recorded SUBMITTING, and its ``hpml submit`` is gone: SUBMIT_FAILED;
+    10. recorded RUNNING here, and its ``hpml submit`` is gone: INTERRUPTED;
+    11. recorded PENDING or RUNNING, and Slurm no longer knows the job: FAILED; or, when Slurm
+        did not answer, as recorded;
+    12. recorded COMPLETED, and the rank files are gone: FAILED;
+    13. never submitted: NOT_SUBMITTED;
+    14. otherwise: as last recorded.
     """
-    if scheduler in (PENDING, RUNNING):
-        return scheduler, "Slurm"
-    if recorded in (RUNNING, SUBMITTING) and submitter_alive:
-        return recorded, "hpml submit is at it"
-    from_files, why = files
-    if from_files in (COMPLETED, OUT_OF_MEMORY, FAILED):
-        return from_files, why
-    if scheduler is not None and scheduler != COMPLETED:
-        return scheduler, "Slurm" + (f"; {why}" if why else "")
-    if from_files is not None:  # STOPPED, or Slurm says COMPLETED while a rank stopped
-        return from_files, why
-    if scheduler == COMPLETED:
-        return FAILED, "Slurm says COMPLETED, but the last attempt wrote no rank file"
-    if recorded == SUBMITTING:
+    from_files, files_why = files
+    if scheduler in (PENDING, RUNNING):  # 1: the scheduler holds the current attempt
+        return scheduler, said_by
+    if submitter_alive and (recorded == SUBMITTING or (recorded == RUNNING and local)):  # 2
+        return recorded, "hpml submit is submitting it" if recorded == SUBMITTING else "hpml submit runs it here"
+    if from_files in (COMPLETED, OUT_OF_MEMORY):  # 3: the engine finished, or knows why it could not
+        return from_files, files_why
+    if scheduler in ENDED_BY_SCHEDULER:  # 4: killed by its scheduler, whatever the ranks managed to write
+        return scheduler, said_by + (f"; {files_why}" if files_why else "")
+    if scheduler is None and recorded in ENDED_BY_SCHEDULER:  # 5: the same, from before Slurm forgot the job
+        return recorded, recorded_why or "as last recorded"
+    if from_files is not None:  # 6: FAILED or STOPPED, as the engine says (a job exiting non-zero adds nothing)
+        return from_files, files_why
+    if scheduler == FAILED:  # 7: the job failed before any rank could write
+        return FAILED, said_by
+    if scheduler == COMPLETED:  # 8
+        return FAILED, f"{said_by}, but the last attempt wrote no rank file"
+    if recorded == SUBMITTING:  # 9: its hpml submit died, or hangs, before recording a job
         return SUBMIT_FAILED, "its hpml submit is gone"
-    if recorded == RUNNING and local:
+    if recorded == RUNNING and local:  # 10
         return INTERRUPTED, "its hpml submit is gone"
-    if recorded in ACTIVE:
+    if recorded in ACTIVE:  # 11: PENDING or RUNNING in Slurm, then nothing
+        if not answered:
+            return recorded, "as last recorded: Slurm did not answer"
         return FAILED, "Slurm no longer knows the job, and it wrote no rank file"
-    if recorded is None:
+    if recorded == COMPLETED:  # 12
+        return FAILED, "recorded COMPLETED, but the last attempt's rank files are gone"
+    if recorded is None:  # 13
         return NOT_SUBMITTED, ""
-    return recorded, "as last recorded"
+    return recorded, recorded_why or "as last recorded"  # 14

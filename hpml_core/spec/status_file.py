@@ -4,7 +4,9 @@ rank files). Written at the start, with each progress line (every tenth of the r
 least every 30 s) and at the end, atomically and from the host only: it never waits for the GPU.
 
 The engine's words for where a run stands: ``starting`` and ``running`` while it trains, then
-one ``Outcome``, the same word its rank files carry."""
+one ``Outcome``, the same word its rank files carry. The file is the run's, not an attempt's:
+each attempt overwrites it, and says which attempt it is (``attempt``, as in
+``hpml_core.spec.attempts``)."""
 
 from __future__ import annotations
 
@@ -31,13 +33,14 @@ def read_status(run_dir: Path) -> dict | None:
 
 
 class Progress:
-    def __init__(self, out: Path, total_steps: int, enabled: bool):
-        self.out, self.total_steps, self.enabled = out, total_steps, enabled
+    def __init__(self, out: Path, total_steps: int, attempt: int, enabled: bool):
+        self.out, self.total_steps, self.attempt, self.enabled = out, total_steps, attempt, enabled
         self.started = time.time()
 
     def update(self, state: str, step: int, error: str | None = None) -> None:
         if self.enabled:
             atomic_write_json(self.out / STATUS_FILE, {
-                "state": state, "step": step, "total_steps": self.total_steps, "error": error,
+                "state": state, "attempt": self.attempt, "step": step, "total_steps": self.total_steps,
+                "error": error,
                 "started_at": self.started, "updated_at": time.time(),
             })
