@@ -1,7 +1,8 @@
 """From rank files to the figures of the report: one row per run, then one per configuration.
 
 Per run (completed), recomputed from the rank files' raw fields rather than copied, so each
-figure has one definition here:
+figure has one definition here, from the run's last attempt with step times (a run resumed with
+only warm-up steps left takes them from an earlier one, and says so in ``throughput_note``):
 - tokens/s = the global batch × sequence length (each token once, however many TP ranks share
   it) / the slowest rank's median step time; samples/s likewise with the global batch;
   tokens/s per GPU = tokens/s / world size.
@@ -10,7 +11,9 @@ figure has one definition here:
   where the peak is unknown (a CPU, a GPU not in the table).
 - peak memory per GPU: CUDA max_memory_allocated per rank (on a CPU, the process's peak RSS,
   and the ``memory_metric`` column says so), its maximum and mean over the ranks.
-- final loss: rank 0's last loss (the mean over data-parallel ranks).
+- final loss: the last step's loss (rank 0's: the mean over data-parallel ranks), of the loss
+  curve assembled from all attempts (``analysis.collect``).
+- attempts: how many the run had, and each one's Slurm job id and node list.
 
 Per configuration (repeats of one run entry): median, min and max over the completed repeats,
 and against a baseline, the single-GPU configuration with the same model, sequence length,
@@ -25,7 +28,8 @@ import statistics
 
 import pandas as pd
 
-from analysis.collect import RunResult
+from analysis.collect import Attempt, RunResult
+from hpml_core.spec.run_states import COMPLETED
 
 GIB = 1024**3
 # The settings that change a GPU's own speed: a baseline must share them all.
@@ -49,9 +53,29 @@ def describe(mode: str, world: int, dp: int, tp: int, device: str, batch: int, p
     return f"{layout}, batch {batch}/{'GPU' if device == 'cuda' else 'process'}, {precision}"
 
 
+def _attempts_columns(result: RunResult) -> dict:
+    """How many attempts the run had, and each one's Slurm job and node list, oldest first
+    (";"-separated; "-" for an attempt without Slurm)."""
+    return {"attempts": len(result.attempts),
+            "job_ids": ";".join(a.job_id or "-" for a in result.attempts) or None,
+            "node_lists": ";".join(a.node_list or "-" for a in result.attempts) or None}
+
+
+def _throughput_note(result: RunResult, measured: Attempt | None) -> str | None:
+    """Where the run's figures come from, when it is not its last attempt (or nowhere)."""
+    last = result.attempts[-1]
+    if measured is last:
+        return None
+    why = next((f.throughput_missing_reason for f in last.ranks.values() if f.throughput_missing_reason), None)
+    if measured is None:
+        return f"no attempt has timed steps{f' ({why})' if why else ''}"
+    return (f"throughput from attempt {measured.number} of {len(result.attempts)}"
+            + (f" (attempt {last.number}: {why})" if why else ""))
+
+
 def run_row(result: RunResult) -> dict:
     row: dict = {"run": result.name, "configuration": result.configuration, "status": result.status,
-                 "reason": result.reason}
+                 "reason": result.reason, **_attempts_columns(result)}
     if not result.ranks:
         return row
     files = [result.ranks[rank] for rank in sorted(result.ranks)]
@@ -64,8 +88,17 @@ def run_row(result: RunResult) -> dict:
                steps_completed=first.steps_completed)
     row["description"] = describe(first.mode, first.world_size, first.dp_size, first.tp_size, first.device_type,
                                   first.batch_size, config.precision)
-    if not result.completed or any(f.throughput is None for f in files):
+    curve = result.loss_curve()
+    row["final_loss"] = curve[-1][1] if curve and result.completed else None
+    if not result.completed:
         return row
+    measured = result.measured
+    row.update(throughput_attempt=measured.number if measured else None,
+               throughput_note=_throughput_note(result, measured))
+    if measured is None:
+        return row
+    files = [measured.ranks[rank] for rank in sorted(measured.ranks)]
+    first = files[0]
     slowest = max(f.throughput.step_time_median_s for f in files)
     # The global batch (batch per DP rank × DP × accumulation) is all the run trains on per step:
     # tensor-parallel ranks share their replica's samples, so their tokens count once.
@@ -81,7 +114,6 @@ def run_row(result: RunResult) -> dict:
         mfu=achieved / peak if peak else None, mfu_missing_reason=None if peak else first.flops.mfu_missing_reason,
         timing=first.throughput.timing, memory_metric=first.memory.peak()[1],
         peak_memory_per_gpu_max_gib=max(memory) / GIB, peak_memory_per_gpu_mean_gib=statistics.fmean(memory) / GIB,
-        final_loss=first.loss.values[-1] if first.loss.values else None,
     )
     return row
 
@@ -90,22 +122,37 @@ def runs_table(results: list[RunResult]) -> pd.DataFrame:
     return pd.DataFrame([run_row(result) for result in results])
 
 
+def loss_table(results: list[RunResult]) -> pd.DataFrame:
+    """``loss.csv``: each run's loss curve from step 0, and the attempt each value comes from."""
+    rows = [{"run": r.name, "step": step, "loss": loss, "attempt": attempt}
+            for r in results for step, loss, attempt in r.loss_curve()]
+    return pd.DataFrame(rows, columns=["run", "step", "loss", "attempt"])
+
+
+def step_times_table(results: list[RunResult]) -> pd.DataFrame:
+    """``step_times.csv``: every timed step of every attempt of every run, by rank."""
+    rows = [{"run": r.name, "attempt": attempt, "rank": rank, "step": step, "step_time_s": seconds}
+            for r in results for attempt, rank, step, seconds in r.step_times()]
+    return pd.DataFrame(rows, columns=["run", "attempt", "rank", "step", "step_time_s"])
+
+
 def _status(group: pd.DataFrame) -> tuple[str, str | None]:
-    done = int((group["status"] == "completed").sum())
-    others = group[group["status"] != "completed"]
-    reasons = "; ".join(f"{r.run}: {r.status}" + (f" ({r.reason})" if r.reason else "") for r in others.itertuples())
+    done = int((group["status"] == COMPLETED).sum())
+    others = group[group["status"] != COMPLETED]
+    reasons = "; ".join(f"{r.run}: {r.status}" + (f" ({r.reason})" if isinstance(r.reason, str) and r.reason else "")
+                        for r in others.itertuples())
     if done == len(group):
-        return "completed", None
+        return COMPLETED, None
     if done == 0:
         return ", ".join(others["status"].unique()), reasons
-    return f"{done}/{len(group)} completed", reasons
+    return f"{done}/{len(group)} {COMPLETED}", reasons
 
 
 def configurations_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration, in the experiment's order, with the figures over its repeats."""
     rows = []
     for name, group in runs.groupby("configuration", sort=False):
-        done = group[group["status"] == "completed"]
+        done = group[group["status"] == COMPLETED]
         described = group.dropna(subset=["description"]) if "description" in group else group.iloc[0:0]
         status, reason = _status(group)
         row = {"configuration": name, "description": described["description"].iloc[0] if len(described) else None,
@@ -124,6 +171,8 @@ def configurations_table(runs: pd.DataFrame) -> pd.DataFrame:
             row[column] = done[column].iloc[0] if len(done) else None
         reasons = done["mfu_missing_reason"].dropna() if len(done) else pd.Series(dtype=object)
         row["mfu_missing_reason"] = reasons.iloc[0] if len(reasons) and row["mfu_median"] is None else None
+        noted = done.dropna(subset=["throughput_note"]) if "throughput_note" in done else done.iloc[0:0]
+        row["throughput_note"] = "; ".join(f"{r.run}: {r.throughput_note}" for r in noted.itertuples()) or None
         rows.append(row)
     table = pd.DataFrame(rows)
     return _against_baseline(table) if len(table) else table

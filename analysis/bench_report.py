@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         exp, folder = make_study(Path(tmp), args.runs)
-        files = len(list(folder.glob("*/rank-*.json")))
+        files = len(list(folder.glob("*/attempts/*/rank-*.json")))
         started = time.perf_counter()
-        results, problems = collect(folder, {run.name: run.world_size for run in exp.runs}, repeated=True)
+        results, problems, _ = collect(folder, exp.world_sizes, repeated=True)
         configs = aggregate.configurations_table(aggregate.runs_table(results))
         aggregated = time.perf_counter() - started
         assert len(results) == args.runs and not problems and len(configs) == len(LAYOUTS)

@@ -1,32 +1,38 @@
-"""Read what an experiment left on disk, run by run, and say how each run stands.
+"""Read what an experiment left on disk and assemble each run's record from all its attempts.
 
-Sources, per run folder: the rank files (each validated against the schema of
-``hpml_core.spec.rank_file``), the engine's ``status.json`` (progress of a run still going) and the
-ledger entry ``hpml submit`` keeps (Slurm's last recorded state: pending, timeout, cancelled).
-Nothing is dropped: a run with no rank files, a missing rank or an unreadable file becomes a
-``RunResult`` with a status and a reason, and every unreadable or schema-invalid file is
-listed by path.
+Sources, per run folder: the rank files of every attempt (``<run>/attempts/<n>/rank-<k>.json``,
+``hpml_core.spec.attempts``; each validated against the schema of ``hpml_core.spec.rank_file``)
+and the run's state and why, decided by ``jobs.run_state`` exactly as for ``hpml status``: Slurm
+is asked, with the same timeout, and when it does not answer the states are as last recorded,
+which the report's notes then say.
+
+A run's record holds each attempt (its number, its rank files, its Slurm job and nodes); the
+loss curve from step 0 to the end, rank 0's losses of each attempt placed at their steps, a
+later attempt winning where two overlap (a resumed attempt repeats the steps after its
+checkpoint) and gaps left as gaps; the step times of every attempt, each labelled with it; and
+the attempt whose step times give the run's throughput: the last one that has them (an attempt
+resumed with only warm-up steps left has none, and its rank files say why).
+
+Nothing is dropped: a run with no rank files, a missing rank or an unreadable file keeps its
+row, with its state and why, and every unreadable or schema-invalid file is listed by path.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from hpml_core.spec import attempts as attempt_files
+from hpml_core.spec import rank_file
 from hpml_core.spec.rank_file import RankFile
-from hpml_core.spec.status_file import ACTIVE_STATES, read_status
-from jobs import ledger
+from hpml_core.spec.run_states import COMPLETED
+from jobs import run_state
 
-RANK_FILE = re.compile(r"^rank-(\d+)\.json$")
 REPEAT_SUFFIX = re.compile(r"-r\d+$")
-# Slurm endings the ledger may record for a run that wrote no (or not all) rank files.
-SLURM_ENDINGS = {"TIMEOUT": "timeout", "CANCELLED": "cancelled", "FAILED": "failed", "OUT_OF_MEMORY": "oom",
-                 "NODE_FAIL": "failed", "BOOT_FAIL": "failed", "DEADLINE": "timeout", "PREEMPTED": "cancelled",
-                 "SUBMIT_FAILED": "failed", "INTERRUPTED": "failed"}
-SLURM_WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING", "SUBMITTING"}
 
 
 @dataclass(frozen=True)
@@ -36,30 +42,87 @@ class Problem:
 
 
 @dataclass
+class Attempt:
+    number: int
+    ranks: dict[int, RankFile]  # its valid rank files, by rank
+
+    def _slurm(self, field_name: str) -> str | None:
+        values = [getattr(f.slurm, field_name) for f in self.ranks.values() if f.slurm is not None]
+        return next((value for value in values if value), None)
+
+    @property
+    def job_id(self) -> str | None:
+        return self._slurm("job_id")
+
+    @property
+    def node_list(self) -> str | None:
+        return self._slurm("node_list")
+
+    def measured(self, world_size: int) -> bool:
+        """Whether every rank left step times: the figures of the run can come from this attempt."""
+        return sorted(self.ranks) == list(range(world_size)) and all(
+            f.throughput is not None for f in self.ranks.values())
+
+
+@dataclass
 class RunResult:
     name: str
     configuration: str  # the name without its repeat suffix: repeats of one configuration share it
-    status: str  # completed, running, pending, stopped, failed, oom, timeout, cancelled, incomplete, missing
+    status: str  # a state of hpml_core.spec.run_states
     reason: str | None
-    ranks: dict[int, RankFile] = field(default_factory=dict)  # the valid rank files, by rank
+    world_size: int
+    attempts: list[Attempt] = field(default_factory=list)  # oldest first
 
     @property
     def completed(self) -> bool:
-        return self.status == "completed"
+        return self.status == COMPLETED
+
+    @property
+    def ranks(self) -> dict[int, RankFile]:
+        """The rank files of the latest attempt that left any."""
+        return next((a.ranks for a in reversed(self.attempts) if a.ranks), {})
+
+    @property
+    def measured(self) -> Attempt | None:
+        """The attempt the run's throughput, MFU and memory come from: the last with step times."""
+        return next((a for a in reversed(self.attempts) if a.measured(self.world_size)), None)
+
+    def loss_curve(self) -> list[tuple[int, float, int]]:
+        """(step, loss, attempt) from step 0 on: rank 0's losses (the mean over data-parallel
+        ranks) of each attempt at their steps; where attempts overlap, the later one's."""
+        by_step: dict[int, tuple[float, int]] = {}
+        for attempt in self.attempts:
+            if 0 in attempt.ranks:
+                loss = attempt.ranks[0].loss
+                for offset, value in enumerate(loss.values):
+                    by_step[loss.start_step + offset] = (value, attempt.number)
+        return [(step, *by_step[step]) for step in sorted(by_step)]
+
+    def step_times(self) -> list[tuple[int, int, int, float]]:
+        """(attempt, rank, step, seconds) of every timed step of every attempt: an attempt's
+        timed steps are its last ones (its first ``warmup_steps`` are not timed)."""
+        found = []
+        for attempt in self.attempts:
+            for rank, record in sorted(attempt.ranks.items()):
+                if record.throughput is None:
+                    continue
+                times = record.throughput.step_times_s
+                first = record.loss.start_step + len(record.loss.values) - len(times)
+                found += [(attempt.number, rank, first + index, seconds) for index, seconds in enumerate(times)]
+        return found
 
 
 def configuration_of(run_name: str, repeated: bool) -> str:
     return REPEAT_SUFFIX.sub("", run_name) if repeated else run_name
 
 
-def _read_ranks(run_dir: Path, problems: list[Problem]) -> dict[int, RankFile]:
+def _read_attempt(run_dir: Path, number: int, problems: list[Problem], read: dict[Path, RankFile | None]) -> Attempt:
+    """The attempt's valid rank files; each file read goes into ``read`` (None: not valid)."""
     ranks = {}
-    for path in sorted(run_dir.glob("rank-*.json")):
-        match = RANK_FILE.match(path.name)
-        if not match:
-            continue
+    for rank, path in attempt_files.rank_files(run_dir, number).items():
+        read[path] = None
         try:
-            ranks[int(match.group(1))] = RankFile.model_validate_json(path.read_bytes())
+            ranks[rank] = read[path] = RankFile.model_validate_json(path.read_bytes())
         except OSError as exc:
             problems.append(Problem(str(path), f"unreadable: {exc.strerror}"))
         except ValidationError as exc:
@@ -67,49 +130,25 @@ def _read_ranks(run_dir: Path, problems: list[Problem]) -> dict[int, RankFile]:
             where = ".".join(str(part) for part in first["loc"]) or "file"
             kind = "not JSON" if first["type"] == "json_invalid" else f"{where}: {first['msg']}"
             problems.append(Problem(str(path), f"does not match the rank-file schema ({kind})"))
-    return ranks
+    return Attempt(number, ranks)
 
 
-def _status(ranks: dict[int, RankFile], world: int, entry: dict, own: dict | None) -> tuple[str, str | None]:
-    """The run's status and, unless completed, why. The current attempt first (running, or
-    waiting in Slurm's queue), then what the rank files of the last attempt say."""
-    slurm_state = entry.get("state")
-    statuses = {f.status for f in ranks.values()}
-    missing = sorted(set(range(world)) - set(ranks))
-    if own and own.get("state") in ACTIVE_STATES and slurm_state not in SLURM_ENDINGS:
-        return "running", f"step {own['step']}/{own['total_steps']}"
-    if slurm_state in SLURM_WAITING:
-        last = f"; last attempt: {own['state']} at step {own['step']}/{own['total_steps']}" if own else ""
-        return "pending", f"Slurm: {slurm_state}{last}"
-    for bad in ("oom", "failed"):
-        if bad in statuses:
-            first = next(f for f in ranks.values() if f.status == bad)
-            return bad, f"rank {first.rank}: {first.error}"
-    if ranks and not missing and statuses == {"completed"}:
-        return "completed", None
-    if slurm_state in SLURM_ENDINGS:
-        step = f" at step {own['step']}/{own['total_steps']}" if own else ""
-        return SLURM_ENDINGS[slurm_state], f"Slurm: {slurm_state}{step}"
-    if "stopped" in statuses:
-        first = next(f for f in ranks.values() if f.status == "stopped")
-        return "stopped", first.error
-    if not ranks:
-        return "missing", "no rank files" + ("" if entry else " (never submitted)")
-    return "incomplete", f"rank files missing: {', '.join(map(str, missing))}"
-
-
-def collect(folder: Path, runs: dict[str, int], repeated: bool) -> tuple[list[RunResult], list[Problem]]:
-    """Every run of the experiment in ``folder``; ``runs`` maps its run names to their world sizes."""
+def collect(folder: Path, runs: Mapping[str, int], repeated: bool) -> tuple[list[RunResult], list[Problem], str | None]:
+    """Every run of the experiment in ``folder`` (``runs``: run name -> world size), the files
+    that could not be read, and a note when Slurm did not answer (states as last recorded)."""
     problems: list[Problem] = []
-    try:
-        entries = ledger.read(folder)
-    except (OSError, ValueError, KeyError) as exc:
-        problems.append(Problem(str(folder / ledger.LEDGER), f"unreadable ledger ({exc})"))
-        entries = {}
-    results = []
-    for name, world in runs.items():
-        run_dir = folder / name
-        ranks = _read_ranks(run_dir, problems)
-        status, reason = _status(ranks, world, entries.get(name, {}), read_status(run_dir))
-        results.append(RunResult(name, configuration_of(name, repeated), status, reason, ranks))
-    return results, problems
+    read: dict[Path, RankFile | None] = {}
+    attempts = {name: [_read_attempt(folder / name, number, problems, read)
+                       for number in attempt_files.attempt_numbers(folder / name)] for name in runs}
+
+    def already_read(path: Path) -> RankFile:  # the state is decided on the files read above
+        if path not in read:
+            return rank_file.read(path)  # written since
+        if read[path] is None:
+            raise ValueError(f"{path}: not a valid rank file")
+        return read[path]
+
+    states, note = run_state.current(runs, folder, already_read)
+    results = [RunResult(name, configuration_of(name, repeated), states[name].state, states[name].reason or None,
+                         world, attempts[name]) for name, world in runs.items()]
+    return results, problems, note

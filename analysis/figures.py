@@ -102,19 +102,26 @@ def mfu_vs_batch(configs: pd.DataFrame, folder: Path) -> list[Path]:
 
 
 def loss(results: list[RunResult], folder: Path) -> list[Path]:
-    """One curve per configuration: its first repeat that recorded losses (rank 0's, the mean
-    over data-parallel ranks), at the steps that process ran (after a resume, from there)."""
+    """One curve per configuration: its first repeat that recorded losses, from step 0 to the
+    end over all its attempts (``RunResult.loss_curve``: rank 0's, the mean over data-parallel
+    ranks); steps no attempt recorded are left as gaps in the line."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     drawn: set[str] = set()
     for result in results:
-        if result.configuration in drawn or 0 not in result.ranks or not result.ranks[0].loss.values:
+        curve = result.loss_curve()
+        if result.configuration in drawn or not curve:
             continue
-        curve = result.ranks[0].loss
-        steps = range(curve.start_step + 1, curve.start_step + len(curve.values) + 1)
-        ax.plot(list(steps), curve.values, linewidth=1.2, label=result.configuration)
+        steps, values = [], []
+        for step, value, _attempt in curve:
+            if steps and step != steps[-1] + 1:
+                steps.append(steps[-1] + 1)
+                values.append(math.nan)  # a gap: matplotlib breaks the line there
+            steps.append(step)
+            values.append(value)
+        ax.plot(steps, values, linewidth=1.2, label=result.configuration)
         drawn.add(result.configuration)
     if drawn:
-        ax.set_xlabel("step")
+        ax.set_xlabel("step (from 0)")
         ax.set_ylabel("training loss (mean over DP ranks)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)

@@ -8,6 +8,7 @@ import html
 from pathlib import Path
 
 from analysis.tables import HEADERS
+from hpml_core.spec.run_states import COMPLETED
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -25,7 +26,7 @@ def _table(headers, rows, bad_column: int | None = None) -> str:
     for row in rows:
         cells = []
         for index, cell in enumerate(row):
-            bad = bad_column is not None and index == bad_column and cell != "completed"
+            bad = bad_column is not None and index == bad_column and cell != COMPLETED
             attribute = ' class="bad"' if bad else ""
             cells.append(f"<td{attribute}>{html.escape(str(cell))}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")

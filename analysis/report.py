@@ -1,11 +1,15 @@
-"""``hpml report [EXPERIMENT ...] [--site SITE]`` (``make report``): every rank file of an
-experiment, validated, aggregated and written to ``results/<experiment>/report/``:
-summary.csv, runs.csv, summary.md, summary.tex, figures (PNG and SVG) and report.html. It also
-prints the summary table and the paths it wrote.
+"""``hpml report [EXPERIMENT ...] [--site SITE]`` (``make report``): every rank file of every
+attempt of an experiment's runs, validated, aggregated and written to
+``results/<experiment>/report/``: summary.csv, runs.csv, loss.csv, step_times.csv, summary.md,
+summary.tex, figures (PNG and SVG) and report.html. It also prints the summary table and the
+paths it wrote.
 
-It reads only files, so it can run while jobs still run (their rows say "running, step k/n"),
-on a login node, or on a laptop holding a copy of the results folder. The new report replaces
-the old one only once it is complete.
+The runs' states are decided as ``hpml status`` decides them (``jobs.run_state``: Slurm asked,
+with the same timeout, and the decisions recorded in the ledger), so a job killed hard shows as
+what it is, not as running; when Slurm does not answer (or is not there: a laptop holding a copy
+of the results folder), the notes say that the states are as last recorded. It can run while
+jobs still run (their rows say "RUNNING; running, step k/n"). The new report replaces the old
+one only once it is complete.
 """
 
 from __future__ import annotations
@@ -18,34 +22,38 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from analysis import aggregate, figures, html, tables
 from analysis.collect import collect
 from hpml_core.spec.errors import EXIT_USAGE, UsageError
 from jobs import experiment, site
 
-OUTPUTS = ("summary.csv", "runs.csv", "summary.md", "summary.tex", "report.html")
+OUTPUTS = ("summary.csv", "runs.csv", "loss.csv", "step_times.csv", "summary.md", "summary.tex", "report.html")
 
 
 def write_report(exp: experiment.Experiment, folder: Path) -> tuple[list[Path], Table]:
     """Write ``folder/report/`` for the experiment whose results are in ``folder``."""
     repeated = any(run.repeat > 0 for run in exp.runs)
-    results, problems = collect(folder, {run.name: run.world_size for run in exp.runs}, repeated)
+    results, problems, state_note = collect(folder, exp.world_sizes, repeated)
     runs = aggregate.runs_table(results)
     configs = aggregate.configurations_table(runs)
+    notes = tables.notes(configs, problems, state_note)
     title = f"{exp.name}: {exp.description or exp.dataset}"
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=folder))
     try:
         configs.to_csv(staging / "summary.csv", index=False)
         runs.to_csv(staging / "runs.csv", index=False)
-        (staging / "summary.md").write_text(tables.markdown(configs, problems, title))
+        aggregate.loss_table(results).to_csv(staging / "loss.csv", index=False)
+        aggregate.step_times_table(results).to_csv(staging / "step_times.csv", index=False)
+        (staging / "summary.md").write_text(tables.markdown(configs, notes, title))
         (staging / "summary.tex").write_text(tables.latex(configs, title))
         drawn = figures.draw_all(configs, results, staging)
         run_rows = [[r.name, r.configuration, r.status, r.reason or ""] for r in results]
         written = [*OUTPUTS, *(path.name for path in drawn)]
         (staging / "report.html").write_text(html.page(title, tables.display_rows(configs), run_rows,
-                                                       tables.notes(configs, problems), drawn, written))
+                                                       notes, drawn, written))
         target = folder / "report"
         if target.exists():
             old = folder / f".report-old-{staging.name}"
@@ -57,11 +65,12 @@ def write_report(exp: experiment.Experiment, folder: Path) -> tuple[list[Path], 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    terminal = Table(title=title, caption="\n".join(tables.notes(configs, problems)), caption_justify="left")
+    # Text, not markup: reasons may hold brackets ("[/pytorch/.../pair.cc:553]").
+    terminal = Table(title=Text(title), caption=Text("\n".join(notes)), caption_justify="left")
     for header in tables.HEADERS:
         terminal.add_column(header, justify="left" if header in ("Configuration", "Description", "Status") else "right")
     for row in tables.display_rows(configs):
-        terminal.add_row(*row)
+        terminal.add_row(*map(Text, row))
     return [target / name for name in written], terminal
 
 
@@ -86,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hpml report: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     for exp in chosen:
-        paths, table = write_report(exp, profile.experiment_folder(exp.name))
+        try:
+            paths, table = write_report(exp, profile.experiment_folder(exp.name))
+        except UsageError as exc:  # an unreadable ledger
+            print(f"hpml report: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         console.print(table)
         console.print(f"wrote {paths[0].parent}/: " + ", ".join(path.name for path in paths))
     return 0

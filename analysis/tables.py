@@ -48,9 +48,10 @@ def display_rows(configs: pd.DataFrame) -> list[list[str]]:
     return rows
 
 
-def notes(configs: pd.DataFrame, problems: list[Problem]) -> list[str]:
-    """What the table's figures are, and why any is missing."""
-    lines = []
+def notes(configs: pd.DataFrame, problems: list[Problem], state_note: str | None = None) -> list[str]:
+    """What the table's figures are, and why any is missing; ``state_note``: how the states
+    were decided, when not with Slurm's word (it did not answer)."""
+    lines = [f"States: {state_note}."] if state_note else []
     metrics = set(configs["memory_metric"].dropna()) if "memory_metric" in configs else set()
     if "cpu_peak_rss" in metrics:
         lines.append("Memory: peak resident set of each process (CPU runs); GPU runs: CUDA max_memory_allocated. "
@@ -74,16 +75,18 @@ def notes(configs: pd.DataFrame, problems: list[Problem]) -> list[str]:
     for row in configs.to_dict("records"):
         if not _missing(row.get("baseline_note")) and not _missing(row.get("tokens_per_s_median")):
             lines.append(f"{row['configuration']}: scaling efficiency n/a: {row['baseline_note']}.")
+        if not _missing(row.get("throughput_note")):
+            lines.append(f"{row['throughput_note']}.")  # run by run, named
         if not _missing(row.get("reason")):
             lines.append(f"{row['configuration']}: {row['reason']}")
     lines += [f"Unreadable: {problem.path}: {problem.reason}" for problem in problems]
     return lines
 
 
-def markdown(configs: pd.DataFrame, problems: list[Problem], title: str) -> str:
+def markdown(configs: pd.DataFrame, notes_: list[str], title: str) -> str:
     lines = [f"# {title}", "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in display_rows(configs)]
-    lines += ["", *[f"- {note}" for note in notes(configs, problems)], ""]
+    lines += ["", *[f"- {note}" for note in notes_], ""]
     return "\n".join(lines)
 
 

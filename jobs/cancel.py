@@ -1,10 +1,12 @@
 """``hpml cancel``: cancel an experiment's pending and running Slurm jobs (scancel), and record
-it in the ledger. A cancelled run keeps its checkpoint: ``hpml submit`` starts it again, and it
-resumes from there."""
+what Slurm then says. Slurm sends SIGTERM first, so a running engine saves a checkpoint and
+stops; the run ends CANCELLED, and ``hpml submit`` (plain or ``--only-failed``) starts it again,
+resuming from that checkpoint."""
 
 from __future__ import annotations
 
 from hpml_core.spec.errors import UsageError
+from hpml_core.spec.run_states import PENDING, RUNNING
 from jobs import slurm
 from jobs.experiment import Experiment
 from jobs.run_state import refresh
@@ -20,11 +22,11 @@ def cancel(experiment: Experiment, site: Site, only: list[str] | None) -> int:
     if unknown:
         raise UsageError("--run", f"{unknown[0]!r} is not a run of {experiment.name} (runs: {', '.join(names)})")
     folder = site.experiment_folder(experiment.name)
-    entries = refresh(experiment, folder)
-    chosen = {name: entries[name]["job_id"] for name in (only or names)
-              if entries.get(name, {}).get("state") in slurm.ACTIVE and entries[name].get("job_id")}
+    states = refresh(experiment.world_sizes, folder)
+    chosen = {name: states[name].entry["job_id"] for name in (only or names)
+              if states[name].state in (PENDING, RUNNING) and states[name].entry.get("job_id")}
     slurm.cancel(sorted(chosen.values()))
-    refresh(experiment, folder)
+    refresh(experiment.world_sizes, folder)
     for name, job_id in chosen.items():
         print(f"{name}: cancelled job {job_id}")
     print(f"{experiment.name}: {len(chosen)} job(s) cancelled" + ("" if chosen else " (none was pending or running)"))

@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from hpml_core.spec import run_states
 from hpml_core.spec.errors import EXIT_USAGE, UsageError
 from hpml_core.spec.models import GPT2_VOCAB
 from jobs import experiment, render, site
@@ -57,8 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
         commands[name].add_argument("--site", default="local", help="a site profile (default local: this machine)")
     commands["plan"].description = "Expand and validate an experiment against the site's prepared data, if any."
     choice = commands["submit"].add_mutually_exclusive_group()
-    choice.add_argument("--only-failed", action="store_true", help="only runs that failed, ran out of memory or stopped")
-    choice.add_argument("--force", action="store_true", help="every run, completed or not")
+    choice.add_argument("--only-failed", action="store_true",
+                        help=f"only runs that ended badly ({', '.join(sorted(run_states.ENDED_BADLY))})")
+    choice.add_argument("--force", action="store_true",
+                        help="every run not pending or running, completed or not, from step 0 (the old run "
+                             "folder is kept in <run>/previous-<n>/)")
     commands["submit"].add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
     commands["cancel"].add_argument("--run", action="append", dest="runs", metavar="NAME",
                                     help="only this run (repeat for several); default: every run")
@@ -83,7 +87,7 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"wrote {len(paths)} job scripts under {args.results / exp.name}/")
         return 0
     # Only the commands that talk to Slurm load its side (submitit), so plan and render stay quick.
-    from jobs import cancel, slurm, status, submit
+    from jobs import cancel, slurm_query, status, submit
 
     try:
         if args.command == "submit":
@@ -91,7 +95,7 @@ def run_command(args: argparse.Namespace) -> int:
         if args.command == "cancel":
             return cancel.cancel(exp, profile, args.runs)
         return status.show(exp, profile.experiment_folder(exp.name), args.watch)
-    except slurm.SlurmError as exc:
+    except slurm_query.SlurmError as exc:
         print(f"hpml {args.command}: Slurm: {exc}", file=sys.stderr)
         return 1
 

@@ -109,6 +109,11 @@ class Experiment(BaseModel):
     data: DataMeta | None = Field(description="the prepared data the runs were checked against; None: not "
                                               "prepared there, GPT-2's vocabulary assumed and the size unchecked")
 
+    @property
+    def world_sizes(self) -> dict[str, int]:
+        """Each run's processes, by run name: all ``jobs.run_state`` needs to judge its rank files."""
+        return {run.name: run.world_size for run in self.runs}
+
 
 def _label(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)

@@ -1,7 +1,16 @@
-"""The ledger of an experiment: for each run, its job id, state and attempts, in
-``results/<experiment>/ledger.json``. Every change is a read-modify-write under an exclusive
-lock on ``ledger.lock``, and the file is replaced atomically, so two ``hpml submit`` calls at
-once neither lose an entry nor leave half a file."""
+"""The ledger of an experiment, ``results/<experiment>/ledger.json``: for each run, what ``hpml
+submit`` did and what was last decided about it. Every change is a read-modify-write under an
+exclusive lock on ``ledger.lock``, and the file is replaced atomically, so two ``hpml submit``
+calls at once neither lose an entry nor leave half a file.
+
+A run's entry holds: ``backend`` (slurm or local); ``state`` and ``why`` (the last decision of
+``jobs.run_state``, in ``hpml_core.spec.run_states``' words); ``job_id`` (the current Slurm job)
+and ``job_ids`` (every job the run had, oldest first); ``attempts`` (how many times it was
+submitted: a Slurm requeue is the same submission); ``first_attempt`` (the attempt folder the
+current submission started at: only its attempts are evidence about it); ``pid``, ``host`` and
+``claimed_at`` (the ``hpml submit`` that holds it, and since when); ``log``, ``script``,
+``exit_code`` (a local run's), ``elapsed``, ``nodes`` and ``state_from`` (what Slurm said).
+"""
 
 from __future__ import annotations
 
@@ -12,13 +21,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hpml_core.spec.atomic import atomic_write_json
+from hpml_core.spec.errors import UsageError
 
 LEDGER = "ledger.json"
 
 
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
 def read(folder: Path) -> dict[str, dict]:
+    """The runs' entries ({} before anything was submitted); a ledger that is not one is a usage
+    error naming the file, for every command alike."""
     path = folder / LEDGER
-    return json.loads(path.read_text())["runs"] if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(str(path), f"unreadable ledger ({type(exc).__name__}: {exc}); move it aside to start "
+                                    "a new one") from None
 
 
 @contextmanager
@@ -32,15 +54,18 @@ def locked(folder: Path):
         atomic_write_json(folder / LEDGER, {"runs": runs})
 
 
-def claim(folder: Path, run: str, busy, **fields) -> int | None:
-    """Mark ``run`` as started by us and return its attempt number, or None when ``busy(entry)``
-    says another submitter has it: checked and marked under one lock, so two concurrent
-    ``hpml submit`` calls never start the same run."""
+def claim(folder: Path, run: str, busy, *, submission: bool = True, **fields) -> int | None:
+    """Mark ``run`` as ours and return its number of submissions, or None when ``busy(entry)``
+    says another submitter has it (or it changed since we looked): checked and marked under one
+    lock, so two concurrent ``hpml submit`` calls never start the same run. ``submission``:
+    False for a change that starts nothing (adopting a job Slurm already has)."""
     with locked(folder) as runs:
         entry = runs.setdefault(run, {"attempts": 0})
         if busy(entry):
             return None
-        entry.update(fields, attempts=entry["attempts"] + 1, updated_at=datetime.now(timezone.utc).isoformat())
+        entry.update(fields, updated_at=now())
+        if submission:
+            entry.update(attempts=entry["attempts"] + 1, claimed_at=entry["updated_at"])
         return entry["attempts"]
 
 
@@ -48,4 +73,4 @@ def update(folder: Path, run: str, **fields) -> None:
     """Set fields of the run's entry (its state, job id, log), under the lock."""
     with locked(folder) as runs:
         entry = runs.setdefault(run, {"attempts": 0})
-        entry.update(fields, updated_at=datetime.now(timezone.utc).isoformat())
+        entry.update(fields, updated_at=now())

@@ -39,6 +39,12 @@ def _environment() -> Environment:
     return env
 
 
+def job_name(experiment: str, run: str) -> str:
+    """The Slurm job name of a run: how ``hpml submit`` finds the job an ``sbatch`` queued
+    without answering (``slurm_query.find_jobs``), and how ``squeue --me --name`` finds it."""
+    return f"hpml-{experiment}-{run}"
+
+
 def job_run_dir(experiment: Experiment, run: Run, site: Site) -> str:
     """The run folder as the job sees it (from the site's project_dir)."""
     return f"{expand_path(site.results_root)}/{experiment.name}/{run.name}"
@@ -70,6 +76,7 @@ def render_run(experiment: Experiment, run: Run, site: Site) -> str:
     single_node = run.nodes == 1
     return _environment().get_template("job.sbatch.j2").render(
         experiment=experiment.name, run=run, site=site, run_dir=run_dir,
+        job_name=job_name(experiment.name, run.name),
         project_dir=expand_path(site.project_dir),
         tasks_per_node=run.gpus if single_node else 1,
         stop_seconds=STOP_SECONDS,

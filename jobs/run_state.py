@@ -1,10 +1,17 @@
-"""Where each run of an experiment stands, from three sources that must agree: the ledger (what
-``hpml submit`` did: backend, job id, attempts), the scheduler (Slurm's state of that job) and
-the run's own files (rank files, written by the engine when it ends).
+"""Where each run of an experiment stands now: the evidence is gathered here, the decision is
+``hpml_core.spec.run_states.decide``'s, and ``hpml submit``, ``status``, ``cancel`` and
+``report`` all take it from here.
 
-``refresh`` brings the ledger's states up to date with Slurm before anything decides what to
-submit, cancel or show. When Slurm no longer knows a job (no accounting, and it ended a while
-ago), the rank files say how the run ended.
+The evidence: the ledger (what ``hpml submit`` did: backend, job id, the state last decided, the
+first attempt of the current submission, the ``hpml submit`` holding the run); Slurm (through
+``jobs.slurm_query``, with its timeout); the rank files of the current submission's last attempt
+(``hpml_core.spec.attempts``: an earlier submission's attempts say nothing about this one); and
+whether a local run's ``hpml submit`` still lives. ``refresh`` records each decision in the
+ledger, as it is the next decision's "recorded" state: a job Slurm has since forgotten keeps the
+ending Slurm last gave it.
+
+When Slurm does not answer, ``current`` decides without it and says so: the runs Slurm was
+queueing or running stay as last recorded, while the rank files still count.
 """
 
 from __future__ import annotations
@@ -12,82 +19,164 @@ from __future__ import annotations
 import os
 import socket
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
-from hpml_core.spec import rank_file
-from jobs import ledger, slurm
-from jobs.experiment import Experiment
+from hpml_core.spec import attempts, rank_file, run_states
+from hpml_core.spec.run_states import ACTIVE, COMPLETED, NOT_SUBMITTED, PENDING, RUNNING, SUBMITTING
+from hpml_core.spec.status_file import ACTIVE_STATES, read_status
+from jobs import ledger, slurm_query
 
-# Endings that --only-failed submits again. OUT_OF_MEMORY, STOPPED and INTERRUPTED are the
-# local backend's words: an engine that ran out of memory or was stopped by a signal, and a
-# local run whose `hpml submit` died. The others are Slurm's.
-BAD_ENDINGS = {"FAILED", "OUT_OF_MEMORY", "STOPPED", "INTERRUPTED", "SUBMIT_FAILED", "CANCELLED", "TIMEOUT",
-               "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
-# An `hpml submit` that claimed a run and is calling sbatch; older than this, it died doing so.
+Reader = Callable[[Path], rank_file.RankFile]  # a rank file's record; OSError or ValueError if it has none
+# An `hpml submit` that claimed a run and is calling sbatch; older than this, it hangs or died doing so.
 SUBMITTING_STALE_S = 600
 
 
-def run_outcome(run_dir: Path, world_size: int) -> str:
-    """COMPLETED only when every rank wrote a rank file saying so."""
-    statuses = set()
-    for rank in range(world_size):
+def progress(own: dict | None, state: str) -> str:
+    """The engine's own words from ``status.json``, next to the state: "running, step 120/625",
+    "stopped, step 162/600"; "ended at step k/n" when the job ended under a running engine
+    (killed, cancelled); "last attempt: ..." while the next one waits."""
+    if own is None:
+        return "starting" if state == RUNNING else "waiting" if state in ACTIVE else "-"
+    at = f"step {own['step']}/{own['total_steps']}"
+    if state in (PENDING, SUBMITTING):
+        return f"last attempt: {own['state']}, {at}"
+    if own["state"] in ACTIVE_STATES and state not in ACTIVE:
+        return f"ended at {at}"
+    return f"{own['state']}, {at}"
+
+
+@dataclass(frozen=True)
+class RunState:
+    name: str
+    state: str
+    why: str
+    entry: dict  # the run's ledger entry after this decision ({}: never submitted)
+    attempts: tuple[int, ...]  # the run folder's attempts, oldest first
+    own: dict | None  # the engine's status.json
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    @property
+    def progress(self) -> str:
+        return progress(self.own, self.state)
+
+    @property
+    def reason(self) -> str:
+        """Why, with the engine's progress where it says more: the step an active run is at, or
+        the step at which its job ended under an engine that could not say so itself."""
+        ended_under_it = self.own is not None and self.own["state"] in ACTIVE_STATES
+        if not (self.active or (ended_under_it and self.state not in (COMPLETED, NOT_SUBMITTED))):
+            return self.why
+        return "; ".join(part for part in (self.why, self.progress) if part and part != "-")
+
+
+def last_attempt(run_dir: Path, entry: dict) -> int | None:
+    """The current submission's latest attempt; None before it wrote one."""
+    latest = attempts.latest_attempt(run_dir)
+    return latest if latest is not None and latest >= entry.get("first_attempt", 1) else None
+
+
+def files_say(run_dir: Path, attempt: int | None, world_size: int,
+              read: Reader = rank_file.read) -> tuple[str, str] | tuple[None, None]:
+    """``run_states.from_rank_files`` of one attempt, read from its folder (by ``read``: the
+    report passes the files it has read already)."""
+    if attempt is None:
+        return None, None
+    outcomes, errors = {}, {}
+    for rank, path in attempts.rank_files(run_dir, attempt).items():
         try:
-            statuses.add(rank_file.read(rank_file.rank_file_path(run_dir, rank)).status)
-        except (OSError, ValueError):
-            statuses.add("missing")
-    if statuses == {"completed"}:
-        return "COMPLETED"
-    return "OUT_OF_MEMORY" if "oom" in statuses else "STOPPED" if "stopped" in statuses else "FAILED"
+            record = read(path)
+        except (OSError, ValueError):  # cut short, not JSON, or not the schema
+            outcomes[rank] = run_states.UNREADABLE
+            continue
+        outcomes[rank], errors[rank] = record.status, record.error
+    return run_states.from_rank_files(outcomes, world_size, errors)
 
 
-def _process_alive(entry: dict) -> bool:
+def submitter_alive(entry: dict) -> bool:
+    """Whether the ``hpml submit`` holding the run (submitting it, or running it here) still
+    lives; one submitting for longer than SUBMITTING_STALE_S is taken for hung."""
+    state = entry.get("state")
+    if state == SUBMITTING:
+        claimed = entry.get("claimed_at") or entry.get("updated_at")
+        if not claimed or time.time() - datetime.fromisoformat(claimed).timestamp() > SUBMITTING_STALE_S:
+            return False
+    elif not (state == RUNNING and entry.get("backend") == "local"):
+        return False
     if entry.get("host") not in (None, socket.gethostname()):
         return True  # another machine's process: it cannot be checked from here
     try:
         os.kill(entry["pid"], 0)
-    except ProcessLookupError:
+    except (KeyError, ProcessLookupError):
         return False
     except PermissionError:
         return True
     return True
 
 
-def busy(entry: dict) -> bool:
-    """Whether the run is running or waiting to run under some submission, so that nothing may
-    start it again (not even --force): a Slurm job that is pending or running, a local run whose
-    `hpml submit` is alive, or an `hpml submit` calling sbatch for it right now."""
-    state = entry.get("state")
-    if entry.get("backend") == "slurm" and state in slurm.ACTIVE:
-        return True
-    if state == "SUBMITTING":
-        age = time.time() - datetime.fromisoformat(entry["updated_at"]).timestamp()
-        return age < SUBMITTING_STALE_S and _process_alive(entry)
-    return state == "RUNNING" and entry.get("backend") == "local" and _process_alive(entry)
+def judge(entry: dict, run_dir: Path, world_size: int, *, info: slurm_query.JobInfo | None = None,
+          answered: bool = True, ended: tuple[str, str] | None = None,
+          read: Reader = rank_file.read) -> tuple[str, str]:
+    """One run's state and why. ``info``: what Slurm says of its job; ``answered``: whether
+    Slurm was asked about it and answered; ``ended``: for the local ``hpml submit`` whose
+    processes just exited, how they did (COMPLETED or FAILED, and the exit status in words)."""
+    scheduler, said_by = ended if ended else (None, "Slurm")
+    if info is not None:
+        scheduler, said_by = run_states.from_slurm(info.state), f"Slurm ({info.source}): {info.state}"
+    return run_states.decide(entry.get("state"), scheduler,
+                             files_say(run_dir, last_attempt(run_dir, entry), world_size, read),
+                             submitter_alive(entry) and ended is None, entry.get("backend") == "local",
+                             said_by=said_by, answered=answered, recorded_why=entry.get("why") or "")
 
 
-def refresh(experiment: Experiment, folder: Path) -> dict[str, dict]:
-    """Ask Slurm for the state of every job in the ledger, record it, and return the ledger.
-    Raises slurm.SlurmError when neither sacct nor squeue answers."""
-    entries = ledger.read(folder)
-    job_ids = {e["job_id"] for e in entries.values() if e.get("backend") == "slurm" and e.get("job_id")}
-    stale_local = [name for name, e in entries.items()
-                   if e.get("backend") == "local" and e.get("state") == "RUNNING" and not busy(e)]
-    if not job_ids and not stale_local:
-        return entries
-    infos = slurm.query(sorted(job_ids))
-    world_sizes = {run.name: run.world_size for run in experiment.runs}
-    with ledger.locked(folder) as runs:
-        for name, entry in runs.items():
-            job_id = entry.get("job_id")
-            if entry.get("backend") == "local" and entry.get("state") == "RUNNING" and not busy(entry):
-                entry["state"] = "INTERRUPTED"  # its hpml submit is gone
-            elif job_id in infos:
-                info = infos[job_id]
-                entry.update(state=info.state, elapsed=info.elapsed, nodes=info.nodes, state_from=info.source)
-            elif job_id in job_ids and entry.get("state") in slurm.ACTIVE and name in world_sizes:
-                entry.update(state=run_outcome(folder / name, world_sizes[name]), state_from="rank files")
-            else:
-                continue
-            entry["updated_at"] = datetime.now(timezone.utc).isoformat()
-        return runs
+def _decide_all(worlds: Mapping[str, int], folder: Path, entries: dict[str, dict],
+                infos: Mapping[str, slurm_query.JobInfo], asked: set[str], read: Reader) -> dict[str, RunState]:
+    """Decide every run, updating ``entries`` (the ledger's) in place."""
+    found = {}
+    for name, world in worlds.items():
+        entry = entries.get(name, {})
+        job_id = entry.get("job_id") if entry.get("backend") == "slurm" else None
+        info = infos.get(job_id) if job_id else None
+        state, why = judge(entry, folder / name, world, info=info, answered=job_id in asked, read=read)
+        if name in entries:
+            changes = {"state": state, "why": why}
+            if info is not None:
+                changes.update(elapsed=info.elapsed, nodes=info.nodes, state_from=info.source)
+            if any(entry.get(key) != value for key, value in changes.items()):
+                entry.update(changes, updated_at=ledger.now())
+        found[name] = RunState(name, state, why, dict(entry), tuple(attempts.attempt_numbers(folder / name)),
+                               read_status(folder / name))
+    return found
+
+
+def _decide(worlds: Mapping[str, int], folder: Path, ask_slurm: bool, read: Reader) -> dict[str, RunState]:
+    recorded = ledger.read(folder)
+    job_ids = sorted({e["job_id"] for e in recorded.values() if e.get("backend") == "slurm" and e.get("job_id")})
+    infos = slurm_query.query(job_ids) if ask_slurm and job_ids else {}
+    asked = set(job_ids) if ask_slurm else set()
+    if not recorded:  # nothing submitted yet: nothing to record (and nothing written)
+        return _decide_all(worlds, folder, recorded, infos, asked, read)
+    with ledger.locked(folder) as entries:  # decided on the entries as they are now, then recorded
+        return _decide_all(worlds, folder, entries, infos, asked, read)
+
+
+def refresh(worlds: Mapping[str, int], folder: Path, read: Reader = rank_file.read) -> dict[str, RunState]:
+    """Every run's state (``worlds``: run name -> world size), decided with Slurm's word on its
+    job, and recorded in the ledger. Raises SlurmError when Slurm does not answer: what submit
+    and cancel need before they act."""
+    return _decide(worlds, folder, True, read)
+
+
+def current(worlds: Mapping[str, int], folder: Path,
+            read: Reader = rank_file.read) -> tuple[dict[str, RunState], str | None]:
+    """As ``refresh``, but when Slurm does not answer, decided without it (its jobs as last
+    recorded), with a note that says so: what status and report show."""
+    try:
+        return refresh(worlds, folder, read), None
+    except slurm_query.SlurmError as exc:
+        return _decide(worlds, folder, False, read), f"Slurm did not answer ({exc}): states as last recorded"

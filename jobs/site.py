@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jobs.experiment import ExperimentError
 
@@ -73,6 +73,9 @@ class Site(_Strict):
     results_root: str
     data_root: str
     env: dict[str, str] = {}
+    # How long sbatch may take to answer: a controller under load can be slow, but hpml submit
+    # must not hang on one that never answers.
+    submit_timeout_s: int = Field(60, ge=1)
 
     def experiment_folder(self, experiment: str) -> Path:
         """Where the runs of an experiment write, as seen from here (relative paths in a profile

@@ -5,61 +5,103 @@ Job states come from ``sacct`` (every job, finished ones included) and, where ac
 disabled or its database is unreachable, from ``squeue``, which knows only recent jobs. Both run
 with a timeout, so a status query answers even on a cluster without accounting, where waiting
 on submitit's watcher would wait forever. A job's restart after a requeue keeps its job id.
+Only this user's jobs are listed: on a shared cluster the others are many, and none of ours.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from submitit.slurm.slurm import SlurmInfoWatcher
 
 QUERY_TIMEOUT_S = 30
+# sacct without -j lists only today's jobs: find_jobs searches from here unless given a start.
+EARLIEST = datetime(2000, 1, 1).astimezone()
+# Slurm prints submit times to the second, on the controller's clock: find_jobs(since=...) also
+# keeps jobs submitted this much earlier, so that neither rounding nor a clock a little behind
+# the login node's hides the job an sbatch queued.
+SINCE_SLACK_S = 60
 
 
 class SlurmError(Exception):
     """Slurm refused or did not answer; the message says which command and why."""
 
 
+class SlurmTimeout(SlurmError):
+    """A Slurm command did not answer in time: it may still have done what it was asked."""
+
+
 @dataclass(frozen=True)
 class JobInfo:
+    job_id: str
     state: str  # Slurm's state name: "CANCELLED by 0" is read as CANCELLED
     elapsed: str  # [days-]hours:minutes:seconds, as Slurm prints it
     nodes: str  # the node list, or the reason a pending job waits
     source: str  # sacct or squeue: which command said so
 
 
-def _run(command: list[str], stdin: str | None = None) -> str:
+def _run(command: list[str], stdin: str | None = None, timeout_s: float = QUERY_TIMEOUT_S) -> str:
     try:
-        done = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+        done = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=timeout_s)
     except FileNotFoundError:
         raise SlurmError(f"{command[0]}: not found on this machine") from None
     except subprocess.TimeoutExpired:
-        raise SlurmError(f"{command[0]} did not answer within {QUERY_TIMEOUT_S} s") from None
+        raise SlurmTimeout(f"{command[0]} did not answer within {timeout_s:g} s") from None
     if done.returncode != 0:
         raise SlurmError(f"{command[0]}: {(done.stderr or done.stdout).strip() or f'exit status {done.returncode}'}")
     return done.stdout
 
 
-def _from_sacct(job_ids: list[str]) -> dict[str, JobInfo]:
-    # -X: allocations only, not steps; with -j, sacct searches from the epoch, not just today.
-    output = _run(["sacct", "-X", "--parsable2", "--format=JobID,State,Elapsed,NodeList", "-j", ",".join(job_ids)])
+def _submitted_since(submitted: str, since: datetime | None) -> bool:
+    """Whether Slurm's submit time (local time, to the second) is at or after ``since`` less the
+    slack; a time Slurm does not know ("Unknown") counts as recent, since missing a job is what
+    would submit a second one."""
+    if since is None:
+        return True
+    try:
+        when = datetime.fromisoformat(submitted).astimezone()
+    except ValueError:
+        return True
+    return when >= since - timedelta(seconds=SINCE_SLACK_S)
+
+
+def _sacct(selection: list[str], since: datetime | None = None) -> dict[str, JobInfo]:
+    # -X: allocations only, not steps (and a requeued job's latest run only).
+    output = _run(["sacct", "-X", "--parsable2", "--format=JobID,State,Elapsed,NodeList,Submit", *selection])
     found = SlurmInfoWatcher().read_info(output)  # submitit's parser of sacct's table
-    return {job_id: JobInfo(info["State"].split()[0], info["Elapsed"], info["NodeList"].replace("None assigned", ""),
-                            "sacct")
-            for job_id, info in found.items() if job_id in job_ids}
+    return {job_id: JobInfo(job_id, info["State"].split()[0], info["Elapsed"],
+                            info["NodeList"].replace("None assigned", ""), "sacct")
+            for job_id, info in found.items() if _submitted_since(info.get("Submit", ""), since)}
+
+
+def _squeue(selection: list[str], since: datetime | None = None) -> dict[str, JobInfo]:
+    # This user's jobs the controller still knows (--states=all keeps recently ended ones).
+    output = _run(["squeue", "--me", "--noheader", "--states=all", "--format=%i|%T|%M|%V|%R", *selection])
+    found = {}
+    for line in output.splitlines():
+        job_id, state, elapsed, submitted, nodes = line.strip().split("|", 4)
+        if _submitted_since(submitted, since):
+            found[job_id] = JobInfo(job_id, state, elapsed, nodes, "squeue")
+    return found
+
+
+def _from_sacct(job_ids: list[str]) -> dict[str, JobInfo]:
+    # With -j, sacct searches from the epoch, not just today.
+    found = _sacct(["-j", ",".join(job_ids)])
+    return {job_id: info for job_id, info in found.items() if job_id in job_ids}
 
 
 def _from_squeue(job_ids: list[str]) -> dict[str, JobInfo]:
-    # Every job the controller still knows (--states=all keeps recently ended ones); asking for
-    # specific ids would fail outright once one of them is forgotten.
-    output = _run(["squeue", "--noheader", "--states=all", "--format=%i|%T|%M|%R"])
-    found = {}
-    for line in output.splitlines():
-        job_id, state, elapsed, nodes = line.strip().split("|", 3)
-        if job_id in job_ids:
-            found[job_id] = JobInfo(state, elapsed, nodes, "squeue")
-    return found
+    # All of this user's jobs, then those asked for: asking for specific ids would fail outright
+    # once one of them is forgotten.
+    return {job_id: info for job_id, info in _squeue([]).items() if job_id in job_ids}
+
+
+def _combined(sacct_error: SlurmError | None, squeue_error: SlurmError) -> SlurmError:
+    return SlurmError(f"{sacct_error}; and {squeue_error}" if sacct_error else str(squeue_error))
 
 
 def query(job_ids: list[str]) -> dict[str, JobInfo]:
@@ -75,5 +117,33 @@ def query(job_ids: list[str]) -> dict[str, JobInfo]:
         try:
             found.update(_from_squeue(missing))
         except SlurmError as squeue_error:
-            raise SlurmError(f"{sacct_error}; and {squeue_error}" if sacct_error else str(squeue_error)) from None
+            raise _combined(sacct_error, squeue_error) from None
     return found
+
+
+def _job_number(info: JobInfo) -> tuple[int, str]:
+    digits = info.job_id.split("_")[0]
+    return (int(digits) if digits.isdigit() else -1, info.job_id)
+
+
+def find_jobs(name: str, since: datetime | None = None) -> list[JobInfo]:
+    """This user's jobs named ``name`` (submitted at or after ``since``, less SINCE_SLACK_S, when
+    given), newest first: Slurm numbers jobs in the order they were submitted. How a run whose
+    ``sbatch`` failed or timed out learns whether a job was queued for it after all.
+
+    sacct and squeue are both asked, since a job just queued may not have reached accounting
+    yet; sacct's word wins for a job both know, as in ``query``. Raises SlurmError when squeue
+    does not answer (a job only it knows could be missed), or neither does."""
+    since = since.astimezone() if since else None  # a naive time is this machine's local time
+    start = (since - timedelta(seconds=SINCE_SLACK_S)) if since else EARLIEST
+    found, sacct_error = {}, None
+    try:
+        found = _sacct([f"--name={name}", f"--user={os.getuid()}",
+                        f"--starttime={start.astimezone().strftime('%Y-%m-%dT%H:%M:%S')}"], since)
+    except SlurmError as exc:
+        sacct_error = exc
+    try:
+        queued = _squeue([f"--name={name}"], since)
+    except SlurmError as squeue_error:
+        raise _combined(sacct_error, squeue_error) from None
+    return sorted({**queued, **found}.values(), key=_job_number, reverse=True)

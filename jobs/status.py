@@ -1,7 +1,9 @@
-"""``hpml status``: one table of an experiment's runs: the scheduler's state (Slurm's, through
-sacct or squeue, else the last one the ledger recorded), the run's own status from its
-``status.json`` (running, step k of n; completed; failed; oom; stopped), elapsed time, size and
-nodes. ``--watch`` refreshes it until no run is pending or running."""
+"""``hpml status``: one table of an experiment's runs: each run's state, as ``jobs.run_state``
+decides it for every command (Slurm's word through sacct or squeue, the rank files of the last
+attempt, the ledger), the engine's own progress from ``status.json`` (running, step k of n),
+elapsed time, size, nodes and attempts; below it, why each run that ended otherwise than
+COMPLETED ended so, and, when Slurm did not answer, that the states are as last recorded.
+``--watch`` refreshes it until no run is active."""
 
 from __future__ import annotations
 
@@ -11,11 +13,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
-from hpml_core.spec.status_file import read_status
-from jobs import ledger, slurm
+from hpml_core.spec.run_states import COMPLETED
 from jobs.experiment import Experiment
-from jobs.run_state import busy, refresh
+from jobs.run_state import RunState, current
 
 COLUMNS = ("run", "job", "state", "progress", "elapsed", "size", "nodes", "attempts")
 
@@ -26,45 +28,32 @@ def _elapsed(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def _progress(own: dict | None, state: str) -> str:
-    """The engine's own words; when Slurm ended the job under it, Slurm's (cancelled at step k/n)."""
-    if own is None:
-        return "starting" if state == "RUNNING" else "pending" if state in slurm.ACTIVE else "-"
-    if own["state"] == "running" and state not in slurm.ACTIVE:
-        return f"{state.lower()} at step {own['step']}/{own['total_steps']}"
-    return f"{own['state']}, step {own['step']}/{own['total_steps']}"
-
-
-def rows(experiment: Experiment, folder: Path, entries: dict) -> list[dict]:
-    table = []
-    for run in experiment.runs:
-        entry = entries.get(run.name, {})
-        state = entry.get("state", "NOT SUBMITTED")
-        own = read_status(folder / run.name)
-        if entry.get("backend") == "slurm":
-            job, elapsed, nodes = entry.get("job_id") or "-", entry.get("elapsed", "-"), entry.get("nodes") or "-"
-        else:
-            job, nodes = ("local", "this machine") if entry else ("-", "-")
-            elapsed = _elapsed(own["updated_at"] - own["started_at"]) if own else "-"
-        table.append({"run": run.name, "job": job, "state": state, "progress": _progress(own, state),
-                      "elapsed": elapsed, "size": f"{run.nodes} x {run.gpus}", "nodes": nodes,
-                      "attempts": str(entry.get("attempts", 0)), "active": busy(entry)})
-    return table
+def row(run_size: str, found: RunState) -> dict:
+    entry, own = found.entry, found.own
+    if entry.get("backend") == "slurm":
+        job, elapsed, nodes = entry.get("job_id") or "-", entry.get("elapsed", "-"), entry.get("nodes") or "-"
+    else:
+        job, nodes = ("local", "this machine") if entry else ("-", "-")
+        elapsed = _elapsed(own["updated_at"] - own["started_at"]) if own else "-"
+    return {"run": found.name, "job": job, "state": found.state, "progress": found.progress, "elapsed": elapsed,
+            "size": run_size, "nodes": nodes, "attempts": str(len(found.attempts))}
 
 
 def render_table(experiment: Experiment, folder: Path) -> tuple[Table, bool]:
-    """The table, and whether any run is still pending or running."""
-    try:
-        entries, caption = refresh(experiment, folder), None
-    except slurm.SlurmError as exc:
-        entries, caption = ledger.read(folder), f"Slurm did not answer ({exc}): states as last recorded"
-    table = Table(title=f"{experiment.name} ({folder})", caption=caption)
+    """The table, and whether any run is still active (submitting, pending or running)."""
+    states, note = current(experiment.world_sizes, folder)
+    whys = [f"{name}: {found.state}: {found.why}" for name, found in states.items()
+            if found.why and found.state != COMPLETED and not found.active]
+    # Text, not markup: an error's words may hold brackets ("[/pytorch/.../pair.cc:553]").
+    caption = "\n".join([*([note] if note else []), *whys])
+    table = Table(title=Text(f"{experiment.name} ({folder})"), caption=Text(caption) if caption else None,
+                  caption_justify="left")
     for column in COLUMNS:
         table.add_column(column)
-    found = rows(experiment, folder, entries)
-    for row in found:
-        table.add_row(*(row[column] for column in COLUMNS))
-    return table, any(row["active"] for row in found)
+    for run in experiment.runs:
+        cells = row(f"{run.nodes} x {run.gpus}", states[run.name])
+        table.add_row(*(Text(cells[column]) for column in COLUMNS))
+    return table, any(found.active for found in states.values())
 
 
 def show(experiment: Experiment, folder: Path, watch: float | None) -> int:

@@ -1,11 +1,18 @@
 """``hpml submit``: submit every run of an experiment that has not completed, and keep the ledger.
 
-Idempotent: a run whose rank files all say completed is skipped, and a run whose Slurm job is
-pending or running (or that another ``hpml submit`` is starting right now) is never submitted
-twice, not even with ``--force``. So submitting again after failures submits only what did not
-finish; ``--only-failed`` narrows to runs that ended badly, ``--force`` submits completed runs
-again, ``--dry-run`` only says what would be submitted. Each run is claimed in the ledger under
-its lock before it is started, so two ``hpml submit`` calls at once never start the same run.
+What is submitted follows each run's state (``jobs.run_state``, in the words of
+``hpml_core.spec.run_states``), decided just before: an active run (SUBMITTING, PENDING,
+RUNNING) is never submitted again, not even with ``--force``; by default every run that is not
+COMPLETED is; ``--only-failed`` narrows to the runs that ENDED_BADLY; ``--force`` takes every run
+that is not active and starts it afresh: everything in its folder (attempts, checkpoints,
+status, spec, logs) is first moved into ``<run>/previous-<n>/``, so nothing is resumed and
+nothing is lost. ``--dry-run`` only says what would happen. Each run is claimed in the ledger
+under its lock before it is started, so two ``hpml submit`` calls at once never start the same run.
+
+A run whose last ``sbatch`` failed or timed out (SUBMIT_FAILED, which a hung or dead
+``hpml submit`` also leaves) may have been queued all the same: before submitting it again,
+Slurm is asked for this user's job of that run's name, submitted since that claim, and such a
+job is adopted (recorded in the ledger) instead of submitting a second one.
 
 Two backends, one engine command, ``python -m hpml_core.train --config <run>/run.json``: each
 run's spec (``render.run_config``) is written into its folder before the run is started.
@@ -13,28 +20,37 @@ run's spec (``render.run_config``) is written into its folder before the run is 
   ``sbatch --test-only`` (all of them, before any is submitted), and submitted through submitit
   (``jobs.slurm``). Submitting returns at once; ``hpml status`` follows the jobs.
 - ``--site local``: the runs execute here, one after another, from the site's project_dir (as a
-  job would), each run's processes started by torchrun, output in ``<run>/local-<attempt>.out``.
+  job would), each run's processes started by torchrun in a session of their own, output in
+  ``<run>/local-<attempt>.out``. A run's state comes from its rank files, as for Slurm
+  (torchrun reports an engine's exit status 3, out of memory, or 4, stopped, as 1).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
+from hpml_core.spec import attempts
 from hpml_core.spec.atomic import atomic_write
 from hpml_core.spec.config import RUN_SPEC_FILE, write_run_spec
 from hpml_core.spec.data_meta import DataMeta
-from hpml_core.spec.errors import EXIT_OOM, EXIT_STOPPED, UsageError
-from jobs import ledger, render, slurm
+from hpml_core.spec.errors import UsageError
+from hpml_core.spec.run_states import (ACTIVE, COMPLETED, ENDED_BADLY, FAILED, PENDING, RUNNING, SUBMIT_FAILED,
+                                       SUBMITTING, from_slurm)
+from jobs import ledger, render, run_state, slurm, slurm_query
 from jobs.experiment import Experiment, ExperimentError, Run
-from jobs.run_state import BAD_ENDINGS, busy, refresh, run_outcome
 from jobs.site import Site, expand_path
+
+PREVIOUS = re.compile(r"^previous-(\d+)$")
 
 
 def local_command(run: Run, run_spec: Path) -> list[str]:
@@ -45,27 +61,47 @@ def local_command(run: Run, run_spec: Path) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={run.gpus}", *engine]
 
 
-def select(experiment: Experiment, folder: Path, entries: dict, only_failed: bool, force: bool) -> list[Run]:
+def select(experiment: Experiment, states: dict[str, run_state.RunState], only_failed: bool,
+           force: bool) -> list[Run]:
     chosen = []
     for run in experiment.runs:
-        entry = entries.get(run.name, {})
-        if busy(entry):
+        state = states[run.name].state
+        if state in ACTIVE:
             continue
-        if force:
-            chosen.append(run)
-        elif only_failed:
-            if entry.get("state") in BAD_ENDINGS:
-                chosen.append(run)
-        elif run_outcome(folder / run.name, run.world_size) != "COMPLETED":
+        if force or (state in ENDED_BADLY if only_failed else state != COMPLETED):
             chosen.append(run)
     return chosen
 
 
-def _claim(folder: Path, run: Run, entries: dict, **fields) -> int | None:
-    """Claim the run unless, since we read the ledger, it became busy or another submit took it."""
-    seen = entries.get(run.name, {}).get("attempts", 0)
-    return ledger.claim(folder, run.name, lambda entry: busy(entry) or entry.get("attempts", 0) != seen,
+def set_aside(run_dir: Path) -> Path | None:
+    """Move everything in the run folder into ``<run>/previous-<n>/`` (n one more than the last
+    one there), so that the run starts from step 0 and the old one is kept; None when the
+    folder holds nothing to keep."""
+    if not run_dir.is_dir():
+        return None
+    entries = list(run_dir.iterdir())
+    kept = [path for path in entries if not PREVIOUS.match(path.name)]
+    if not kept:
+        return None
+    numbers = [int(match.group(1)) for path in entries if (match := PREVIOUS.match(path.name))]
+    target = run_dir / f"previous-{max(numbers, default=0) + 1}"
+    target.mkdir()
+    for path in kept:
+        path.rename(target / path.name)
+    return target
+
+
+def _claim(folder: Path, run: Run, seen: dict, submission: bool = True, **fields) -> int | None:
+    """Claim the run unless, since its state was decided, another submit took it or it changed."""
+    def key(entry: dict) -> tuple:
+        return entry.get("state"), entry.get("job_id"), entry.get("attempts", 0), entry.get("claimed_at")
+
+    return ledger.claim(folder, run.name, lambda entry: key(entry) != key(seen), submission=submission,
                         pid=os.getpid(), host=socket.gethostname(), **fields)
+
+
+def _job_history(entry: dict) -> list[str]:
+    return list(entry.get("job_ids") or ([entry["job_id"]] if entry.get("job_id") else []))
 
 
 def submit(experiment: Experiment, site: Site, only_failed: bool, force: bool, dry_run: bool) -> int:
@@ -81,79 +117,157 @@ def submit(experiment: Experiment, site: Site, only_failed: bool, force: bool, d
         multi_node = [run.name for run in experiment.runs if run.nodes > 1]
         if multi_node:
             raise ExperimentError(f"run {multi_node[0]!r}", "nodes", "--site local runs on this one machine (nodes: 1)")
-    entries = refresh(experiment, folder)
-    runs = select(experiment, folder, entries, only_failed, force)
-    active = sum(busy(entries.get(run.name, {})) for run in experiment.runs)
+    states = run_state.refresh(experiment.world_sizes, folder)
+    runs = select(experiment, states, only_failed, force)
+    active = sum(found.active for found in states.values())
     print(f"{experiment.name}: {len(runs)} to run, {len(experiment.runs) - len(runs) - active} skipped"
           f"{' (completed)' if not only_failed else ' (not failed)'}, {active} pending or running"
           f"{' [dry run]' if dry_run else ''}")
     if site.scheduler == "local":
-        return _run_locally(experiment, site, folder, runs, entries, dry_run)
-    return _submit_to_slurm(experiment, site, folder, runs, entries, dry_run)
+        return _run_locally(experiment, site, folder, runs, states, force, dry_run)
+    return _submit_to_slurm(experiment, site, folder, runs, states, force, dry_run)
 
 
-def _submit_to_slurm(experiment: Experiment, site: Site, folder: Path, runs: list[Run], entries: dict,
-                     dry_run: bool) -> int:
+def queued_after_all(experiment: Experiment, run: Run, entry: dict) -> slurm_query.JobInfo | None:
+    """The job Slurm queued for a submission whose sbatch failed or timed out: this user's newest
+    job of the run's name, submitted since that claim, that the ledger does not know yet."""
+    claimed = entry.get("claimed_at")
+    since = datetime.fromisoformat(claimed) if claimed else None
+    known = set(_job_history(entry))
+    found = slurm_query.find_jobs(render.job_name(experiment.name, run.name), since=since)
+    return next((job for job in found if job.job_id not in known), None)
+
+
+def _submit_to_slurm(experiment: Experiment, site: Site, folder: Path, runs: list[Run],
+                     states: dict[str, run_state.RunState], force: bool, dry_run: bool) -> int:
     slurm.require_slurm(site.name)
-    scripts = {run.name: render.render_run(experiment, run, site) for run in runs}
-    for run in runs:  # Slurm checks every script (partition, account, GPUs, time) before any is submitted
-        slurm.test_only(scripts[run.name], f"run {run.name!r}")
+    adopted = {run.name: job for run in runs if states[run.name].state == SUBMIT_FAILED
+               and (job := queued_after_all(experiment, run, states[run.name].entry)) is not None}
+    fresh = [run for run in runs if run.name not in adopted]
+    scripts = {run.name: render.render_run(experiment, run, site) for run in fresh}
+    for run in fresh:  # Slurm checks every script (partition, account, GPUs, time) before any is submitted
+        slurm.test_only(scripts[run.name], f"run {run.name!r}", timeout_s=site.submit_timeout_s)
     if dry_run:
-        for run in runs:
-            print(f"  would submit {run.name}: {run.nodes} node(s) x {run.gpus} GPUs, {run.time_limit}")
+        for name, job in adopted.items():
+            print(f"  would adopt {name}: job {job.job_id} ({job.state}), queued although its sbatch failed")
+        for run in fresh:
+            print(f"  would submit {run.name}: {run.nodes} node(s) x {run.gpus} GPUs, {run.time_limit}"
+                  + (", from step 0 (its folder kept in previous-<n>/)" if force else ""))
         return 0
-    for index, run in enumerate(runs, 1):
-        run_dir = folder / run.name
-        attempt = _claim(folder, run, entries, backend="slurm", state="SUBMITTING", job_id=None,
-                         submitted_at=datetime.now(timezone.utc).isoformat())
-        if attempt is None:
-            print(f"[{index}/{len(runs)}] {run.name}: submitted meanwhile by another hpml submit, skipped")
+    for run in runs:
+        if run.name in adopted:
+            _adopt(folder, run, adopted[run.name], states[run.name].entry)
+    for index, run in enumerate(fresh, 1):
+        run_dir, seen = folder / run.name, states[run.name].entry
+        claimed = _claim(folder, run, seen, backend="slurm", state=SUBMITTING, why="", job_id=None,
+                         first_attempt=1 if force else attempts.next_attempt(run_dir))
+        if claimed is None:
+            print(f"[{index}/{len(fresh)}] {run.name}: submitted meanwhile by another hpml submit, skipped")
             continue
+        kept = set_aside(run_dir) if force else None
         script = run_dir / render.SCRIPT
         write_run_spec(run_dir / RUN_SPEC_FILE, render.run_config(experiment, run, site))
         atomic_write(script, lambda f, text=scripts[run.name]: f.write(text.encode()))
         try:
-            job_id = slurm.submit(scripts[run.name], run_dir / "submitit", run.world_size)
-        except slurm.SlurmError as exc:
-            ledger.update(folder, run.name, state="SUBMIT_FAILED", error=str(exc))
-            print(f"[{index}/{len(runs)}] {run.name}: {exc}; nothing more submitted", file=sys.stderr)
+            job_id = slurm.submit(scripts[run.name], run_dir / "submitit", run.world_size,
+                                  timeout_s=site.submit_timeout_s)
+        except slurm_query.SlurmError as exc:  # a timeout included: the job may be queued all the same
+            ledger.update(folder, run.name, state=SUBMIT_FAILED, why=str(exc))
+            print(f"[{index}/{len(fresh)}] {run.name}: {exc}; nothing more submitted", file=sys.stderr)
             return 1
-        ledger.update(folder, run.name, state="PENDING", job_id=job_id, script=str(script),
-                      log=str(run_dir / f"slurm-{job_id}.out"))
-        print(f"[{index}/{len(runs)}] {run.name}: job {job_id} ({run.nodes} x {run.gpus}, {script})")
+        ledger.update(folder, run.name, state=PENDING, why="", job_id=job_id, job_ids=[*_job_history(seen), job_id],
+                      script=str(script), log=str(run_dir / f"slurm-{job_id}.out"))
+        print(f"[{index}/{len(fresh)}] {run.name}: job {job_id} ({run.nodes} x {run.gpus}, {script})"
+              + (f"; the previous run kept in {kept}" if kept else ""))
     if runs:
         print(f"follow: hpml status {experiment.name} --site {site.name} [--watch 30]; "
-              f"results: {folder}/<run>/rank-<k>.json")
+              f"results: {folder}/<run>/{attempts.ATTEMPTS}/<n>/rank-<k>.json")
     return 0
 
 
-def _run_locally(experiment: Experiment, site: Site, folder: Path, runs: list[Run], entries: dict,
-                 dry_run: bool) -> int:
+def _adopt(folder: Path, run: Run, job: slurm_query.JobInfo, seen: dict) -> None:
+    if _claim(folder, run, seen, submission=False, state=from_slurm(job.state),
+              why=f"adopted job {job.job_id}, queued although its sbatch failed ({seen.get('why') or 'no answer'})",
+              job_id=job.job_id, job_ids=[*_job_history(seen), job.job_id],
+              log=str(folder / run.name / f"slurm-{job.job_id}.out")) is None:
+        print(f"{run.name}: taken meanwhile by another hpml submit, skipped")
+        return
+    print(f"{run.name}: adopted job {job.job_id} ({job.state}): Slurm had queued it although its sbatch failed")
+
+
+def _signal_group(group: int, signum: int) -> None:
+    try:
+        os.killpg(group, signum)
+    except ProcessLookupError:  # nothing left in it
+        pass
+
+
+def run_processes(command: list[str], cwd: str, log: Path) -> tuple[int, int | None]:
+    """Run a local run's processes to their end, leaving none behind; returns the launcher's
+    exit status and the signal that interrupted ``hpml submit``, if one did.
+
+    They run in a session of their own: when the launcher exits, whatever is left there (a
+    worker blocked in a collective with a killed peer) is killed. The session also keeps a
+    terminal's Ctrl-C from reaching the workers behind our back: SIGINT and SIGTERM to ``hpml
+    submit`` are passed on to the session as SIGTERM, which the engine answers by saving a
+    checkpoint and stopping (STOPPED: the next ``hpml submit`` resumes it)."""
+    received: list[int] = []
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def forward(signum, _frame) -> None:
+            received.append(signum)
+            _signal_group(proc.pid, signal.SIGTERM)
+
+        handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+        previous = {signum: signal.signal(signum, forward) for signum in handled}
+        try:
+            code = proc.wait()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            _signal_group(proc.pid, signal.SIGKILL)
+    return code, (received[0] if received else None)
+
+
+def _exit_words(code: int) -> str:
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+
+
+def _run_locally(experiment: Experiment, site: Site, folder: Path, runs: list[Run],
+                 states: dict[str, run_state.RunState], force: bool, dry_run: bool) -> int:
     project_dir = expand_path(site.project_dir)  # where a job starts: the run spec's paths are relative to it
     if dry_run:
         for run in runs:
-            print(f"  would run {run.name}: {' '.join(local_command(run, folder / run.name / RUN_SPEC_FILE))}")
+            print(f"  would run {run.name}: {' '.join(local_command(run, folder / run.name / RUN_SPEC_FILE))}"
+                  + (" (from step 0, its folder kept in previous-<n>/)" if force else ""))
         return 0
     failures = 0
     for index, run in enumerate(runs, 1):
         run_dir = folder / run.name
         run_spec = (run_dir / RUN_SPEC_FILE).absolute()
-        attempt = _claim(folder, run, entries, backend="local", state="RUNNING", job_id=None,
-                         started_at=datetime.now(timezone.utc).isoformat())
-        if attempt is None:
+        first = 1 if force else attempts.next_attempt(run_dir)
+        if _claim(folder, run, states[run.name].entry, backend="local", state=RUNNING, why="", job_id=None,
+                  first_attempt=first, exit_code=None) is None:
             print(f"[{index}/{len(runs)}] {run.name}: started meanwhile by another hpml submit, skipped")
             continue
-        log = run_dir / f"local-{attempt}.out"
+        kept = set_aside(run_dir) if force else None
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log = run_dir / f"local-{first}.out"
         write_run_spec(run_spec, render.run_config(experiment, run, site))
         ledger.update(folder, run.name, log=str(log))
-        print(f"[{index}/{len(runs)}] {run.name}: {run.nodes} x {run.gpus} processes ...", end="", flush=True)
+        print(f"[{index}/{len(runs)}] {run.name}: {run.nodes} x {run.gpus} processes"
+              + (f" (the previous run kept in {kept})" if kept else "") + " ...", end="", flush=True)
         started = time.perf_counter()
-        with open(log, "w") as out:
-            code = subprocess.run(local_command(run, run_spec), cwd=project_dir, stdout=out,
-                                  stderr=subprocess.STDOUT).returncode
-        state = run_outcome(run_dir, run.world_size) if code in (0, EXIT_OOM, EXIT_STOPPED) else "FAILED"
-        ledger.update(folder, run.name, state=state, exit_code=code)
-        print(f" {state} in {time.perf_counter() - started:.0f} s" + ("" if state == "COMPLETED" else f" (log: {log})"))
-        failures += state != "COMPLETED"
-    print(f"results: {folder}/<run>/rank-<k>.json; ledger: {folder / ledger.LEDGER}")
+        code, interrupted = run_processes(local_command(run, run_spec), project_dir, log)
+        ended = (COMPLETED if code == 0 else FAILED, _exit_words(code))
+        state, why = run_state.judge(ledger.read(folder)[run.name], run_dir, run.world_size, ended=ended)
+        ledger.update(folder, run.name, state=state, why=why, exit_code=code)
+        print(f" {state} in {time.perf_counter() - started:.0f} s"
+              + ("" if state == COMPLETED else f" ({why}; log: {log})"))
+        failures += state != COMPLETED
+        if interrupted:
+            print(f"{signal.Signals(interrupted).name}: the runs after {run.name} were not started", file=sys.stderr)
+            return 1
+    print(f"results: {folder}/<run>/{attempts.ATTEMPTS}/<n>/rank-<k>.json; ledger: {folder / ledger.LEDGER}")
     return 1 if failures else 0

@@ -111,7 +111,9 @@ def sources(*folders: str) -> list[Path]:
     return sorted(path for folder in folders for path in (REPO / folder).rglob("*.py"))
 
 
-SUBMITTER = ("jobs.cli", "jobs.submit", "jobs.slurm", "jobs.run_state", "jobs.status", "jobs.cancel")
+# What the report may never import: what submits and cancels. It may decide states as status does
+# (jobs.run_state, jobs.slurm_query: read-only), and read the study, the site and the ledger.
+SUBMITTER = ("jobs.cli", "jobs.submit", "jobs.slurm", "jobs.status", "jobs.cancel")
 
 
 def test_import_rules():
@@ -139,6 +141,8 @@ def test_import_rules_see_imports():
     """The reader above finds the imports it must judge (a rule that reads nothing passes vacuously)."""
     assert {"hpml_core.spec.errors", "hpml_core.train", "jobs.cli", "sys"} <= imported(REPO / "hpml_core" / "cli.py")
     assert "torch" in imported(REPO / "hpml_core" / "train.py")
+    assert "jobs.run_state" in imported(REPO / "analysis" / "collect.py")
+    assert not under("jobs.slurm_query", *SUBMITTER) and under("jobs.slurm", *SUBMITTER)
 
 
 # --- (c) a light install: pip install . with no extras, in a fresh venv ---

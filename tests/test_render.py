@@ -1,15 +1,18 @@
-"""`hpml render`: job scripts pinned by golden files, and no config value can run a command."""
+"""`hpml render`: job scripts pinned by golden files, and no config value can run a command;
+what the scripts compute in bash (the rendezvous port); sbatch's timeout, without a cluster."""
 
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from jobs import experiment, render, site
+from hpml_core import launch
+from jobs import experiment, render, site, slurm, slurm_query
 from jobs.cli import main
 from jobs.experiment import EXPERIMENTS
 from jobs.experiment import ExperimentError
@@ -87,3 +90,66 @@ def test_unknown_site_is_named_with_the_known_ones(tmp_path):
                           cwd=Path(__file__).parents[1])
     assert proc.returncode == 2 and "nowhere" in proc.stderr and "greene" in proc.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_the_job_name_is_render_job_name(tmp_path):
+    exp = experiment.load(GOLDEN / "two_nodes.yaml")
+    text = render.render_run(exp, exp.runs[0], site.load(str(write_site(tmp_path, yaml_site(tmp_path)))))
+    assert render.job_name("two_nodes", "dp4xtp2") == "hpml-two_nodes-dp4xtp2"
+    assert "\n#SBATCH --job-name=hpml-two_nodes-dp4xtp2\n" in text
+
+
+@pytest.mark.parametrize("job_id, port", [("45678", 25678), ("40000", 20000), ("7", 20007)])
+def test_the_multi_node_rendezvous_port_comes_from_the_job_id_as_in_the_engine(tmp_path, job_id, port):
+    """The two-node script runs under bash with srun and scontrol replaced by functions: torchrun's
+    rendezvous is on the first node, at the port the engine's srun path derives from the job id."""
+    exp = experiment.load(GOLDEN / "two_nodes.yaml")
+    text = render.render_run(exp, exp.runs[0], site.load(str(write_site(tmp_path, yaml_site(tmp_path)))))
+    record = tmp_path / "srun.txt"
+    stubs = f"srun() {{ printf '%s\\n' \"$@\" > {record}; }}\nscontrol() {{ echo n7; echo n8; }}\n"
+    env = {**os.environ, "SLURM_JOB_ID": job_id, "SLURM_JOB_NODELIST": "n[7-8]"}
+    subprocess.run(["bash", "-c", stubs + text], cwd=tmp_path, check=True, env=env)
+    endpoints = [arg for arg in record.read_text().splitlines() if arg.startswith("--rdzv_endpoint=")]
+    engine = launch.detect({"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "0", "SLURM_JOB_NODELIST": "n[7-8]",
+                            "SLURM_JOB_ID": job_id})
+    assert endpoints == [f"--rdzv_endpoint=n7:{port}"] and engine.master_port == port
+
+
+def shim(tmp_path, monkeypatch, body: str) -> None:
+    """An ``sbatch`` first on PATH that runs ``body`` (bash)."""
+    folder = tmp_path / "bin"
+    folder.mkdir(exist_ok=True)
+    (folder / "sbatch").write_text(f"#!/bin/bash\n{body}\n")
+    (folder / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+
+
+def test_an_sbatch_that_does_not_answer_is_stopped_and_said_to_maybe_have_queued(tmp_path, monkeypatch):
+    """The timeout stops sbatch and what it started (this one's sleep), so submit returns at the
+    timeout, not when the sleep would end."""
+    shim(tmp_path, monkeypatch, 'echo "Submitted batch job 12"; sleep 60')
+    started = time.monotonic()
+    with pytest.raises(slurm_query.SlurmTimeout) as raised:
+        slurm.submit("#!/bin/bash\ntrue\n", tmp_path / "submitit", 1, timeout_s=1)
+    assert str(raised.value) == "sbatch did not answer within 1 s; the job may still have been queued"
+    assert time.monotonic() - started < 15
+    with pytest.raises(slurm_query.SlurmTimeout, match="^sbatch did not answer within 1 s$"):
+        slurm.test_only("#!/bin/bash\ntrue\n", "run 'x'", timeout_s=1)
+
+
+def test_an_sbatch_that_refuses_is_a_refusal_not_a_timeout(tmp_path, monkeypatch):
+    shim(tmp_path, monkeypatch, 'echo "sbatch: error: Invalid partition name specified" >&2; exit 1')
+    with pytest.raises(slurm_query.SlurmError) as raised:
+        slurm.submit("#!/bin/bash\ntrue\n", tmp_path / "submitit", 1, timeout_s=30)
+    assert not isinstance(raised.value, slurm_query.SlurmTimeout)
+    assert str(raised.value) == "sbatch refused the job: sbatch: error: Invalid partition name specified"
+
+
+@pytest.mark.parametrize("value, accepted", [(1, True), (600, True), (0, False), (-5, False), ("soon", False)])
+def test_the_submit_timeout_is_a_whole_number_of_seconds_from_one(tmp_path, value, accepted):
+    path = write_site(tmp_path, {**yaml_site(tmp_path), "submit_timeout_s": value})
+    if accepted:
+        assert site.load(str(path)).submit_timeout_s == value
+    else:
+        with pytest.raises(ExperimentError, match="submit_timeout_s"):
+            site.load(str(path))

@@ -1,5 +1,7 @@
 """`hpml report`: rank files (built from the schema, analysis/sample_rank_files.py) to tables, figures
-and a page; every figure of summary.csv checked against a hand computation."""
+and a page; every figure of summary.csv checked against a hand computation, a run assembled from
+its attempts, and the states decided as `hpml status` decides them (Slurm's answers are set by
+the test: `slurm_says`)."""
 
 from __future__ import annotations
 
@@ -14,15 +16,32 @@ import pytest
 
 from analysis.report import main
 from analysis.sample_rank_files import A100_BF16_PEAK, FLOPS_PER_TOKEN, write_run
+from jobs import slurm_query
 
 SEQ = 1024
 
 
 @pytest.fixture
-def study(tmp_path):
+def slurm_says(monkeypatch):
+    """What Slurm answers about jobs, set by the test: job id -> state; an exception: no answer."""
+    answers: dict = {}
+
+    def query(job_ids):
+        if isinstance(answers.get("error"), Exception):
+            raise answers["error"]
+        return {job: slurm_query.JobInfo(job, answers[job], "0:10", "n1", "sacct") for job in job_ids
+                if job in answers}
+
+    monkeypatch.setattr(slurm_query, "query", query)
+    return answers
+
+
+@pytest.fixture
+def study(tmp_path, slurm_says):
     """The seed study's layouts, twice each (repeats: 2), with what goes wrong in real life:
     an OOM, a missing rank, a corrupt rank file, a run still running, one killed by the time
-    limit, one never submitted."""
+    limit (which the ledger still records as running: the report asks Slurm), one never
+    submitted."""
     exp = tmp_path / "study.yaml"
     exp.write_text(textwrap.dedent("""
         name: study
@@ -47,7 +66,7 @@ def study(tmp_path):
     four = dict(mode="ddp", world=4, tp=1, batch=8)
     write_run(folder, "ddp-4-r0", step_medians=[0.5, 0.55, 0.6, 0.52], memory_gib=[21, 21, 21, 23], **four)
     write_run(folder, "ddp-4-r1", **four)
-    (folder / "ddp-4-r1" / "rank-2.json").write_text("{not json")
+    (folder / "ddp-4-r1" / "attempts" / "1" / "rank-2.json").write_text("{not json")
     zero = dict(mode="zero3", world=4, tp=1, batch=8)
     write_run(folder, "zero3-4-r0", step_medians=[0.8] * 4, memory_gib=[19, 20, 20, 21], **zero)
     write_run(folder, "zero3-4-r1", ranks=[0, 1, 2], step_medians=[0.8] * 4, **zero)
@@ -62,8 +81,9 @@ def study(tmp_path):
         {"state": "running", "step": 7, "total_steps": 10, "error": None, "started_at": 0, "updated_at": 1}))
     (folder / "ledger.json").write_text(json.dumps({"runs": {
         "dp2xtp2-b32-r0": {"backend": "slurm", "job_id": "7", "state": "RUNNING", "attempts": 1},
-        "dp2xtp2-b32-r1": {"backend": "slurm", "job_id": "8", "state": "TIMEOUT", "attempts": 1},
+        "dp2xtp2-b32-r1": {"backend": "slurm", "job_id": "8", "state": "RUNNING", "attempts": 1},
     }}))
+    slurm_says.update({"7": "RUNNING", "8": "TIMEOUT"})
     write_run(folder, "big-r0", status="oom", mode="single", world=1, tp=1, batch=64,
               error="out of memory at batch size 64 per rank: CUDA out of memory")
     # big-r1: never submitted, no files at all
@@ -78,7 +98,7 @@ def test_every_figure_of_the_summary_matches_a_hand_computation(study, capsys):
     single = [8 * SEQ / 0.5, 8 * SEQ / 0.4]  # 16384 and 20480 tokens/s
     t1 = (single[0] + single[1]) / 2
     row = summary.loc["single"]
-    assert (row.status, row.runs_completed, row.runs_total) == ("completed", 2, 2)
+    assert (row.status, row.runs_completed, row.runs_total) == ("COMPLETED", 2, 2)
     assert row.tokens_per_s_median == pytest.approx(t1)
     assert (row.tokens_per_s_min, row.tokens_per_s_max) == pytest.approx((single[0], single[1]))
     assert row.samples_per_s_median == pytest.approx((8 / 0.5 + 8 / 0.4) / 2)
@@ -90,8 +110,8 @@ def test_every_figure_of_the_summary_matches_a_hand_computation(study, capsys):
     # DDP on 4: the slowest rank (0.6 s) sets the pace; repeat r1 has a corrupt rank file.
     ddp = 4 * 8 * SEQ / 0.6
     row = summary.loc["ddp-4"]
-    assert (row.status, row.runs_completed) == ("1/2 completed", 1)
-    assert "ddp-4-r1: incomplete (rank files missing: 2)" in row.reason
+    assert (row.status, row.runs_completed) == ("1/2 COMPLETED", 1)
+    assert "ddp-4-r1: FAILED (the rank file of rank(s) 2 is unreadable)" in row.reason
     assert row.tokens_per_s_median == pytest.approx(ddp)
     assert row.tokens_per_s_per_gpu_median == pytest.approx(ddp / 4)
     assert row.scaling_efficiency == pytest.approx(ddp / (4 * t1))
@@ -103,7 +123,7 @@ def test_every_figure_of_the_summary_matches_a_hand_computation(study, capsys):
 
     zero = 4 * 8 * SEQ / 0.8
     row = summary.loc["zero3-4"]
-    assert "zero3-4-r1: incomplete (rank files missing: 3)" in row.reason
+    assert "zero3-4-r1: FAILED (no rank file from rank(s) 3: killed before writing it)" in row.reason
     assert (row.tokens_per_s_median, row.tokens_per_s_min, row.tokens_per_s_max) == pytest.approx((zero,) * 3)
     assert row.samples_per_s_median == pytest.approx(32 / 0.8)
     assert row.tokens_per_s_per_gpu_median == pytest.approx(zero / 4)
@@ -129,23 +149,31 @@ def test_every_figure_of_the_summary_matches_a_hand_computation(study, capsys):
     assert row.memory_reduction == pytest.approx(1 - 6.25 / 21.0)
 
     row = summary.loc["dp2xtp2-b32"]
-    assert (row.status, row.runs_completed) == ("running, timeout", 0)
-    assert "dp2xtp2-b32-r0: running (step 4/10)" in row.reason and "dp2xtp2-b32-r1: timeout" in row.reason
+    assert (row.status, row.runs_completed) == ("RUNNING, TIMEOUT", 0)
+    assert "dp2xtp2-b32-r0: RUNNING (Slurm (sacct): RUNNING; running, step 4/10)" in row.reason
+    assert "dp2xtp2-b32-r1: TIMEOUT (Slurm (sacct): TIMEOUT; ended at step 7/10)" in row.reason
     assert math.isnan(row.tokens_per_s_median) and math.isnan(row.scaling_efficiency)
     row = summary.loc["big"]
-    assert row.status == "oom, missing"
-    assert "big-r0: oom (rank 0: out of memory at batch size 64" in row.reason
-    assert "big-r1: missing (no rank files (never submitted))" in row.reason
+    assert row.status == "OUT_OF_MEMORY, NOT_SUBMITTED"
+    assert "big-r0: OUT_OF_MEMORY (rank 0: out of memory at batch size 64" in row.reason
+    assert "big-r1: NOT_SUBMITTED" in row.reason
 
-    runs = pd.read_csv(folder / "report" / "runs.csv").set_index("run")
+    runs = pd.read_csv(folder / "report" / "runs.csv", dtype={"job_ids": str}).set_index("run")
     assert len(runs) == 12
-    assert runs.loc["big-r0", "status"] == "oom" and runs.loc["big-r1", "status"] == "missing"
-    assert runs.loc["dp2xtp2-b32-r0", "status"] == "running" and runs.loc["dp2xtp2-b32-r1", "status"] == "timeout"
-    assert runs.loc["ddp-4-r1", "status"] == "incomplete"
+    assert runs.loc["big-r0", "status"] == "OUT_OF_MEMORY" and runs.loc["big-r1", "status"] == "NOT_SUBMITTED"
+    assert runs.loc["dp2xtp2-b32-r0", "status"] == "RUNNING" and runs.loc["dp2xtp2-b32-r1", "status"] == "TIMEOUT"
+    assert runs.loc["ddp-4-r1", "status"] == "FAILED"
+    assert (runs.loc["single-r0", "attempts"], runs.loc["single-r0", "job_ids"]) == (1, "1")
+    assert runs.loc["big-r1", "attempts"] == 0
+    # The report asked Slurm, and recorded its word as `hpml status` does.
+    ledger = json.loads((folder / "ledger.json").read_text())["runs"]
+    assert (ledger["dp2xtp2-b32-r1"]["state"], ledger["dp2xtp2-b32-r1"]["state_from"]) == ("TIMEOUT", "sacct")
 
     markdown = (folder / "report" / "summary.md").read_text()
     assert "| Configuration | Description | Memory (GiB/GPU) | MFU |" in markdown
-    assert f"{folder / 'ddp-4-r1' / 'rank-2.json'}: does not match the rank-file schema (not JSON)" in markdown
+    assert "States:" not in markdown  # Slurm answered
+    corrupt = folder / "ddp-4-r1" / "attempts" / "1" / "rank-2.json"
+    assert f"{corrupt}: does not match the rank-file schema (not JSON)" in markdown
     assert "DP 2 (ZeRO-3) x TP 2 on 4 GPUs, batch 8/GPU, bf16" in markdown
     assert "Peak used for MFU: A100 SXM bf16 dense, 312 TFLOP/s (single, ddp-4, zero3-4, dp2xtp2-b8)." in markdown
     assert "Step time: CUDA events." in markdown
@@ -225,7 +253,7 @@ def test_report_html_opens_in_headless_chromium_with_every_figure_drawn(study):
     assert errors == []
 
 
-def test_the_current_attempt_wins_over_the_rank_files_of_the_last(tmp_path):
+def test_the_current_attempt_wins_over_the_rank_files_of_the_last(tmp_path, slurm_says):
     """A resubmitted run that is running again, or requeued and waiting, is not reported with
     its previous attempt's ending."""
     from analysis.collect import collect
@@ -235,14 +263,95 @@ def test_the_current_attempt_wins_over_the_rank_files_of_the_last(tmp_path):
               world=1, tp=1, batch=8)
     for run, state in (("again", "running"), ("requeued", "stopped")):
         (tmp_path / run / "status.json").write_text(json.dumps(
-            {"state": state, "step": 3, "total_steps": 10, "error": None, "started_at": 0, "updated_at": 1}))
+            {"state": state, "attempt": 1, "step": 3, "total_steps": 10, "error": None, "started_at": 0,
+             "updated_at": 1}))
     (tmp_path / "ledger.json").write_text(json.dumps({"runs": {
-        "again": {"backend": "slurm", "job_id": "9", "state": "RUNNING"},
-        "requeued": {"backend": "slurm", "job_id": "10", "state": "PENDING"}}}))
-    results, problems = collect(tmp_path, {"again": 1, "requeued": 1}, repeated=False)
-    assert not problems
+        "again": {"backend": "slurm", "job_id": "9", "state": "PENDING", "first_attempt": 2},
+        "requeued": {"backend": "slurm", "job_id": "10", "state": "RUNNING", "first_attempt": 1}}}))
+    slurm_says.update({"9": "RUNNING", "10": "REQUEUED"})
+    results, problems, note = collect(tmp_path, {"again": 1, "requeued": 1}, repeated=False)
+    assert not problems and note is None
     assert [(r.status, r.reason) for r in results] == [
-        ("running", "step 3/10"), ("pending", "Slurm: PENDING; last attempt: stopped at step 3/10")]
+        ("RUNNING", "Slurm (sacct): RUNNING; running, step 3/10"),
+        ("PENDING", "Slurm (sacct): REQUEUED; last attempt: stopped, step 3/10")]
+
+
+def test_when_slurm_does_not_answer_the_states_are_as_last_recorded_and_the_notes_say_so(tmp_path, slurm_says):
+    site = tmp_path / "site.yaml"
+    site.write_text(f"name: t\nscheduler: local\nproject_dir: .\nresults_root: {tmp_path / 'results'}\n"
+                    f"data_root: {tmp_path}\n")
+    exp = tmp_path / "quiet.yaml"
+    exp.write_text("name: quiet\ndataset: d\ndefaults: {model: gpt2-large, steps: 10}\n"
+                   "runs: [{name: queued, mode: single}, {name: done, mode: single}]\n")
+    folder = tmp_path / "results" / "quiet"
+    write_run(folder, "done", mode="single", world=1, tp=1, batch=8)
+    (folder / "ledger.json").write_text(json.dumps({"runs": {
+        "queued": {"backend": "slurm", "job_id": "7", "state": "PENDING"},
+        "done": {"backend": "slurm", "job_id": "8", "state": "RUNNING"}}}))
+    slurm_says["error"] = slurm_query.SlurmError("sacct did not answer within 30 s; and squeue did not answer")
+    assert main([str(exp), "--site", str(site)]) == 0
+    runs = pd.read_csv(folder / "report" / "runs.csv").set_index("run")
+    assert (runs.loc["queued", "status"], runs.loc["queued", "reason"]) == (
+        "PENDING", "as last recorded: Slurm did not answer; waiting")
+    assert runs.loc["done", "status"] == "COMPLETED"  # its rank files say so, Slurm or not
+    assert ("- States: Slurm did not answer (sacct did not answer within 30 s; and squeue did not answer): "
+            "states as last recorded.") in (folder / "report" / "summary.md").read_text()
+
+
+def test_a_run_is_assembled_from_all_its_attempts(tmp_path, slurm_says):
+    """'resumed': attempt 1 (job 101 on n1) stopped after steps 0-7, three of them timed;
+    attempt 2 (job 102 on n2) resumed at step 6 and completed 6-9, all warm-up. 'gapped':
+    attempt 1 failed after steps 0-2, attempt 2 completed 5-9 (steps 3 and 4 recorded by none)."""
+    site = tmp_path / "site.yaml"
+    site.write_text(f"name: t\nscheduler: local\nproject_dir: .\nresults_root: {tmp_path / 'results'}\n"
+                    f"data_root: {tmp_path}\n")
+    exp = tmp_path / "attempts.yaml"
+    exp.write_text("name: attempts\ndataset: d\ndefaults: {model: gpt2-large, steps: 10}\n"
+                   "runs: [{name: resumed, mode: ddp, gpus: 2, batch_size: 8}, {name: gapped, mode: single}]\n")
+    folder = tmp_path / "results" / "attempts"
+    two = dict(mode="ddp", world=2, tp=1, batch=8)
+    write_run(folder, "resumed", attempt=1, status="stopped", error="stopped by SIGUSR1; checkpoint saved",
+              losses=(9.0, 8.0, 7.0, 6.0, 5.0, 4.5, 4.0, 3.5), timed=3, step_medians=[0.5, 0.6],
+              memory_gib=[12.0, 11.0], job_id="101", node_list="n1", **two)
+    write_run(folder, "resumed", attempt=2, start_step=6, losses=(4.1, 3.6, 3.2, 3.0), timed=0,
+              memory_gib=[13.0, 13.0], job_id="102", node_list="n2", **two)
+    one = dict(mode="single", world=1, tp=1, batch=8, job_id=None)
+    write_run(folder, "gapped", attempt=1, status="failed", error="RuntimeError: boom", losses=(9.0, 8.0, 7.0), **one)
+    write_run(folder, "gapped", attempt=2, start_step=5, losses=(5.0, 4.0, 3.0, 2.0, 1.0), step_medians=[0.25], **one)
+    assert main([str(exp), "--site", str(site)]) == 0
+    report = folder / "report"
+
+    loss = pd.read_csv(report / "loss.csv")
+    resumed = loss[loss["run"] == "resumed"]
+    assert list(resumed["step"]) == list(range(10))
+    assert list(resumed["loss"]) == [9.0, 8.0, 7.0, 6.0, 5.0, 4.5, 4.1, 3.6, 3.2, 3.0]  # attempt 2 wins on 6, 7
+    assert list(resumed["attempt"]) == [1] * 6 + [2] * 4
+    gapped = loss[loss["run"] == "gapped"]
+    assert list(gapped["step"]) == [0, 1, 2, 5, 6, 7, 8, 9] and list(gapped["attempt"]) == [1] * 3 + [2] * 5
+
+    times = pd.read_csv(report / "step_times.csv")
+    assert [tuple(row) for row in times[times["run"] == "resumed"][["attempt", "rank", "step", "step_time_s"]]
+            .itertuples(index=False)] == [(1, 0, 5, 0.5), (1, 0, 6, 0.5), (1, 0, 7, 0.5),
+                                          (1, 1, 5, 0.6), (1, 1, 6, 0.6), (1, 1, 7, 0.6)]
+    assert list(times[times["run"] == "gapped"]["step"]) == [5, 6, 7, 8, 9]
+    assert set(times[times["run"] == "gapped"]["attempt"]) == {2}
+
+    runs = pd.read_csv(report / "runs.csv", dtype={"job_ids": str}).set_index("run")
+    row = runs.loc["resumed"]
+    assert (row.status, row.attempts, row.job_ids, row.node_lists) == ("COMPLETED", 2, "101;102", "n1;n2")
+    assert row.throughput_attempt == 1
+    assert row.tokens_per_s == pytest.approx(2 * 8 * SEQ / 0.6)  # attempt 1's slowest rank
+    assert row.peak_memory_per_gpu_max_gib == pytest.approx(12.0)  # attempt 1's, where the steps were timed
+    assert row.final_loss == pytest.approx(3.0)
+    assert row.steps_completed == 10
+    row = runs.loc["gapped"]
+    assert (row.status, row.attempts, row.job_ids, row.throughput_attempt) == ("COMPLETED", 2, "-;-", 2)
+    assert row.tokens_per_s == pytest.approx(8 * SEQ / 0.25) and row.final_loss == pytest.approx(1.0)
+    assert pd.isna(row.throughput_note)
+    markdown = (report / "summary.md").read_text()
+    assert ("- resumed: throughput from attempt 1 of 2 (attempt 2: every step left after resuming at "
+            "step 6 was warm-up).") in markdown
+    assert "gapped: throughput" not in markdown
 
 
 def test_without_an_experiment_every_one_with_results_is_reported_even_before_any_rank_file(tmp_path):
@@ -253,7 +362,7 @@ def test_without_an_experiment_every_one_with_results_is_reported_even_before_an
     assert main(["--site", str(site)]) == 0
     report = tmp_path / "results" / "tiny_study" / "report"
     runs = pd.read_csv(report / "runs.csv")
-    assert len(runs) == 5 and set(runs["status"]) == {"missing"}
+    assert len(runs) == 5 and set(runs["status"]) == {"NOT_SUBMITTED"}
     assert {p.name for p in report.glob("*.png")} == {"throughput.png", "memory.png", "mfu_vs_batch.png", "loss.png"}
     assert not (tmp_path / "results" / "seed_study").exists()  # no results, no report
 
@@ -266,12 +375,12 @@ def test_rank_files_written_with_the_seed_mode_names_read_as_ddp_and_zero3(tmp_p
     write_run(tmp_path, "old-ddp", mode="ddp", world=2, tp=1, batch=8)
     write_run(tmp_path, "old-zero3", mode="zero3", world=2, tp=1, batch=8)
     for run, new, old in (("old-ddp", "ddp", "baseline"), ("old-zero3", "zero3", "hybrid")):
-        for path in (tmp_path / run).glob("rank-*.json"):
+        for path in (tmp_path / run).glob("attempts/1/rank-*.json"):
             text = path.read_text()
             assert f'"mode": "{new}"' in text
             path.write_text(text.replace(f'"mode": "{new}"', f'"mode": "{old}"'))
-    results, problems = collect(tmp_path, {"old-ddp": 2, "old-zero3": 2}, repeated=False)
-    assert not problems and [r.status for r in results] == ["completed", "completed"]
+    results, problems, _ = collect(tmp_path, {"old-ddp": 2, "old-zero3": 2}, repeated=False)
+    assert not problems and [r.status for r in results] == ["COMPLETED", "COMPLETED"]
     runs = aggregate.runs_table(results).set_index("run")
     assert list(runs["mode"]) == ["ddp", "zero3"]
     assert runs.loc["old-ddp", "description"].startswith("DDP on 2 GPUs")

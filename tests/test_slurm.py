@@ -9,6 +9,7 @@ temporary results folder through a site profile made for the test.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -16,11 +17,15 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from jobs import slurm
+from analysis import collect
+from hpml_core.spec import attempts
+from hpml_core.spec.run_states import COMPLETED
+from jobs import render, slurm_query
 from tests.conftest import REPO, rank_files
 
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
@@ -79,27 +84,40 @@ def experiment(site: Path, name: str, runs: str, **defaults) -> tuple[Path, Path
     return path, site.parent / "results" / name
 
 
-def hpml(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+def hpml(*args: str, timeout: float = 120, path: str | None = None) -> subprocess.CompletedProcess:
+    """``hpml ARGS`` as a user types it (``path``: another PATH)."""
+    env = {**os.environ, "PATH": path} if path else None
+    return subprocess.run([sys.executable, "-m", "hpml_core.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def status_rows(experiment_arg: str, site: Path) -> dict[str, tuple[str, str]]:
+    """``hpml status``'s table: each run's (state, progress), read from the table's rows (the
+    lines under it say why, and are not read here)."""
+    done = hpml("status", experiment_arg, "--site", str(site))
+    assert done.returncode == 0, done.stderr
+    rows = [[cell.strip() for cell in line.strip("│").split("│")] for line in done.stdout.splitlines()
+            if line.startswith("│")]
+    return {row[0]: (row[2], row[3]) for row in rows}
 
 
 def ledger(folder: Path) -> dict:
     return json.loads((folder / "ledger.json").read_text())["runs"]
 
 
-def wait_for(predicate, timeout: float, what: str):
+def wait_for(predicate, timeout: float, what: str, every: float = 1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = predicate()
         if found:
             return found
-        time.sleep(1)
+        time.sleep(every)
     raise AssertionError(f"gave up after {timeout:.0f} s waiting for {what}")
 
 
 def job_state(job_id: str) -> str:
-    return slurm.query([job_id]).get(job_id, slurm.JobInfo("UNKNOWN", "", "", "")).state
+    info = slurm_query.query([job_id]).get(job_id)
+    return info.state if info else "UNKNOWN"
 
 
 def wait_finished(job_id: str, timeout: float = 300) -> str:
@@ -114,10 +132,11 @@ def own_step(run_dir: Path) -> int:
         return -1
 
 
-def stop_and_requeue(job: str, run_dir: Path, steps: int) -> None:
-    """Send the stop signal (as Slurm does before the time limit) after 20 steps, wait for the
-    requeue, and release the job: Slurm holds a requeued job a while (reason BeginTime)."""
-    wait_for(lambda: own_step(run_dir) >= 20, 180, "20 steps before the signal")
+def stop_and_requeue(job: str, run_dir: Path, steps: int, after: int = 20) -> None:
+    """Send the stop signal (as Slurm does before the time limit) once ``after`` steps are done,
+    wait for the requeue, and release the job: Slurm holds a requeued job a while (reason
+    BeginTime)."""
+    wait_for(lambda: own_step(run_dir) >= after, 180, f"{after} steps before the signal", every=0.1)
     subprocess.run(["scancel", "--signal=USR1", job], check=True)
     wait_for(lambda: job_state(job) == "PENDING" and own_step(run_dir) < steps, 180, "the requeue")
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
@@ -153,8 +172,7 @@ def test_make_submit_all_runs_the_tiny_study_once_even_when_submitted_twice_at_o
 
     again = subprocess.run(make, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "0 to run, 5 skipped (completed), 0 pending or running" in again.stdout
-    table = hpml("status", "tiny_study", "--site", str(slurm_site)).stdout
-    assert table.count("COMPLETED") == 5 and table.count("completed, step 30/30") == 5
+    assert status_rows("tiny_study", slurm_site) == {name: ("COMPLETED", "completed, step 30/30") for name in worlds}
 
 
 def test_a_failed_run_shows_failed_and_only_failed_submits_just_that_one(slurm_site):
@@ -167,8 +185,8 @@ def test_a_failed_run_shows_failed_and_only_failed_submits_just_that_one(slurm_s
     assert hpml("submit", str(exp), "--site", str(slurm_site)).returncode == 0
     jobs = {name: entry["job_id"] for name, entry in ledger(folder).items()}
     assert wait_finished(jobs["broken"]) == "FAILED" and wait_finished(jobs["fine"]) == "COMPLETED"
-    table = hpml("status", str(exp), "--site", str(slurm_site)).stdout
-    assert "FAILED" in table and "COMPLETED" in table
+    rows = status_rows(str(exp), slurm_site)
+    assert (rows["broken"][0], rows["fine"][0]) == ("FAILED", "COMPLETED")
 
     (folder / "broken" / "checkpoints" / "latest.json").unlink()
     again = hpml("submit", str(exp), "--site", str(slurm_site), "--only-failed")
@@ -194,9 +212,10 @@ def test_scancel_and_hpml_cancel_show_cancelled(slurm_site):
     assert cancel.returncode == 0 and f"by-hpml: cancelled job {jobs['by-hpml']}" in cancel.stdout
     assert "1 job(s) cancelled" in cancel.stdout
     assert wait_finished(jobs["by-hpml"]) == "CANCELLED"
-    table = hpml("status", str(exp), "--site", str(slurm_site)).stdout
     # scancel sends SIGTERM first: the engine saves a checkpoint before it ends, and says so.
-    assert table.count("CANCELLED") == 2 and table.count("stopped, step") == 2
+    rows = status_rows(str(exp), slurm_site)
+    assert sorted(rows) == ["by-hpml", "by-scancel"]
+    assert all(state == "CANCELLED" and progress.startswith("stopped, step") for state, progress in rows.values())
     assert {entry["state"] for entry in ledger(folder).values()} == {"CANCELLED"}
 
 
@@ -274,3 +293,122 @@ def test_status_answers_on_a_slurm_without_accounting(slurm_site, without_accoun
     assert status.returncode == 0 and ledger(folder)["one"]["state_from"] == "squeue"
     watch = hpml("status", str(exp), "--site", str(slurm_site), "--watch", "1", timeout=300)
     assert watch.returncode == 0 and "COMPLETED" in watch.stdout and "completed, step 6/6" in watch.stdout
+
+
+def jobs_named(name: str) -> set[str]:
+    """This user's job ids with that job name, from squeue and sacct asked directly."""
+    queued = subprocess.run(["squeue", "--me", "--noheader", "--states=all", f"--name={name}", "--format=%i"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    accounted = subprocess.run(["sacct", "-X", "--noheader", "--parsable2", f"--name={name}", f"--user={os.getuid()}",
+                                "--starttime=now-7days", "--format=JobID"],
+                               capture_output=True, text=True, check=True).stdout.split()
+    return set(queued) | set(accounted)
+
+
+def sbatch(*args: str) -> str:
+    done = subprocess.run(["sbatch", "--parsable", "--output=/dev/null", *args], capture_output=True, text=True,
+                          check=True, cwd="/tmp")
+    return done.stdout.strip().split(";")[0]
+
+
+def test_find_jobs_lists_this_users_jobs_of_one_name_newest_first(nodes):
+    """Two jobs of ours with the name, one of another user's (root submits it as nobody) and one of
+    ours with another name: find_jobs lists ours with that name, newest first, while they run
+    (squeue) and once they ended (sacct); none submitted after a time still to come."""
+    if os.getuid() != 0:
+        pytest.fail("these tests submit a job as another user, which needs root (as `jobs/local-slurm up` does)")
+    name = f"hpml-find-{os.getpid()}-{time.time_ns()}"
+    first = sbatch(f"--job-name={name}", "--wrap=sleep 2")
+    theirs = sbatch(f"--job-name={name}", "--uid=nobody", "--gid=nogroup", "--wrap=sleep 2")
+    other = sbatch(f"--job-name={name}-other", "--wrap=sleep 2")
+    second = sbatch(f"--job-name={name}", "--wrap=sleep 2")
+    assert [job.job_id for job in slurm_query.find_jobs(name)] == [second, first]
+    for job in (first, theirs, other, second):
+        wait_finished(job)
+    def from_sacct() -> list[slurm_query.JobInfo] | None:
+        found = slurm_query.find_jobs(name)
+        return found if {job.source for job in found} == {"sacct"} else None
+
+    ended = wait_for(from_sacct, 60, "sacct to know the jobs")
+    assert [(job.job_id, job.state) for job in ended] == [(second, "COMPLETED"), (first, "COMPLETED")]
+    assert slurm_query.find_jobs(name, since=datetime.now(timezone.utc) + timedelta(hours=1)) == []
+    assert [job.job_id for job in slurm_query.find_jobs(name, since=datetime.now(timezone.utc) - timedelta(hours=1))] \
+        == [second, first]
+
+
+def test_a_hanging_sbatch_then_only_failed_leaves_exactly_one_job(slurm_site, tmp_path):
+    """sbatch queues the job for real, then hangs (a PATH shim around the real one): hpml submit
+    gives up after the site's submit_timeout_s and records SUBMIT_FAILED. `--only-failed`, with
+    sbatch answering again, must find the queued job by the run's job name and adopt it: the run
+    has one job, and it completes."""
+    hanging = tmp_path / "hanging-site.yaml"
+    hanging.write_text(slurm_site.read_text() + "submit_timeout_s: 3\n")
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    real = shutil.which("sbatch")
+    (shims / "sbatch").write_text(f"""#!/bin/bash
+if [ "$1" = --test-only ]; then exec {real} "$@"; fi
+{real} "$@" || exit
+sleep 120
+""")
+    (shims / "sbatch").chmod(0o755)
+    exp, folder = experiment(slurm_site, "hanging", "- {name: one, mode: single, gpus: 1, batch_size: 4}")
+    name = render.job_name("hanging", "one")
+    earlier = jobs_named(name)  # of earlier test sessions, on this cluster's long memory
+
+    started = time.monotonic()
+    first = hpml("submit", str(exp), "--site", str(hanging), path=f"{shims}:{os.environ['PATH']}")
+    assert time.monotonic() - started < 60
+    assert first.returncode == 1 and "sbatch did not answer within 3 s; the job may still have been queued" \
+        in first.stderr, first.stderr
+    assert ledger(folder)["one"]["state"] == "SUBMIT_FAILED"
+    queued = jobs_named(name) - earlier
+    assert len(queued) == 1, queued  # the shim's sbatch did queue it
+
+    again = hpml("submit", str(exp), "--site", str(slurm_site), "--only-failed")
+    assert again.returncode == 0, again.stdout + again.stderr
+    (job,) = queued
+    assert ledger(folder)["one"]["job_id"] == job
+    assert wait_finished(job) == "COMPLETED"
+    assert jobs_named(name) - earlier == queued
+    files = rank_files(folder / "one")
+    assert sorted(files) == [0] and files[0]["status"] == "completed" and files[0]["slurm"]["job_id"] == job
+
+
+def test_a_job_stopped_within_its_last_warm_up_steps_is_requeued_and_completes(slurm_site):
+    """12 steps of which 5 warm-up, checkpoints every 4: the stop signal, sent once 7 steps are
+    done, stops the job after step 8 or so, with fewer steps left than the warm-up. The requeued
+    job trains them untimed and completes; the report's row is completed after 2 attempts, with
+    the loss curve from step 0, equal to the same run's left alone. Steps of about a second
+    (batch 64 of 256 tokens) let the signal land in time."""
+    exp, folder = experiment(slurm_site, "late_stop", """
+        - {name: interrupted, mode: single, gpus: 1, batch_size: 64}
+        - {name: reference, mode: single, gpus: 1, batch_size: 64}
+    """, steps=12, warmup_steps=5, checkpoint_every=4, seq_len=256)
+    assert hpml("submit", str(exp), "--site", str(slurm_site)).returncode == 0
+    job = ledger(folder)["interrupted"]["job_id"]
+    stop_and_requeue(job, folder / "interrupted", steps=12, after=7)
+    assert wait_finished(job) == "COMPLETED"
+    assert wait_finished(ledger(folder)["reference"]["job_id"]) == "COMPLETED"
+
+    run_dir = folder / "interrupted"
+    assert attempts.attempt_numbers(run_dir) == [1, 2]
+    stopped, resumed = rank_files(run_dir, attempt=1)[0], rank_files(run_dir, attempt=2)[0]
+    assert stopped["status"] == "stopped" and resumed["status"] == "completed"
+    resumed_at = resumed["resumed_from_step"]
+    assert 12 - 5 < resumed_at < 12, f"the stop landed after step {resumed_at}, not within the last warm-up steps"
+    assert resumed["throughput"] is None and "earlier attempts" in resumed["throughput_missing_reason"]
+    assert stopped["throughput"] is not None and resumed["slurm"]["job_id"] == job
+
+    report = hpml("report", str(exp), "--site", str(slurm_site))
+    assert report.returncode == 0, report.stderr
+    rows = {row["run"]: row for row in csv.DictReader((folder / "report" / "runs.csv").open())}
+    assert (rows["interrupted"]["status"], rows["interrupted"]["attempts"]) == (COMPLETED, "2")
+    assert rows["interrupted"]["job_ids"] == f"{job};{job}"  # one job, restarted by Slurm
+    (result,), problems, _ = collect.collect(folder, {"interrupted": 1}, repeated=False)
+    assert not problems and result.status == COMPLETED and len(result.attempts) == 2
+    curve = result.loss_curve()  # (step, loss, attempt), from every attempt
+    assert [(step, attempt) for step, _, attempt in curve] == [(step, 1 if step < resumed_at else 2)
+                                                                for step in range(12)]
+    reference = rank_files(folder / "reference")[0]["loss"]["values"]
+    assert len(reference) == 12 and max(abs(loss - ref) for (_, loss, _), ref in zip(curve, reference)) <= 1e-6

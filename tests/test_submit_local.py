@@ -1,12 +1,20 @@
-"""`hpml submit --site local`: a study run on this machine, idempotent, with a ledger."""
+"""`hpml submit --site local`: a study run on this machine, idempotent, with a ledger; --force
+from step 0; an out-of-memory rank and a rank killed with SIGKILL, each decided from the rank
+files and shown alike by the ledger, `hpml status` and `hpml report`."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
 from jobs.cli import main
-from tests.conftest import rank_files
+from tests.conftest import REPO, rank_files
 
 
 @pytest.fixture
@@ -53,19 +61,22 @@ def test_submit_runs_what_has_not_completed_and_only_that(study, capsys):
     assert "0 to run, 2 skipped" in capsys.readouterr().out
     assert all(entry["attempts"] == 1 for entry in ledger(folder).values())
 
-    # A run made to fail (its checkpoint is corrupt, and job commands --resume): FAILED, and
-    # --only-failed runs it, alone, once the cause is gone.
-    (folder / "single" / "rank-0.json").unlink()
+    # A run whose rank file is gone is no longer COMPLETED; made to fail (its checkpoint is
+    # corrupt, and job commands --resume): FAILED, in the words of its exit, and --only-failed
+    # runs it, alone, once the cause is gone, into its next attempt folder.
+    (folder / "single" / "attempts" / "1" / "rank-0.json").unlink()
     (folder / "single" / "checkpoints").mkdir()
     (folder / "single" / "checkpoints" / "latest.json").write_text("{not json")
     assert main(["submit", str(exp), "--site", str(site)]) == 1
-    assert ledger(folder)["single"]["state"] == "FAILED" and ledger(folder)["single"]["exit_code"] == 2
+    entry = ledger(folder)["single"]
+    assert (entry["state"], entry["why"], entry["exit_code"]) == ("FAILED", "exit status 2", 2)
     capsys.readouterr()
     (folder / "single" / "checkpoints" / "latest.json").unlink()
     assert main(["submit", str(exp), "--site", str(site), "--only-failed"]) == 0
     assert "1 to run, 1 skipped" in capsys.readouterr().out
     runs = ledger(folder)
     assert (runs["single"]["state"], runs["single"]["attempts"], runs["ddp-2"]["attempts"]) == ("COMPLETED", 3, 1)
+    assert sorted(rank_files(folder / "single", attempt=2)) == [0] and runs["single"]["first_attempt"] == 2
 
 
 def test_dry_run_runs_nothing(study, capsys):
@@ -108,3 +119,199 @@ def test_concurrent_claims_never_start_a_run_twice_nor_lose_an_entry(tmp_path):
     assert [sum(won) for won in zip(*claimed)] == [1] * len(runs)
     entries = ledger(tmp_path)
     assert sorted(entries) == sorted(runs) and all(e["attempts"] == 1 for e in entries.values())
+
+
+def one_run(tmp_path, token_data, run: str, **defaults):
+    """A study of one run (a flow-style YAML mapping) on the prepared tokens, and its site."""
+    settings = {"model": "tiny", "seq_len": 64, "steps": 4, "warmup_steps": 1, "precision": "fp32", **defaults}
+    exp = tmp_path / "one.yaml"
+    exp.write_text(f"name: one\ndataset: {token_data.name}\ndefaults: {json.dumps(settings)}\nruns:\n  - {run}\n")
+    site = tmp_path / "site.yaml"
+    site.write_text(f"name: here\nscheduler: local\nproject_dir: .\nresults_root: {tmp_path / 'results'}\n"
+                    f"data_root: {token_data.parent}\n")
+    return exp, site, tmp_path / "results" / "one"
+
+
+def report_of(exp, site, folder) -> tuple[dict, dict, str]:
+    """hpml report's runs.csv and summary.csv rows (by run, by configuration) and summary.md."""
+    import pandas as pd
+
+    from analysis.report import main as report
+
+    assert report([str(exp), "--site", str(site)]) == 0
+    runs = pd.read_csv(folder / "report" / "runs.csv").set_index("run").to_dict("index")
+    summary = pd.read_csv(folder / "report" / "summary.csv").set_index("configuration").to_dict("index")
+    return runs, summary, (folder / "report" / "summary.md").read_text()
+
+
+def words(text: str) -> str:
+    """Text with its line breaks and runs of spaces made single spaces: a table's caption wraps."""
+    return " ".join(text.split())
+
+
+def test_force_starts_from_step_0_and_keeps_the_old_run_aside(tmp_path, token_data, capsys):
+    """A completed run with checkpoints: --force trains it again from step 0 (a --resume would
+    do nothing: its last attempt completed) and keeps everything it had in previous-1/."""
+    exp, site, folder = one_run(tmp_path, token_data, "{name: ddp-2, mode: ddp, gpus: 2, batch_size: 2}",
+                                checkpoint_every=2)
+    run = folder / "ddp-2"
+    assert main(["submit", str(exp), "--site", str(site)]) == 0
+    first = rank_files(run)
+    assert (run / "checkpoints" / "latest.json").is_file()
+    assert main(["submit", str(exp), "--site", str(site)]) == 0  # completed: nothing to do
+    assert "0 to run, 1 skipped" in capsys.readouterr().out
+
+    assert main(["submit", str(exp), "--site", str(site), "--force"]) == 0
+    assert f"the previous run kept in {run / 'previous-1'}" in capsys.readouterr().out
+    kept = run / "previous-1"
+    assert rank_files(kept, attempt=1) == first  # the old run, untouched
+    assert {"attempts", "checkpoints", "status.json", "run.json", "local-1.out"} <= {p.name for p in kept.iterdir()}
+    fresh = rank_files(run)
+    assert [p.name for p in (run / "attempts").iterdir()] == ["1"]
+    assert fresh[0]["resumed_from_step"] is None and fresh[0]["loss"]["start_step"] == 0
+    assert fresh[0]["loss"]["values"][0] == first[0]["loss"]["values"][0]
+    assert fresh[0]["loss"]["values"] == pytest.approx(first[0]["loss"]["values"], abs=1e-6)
+    entry = ledger(folder)["ddp-2"]
+    assert (entry["state"], entry["attempts"], entry["first_attempt"]) == ("COMPLETED", 2, 1)
+
+    assert main(["submit", str(exp), "--site", str(site), "--force"]) == 0  # again: previous-2, previous-1 kept
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("previous-")) == ["previous-1", "previous-2"]
+    assert rank_files(run / "previous-1", attempt=1) == first
+
+
+INJECT_OOM = '''
+import os
+
+if os.environ.get("RANK") == "1":  # only rank 1 of a torchrun run: nothing else is touched
+    import torch
+
+    from hpml_core import model
+
+    forward, calls = model.GPT.forward, []
+
+    def out_of_memory_on_the_third_call(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
+        return forward(self, *args, **kwargs)
+
+    model.GPT.forward = out_of_memory_on_the_third_call
+'''
+
+
+def test_a_local_out_of_memory_is_out_of_memory_in_ledger_status_and_report(tmp_path, token_data, monkeypatch,
+                                                                           capsys):
+    """Rank 1 of 2 runs out of memory at its third step: the engine exits 3, torchrun reports 1,
+    and the run is OUT_OF_MEMORY everywhere, from the rank files, not the exit status."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(INJECT_OOM)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")])))
+    exp, site, folder = one_run(tmp_path, token_data, "{name: ddp-2, mode: ddp, gpus: 2, batch_size: 2}", steps=6)
+    assert main(["submit", str(exp), "--site", str(site)]) == 1
+    entry = ledger(folder)["ddp-2"]
+    assert (entry["state"], entry["exit_code"]) == ("OUT_OF_MEMORY", 1)
+    assert entry["why"].startswith("rank 1: out of memory at batch size 2 per rank: OutOfMemoryError: CUDA out of")
+    files = rank_files(folder / "ddp-2")
+    assert files[1]["status"] == "oom" and files[1]["steps_completed"] == 2
+    capsys.readouterr()
+
+    assert main(["status", str(exp), "--site", str(site)]) == 0
+    out = words(capsys.readouterr().out)
+    assert "│ ddp-2 │ local │ OUT_OF_MEMORY │" in out
+    assert f"ddp-2: OUT_OF_MEMORY: {entry['why']}" in out
+
+    runs, summary, markdown = report_of(exp, site, folder)
+    assert (runs["ddp-2"]["status"], runs["ddp-2"]["reason"]) == ("OUT_OF_MEMORY", entry["why"])
+    assert summary["ddp-2"]["status"] == "OUT_OF_MEMORY"
+    assert f"ddp-2: ddp-2: OUT_OF_MEMORY ({entry['why']})" in markdown
+
+
+def engine_processes(run_spec) -> dict[int, dict]:
+    """The processes (launcher and workers) training from ``run_spec``, by pid, with each one's
+    RANK (None for the launcher), read from /proc."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = dict(item.split(b"=", 1) for item in (proc / "environ").read_bytes().split(b"\0") if b"=" in item)
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        if b"hpml_core.train" in argv and str(run_spec).encode() in argv:
+            rank = environ.get(b"RANK")
+            found[int(proc.name)] = {"rank": int(rank) if rank and b"torch.distributed.run" not in argv else None}
+    return found
+
+
+def test_kill_9_of_one_rank_fails_the_run_with_a_reason_and_leaves_no_process(tmp_path, token_data, capsys):
+    """kill -9 of rank 2 of 4 in training: hpml submit returns within 60 s, the run is FAILED
+    with the reason in the ledger, status and report, and no process of the run is left."""
+    exp, site, folder = one_run(tmp_path, token_data, "{name: ddp-4, mode: ddp, gpus: 4, batch_size: 2}",
+                                steps=100000, warmup_steps=1)
+    run_spec = (folder / "ddp-4" / "run.json").absolute()
+    submitter = subprocess.Popen([sys.executable, "-m", "jobs.cli", "submit", str(exp), "--site", str(site)],
+                                 cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:  # the engine writes status.json once every rank has joined the process group
+            ranks = {info["rank"]: pid for pid, info in engine_processes(run_spec).items()}
+            if (folder / "ddp-4" / "status.json").is_file() and {0, 1, 2, 3} <= set(ranks):
+                break
+            assert time.monotonic() < deadline and submitter.poll() is None, "the run did not start"
+            time.sleep(0.5)
+        time.sleep(2)  # into the model's building and the steps, with their collectives
+        os.kill(ranks[2], signal.SIGKILL)
+        killed = time.monotonic()
+        out, _ = submitter.communicate(timeout=90)
+        assert time.monotonic() - killed < 60, out
+    finally:
+        if submitter.poll() is None:
+            submitter.kill()
+    assert submitter.returncode == 1, out
+    assert engine_processes(run_spec) == {}
+
+    entry = ledger(folder)["ddp-4"]
+    assert entry["state"] == "FAILED" and entry["exit_code"] != 0
+    assert entry["why"].startswith("no rank file from rank(s) 2: killed before writing it"), entry["why"]
+    assert sorted(rank_files(folder / "ddp-4")) == [0, 1, 3]
+    capsys.readouterr()
+    assert main(["status", str(exp), "--site", str(site)]) == 0
+    out = words(capsys.readouterr().out)
+    assert "│ ddp-4 │ local │ FAILED │" in out and f"ddp-4: FAILED: {words(entry['why'])}" in out
+    runs, _, _ = report_of(exp, site, folder)
+    assert (runs["ddp-4"]["status"], runs["ddp-4"]["reason"]) == ("FAILED", entry["why"])
+
+
+def test_ctrl_c_stops_a_local_run_at_a_checkpoint_and_starts_no_other(tmp_path, token_data):
+    """SIGINT to hpml submit (a terminal's Ctrl-C) reaches the run's processes, in their own
+    session, as SIGTERM: the engine saves a checkpoint and stops, the run is STOPPED (resumed by
+    the next hpml submit), the next run is not started and no process is left."""
+    exp, site, folder = one_run(tmp_path, token_data, "{name: ddp-2, mode: ddp, gpus: 2, batch_size: 2}",
+                                steps=100000, warmup_steps=1)
+    exp.write_text(exp.read_text() + "  - {name: later, mode: single, gpus: 1, batch_size: 2}\n")
+    run_spec = (folder / "ddp-2" / "run.json").absolute()
+    submitter = subprocess.Popen([sys.executable, "-m", "jobs.cli", "submit", str(exp), "--site", str(site)],
+                                 cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (folder / "ddp-2" / "status.json").is_file():
+            assert time.monotonic() < deadline and submitter.poll() is None, "the run did not start"
+            time.sleep(0.5)
+        time.sleep(2)
+        submitter.send_signal(signal.SIGINT)
+        out, _ = submitter.communicate(timeout=90)
+    finally:
+        if submitter.poll() is None:
+            submitter.kill()
+    assert submitter.returncode == 1 and "SIGINT: the runs after ddp-2 were not started" in out, out
+    assert engine_processes(run_spec) == {}
+    entry = ledger(folder)["ddp-2"]
+    assert (entry["state"], entry["why"]) == ("STOPPED", "rank 0: stopped by SIGTERM; checkpoint saved")
+    files = rank_files(folder / "ddp-2")
+    assert {f["status"] for f in files.values()} == {"stopped"} and sorted(files) == [0, 1]
+    assert (folder / "ddp-2" / "checkpoints" / "latest.json").is_file()
+    assert "later" not in ledger(folder)
