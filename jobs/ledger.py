@@ -37,7 +37,10 @@ def read(folder: Path) -> dict[str, dict]:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())["runs"]
+        runs = json.loads(path.read_text())["runs"]
+        if not isinstance(runs, dict) or not all(isinstance(entry, dict) for entry in runs.values()):
+            raise TypeError("its runs are not a table of entries")
+        return runs
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(str(path), f"unreadable ledger ({type(exc).__name__}: {exc}); move it aside to start "
                                     "a new one") from None
@@ -45,13 +48,15 @@ def read(folder: Path) -> dict[str, dict]:
 
 @contextmanager
 def locked(folder: Path):
-    """Yields the runs dict; what it holds when the block ends is written back."""
+    """Yields the runs dict; what it holds when the block ends is written back, if it changed."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "ledger.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         runs = read(folder)
+        before = json.dumps(runs, sort_keys=True)
         yield runs
-        atomic_write_json(folder / LEDGER, {"runs": runs})
+        if json.dumps(runs, sort_keys=True) != before:
+            atomic_write_json(folder / LEDGER, {"runs": runs})
 
 
 def claim(folder: Path, run: str, busy, *, submission: bool = True, **fields) -> int | None:

@@ -75,6 +75,14 @@ class RunState:
         return "; ".join(part for part in (self.why, self.progress) if part and part != "-")
 
 
+def _timestamp(iso: str) -> float:
+    """Seconds since the epoch of a ledger time; 0 (long ago: stale) for one that is not a time."""
+    try:
+        return datetime.fromisoformat(str(iso)).timestamp()
+    except ValueError:
+        return 0.0
+
+
 def last_attempt(run_dir: Path, entry: dict) -> int | None:
     """The current submission's latest attempt; None before it wrote one."""
     latest = attempts.latest_attempt(run_dir)
@@ -104,7 +112,7 @@ def submitter_alive(entry: dict) -> bool:
     state = entry.get("state")
     if state == SUBMITTING:
         claimed = entry.get("claimed_at") or entry.get("updated_at")
-        if not claimed or time.time() - datetime.fromisoformat(claimed).timestamp() > SUBMITTING_STALE_S:
+        if not claimed or time.time() - _timestamp(claimed) > SUBMITTING_STALE_S:
             return False
     elif not (state == RUNNING and entry.get("backend") == "local"):
         return False
@@ -159,7 +167,9 @@ def _decide(worlds: Mapping[str, int], folder: Path, ask_slurm: bool, read: Read
     job_ids = sorted({e["job_id"] for e in recorded.values() if e.get("backend") == "slurm" and e.get("job_id")})
     infos = slurm_query.query(job_ids) if ask_slurm and job_ids else {}
     asked = set(job_ids) if ask_slurm else set()
-    if not recorded:  # nothing submitted yet: nothing to record (and nothing written)
+    # Nothing submitted yet: nothing to record. A results folder this user may only read (a
+    # teammate's): decide all the same, without recording.
+    if not recorded or not os.access(folder, os.W_OK):
         return _decide_all(worlds, folder, recorded, infos, asked, read)
     with ledger.locked(folder) as entries:  # decided on the entries as they are now, then recorded
         return _decide_all(worlds, folder, entries, infos, asked, read)

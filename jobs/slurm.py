@@ -24,7 +24,7 @@ from submitit import SlurmExecutor
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
 from hpml_core.spec.errors import UsageError
-from jobs.slurm_query import SlurmError, SlurmTimeout, _run
+from jobs.slurm_query import SlurmError, SlurmTimeout, run
 
 SUBMIT_TIMEOUT_S = 60
 # timeout's exit status when it stopped the command (124), or killed it when SIGTERM was not enough (137).
@@ -98,7 +98,7 @@ def test_only(script: str, where: str, *, timeout_s: int = SUBMIT_TIMEOUT_S) -> 
     partition or account, or more GPUs than a node has, is a usage error before anything runs.
     No answer within ``timeout_s`` is not a refusal: SlurmTimeout, as from ``submit``."""
     try:
-        _run(["sbatch", "--test-only"], stdin=script, timeout_s=timeout_s)
+        run(["sbatch", "--test-only"], stdin=script, timeout_s=timeout_s)
     except SlurmTimeout:
         raise
     except SlurmError as exc:
@@ -108,4 +108,4 @@ def test_only(script: str, where: str, *, timeout_s: int = SUBMIT_TIMEOUT_S) -> 
 
 def cancel(job_ids: list[str]) -> None:
     if job_ids:
-        _run(["scancel", *job_ids])
+        run(["scancel", *job_ids])

@@ -43,7 +43,7 @@ class JobInfo:
     source: str  # sacct or squeue: which command said so
 
 
-def _run(command: list[str], stdin: str | None = None, timeout_s: float = QUERY_TIMEOUT_S) -> str:
+def run(command: list[str], stdin: str | None = None, timeout_s: float = QUERY_TIMEOUT_S) -> str:
     try:
         done = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=timeout_s)
     except FileNotFoundError:
@@ -70,7 +70,7 @@ def _submitted_since(submitted: str, since: datetime | None) -> bool:
 
 def _sacct(selection: list[str], since: datetime | None = None) -> dict[str, JobInfo]:
     # -X: allocations only, not steps (and a requeued job's latest run only).
-    output = _run(["sacct", "-X", "--parsable2", "--format=JobID,State,Elapsed,NodeList,Submit", *selection])
+    output = run(["sacct", "-X", "--parsable2", "--format=JobID,State,Elapsed,NodeList,Submit", *selection])
     found = SlurmInfoWatcher().read_info(output)  # submitit's parser of sacct's table
     return {job_id: JobInfo(job_id, info["State"].split()[0], info["Elapsed"],
                             info["NodeList"].replace("None assigned", ""), "sacct")
@@ -79,7 +79,7 @@ def _sacct(selection: list[str], since: datetime | None = None) -> dict[str, Job
 
 def _squeue(selection: list[str], since: datetime | None = None) -> dict[str, JobInfo]:
     # This user's jobs the controller still knows (--states=all keeps recently ended ones).
-    output = _run(["squeue", "--me", "--noheader", "--states=all", "--format=%i|%T|%M|%V|%R", *selection])
+    output = run(["squeue", "--me", "--noheader", "--states=all", "--format=%i|%T|%M|%V|%R", *selection])
     found = {}
     for line in output.splitlines():
         job_id, state, elapsed, submitted, nodes = line.strip().split("|", 4)

@@ -210,16 +210,19 @@ def run_processes(command: list[str], cwd: str, log: Path) -> tuple[int, int | N
     worker blocked in a collective with a killed peer) is killed. The session also keeps a
     terminal's Ctrl-C from reaching the workers behind our back: SIGINT and SIGTERM to ``hpml
     submit`` are passed on to the session as SIGTERM, which the engine answers by saving a
-    checkpoint and stopping (STOPPED: the next ``hpml submit`` resumes it)."""
+    checkpoint and stopping (STOPPED: the next ``hpml submit`` resumes it); so is SIGHUP."""
     received: list[int] = []
-    with open(log, "w") as out:
+    with open(log, "x") as out:  # a new file: an earlier submission's log is never overwritten
         proc = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
         def forward(signum, _frame) -> None:
             received.append(signum)
             _signal_group(proc.pid, signal.SIGTERM)
 
-        handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+        # SIGHUP too: a dropped login session must stop the run at a checkpoint, not leave it
+        # training on unseen while the ledger calls it INTERRUPTED and a new hpml submit restarts it.
+        stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        handled = stops if threading.current_thread() is threading.main_thread() else ()
         previous = {signum: signal.signal(signum, forward) for signum in handled}
         try:
             code = proc.wait()
@@ -228,6 +231,15 @@ def run_processes(command: list[str], cwd: str, log: Path) -> tuple[int, int | N
                 signal.signal(signum, handler)
             _signal_group(proc.pid, signal.SIGKILL)
     return code, (received[0] if received else None)
+
+
+def free_log(run_dir: Path, attempt: int) -> Path:
+    """``<run>/local-<n>.out`` for the first n from ``attempt`` that no earlier submission used
+    (one whose engine stopped before it made an attempt folder leaves a log under that number)."""
+    n = attempt
+    while (run_dir / f"local-{n}.out").exists():
+        n += 1
+    return run_dir / f"local-{n}.out"
 
 
 def _exit_words(code: int) -> str:
@@ -253,7 +265,7 @@ def _run_locally(experiment: Experiment, site: Site, folder: Path, runs: list[Ru
             continue
         kept = set_aside(run_dir) if force else None
         run_dir.mkdir(parents=True, exist_ok=True)
-        log = run_dir / f"local-{first}.out"
+        log = free_log(run_dir, first)
         write_run_spec(run_spec, render.run_config(experiment, run, site))
         ledger.update(folder, run.name, log=str(log))
         print(f"[{index}/{len(runs)}] {run.name}: {run.nodes} x {run.gpus} processes"

@@ -178,6 +178,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, ConfigSource
     given = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
     given.pop("local_rank", None)
     spec_file = given.pop("config", None)
+    if spec_file and given.get("test"):
+        raise UsageError("--test", "cannot be combined with --config: the run spec already holds every setting")
     base = read_run_spec(spec_file) if spec_file else {}
     values = {**base, **given}
     if "data" not in values:

@@ -2,7 +2,7 @@
 
 Every process of a run writes one, whether the run completed, failed or ran out of memory,
 so a report can tell "slow" from "broken" from "never ran". The pydantic model below is the
-schema; ``hpml_core/schemas/rank_file.schema.json`` is its JSON Schema export for other tools
+schema; ``hpml_core/spec/schemas/rank_file.schema.json`` is its JSON Schema export for other tools
 (``python -m hpml_core.spec.rank_file``, ``make schema``, regenerates it, and a test keeps the two in step).
 
 Throughput counts every token once: the tokens of one data-parallel replica are shared by its

@@ -24,12 +24,19 @@ Outcome = Literal["completed", "failed", "oom", "stopped"]
 ACTIVE_STATES = ("starting", "running")
 
 
+FIELDS = ("state", "step", "total_steps", "started_at", "updated_at")
+
+
 def read_status(run_dir: Path) -> dict | None:
-    """The run's status file, or None before the engine has written one."""
+    """The run's status file, or None before the engine has written one (or when what is there
+    is not one: a reader shows "no progress", never a traceback)."""
     try:
-        return json.loads((run_dir / STATUS_FILE).read_text())
+        found = json.loads((run_dir / STATUS_FILE).read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(found, dict) or any(field not in found for field in FIELDS):
+        return None
+    return found
 
 
 class Progress:
