@@ -56,9 +56,7 @@ def study(tmp_path, slurm_says):
           - {name: dp2xtp2-b32, mode: zero3, tp_size: 2, gpus: 4, batch_size: 32}
           - {name: big, mode: single, gpus: 1, batch_size: 64}
     """))
-    site = tmp_path / "site.yaml"
-    site.write_text(f"name: t\nscheduler: local\nproject_dir: .\nresults_root: {tmp_path / 'results'}\n"
-                    f"data_root: {tmp_path}\n")
+    site = local_site(tmp_path)
     folder = tmp_path / "results" / "study"
     one = dict(mode="single", world=1, tp=1, batch=8)
     write_run(folder, "single-r0", step_medians=[0.5], memory_gib=[20.0], losses=(9.0, 7.5), **one)
@@ -88,6 +86,14 @@ def study(tmp_path, slurm_says):
               error="out of memory at batch size 64 per rank: CUDA out of memory")
     # big-r1: never submitted, no files at all
     return exp, site, folder
+
+
+def local_site(tmp_path):
+    """A site profile without Slurm whose results live in tmp_path/results."""
+    site = tmp_path / "site.yaml"
+    site.write_text(f"name: t\nscheduler: local\nproject_dir: .\nresults_root: {tmp_path / 'results'}\n"
+                    f"data_root: {tmp_path}\n")
+    return site
 
 
 def test_every_figure_of_the_summary_matches_a_hand_computation(study, capsys):
@@ -277,9 +283,7 @@ def test_the_current_attempt_wins_over_the_rank_files_of_the_last(tmp_path, slur
 
 
 def test_when_slurm_does_not_answer_the_states_are_as_last_recorded_and_the_notes_say_so(tmp_path, slurm_says):
-    site = tmp_path / "site.yaml"
-    site.write_text(f"name: t\nscheduler: local\nproject_dir: .\nresults_root: {tmp_path / 'results'}\n"
-                    f"data_root: {tmp_path}\n")
+    site = local_site(tmp_path)
     exp = tmp_path / "quiet.yaml"
     exp.write_text("name: quiet\ndataset: d\ndefaults: {model: gpt2-large, steps: 10}\n"
                    "runs: [{name: queued, mode: single}, {name: done, mode: single}]\n")
@@ -302,9 +306,7 @@ def test_a_run_is_assembled_from_all_its_attempts(tmp_path, slurm_says):
     """'resumed': attempt 1 (job 101 on n1) stopped after steps 0-7, three of them timed;
     attempt 2 (job 102 on n2) resumed at step 6 and completed 6-9, all warm-up. 'gapped':
     attempt 1 failed after steps 0-2, attempt 2 completed 5-9 (steps 3 and 4 recorded by none)."""
-    site = tmp_path / "site.yaml"
-    site.write_text(f"name: t\nscheduler: local\nproject_dir: .\nresults_root: {tmp_path / 'results'}\n"
-                    f"data_root: {tmp_path}\n")
+    site = local_site(tmp_path)
     exp = tmp_path / "attempts.yaml"
     exp.write_text("name: attempts\ndataset: d\ndefaults: {model: gpt2-large, steps: 10}\n"
                    "runs: [{name: resumed, mode: ddp, gpus: 2, batch_size: 8}, {name: gapped, mode: single}]\n")
@@ -355,9 +357,7 @@ def test_a_run_is_assembled_from_all_its_attempts(tmp_path, slurm_says):
 
 
 def test_without_an_experiment_every_one_with_results_is_reported_even_before_any_rank_file(tmp_path):
-    site = tmp_path / "site.yaml"
-    site.write_text(f"name: t\nscheduler: local\nproject_dir: .\nresults_root: {tmp_path / 'results'}\n"
-                    f"data_root: {tmp_path}\n")
+    site = local_site(tmp_path)
     (tmp_path / "results" / "tiny_study").mkdir(parents=True)  # submitted, nothing written yet
     assert main(["--site", str(site)]) == 0
     report = tmp_path / "results" / "tiny_study" / "report"

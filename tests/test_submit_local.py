@@ -245,15 +245,20 @@ def engine_processes(run_spec) -> dict[int, dict]:
     return found
 
 
+def start_submit(exp, site) -> subprocess.Popen:
+    """`hpml submit` of a local study, in the background, its output captured."""
+    return subprocess.Popen([sys.executable, "-m", "jobs.cli", "submit", str(exp), "--site", str(site)],
+                            cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
 def test_kill_9_of_one_rank_fails_the_run_with_a_reason_and_leaves_no_process(tmp_path, token_data, capsys):
     """kill -9 of rank 2 of 4 in training: hpml submit returns within 60 s, the run is FAILED
     with the reason in the ledger, status and report, and no process of the run is left."""
     exp, site, folder = one_run(tmp_path, token_data, "{name: ddp-4, mode: ddp, gpus: 4, batch_size: 2}",
                                 steps=100000, warmup_steps=1)
     run_spec = (folder / "ddp-4" / "run.json").absolute()
-    submitter = subprocess.Popen([sys.executable, "-m", "jobs.cli", "submit", str(exp), "--site", str(site)],
-                                 cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)
+    submitter = start_submit(exp, site)
     try:
         deadline = time.monotonic() + 180
         while True:  # the engine writes status.json once every rank has joined the process group
@@ -293,9 +298,7 @@ def test_ctrl_c_stops_a_local_run_at_a_checkpoint_and_starts_no_other(tmp_path, 
                                 steps=100000, warmup_steps=1)
     exp.write_text(exp.read_text() + "  - {name: later, mode: single, gpus: 1, batch_size: 2}\n")
     run_spec = (folder / "ddp-2" / "run.json").absolute()
-    submitter = subprocess.Popen([sys.executable, "-m", "jobs.cli", "submit", str(exp), "--site", str(site)],
-                                 cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)
+    submitter = start_submit(exp, site)
     try:
         deadline = time.monotonic() + 180
         while not (folder / "ddp-2" / "status.json").is_file():
