@@ -3,6 +3,7 @@ nothing that needs torch, transformers or DeepSpeed.
 
 - ``config``: the run spec (``TrainConfig``), read from flags or from ``<run>/run.json``;
 - ``models``: model presets and dimensions; ``flops``: the FLOP formula, GPU peaks and MFU;
+  ``precision``: how each layout holds and computes in the run's precision (its regime);
 - ``layout``: the DP × TP rank grid and every rule derived from it (groups, global batch);
 - ``checks``: every refusal a run can meet before training, made the same way by ``hpml plan``
   and by the engine; ``data_meta``: what a prepared data folder says about itself;

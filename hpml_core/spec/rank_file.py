@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hpml_core.spec.atomic import atomic_write, atomic_write_json
 from hpml_core.spec.attempts import rank_file_path
 from hpml_core.spec.config import ConfigSource, Mode, TrainConfig
+from hpml_core.spec.precision import PrecisionRegime
 from hpml_core.spec.status_file import Outcome
 
 SCHEMA_VERSION = 1
@@ -88,17 +89,46 @@ class Flops(_Strict):
     mfu_missing_reason: str | None
 
 
-class Memory(_Strict):
-    cuda_max_allocated_bytes: int | None
+class PhasePeak(_Strict):
+    """Peak memory over one phase of the process (its high-water marks reset at the phase's start)."""
+
+    cuda_max_allocated_bytes: int | None = Field(description="CUDA max_memory_allocated over the phase; null on a CPU")
     cuda_max_reserved_bytes: int | None
-    cpu_peak_rss_bytes: int = Field(description="the whole process's peak resident set")
+    cpu_rss_bytes: int | None = Field(
+        description="the process's resident-set high-water mark over the phase (Linux VmHWM, reset through "
+                    "/proc/self/clear_refs); null where it cannot be reset (see Memory.cpu_reset_missing_reason)")
+
+
+class Memory(_Strict):
+    cuda_max_allocated_bytes: int | None = Field(description="whole process, setup included")
+    cuda_max_reserved_bytes: int | None
+    cpu_peak_rss_bytes: int = Field(description="the whole process's peak resident set (getrusage), setup included")
+    setup: PhasePeak | None = Field(None, description="process start to the end of setup: model built, "
+                                    "parallelized, checkpoint restored (null in files written before hpml measured it)")
+    training: PhasePeak | None = Field(None, description="first timed step to the last step: the figure the report "
+                                       "compares; null when no step was timed")
+    cpu_reset_missing_reason: str | None = Field(None, description="why the CPU high-water mark could not be reset")
 
     def peak(self) -> tuple[int, str]:
-        """The peak memory figure of this rank and its name: CUDA max_memory_allocated on a GPU,
-        the process's peak RSS on a CPU (which is all a CPU run has)."""
+        """This rank's peak memory figure and its name: the training phase's, where measured:
+        CUDA max_memory_allocated on a GPU, the RSS high-water mark on a CPU; otherwise the
+        whole process's (its name says so: "cuda_max_allocated_process", "cpu_peak_rss")."""
+        if self.training is not None:
+            if self.training.cuda_max_allocated_bytes is not None:
+                return self.training.cuda_max_allocated_bytes, "cuda_max_allocated"
+            if self.training.cpu_rss_bytes is not None:
+                return self.training.cpu_rss_bytes, "cpu_rss_hwm"
         if self.cuda_max_allocated_bytes is not None:
-            return self.cuda_max_allocated_bytes, "cuda_max_allocated"
+            return self.cuda_max_allocated_bytes, "cuda_max_allocated_process"
         return self.cpu_peak_rss_bytes, "cpu_peak_rss"
+
+    def setup_peak(self) -> int | None:
+        """The setup phase's peak, in the same metric as ``peak`` when it has one; else None."""
+        if self.setup is None or self.training is None:
+            return None
+        if self.training.cuda_max_allocated_bytes is not None:
+            return self.setup.cuda_max_allocated_bytes
+        return self.setup.cpu_rss_bytes if self.training.cpu_rss_bytes is not None else None
 
 
 class ModelState(_Strict):
@@ -157,6 +187,8 @@ class RankFile(_Strict):
     throughput_missing_reason: str | None = Field(None, description="why throughput is null when the attempt "
                                                   "completed (e.g. every step it had left was warm-up)")
     flops: Flops | None
+    precision: PrecisionRegime | None = Field(None, description="how this rank held and computed in the run's "
+                                              "precision (hpml_core.spec.precision); null in files written before")
     memory: Memory
     model_state: ModelState | None = Field(description="null unless the run completed")
     loss: Loss

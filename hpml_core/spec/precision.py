@@ -1,0 +1,64 @@
+"""How each layout holds and computes in the run's precision: its *precision regime*.
+
+"bf16" does not mean the same thing on hpml's two training paths, and a throughput or memory
+difference between them is partly this difference, not the layout's:
+
+- the PyTorch path (single, DDP, tensor parallelism, DP×TP with all-reduce) keeps fp32 weights
+  and gradients and runs the forward and backward under ``torch.autocast`` (PyTorch AMP); fp16
+  adds a GradScaler whose overflow decision is agreed over all ranks;
+- DeepSpeed ZeRO-3 casts the model itself to bf16/fp16, reduces 16-bit gradients, and keeps fp32
+  master weights in the optimizer; fp16 adds DeepSpeed's dynamic loss scaling.
+
+In fp32 both are plain fp32 (ZeRO-3 still keeps a separate fp32 master partition).
+The engine records the regime in every rank file; the report prints it and says where two
+compared configurations differ in it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hpml_core.spec.config import Mode, Precision
+
+
+class PrecisionRegime(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weights_dtype: Literal["fp32", "bf16", "fp16"] = Field(description="dtype the forward pass reads the weights in")
+    master_weights: Literal["fp32", "none"] = Field(
+        description="a separate fp32 copy the optimizer updates (none: the weights themselves are updated)")
+    grad_reduce_dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        description="dtype gradients are reduced across data-parallel ranks in")
+    matmul_dtype: Literal["fp32", "bf16", "fp16"] = Field(description="dtype the forward and backward matmuls run in")
+    compute: Literal["fp32", "autocast", "cast model"] = Field(
+        description="autocast: fp32 weights, matmuls in 16 bits (PyTorch AMP); cast model: the model itself is 16-bit")
+    loss_scaling: Literal["none", "GradScaler, overflow agreed over all ranks", "DeepSpeed dynamic"]
+
+    def short(self) -> str:
+        """One phrase for a table's description: "fp32 weights, bf16 autocast" and so on."""
+        if self.compute == "fp32":
+            return "fp32"
+        if self.compute == "autocast":
+            return f"fp32 weights, {self.matmul_dtype} autocast"
+        return f"{self.weights_dtype} weights, fp32 master"
+
+    def key(self) -> str:
+        """Equal for two runs exactly when they do the same arithmetic in the same dtypes."""
+        return (f"weights {self.weights_dtype}, master {self.master_weights}, matmul {self.matmul_dtype}, "
+                f"grad reduce {self.grad_reduce_dtype}, {self.compute}")
+
+
+def regime(mode: Mode, precision: Precision) -> PrecisionRegime:
+    """The regime hpml's engine trains ``mode`` in at ``precision``."""
+    if precision == "fp32":
+        return PrecisionRegime(weights_dtype="fp32", master_weights="fp32" if mode == "zero3" else "none",
+                               matmul_dtype="fp32", grad_reduce_dtype="fp32", compute="fp32", loss_scaling="none")
+    if mode == "zero3":
+        return PrecisionRegime(weights_dtype=precision, master_weights="fp32", matmul_dtype=precision,
+                               grad_reduce_dtype=precision, compute="cast model",
+                               loss_scaling="DeepSpeed dynamic" if precision == "fp16" else "none")
+    return PrecisionRegime(weights_dtype="fp32", master_weights="none", matmul_dtype=precision,
+                           grad_reduce_dtype="fp32", compute="autocast",
+                           loss_scaling="GradScaler, overflow agreed over all ranks" if precision == "fp16" else "none")
