@@ -2,8 +2,10 @@
 the training loop (``hpml_core.train``) never asks which backend it runs:
 
 - ``TorchStepper``: plain PyTorch (one process, DDP, tensor parallelism, DP×TP with DDP over
-  the DP group). Weights stay fp32 under autocast; fp16 adds a GradScaler; accumulation skips
-  DDP's all-reduce until the last micro-step; clipping knows the TP shards.
+  the DP group). Weights stay fp32 under autocast; fp16 adds a dynamic loss scaler whose
+  overflow decision every rank agrees on (``hpml_core.loss_scaling``), so no TP rank skips a
+  step its peer applies; accumulation skips DDP's all-reduce until the last micro-step;
+  clipping knows the TP shards and sees unscaled gradients.
 - ``DeepSpeedStepper``: DeepSpeed's ZeRO-3 engine, which casts the model to bf16/fp16 itself,
   keeps fp32 master weights, scales the loss for accumulation, clips and updates.
 
@@ -22,6 +24,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from hpml_core import checkpoint, model_state_memory, tensor_parallel
+from hpml_core.loss_scaling import DynamicLossScaler
 from hpml_core.mesh import Mesh
 from hpml_core.model import GPT
 from hpml_core.spec.atomic import atomic_write
@@ -52,7 +55,7 @@ class TorchStepper:
         self.trained = trained  # what the step calls: compiled and/or DDP-wrapped
         self.loss_fn, self.config, self.mesh = loss_fn, config, mesh
         self.optimizer = build_optimizer(model, config, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        self.scaler = DynamicLossScaler(enabled=config.precision == "fp16")
         dtype = AUTOCAST_DTYPES[config.precision]
         self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
         self.model_state: dict | None = None
@@ -66,10 +69,10 @@ class TorchStepper:
                     loss = self.loss_fn(self.trained(x), y)
                 self.scaler.scale(loss / accum).backward()
             losses.append(loss.detach())
+        self.scaler.unscale_(self.optimizer)  # fp16: collective, every rank learns of any overflow
         if self.config.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
             self._clip_gradients()
-        self.scaler.step(self.optimizer)
+        self.scaler.step(self.optimizer)  # skipped on every rank, or on none
         self.scaler.update()
         if measure:  # while the gradients still exist
             self.model_state = model_state_memory.measure_torch(self.model, self.optimizer)

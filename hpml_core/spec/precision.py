@@ -5,7 +5,7 @@ difference between them is partly this difference, not the layout's:
 
 - the PyTorch path (single, DDP, tensor parallelism, DP×TP with all-reduce) keeps fp32 weights
   and gradients and runs the forward and backward under ``torch.autocast`` (PyTorch AMP); fp16
-  adds a GradScaler whose overflow decision is agreed over all ranks;
+  adds dynamic loss scaling whose overflow decision is agreed over all ranks (``hpml_core.loss_scaling``);
 - DeepSpeed ZeRO-3 casts the model itself to bf16/fp16, reduces 16-bit gradients, and keeps fp32
   master weights in the optimizer; fp16 adds DeepSpeed's dynamic loss scaling.
 
@@ -34,7 +34,7 @@ class PrecisionRegime(BaseModel):
     matmul_dtype: Literal["fp32", "bf16", "fp16"] = Field(description="dtype the forward and backward matmuls run in")
     compute: Literal["fp32", "autocast", "cast model"] = Field(
         description="autocast: fp32 weights, matmuls in 16 bits (PyTorch AMP); cast model: the model itself is 16-bit")
-    loss_scaling: Literal["none", "GradScaler, overflow agreed over all ranks", "DeepSpeed dynamic"]
+    loss_scaling: Literal["none", "dynamic loss scale, overflow agreed over all ranks", "DeepSpeed dynamic"]
 
     def short(self) -> str:
         """One phrase for a table's description: "fp32 weights, bf16 autocast" and so on."""
@@ -61,4 +61,4 @@ def regime(mode: Mode, precision: Precision) -> PrecisionRegime:
                                loss_scaling="DeepSpeed dynamic" if precision == "fp16" else "none")
     return PrecisionRegime(weights_dtype="fp32", master_weights="none", matmul_dtype=precision,
                            grad_reduce_dtype="fp32", compute="autocast",
-                           loss_scaling="GradScaler, overflow agreed over all ranks" if precision == "fp16" else "none")
+                           loss_scaling="dynamic loss scale, overflow agreed over all ranks" if precision == "fp16" else "none")
