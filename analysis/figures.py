@@ -1,7 +1,10 @@
 """The report's figures, each as PNG (for the HTML page and slides) and SVG (for a paper):
-throughput and scaling efficiency per configuration, peak memory per GPU, MFU against the batch
-per GPU, and the loss curves of every configuration on one axis. A configuration without the
-figure (not completed, no baseline, MFU not measurable) is labelled "n/a" in place of a bar."""
+throughput and weak and strong scaling efficiency per configuration, peak memory per GPU
+(training and setup) beside the model state, MFU against the batch per GPU, and the loss curves
+of every configuration on one axis. Every bar carries its spread over the repeats (min–max; a
+comparison's interval comes from both ranges, and "≈" marks one within noise), and a
+configuration without the figure (not completed, no baseline, MFU not measurable) is labelled
+"n/a" in place of a bar."""
 
 from __future__ import annotations
 
@@ -23,28 +26,44 @@ def _value(value) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def _bars(ax, configs: pd.DataFrame, column: str, label: str, scale: float = 1.0, spread: bool = True) -> None:
-    names = list(configs["configuration"])
-    values = [_value(v) for v in configs[column]]
-    heights = [v * scale if v is not None else 0.0 for v in values]
-    errors = None
-    if spread and column.endswith("_median"):
+def _spread_label(configs: pd.DataFrame) -> str:
+    """What the error bars are, for an axis label."""
+    most = int(configs["runs_completed"].max()) if len(configs) else 0
+    return f"median, bars: min–max over up to {most} repeats" if most > 1 else "no spread: 1 repeat"
+
+
+def _errors(values: list, low: list, high: list, scale: float) -> list | None:
+    """Error bars from a median and its range; None when there is no spread to draw."""
+    errors = [[(v - lo) * scale if v is not None and lo is not None else 0 for v, lo in zip(values, low)],
+              [(hi - v) * scale if v is not None and hi is not None else 0 for v, hi in zip(values, high)]]
+    return errors if any(errors[0]) or any(errors[1]) else None
+
+
+def _bars(ax, configs: pd.DataFrame, series: list[tuple[str, str, str]], label: str, scale: float = 1.0) -> None:
+    """Grouped bars, one group per configuration: ``series`` is (column, legend, colour), the
+    column a median with ``_min``/``_max`` beside it (or a comparison with them)."""
+    names = list(configs["label"])
+    width = 0.8 / len(series)
+    for index, (column, legend, colour) in enumerate(series):
         base = column.removesuffix("_median")
-        low = [_value(v) for v in configs[f"{base}_min"]]
-        high = [_value(v) for v in configs[f"{base}_max"]]
-        errors = [[(v - lo) * scale if v is not None else 0 for v, lo in zip(values, low)],
-                  [(hi - v) * scale if v is not None else 0 for v, hi in zip(values, high)]]
-        if not any(errors[0]) and not any(errors[1]):
-            errors = None  # one repeat each: no spread to draw
-    ax.bar(names, heights, yerr=errors, capsize=4, color="#4c72b0")
-    for index, value in enumerate(values):
-        if value is None:
-            ax.text(index, 0, "n/a", ha="center", va="bottom", color="#c44e52")
+        values = [_value(v) for v in configs[column]]
+        low = [_value(v) for v in configs[f"{base}_min"]] if f"{base}_min" in configs else values
+        high = [_value(v) for v in configs[f"{base}_max"]] if f"{base}_max" in configs else values
+        offsets = [i + (index - (len(series) - 1) / 2) * width for i in range(len(names))]
+        ax.bar(offsets, [v * scale if v is not None else 0.0 for v in values], width,
+               yerr=_errors(values, low, high, scale), capsize=3, color=colour, label=legend)
+        for offset, value in zip(offsets, values):
+            if value is None:
+                ax.text(offset, 0, "n/a", ha="center", va="bottom", color="#c44e52", fontsize=7, rotation=90)
+    ax.set_xticks(range(len(names)), names)
     ax.set_ylabel(label)
     ax.tick_params(axis="x", labelrotation=30)
     for tick in ax.get_xticklabels():
         tick.set_horizontalalignment("right")
     ax.grid(axis="y", alpha=0.3)
+    if len(series) > 1:
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.15)  # room for the legend above the bars
+        ax.legend(fontsize=8, loc="upper center", ncol=len(series))
 
 
 def _save(fig, folder: Path, name: str) -> list[Path]:
@@ -56,26 +75,57 @@ def _save(fig, folder: Path, name: str) -> list[Path]:
     return paths
 
 
+def _mark_within_noise(ax, configs: pd.DataFrame, columns: list[str]) -> None:
+    """A "≈" over each comparison that is within noise (its range overlaps the baseline's)."""
+    width = 0.8 / len(columns)
+    for index, column in enumerate(columns):
+        for position, (top, noise) in enumerate(zip(configs[f"{column}_max"], configs[f"{column}_noise"])):
+            if noise == "within noise" and _value(top) is not None:
+                ax.text(position + (index - (len(columns) - 1) / 2) * width, _value(top) * 100, "≈",
+                        ha="center", va="bottom", fontsize=12, fontweight="bold")
+
+
 def throughput(configs: pd.DataFrame, folder: Path) -> list[Path]:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    _bars(left, configs, "tokens_per_s_median", "tokens/s (median, min–max)")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    _bars(left, configs, [("tokens_per_s_median", "tokens/s", "#4c72b0")], f"tokens/s ({_spread_label(configs)})")
     left.set_title("Throughput")
-    _bars(right, configs, "scaling_efficiency", "T_N / (N × T_1)", scale=100, spread=False)
-    right.set_ylabel("scaling efficiency (%)")
+    _bars(right, configs, [("scaling_efficiency", "weak: 1 process, same batch per GPU", "#4c72b0"),
+                           ("scaling_efficiency_strong", "strong: 1 process, same global batch", "#55a868")],
+          "scaling efficiency T_N / (N × T_1) (%)", scale=100)
     right.axhline(100, color="gray", linestyle="--", linewidth=1)
-    right.set_title("Scaling efficiency against the single-GPU baseline")
+    right.set_title("Scaling efficiency (bars: interval from min–max; ≈ within noise)")
+    _mark_within_noise(right, configs, ["scaling_efficiency", "scaling_efficiency_strong"])
     return _save(fig, folder, "throughput")
 
 
 def memory(configs: pd.DataFrame, folder: Path) -> list[Path]:
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    _bars(ax, configs, "peak_memory_per_gpu_max_gib_median", "GiB per GPU (maximum over ranks)")
-    means = [_value(v) for v in configs["peak_memory_per_gpu_mean_gib_median"]]
-    ax.scatter([i for i, v in enumerate(means) if v is not None], [v for v in means if v is not None],
-               color="#dd8452", zorder=3, label="mean over ranks")
-    ax.legend(loc="upper right")
+    """Left: the training peak per GPU (maximum over ranks) and the setup peak beside it; right:
+    the model state per GPU (parameters, gradients, optimizer), which tells the layouts apart on
+    any hardware."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    _bars(left, configs, [("peak_memory_per_gpu_max_gib_median", "training peak (max over ranks)", "#4c72b0"),
+                          ("setup_memory_per_gpu_max_gib_median", "setup peak", "#8c8c8c")],
+          f"GiB per GPU ({_spread_label(configs)})")
     metric = set(configs["memory_metric"].dropna())
-    ax.set_title("Peak memory per GPU" + (" (CPU runs: peak RSS per process)" if "cpu_peak_rss" in metric else ""))
+    cpu = metric & {"cpu_rss_hwm", "cpu_peak_rss"}
+    left.set_title("Peak memory per GPU" + (" (CPU runs: resident set per process)" if cpu else ""))
+    names = list(configs["label"])
+    bottom = [0.0] * len(names)
+    for part, colour in (("params", "#4c72b0"), ("grads", "#dd8452"), ("optimizer", "#55a868")):
+        values = [_value(v) or 0.0 for v in configs[f"model_state_{part}_mib_median"]]
+        right.bar(names, values, bottom=bottom, color=colour, label=part)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    for index, value in enumerate(configs["model_state_per_gpu_mib_median"]):
+        if _value(value) is None:
+            right.text(index, 0, "n/a", ha="center", va="bottom", color="#c44e52")
+    right.set_ylabel("MiB per GPU (the rank holding the most)")
+    right.tick_params(axis="x", labelrotation=30)
+    for tick in right.get_xticklabels():
+        tick.set_horizontalalignment("right")
+    right.grid(axis="y", alpha=0.3)
+    right.set_ylim(top=max(right.get_ylim()[1], 1e-9) * 1.15)  # room for the legend above the bars
+    right.legend(fontsize=8, loc="upper center", ncol=3)
+    right.set_title("Model state per GPU")
     return _save(fig, folder, "memory")
 
 
@@ -89,12 +139,14 @@ def mfu_vs_batch(configs: pd.DataFrame, folder: Path) -> list[Path]:
         ax.set_xticks([])
         ax.set_yticks([])
     else:
-        layouts = measured["description"].str.replace(r", batch \d+/\w+", "", regex=True)
+        layouts = measured["description"].str.replace(r", batch \d+/\w+( x \d+ accumulated)?", "", regex=True)
         for layout, group in measured.groupby(layouts, sort=False):
             group = group.sort_values("batch_per_gpu")
-            ax.plot(group["batch_per_gpu"], group["mfu_median"] * 100, marker="o", label=layout)
+            errors = _errors(list(group["mfu_median"]), list(group["mfu_min"]), list(group["mfu_max"]), 100)
+            ax.errorbar(group["batch_per_gpu"], group["mfu_median"] * 100, yerr=errors, marker="o", capsize=3,
+                        label=layout)
         ax.set_xlabel("batch per GPU")
-        ax.set_ylabel("MFU (%)")
+        ax.set_ylabel(f"MFU (%) ({_spread_label(configs)})")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     ax.set_title("MFU against batch size")

@@ -14,45 +14,83 @@ from pathlib import Path
 
 from hpml_core.spec import rank_file as rf
 from hpml_core.spec.config import TrainConfig
+from hpml_core.spec.flops import lookup_peak
+from hpml_core.spec.precision import regime
 
 GIB = 1024**3
 FLOPS_PER_TOKEN = 5_000_000_000
 A100_BF16_PEAK = 312.0
+A100 = "NVIDIA A100-SXM4-80GB"
+H100 = "NVIDIA H100 80GB HBM3"
+PARAMS = 774_000_000
 DECOY = 1.0
+
+
+def model_state_bytes(mode: str, dp: int, tp: int) -> tuple[int, int, int]:
+    """(parameter, gradient, optimizer) bytes a rank holds with AdamW in bf16, as the engine
+    measures them (hpml_core.spec.model_state, with every parameter sharded by TP): the PyTorch
+    path keeps fp32 weights and gradients and two fp32 moments (4 + 4 + 8 bytes per element);
+    ZeRO-3 bf16 partitions and an fp32 master beside the moments (2 + 2 + 12), over DP."""
+    elements = PARAMS // tp
+    if mode == "zero3":
+        elements = -(-elements // dp)
+        return 2 * elements, 2 * elements, 12 * elements
+    return 4 * elements, 4 * elements, 8 * elements
+
+
+def _memory(device: str, training_gib: float, setup_gib: float | None, phases: bool) -> rf.Memory:
+    """Training and setup peaks (``phases``), or only the whole process's peak, as rank files
+    written before the engine measured phases: the larger of the two."""
+    training, setup = int(training_gib * GIB), int((setup_gib if setup_gib is not None else training_gib / 2) * GIB)
+    cuda = device == "cuda"
+
+    def phase(value: int) -> rf.PhasePeak:
+        return rf.PhasePeak(cuda_max_allocated_bytes=value if cuda else None,
+                            cuda_max_reserved_bytes=value if cuda else None, cpu_rss_bytes=None if cuda else value)
+    whole = max(training, setup)
+    return rf.Memory(cuda_max_allocated_bytes=whole if cuda else None, cuda_max_reserved_bytes=whole if cuda else None,
+                     cpu_peak_rss_bytes=whole if not cuda else 3 * GIB, setup=phase(setup) if phases else None,
+                     training=phase(training) if phases else None)
 
 
 def rank_file(*, run: str, rank: int, mode: str, world: int, tp: int, batch: int, seq_len: int = 1024,
               status: str = "completed", step_median: float = 0.5, memory_gib: float = 10.0,
               losses: tuple[float, ...] = (9.0, 8.0, 7.0), error: str | None = None, device: str = "cuda",
               node: str = "n1", attempt: int = 1, start_step: int = 0, timed: int | None = None,
-              job_id: str | None = "1", node_list: str = "n1") -> rf.RankFile:
+              job_id: str | None = "1", node_list: str = "n1", device_name: str | None = None, grad_accum: int = 1,
+              precision: str = "bf16", setup_gib: float | None = None, phases: bool = True,
+              regime_recorded: bool = True, model_state: tuple[int, int, int] | None = None) -> rf.RankFile:
     """One rank file of attempt ``attempt``, which ran ``losses`` from step ``start_step``; of
     those, the last ``timed`` (default: 5 when it completed, none otherwise) were timed, each at
     ``step_median`` seconds. No timed step: no throughput, and the engine's reason why.
-    ``job_id`` None: a run without Slurm."""
+    ``job_id`` None: a run without Slurm. ``memory_gib`` is the training peak, ``setup_gib`` the
+    setup peak (default: half of it); ``phases`` False and ``regime_recorded`` False write the
+    files of an engine from before those fields. ``model_state`` (parameter, gradient,
+    optimizer bytes; default ``model_state_bytes``) is recorded when the run completed."""
     dp = world // tp
     completed = status == "completed"
     timed = (5 if completed else 0) if timed is None else timed
-    global_batch = batch * dp
+    global_batch = batch * dp * grad_accum
     steps_done = start_step + len(losses)
-    config = TrainConfig(mode=mode, model="gpt2-large", tp_size=tp, batch_size=batch, seq_len=seq_len, steps=10,
-                         warmup_steps=5, precision="bf16", data=Path("/data/wikitext-103"), out=Path(f"/r/{run}"),
-                         run_id=run)
+    device_name = device_name or (A100 if device == "cuda" else "CPU")
+    peak = lookup_peak(device, device_name, precision)
+    config = TrainConfig(mode=mode, model="gpt2-large", tp_size=tp, batch_size=batch, grad_accum=grad_accum,
+                         seq_len=seq_len, steps=10, warmup_steps=5, precision=precision,
+                         data=Path("/data/wikitext-103"), out=Path(f"/r/{run}"), run_id=run)
+    params, grads, optimizer = model_state or model_state_bytes(mode, dp, tp)
     throughput = rf.Throughput(
         timing="CUDA events", timed_steps=timed, step_times_s=[step_median] * timed, step_time_median_s=step_median,
         step_time_mean_s=step_median, run_step_time_median_s=DECOY, tokens_per_step=global_batch * seq_len,
         samples_per_step=global_batch, rank_tokens_per_s=DECOY, rank_samples_per_s=DECOY, run_tokens_per_s=DECOY,
         run_samples_per_s=DECOY) if timed else None
     flops = rf.Flops(formula="PaLM", n_params=700_000_000, flops_per_token=FLOPS_PER_TOKEN,
-                     achieved_tflops_per_s=DECOY, peak_tflops_per_s=A100_BF16_PEAK if device == "cuda" else None,
-                     peak_source="A100 SXM bf16 dense" if device == "cuda" else None, mfu=DECOY if device == "cuda" else None,
-                     mfu_missing_reason=None if device == "cuda" else "device is cpu: no GPU peak") if timed else None
-    memory_bytes = int(memory_gib * GIB)
+                     achieved_tflops_per_s=DECOY, peak_tflops_per_s=peak.tflops, peak_source=peak.source,
+                     mfu=DECOY if peak.tflops else None, mfu_missing_reason=peak.missing_reason) if timed else None
     return rf.RankFile(
         run_id=run, status=status, error=error, config=config, mode=mode, world_size=world, dp_size=dp, tp_size=tp,
         attempt=attempt, rank=rank, local_rank=rank % 4, dp_rank=rank // tp, tp_rank=rank % tp, launcher="srun",
         hostname="host",
-        device_type=device, device_name="NVIDIA A100-SXM4-80GB" if device == "cuda" else "CPU",
+        device_type=device, device_name=device_name,
         versions=rf.Versions(python="3.11", torch="2.13.0", deepspeed="0.19.8", transformers=None, cuda="12.8"),
         slurm=rf.Slurm(job_id=job_id, array_job_id=None, array_task_id=None, node_list=node_list, node=node,
                        restart_count=attempt - 1) if job_id else None,
@@ -64,10 +102,14 @@ def rank_file(*, run: str, rank: int, mode: str, world: int, tp: int, batch: int
         wall_time_s=60.0, throughput=throughput, flops=flops,
         throughput_missing_reason=None if timed or not completed else
         f"every step left after resuming at step {start_step} was warm-up",
-        memory=rf.Memory(cuda_max_allocated_bytes=memory_bytes if device == "cuda" else None,
-                         cuda_max_reserved_bytes=memory_bytes if device == "cuda" else None,
-                         cpu_peak_rss_bytes=3 * GIB),
-        model_state=None, loss=rf.Loss(start_step=start_step, values=list(losses), averaged_over_dp=completed),
+        precision=regime(mode, precision) if regime_recorded else None,
+        memory=_memory(device, memory_gib, setup_gib, phases),
+        model_state=rf.ModelState(
+            param_elements_local=params // (4 if mode != "zero3" else 2), full_params_resident=0 if mode == "zero3"
+            else PARAMS // tp, params_bytes=params, grads_bytes=grads, optimizer_bytes=optimizer,
+            total_bytes=params + grads + optimizer, expected_bytes=params + grads + optimizer,
+            expectation="16 B per element (sample)") if completed else None,
+        loss=rf.Loss(start_step=start_step, values=list(losses), averaged_over_dp=completed),
     )
 
 

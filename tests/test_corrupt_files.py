@@ -30,7 +30,7 @@ def site(tmp_path):
 
 @pytest.mark.parametrize("text", ["{}", "[1]", '{"state": "running"}', "not json"])
 def test_a_status_file_that_is_not_one_counts_as_none(tmp_path, site, text):
-    run = tmp_path / "results" / "tiny_study" / "single"
+    run = tmp_path / "results" / "tiny_study" / "single-r0"
     run.mkdir(parents=True)
     (run / "status.json").write_text(text)
     for command in ("status", "report"):
@@ -38,7 +38,7 @@ def test_a_status_file_that_is_not_one_counts_as_none(tmp_path, site, text):
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize("text", ['{"runs": []}', '{"runs": {"single": "x"}}', "{", '{"other": 1}'])
+@pytest.mark.parametrize("text", ['{"runs": []}', '{"runs": {"single-r0": "x"}}', "{", '{"other": 1}'])
 def test_a_ledger_that_is_not_one_is_one_line(tmp_path, site, text):
     folder = tmp_path / "results" / "tiny_study"
     folder.mkdir(parents=True)

@@ -20,21 +20,19 @@ import pytest
 import yaml
 
 from analysis.sample_rank_files import write_run
+from jobs import experiment
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_STUDY = REPO / "jobs" / "experiments" / "tiny_study.yaml"
 ENGINE_STACK = ("torch", "transformers", "deepspeed")
 HEAVY = (*ENGINE_STACK, "tokenizers", "datasets")
 
-# The tiny study's runs, as rank files: (run, mode, world size, TP, batch per GPU).
-TINY_RUNS = [("single", "single", 1, 1, 8), ("ddp-4", "ddp", 4, 1, 8), ("zero3-4", "zero3", 4, 1, 8),
-             ("dp2xtp2-b8", "zero3", 4, 2, 8), ("dp2xtp2-b32", "zero3", 4, 2, 32)]
-
 
 def write_results(folder: Path) -> None:
     """Rank files of every tiny_study run under ``folder`` (an experiment's results folder)."""
-    for run, mode, world, tp, batch in TINY_RUNS:
-        write_run(folder, run, mode=mode, world=world, tp=tp, batch=batch, seq_len=64)
+    for run in experiment.load(TINY_STUDY).runs:
+        write_run(folder, run.name, mode=run.mode, world=run.world_size, tp=run.tp_size,
+                  batch=run.setting("batch_size"), grad_accum=run.setting("grad_accum"), seq_len=64)
 
 
 def write_site(path: Path, results_root: Path) -> Path:
@@ -189,8 +187,9 @@ def test_light_install_plans_and_renders(light):
     out = light["root"] / "rendered"
     ok(run_light(light, "hpml", "render", "seed_study", "--site", "greene", "--results", str(out),
                  env={"USER": "alice"}))
-    assert len(list(out.glob("seed_study/*/job.sbatch"))) == 5
-    assert len(list(out.glob("seed_study/*/run.json"))) == 5
+    runs = len(experiment.load(REPO / "jobs" / "experiments" / "seed_study.yaml").runs)
+    assert len(list(out.glob("seed_study/*/job.sbatch"))) == runs == 30
+    assert len(list(out.glob("seed_study/*/run.json"))) == runs
     assert "/scratch/alice/hpml" in next(out.glob("seed_study/*/job.sbatch")).read_text()
 
 

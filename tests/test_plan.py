@@ -20,23 +20,35 @@ def write(tmp_path, text: str):
     return path
 
 
-def test_seed_study_is_the_original_five_configurations():
+def test_seed_study_is_the_original_five_configurations_and_their_baselines_three_times():
+    """The study's five layouts, the 1-process runs they are compared with (README, "The
+    report": ZeRO-3 on 1 GPU for the ZeRO-3 layouts' weak scaling; each multi-GPU run's global
+    batch in one process, by accumulation, for strong scaling), each repeated 3 times."""
     exp = experiment.load(EXPERIMENTS / "seed_study.yaml")
-    table = {r.name: (r.train["mode"], r.nodes * r.gpus, r.dp_size, r.tp_size, r.train["batch_size"], r.global_batch,
-                      r.steps) for r in exp.runs}
-    assert table == {  # 5000 samples: steps = 5000 // global batch
-        "single": ("single", 1, 1, 1, 8, 8, 625),
-        "ddp-4": ("ddp", 4, 4, 1, 8, 32, 156),
-        "zero3-4": ("zero3", 4, 4, 1, 8, 32, 156),
-        "dp2xtp2-b8": ("zero3", 4, 2, 2, 8, 16, 312),
-        "dp2xtp2-b32": ("zero3", 4, 2, 2, 32, 64, 78),
+    table = {r.name: (r.train["mode"], r.nodes * r.gpus, r.dp_size, r.tp_size, r.train["batch_size"],
+                      r.setting("grad_accum"), r.global_batch, r.steps) for r in exp.runs}
+    configurations = {  # 5000 samples: steps = 5000 // global batch
+        "single": ("single", 1, 1, 1, 8, 1, 8, 625),
+        "ddp-4": ("ddp", 4, 4, 1, 8, 1, 32, 156),
+        "zero3-4": ("zero3", 4, 4, 1, 8, 1, 32, 156),
+        "dp2xtp2-b8": ("zero3", 4, 2, 2, 8, 1, 16, 312),
+        "dp2xtp2-b32": ("zero3", 4, 2, 2, 32, 1, 64, 78),
+        "zero3-1": ("zero3", 1, 1, 1, 8, 1, 8, 625),
+        "single-b32": ("single", 1, 1, 1, 8, 4, 32, 156),
+        "zero3-1-b16": ("zero3", 1, 1, 1, 8, 2, 16, 312),
+        "zero3-1-b32": ("zero3", 1, 1, 1, 8, 4, 32, 156),
+        "zero3-1-b64": ("zero3", 1, 1, 1, 8, 8, 64, 78),
     }
+    assert table == {f"{name}-r{repeat}": row for name, row in configurations.items() for repeat in range(3)}
     assert all(r.train["model"] == "gpt2-large" and r.train["precision"] == "bf16" for r in exp.runs)
+    # every multi-GPU run has its strong baseline: a 1-process run of the same mode family at its global batch
+    one = {(r.mode == "zero3", r.global_batch) for r in exp.runs if r.world_size == 1}
+    assert all((r.mode == "zero3", r.global_batch) in one for r in exp.runs if r.world_size > 1)
 
 
 def test_tiny_study_has_the_seed_study_layouts():
     seed, tiny = (experiment.load(EXPERIMENTS / f"{n}.yaml") for n in ("seed_study", "tiny_study"))
-    layout = lambda r: (r.name, r.train["mode"], r.gpus, r.tp_size, r.train["batch_size"])  # noqa: E731
+    layout = lambda r: (r.name, r.train["mode"], r.gpus, r.tp_size, r.train["batch_size"], r.setting("grad_accum"))  # noqa: E731
     assert [layout(r) for r in tiny.runs] == [layout(r) for r in seed.runs]
     assert all(r.train["model"] == "tiny" for r in tiny.runs)
 

@@ -2,6 +2,7 @@
 what the scripts compute in bash (the rendezvous port); sbatch's timeout, without a cluster."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -30,11 +31,15 @@ def rendered(tmp_path, monkeypatch, exp_path: Path) -> dict[str, str]:
 @pytest.mark.parametrize("exp_path", [EXPERIMENTS / "seed_study.yaml", GOLDEN / "two_nodes.yaml"])
 def test_greene_scripts_match_the_golden_files(tmp_path, monkeypatch, exp_path):
     """To accept a deliberate change: run the render below and copy the scripts over the golden ones.
-    USER=alice python -m jobs.cli render EXP --site greene --results /tmp/g; cp /tmp/g/*/*/job.sbatch ..."""
+    Repeats are pinned by their first (``-r0``): the others differ from it in the run's name only.
+    USER=alice python -m jobs.cli render EXP --site greene --results /tmp/g, then for each RUN (of a
+    repeated study, each -r0 run): cp /tmp/g/EXP/RUN/job.sbatch tests/golden/greene/RUN.sbatch"""
     scripts = rendered(tmp_path, monkeypatch, exp_path)
     assert scripts
     for run, text in scripts.items():
-        assert text == (GOLDEN / "greene" / f"{run}.sbatch").read_text(), run
+        first = re.sub(r"-r\d+$", "-r0", run)
+        golden = (GOLDEN / "greene" / f"{first}.sbatch").read_text()
+        assert text == golden.replace(first, run), run
 
 
 def test_scripts_are_valid_bash(tmp_path, monkeypatch):
@@ -70,7 +75,7 @@ def test_hostile_values_are_refused_or_rendered_inert(tmp_path, value):
     """)
     subprocess.run(["bash", "-c", stubs + text], cwd=tmp_path, check=True, env=dict(os.environ))
     assert not canary.exists()
-    assert record.read_text() == f"{value}\n--config\n{tmp_path}/r/tiny_study/single/run.json\n"
+    assert record.read_text() == f"{value}\n--config\n{tmp_path}/r/tiny_study/{exp.runs[0].name}/run.json\n"
 
 
 def yaml_site(tmp_path) -> dict:

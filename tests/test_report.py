@@ -15,10 +15,11 @@ import pandas as pd
 import pytest
 
 from analysis.report import main
-from analysis.sample_rank_files import A100_BF16_PEAK, FLOPS_PER_TOKEN, write_run
+from analysis.sample_rank_files import A100, A100_BF16_PEAK, FLOPS_PER_TOKEN, H100, model_state_bytes, write_run
 from jobs import slurm_query
 
 SEQ = 1024
+MIB = 1024**2
 
 
 @pytest.fixture
@@ -38,10 +39,11 @@ def slurm_says(monkeypatch):
 
 @pytest.fixture
 def study(tmp_path, slurm_says):
-    """The seed study's layouts, twice each (repeats: 2), with what goes wrong in real life:
-    an OOM, a missing rank, a corrupt rank file, a run still running, one killed by the time
-    limit (which the ledger still records as running: the report asks Slurm), one never
-    submitted."""
+    """The seed study's layouts and the 1-process runs they are compared with (ZeRO-3 on 1 GPU:
+    the ZeRO-3 layouts' weak baseline; single at batch 8 × 4 accumulation: DDP on 4's strong
+    one), twice each (repeats: 2), with what goes wrong in real life: an OOM, a missing rank, a
+    corrupt rank file, a run still running, one killed by the time limit (which the ledger still
+    records as running: the report asks Slurm), one never submitted."""
     exp = tmp_path / "study.yaml"
     exp.write_text(textwrap.dedent("""
         name: study
@@ -55,6 +57,8 @@ def study(tmp_path, slurm_says):
           - {name: dp2xtp2-b8, mode: zero3, tp_size: 2, gpus: 4, batch_size: 8}
           - {name: dp2xtp2-b32, mode: zero3, tp_size: 2, gpus: 4, batch_size: 32}
           - {name: big, mode: single, gpus: 1, batch_size: 64}
+          - {name: zero3-1, mode: zero3, gpus: 1, batch_size: 8}
+          - {name: single-b32, mode: single, gpus: 1, batch_size: 8, grad_accum: 4}
     """))
     site = local_site(tmp_path)
     folder = tmp_path / "results" / "study"
@@ -85,6 +89,12 @@ def study(tmp_path, slurm_says):
     write_run(folder, "big-r0", status="oom", mode="single", world=1, tp=1, batch=64,
               error="out of memory at batch size 64 per rank: CUDA out of memory")
     # big-r1: never submitted, no files at all
+    z1 = dict(mode="zero3", world=1, tp=1, batch=8)
+    write_run(folder, "zero3-1-r0", step_medians=[0.45], memory_gib=[18.0], setup_gib=9.0, **z1)
+    write_run(folder, "zero3-1-r1", step_medians=[0.5], memory_gib=[18.5], setup_gib=9.5, **z1)
+    b32 = dict(mode="single", world=1, tp=1, batch=8, grad_accum=4)
+    write_run(folder, "single-b32-r0", step_medians=[1.8], memory_gib=[20.0], **b32)
+    write_run(folder, "single-b32-r1", step_medians=[2.0], memory_gib=[20.0], **b32)
     return exp, site, folder
 
 
@@ -103,15 +113,22 @@ def test_every_figure_of_the_summary_matches_a_hand_computation(study, capsys):
 
     single = [8 * SEQ / 0.5, 8 * SEQ / 0.4]  # 16384 and 20480 tokens/s
     t1 = (single[0] + single[1]) / 2
+    pytorch_state = sum(model_state_bytes("single", 1, 1)) / MIB  # 16 B per parameter, on every DDP rank too
     row = summary.loc["single"]
     assert (row.status, row.runs_completed, row.runs_total) == ("COMPLETED", 2, 2)
+    assert row.device_name == A100 and row.regime == "fp32 weights, bf16 autocast"
     assert row.tokens_per_s_median == pytest.approx(t1)
     assert (row.tokens_per_s_min, row.tokens_per_s_max) == pytest.approx((single[0], single[1]))
     assert row.samples_per_s_median == pytest.approx((8 / 0.5 + 8 / 0.4) / 2)
     assert row.mfu_median == pytest.approx(FLOPS_PER_TOKEN * t1 / 1e12 / A100_BF16_PEAK)
-    assert row.peak_memory_per_gpu_max_gib_median == pytest.approx(21.0)
+    assert row.peak_memory_per_gpu_max_gib_median == pytest.approx(21.0)  # the training peak
+    assert row.setup_memory_per_gpu_max_gib_median == pytest.approx(10.5)  # beside it, the setup peak
+    assert row.memory_metric == "cuda_max_allocated"
+    assert row.model_state_per_gpu_mib_median == pytest.approx(pytorch_state)
     assert row.final_loss_median == pytest.approx(7.25)
     assert (row.baseline, row.scaling_efficiency, row.speedup) == ("single", pytest.approx(1.0), pytest.approx(1.0))
+    assert (row.baseline_strong, row.baseline_device) == ("single", A100)  # one process: its own baselines
+    assert pd.isna(row.scaling_efficiency_noise)  # not a comparison
 
     # DDP on 4: the slowest rank (0.6 s) sets the pace; repeat r1 has a corrupt rank file.
     ddp = 4 * 8 * SEQ / 0.6
@@ -120,14 +137,30 @@ def test_every_figure_of_the_summary_matches_a_hand_computation(study, capsys):
     assert "ddp-4-r1: FAILED (the rank file of rank(s) 2 is unreadable)" in row.reason
     assert row.tokens_per_s_median == pytest.approx(ddp)
     assert row.tokens_per_s_per_gpu_median == pytest.approx(ddp / 4)
+    assert (row.baseline, row.baseline_device) == ("single", A100)
     assert row.scaling_efficiency == pytest.approx(ddp / (4 * t1))
+    assert (row.scaling_efficiency_min, row.scaling_efficiency_max) == pytest.approx(
+        (ddp / (4 * single[1]), ddp / (4 * single[0])))
+    assert row.scaling_efficiency_noise == "no spread: 1 repeat"  # one completed repeat
     assert row.speedup == pytest.approx(ddp / t1)
     assert row.mfu_median == pytest.approx(FLOPS_PER_TOKEN * ddp / 4 / 1e12 / A100_BF16_PEAK)
     assert row.peak_memory_per_gpu_max_gib_median == pytest.approx(23.0)
     assert row.peak_memory_per_gpu_mean_gib_median == pytest.approx(21.5)
     assert row.memory_reduction == pytest.approx(1 - 23.0 / 21.0)
+    assert row.model_state_per_gpu_mib_median == pytest.approx(pytorch_state)
+    assert row.model_state_reduction == pytest.approx(0.0)  # DDP replicates the model state
+    # Strong scaling: against one process training the same global batch, 32 = 8 × 4 accumulation.
+    b32 = [32 * SEQ / 1.8, 32 * SEQ / 2.0]
+    assert (row.baseline_strong, row.baseline_strong_device) == ("single-b32", A100)
+    assert row.speedup_strong == pytest.approx(ddp / (sum(b32) / 2))
+    assert row.scaling_efficiency_strong == pytest.approx(ddp / (4 * sum(b32) / 2))
+    assert (row.scaling_efficiency_strong_min, row.scaling_efficiency_strong_max) == pytest.approx(
+        (ddp / (4 * b32[0]), ddp / (4 * b32[1])))
 
+    # The ZeRO-3 layouts train in bf16 weights with an fp32 master: compared with ZeRO-3 on 1 GPU.
+    z1 = [8 * SEQ / 0.45, 8 * SEQ / 0.5]
     zero = 4 * 8 * SEQ / 0.8
+    zero3_state = sum(model_state_bytes("zero3", 1, 1)) / MIB
     row = summary.loc["zero3-4"]
     assert "zero3-4-r1: FAILED (no rank file from rank(s) 3: killed before writing it)" in row.reason
     assert (row.tokens_per_s_median, row.tokens_per_s_min, row.tokens_per_s_max) == pytest.approx((zero,) * 3)
@@ -137,8 +170,14 @@ def test_every_figure_of_the_summary_matches_a_hand_computation(study, capsys):
     assert row.peak_memory_per_gpu_max_gib_median == pytest.approx(21.0)
     assert row.peak_memory_per_gpu_mean_gib_median == pytest.approx(20.0)
     assert row.final_loss_median == pytest.approx(7.0)
-    assert (row.baseline, row.scaling_efficiency) == ("single", pytest.approx(zero / (4 * t1)))
-    assert row.memory_reduction == pytest.approx(0.0)
+    assert (row.baseline, row.scaling_efficiency) == ("zero3-1", pytest.approx(zero / (4 * sum(z1) / 2)))
+    assert row.memory_reduction == pytest.approx(1 - 21.0 / 18.25)
+    assert row.model_state_per_gpu_mib_median == pytest.approx(zero3_state / 4)
+    assert row.model_state_reduction == pytest.approx(0.75)
+    assert pd.isna(row.baseline_strong) and pd.isna(row.scaling_efficiency_strong)
+    assert row.baseline_strong_note == (
+        "no completed 1-process run with the same strong-scaling key; the nearest, 'zero3-1', has global batch 8, "
+        f"this 32: add a 1-process zero3 run with batch 8, accumulation 4, on {A100}")
 
     # DP 2 x TP 2: 2 replicas of batch 8 per step, whatever the 4 ranks say: TP ranks count once.
     dp_tp = [2 * 8 * SEQ / 0.32, 2 * 8 * SEQ / 0.34]
@@ -148,56 +187,251 @@ def test_every_figure_of_the_summary_matches_a_hand_computation(study, capsys):
     assert row.tokens_per_s_per_gpu_median == pytest.approx(sum(dp_tp) / 2 / 4)
     assert row.mfu_median == pytest.approx(FLOPS_PER_TOKEN * sum(dp_tp) / 2 / 4 / 1e12 / A100_BF16_PEAK)
     assert row.peak_memory_per_gpu_mean_gib_median == pytest.approx((6.125 + 6.0) / 2)
-    assert row.speedup == pytest.approx(sum(dp_tp) / 2 / t1)
     assert row.samples_per_s_median == pytest.approx((16 / 0.32 + 16 / 0.34) / 2)
-    assert row.scaling_efficiency == pytest.approx(sum(dp_tp) / 2 / (4 * t1))
+    assert row.baseline == "zero3-1"
+    assert row.speedup == pytest.approx(sum(dp_tp) / 2 / (sum(z1) / 2))
+    assert (row.speedup_min, row.speedup_max) == pytest.approx((dp_tp[1] / z1[0], dp_tp[0] / z1[1]))
+    assert row.scaling_efficiency == pytest.approx(sum(dp_tp) / 2 / (4 * sum(z1) / 2))
+    assert (row.scaling_efficiency_min, row.scaling_efficiency_max) == pytest.approx(
+        (dp_tp[1] / (4 * z1[0]), dp_tp[0] / (4 * z1[1])))
+    # 48188-51200 tokens/s against 4 × (16384-18204): the ranges do not overlap.
+    assert (row.speedup_noise, row.scaling_efficiency_noise) == ("beyond noise", "beyond noise")
     assert row.peak_memory_per_gpu_max_gib_median == pytest.approx((6.5 + 6.0) / 2)
-    assert row.memory_reduction == pytest.approx(1 - 6.25 / 21.0)
+    assert row.memory_reduction == pytest.approx(1 - 6.25 / 18.25)
+    assert (row.memory_reduction_min, row.memory_reduction_max) == pytest.approx((1 - 6.5 / 18.0, 1 - 6.0 / 18.5))
+    assert row.model_state_reduction == pytest.approx(0.75) and row.model_state_reduction_noise == "beyond noise"
 
     row = summary.loc["dp2xtp2-b32"]
     assert (row.status, row.runs_completed) == ("RUNNING, TIMEOUT", 0)
     assert "dp2xtp2-b32-r0: RUNNING (Slurm (sacct): RUNNING; running, step 4/10)" in row.reason
     assert "dp2xtp2-b32-r1: TIMEOUT (Slurm (sacct): TIMEOUT; ended at step 7/10)" in row.reason
     assert math.isnan(row.tokens_per_s_median) and math.isnan(row.scaling_efficiency)
+    assert row.baseline_note == "no completed run"
     row = summary.loc["big"]
     assert row.status == "OUT_OF_MEMORY, NOT_SUBMITTED"
     assert "big-r0: OUT_OF_MEMORY (rank 0: out of memory at batch size 64" in row.reason
     assert "big-r1: NOT_SUBMITTED" in row.reason
 
     runs = pd.read_csv(folder / "report" / "runs.csv", dtype={"job_ids": str}).set_index("run")
-    assert len(runs) == 12
+    assert len(runs) == 16
     assert runs.loc["big-r0", "status"] == "OUT_OF_MEMORY" and runs.loc["big-r1", "status"] == "NOT_SUBMITTED"
     assert runs.loc["dp2xtp2-b32-r0", "status"] == "RUNNING" and runs.loc["dp2xtp2-b32-r1", "status"] == "TIMEOUT"
     assert runs.loc["ddp-4-r1", "status"] == "FAILED"
     assert (runs.loc["single-r0", "attempts"], runs.loc["single-r0", "job_ids"]) == (1, "1")
     assert runs.loc["big-r1", "attempts"] == 0
+    row = runs.loc["zero3-1-r1"]
+    assert (row.peak_memory_per_gpu_max_gib, row.setup_memory_per_gpu_max_gib) == pytest.approx((18.5, 9.5))
+    assert (row.regime, row.device_name, row.grad_accum) == ("bf16 weights, fp32 master", A100, 1)
+    assert row.model_state_per_gpu_mib == pytest.approx(zero3_state)
+    assert (row.model_state_params_mib, row.model_state_grads_mib, row.model_state_optimizer_mib) == pytest.approx(
+        tuple(part / MIB for part in model_state_bytes("zero3", 1, 1)))
+    assert runs.loc["single-b32-r0", "global_batch"] == 32
     # The report asked Slurm, and recorded its word as `hpml status` does.
     ledger = json.loads((folder / "ledger.json").read_text())["runs"]
     assert (ledger["dp2xtp2-b32-r1"]["state"], ledger["dp2xtp2-b32-r1"]["state_from"]) == ("TIMEOUT", "sacct")
 
     markdown = (folder / "report" / "summary.md").read_text()
-    assert "| Configuration | Description | Memory (GiB/GPU) | MFU |" in markdown
+    assert ("| Configuration | Description | Memory (GiB/GPU) | Model state (MiB/GPU) | MFU | Tokens/s | "
+            "Weak scaling eff. | Strong scaling eff. | Status |") in markdown
     assert "States:" not in markdown  # Slurm answered
     corrupt = folder / "ddp-4-r1" / "attempts" / "1" / "rank-2.json"
     assert f"{corrupt}: does not match the rank-file schema (not JSON)" in markdown
-    assert "DP 2 (ZeRO-3) x TP 2 on 4 GPUs, batch 8/GPU, bf16" in markdown
-    assert "Peak used for MFU: A100 SXM bf16 dense, 312 TFLOP/s (single, ddp-4, zero3-4, dp2xtp2-b8)." in markdown
+    assert "| dp2xtp2-b8 | DP 2 (ZeRO-3) x TP 2 on 4 GPUs, batch 8/GPU, bf16 (bf16 weights, fp32 master) | " \
+           "6.25 [6.00–6.50]; setup 3.12 | 2,952.6 (−75%) |" in markdown
+    assert "| 72% [66–78] | n/a | COMPLETED |" in markdown  # its weak efficiency, with the interval
+    assert "| single | single GPU, batch 8/GPU, bf16 (fp32 weights, bf16 autocast) | 21.00 [20.00–22.00]; " \
+           "setup 10.50 | 11,810.3 |" in markdown
+    assert "| 74% | 79% | 1/2 COMPLETED |" in markdown  # ddp-4: one completed repeat, no interval
+    assert "| 100% (baseline) | 100% (baseline) | COMPLETED |" in markdown
+    assert (f"- Scaling efficiency (weak) T_N / (N × T_1) against 'single' on {A100} (1 process, same batch per GPU "
+            "and accumulation; speedup T_N / T_1 and memory and model-state reductions 1 − M_N / M_1 against it "
+            "too) for: ddp-4.") in markdown
+    assert f"against 'zero3-1' on {A100} (1 process, same batch" in markdown
+    assert "for: zero3-4, dp2xtp2-b8." in markdown
+    assert (f"- Scaling efficiency (strong) T_N / (N × T_1) against 'single-b32' on {A100} (1 process, same global "
+            "batch, by accumulation; speedup T_N / T_1 too) for: ddp-4.") in markdown
+    assert "No comparison is within noise (" in markdown
+    assert ("Precision regime 'bf16 weights, fp32 master' (weights bf16, master fp32, matmul bf16, grad reduce bf16, "
+            "cast model): zero3-4, dp2xtp2-b8, zero3-1.") in markdown
+    assert ("Peak used for MFU: NVIDIA A100 dense bf16 tensor core, 312 TFLOP/s (single, ddp-4, zero3-4, dp2xtp2-b8, "
+            "zero3-1, single-b32).") in markdown
     assert "Step time: CUDA events." in markdown
+    assert "Spread: each figure is the median over a configuration's completed repeats on one device" in markdown
     tex = (folder / "report" / "summary.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex and "dp2xtp2-b8" in tex
+    assert r"\begin{tabular}{llrrrrrrl}" in tex
     out = capsys.readouterr().out
     assert "single" in out and "report.html" in out and str(folder / "report") in out
 
 
 def test_scaling_efficiency_is_missing_without_a_matching_baseline(study):
+    """Without the 1-process ZeRO-3 runs, the ZeRO-3 layouts have no baseline in their precision
+    regime: 'single' trains in another, and the reason says so; without 'single' either, DDP's
+    nearest 1-process run differs in its accumulation."""
     exp, site, folder = study
-    shutil.rmtree(folder / "single-r0")
-    shutil.rmtree(folder / "single-r1")
+    for run in ("zero3-1-r0", "zero3-1-r1", "single-r0", "single-r1"):
+        shutil.rmtree(folder / run)
     assert main([str(exp), "--site", str(site)]) == 0
     summary = pd.read_csv(folder / "report" / "summary.csv").set_index("configuration")
-    assert summary["scaling_efficiency"].isna().all()
-    assert "no single-GPU run" in summary.loc["ddp-4", "baseline_note"]
-    assert "scaling efficiency n/a" in (folder / "report" / "summary.md").read_text()
+    assert summary.loc[["ddp-4", "zero3-4", "dp2xtp2-b8"], "scaling_efficiency"].isna().all()
+    assert summary.loc["zero3-4", "baseline_note"] == (
+        "no completed 1-process run with the same weak-scaling key; the nearest, 'single-b32', accumulates 4 "
+        "micro-steps, this 1; trains in fp32 weights, bf16 autocast, this in bf16 weights, fp32 master: add a "
+        f"1-process zero3 run with batch 8, accumulation 1, on {A100}")
+    assert summary.loc["ddp-4", "baseline_note"] == (
+        "no completed 1-process run with the same weak-scaling key; the nearest, 'single-b32', accumulates 4 "
+        f"micro-steps, this 1: add a 1-process single run with batch 8, accumulation 1, on {A100}")
+    assert summary.loc["ddp-4", "baseline_strong"] == "single-b32"  # the strong view still has one
+    markdown = (folder / "report" / "summary.md").read_text()
+    assert "- zero3-4: scaling efficiency (weak) n/a: no completed 1-process run" in markdown
+
+
+def test_a_regime_mismatch_is_named_in_the_reason(study):
+    """ZeRO-3 on 4 with only the PyTorch path's 1-process run at its batch: n/a, and why."""
+    exp, site, folder = study
+    for run in ("zero3-1-r0", "zero3-1-r1"):
+        shutil.rmtree(folder / run)
+    assert main([str(exp), "--site", str(site)]) == 0
+    summary = pd.read_csv(folder / "report" / "summary.csv").set_index("configuration")
+    assert summary.loc["zero3-4", "baseline_note"] == (
+        "no completed 1-process run with the same weak-scaling key; the nearest, 'single', trains in fp32 weights, "
+        "bf16 autocast, this in bf16 weights, fp32 master: add a 1-process zero3 run with batch 8, accumulation 1, "
+        f"on {A100}")
+    assert summary.loc["ddp-4", "baseline"] == "single"
+
+
+def devices_study(tmp_path, single_devices: list[str]):
+    """single (1 GPU) with one repeat on each of ``single_devices``, DDP on 4 twice on an H100."""
+    exp = tmp_path / "devices.yaml"
+    exp.write_text("name: devices\ndataset: d\ndefaults: {model: gpt2-large, steps: 10}\nrepeats: 2\n"
+                   "runs: [{name: single, mode: single, batch_size: 8}, {name: ddp-4, mode: ddp, gpus: 4, batch_size: 8}]\n")
+    folder = tmp_path / "results" / "devices"
+    for repeat, (device, step) in enumerate(zip(single_devices, (0.5, 0.25))):
+        write_run(folder, f"single-r{repeat}", mode="single", world=1, tp=1, batch=8, device_name=device,
+                  step_medians=[step])
+    for repeat in range(2):
+        write_run(folder, f"ddp-4-r{repeat}", mode="ddp", world=4, tp=1, batch=8, device_name=H100,
+                  step_medians=[0.3] * 4)
+    assert main([str(exp), "--site", str(local_site(tmp_path))]) == 0
+    return folder / "report"
+
+
+def test_a_baseline_on_other_hardware_gives_n_a_with_the_reason(tmp_path, slurm_says):
+    report = devices_study(tmp_path, [A100, A100])
+    summary = pd.read_csv(report / "summary.csv").set_index("configuration")
+    row = summary.loc["ddp-4"]
+    assert pd.isna(row.scaling_efficiency) and pd.isna(row.scaling_efficiency_strong) and pd.isna(row.speedup)
+    assert row.baseline_note == (
+        f"no completed 1-process run with the same weak-scaling key; the nearest, 'single', ran on {A100}, this on "
+        f"{H100}: add a 1-process single run with batch 8, accumulation 1, on {H100}")
+    assert row.mfu_median == pytest.approx(FLOPS_PER_TOKEN * 32 * SEQ / 0.3 / 4 / 1e12 / 989.0)  # the H100's peak
+    markdown = (report / "summary.md").read_text()
+    assert f"- ddp-4: scaling efficiency (weak) n/a: no completed 1-process run with the same weak-scaling key; " \
+           f"the nearest, 'single', ran on {A100}, this on {H100}" in markdown
+
+
+def test_repeats_on_two_devices_are_two_rows_never_one_median(tmp_path, slurm_says):
+    report = devices_study(tmp_path, [A100, H100])
+    summary = pd.read_csv(report / "summary.csv")
+    singles = summary[summary["configuration"] == "single"].set_index("device_name")
+    assert sorted(singles.index) == sorted([A100, H100]) and set(singles["runs_completed"]) == {1}
+    assert singles.loc[A100, "tokens_per_s_median"] == pytest.approx(8 * SEQ / 0.5)  # its own run, not a median
+    assert singles.loc[H100, "tokens_per_s_median"] == pytest.approx(8 * SEQ / 0.25)
+    assert singles.loc[H100, "label"] == f"single ({H100})"
+    row = summary.set_index("configuration").loc["ddp-4"]
+    assert (row.baseline, row.baseline_device) == ("single", H100)
+    assert row.scaling_efficiency == pytest.approx((32 * SEQ / 0.3) / (4 * 8 * SEQ / 0.25))
+    assert row.scaling_efficiency_noise == "no spread: 1 repeat"
+    markdown = (report / "summary.md").read_text()
+    assert f"| single ({A100}) |" in markdown and f"| single ({H100}) |" in markdown
+    assert f"- Scaling efficiency (weak) T_N / (N × T_1) against 'single ({H100})' on {H100}" in markdown
+
+
+def test_with_three_repeats_every_figure_has_its_spread_and_overlaps_are_within_noise(tmp_path, slurm_says):
+    """single, DDP on 2 and single at DDP's global batch (8 × 2 accumulation), three repeats
+    each. DDP's tokens/s range (29,789-36,409) overlaps 2 × single's (32,768-40,960): its weak
+    efficiency is within noise; its speedup range (1.45-2.22) does not hold 1: beyond noise."""
+    exp = tmp_path / "noise.yaml"
+    exp.write_text(textwrap.dedent("""
+        name: noise
+        dataset: d
+        defaults: {model: gpt2-large, steps: 10}
+        repeats: 3
+        runs:
+          - {name: single, mode: single, batch_size: 8}
+          - {name: ddp-2, mode: ddp, gpus: 2, batch_size: 8}
+          - {name: single-b16, mode: single, batch_size: 8, grad_accum: 2}
+    """))
+    folder = tmp_path / "results" / "noise"
+    for repeat, (one, two, accumulated, memory) in enumerate(
+            zip((0.5, 0.4, 0.45), (0.45, 0.5, 0.55), (0.9, 1.0, 0.95), (20.0, 22.0, 21.0))):
+        write_run(folder, f"single-r{repeat}", mode="single", world=1, tp=1, batch=8, step_medians=[one],
+                  memory_gib=[memory])
+        write_run(folder, f"ddp-2-r{repeat}", mode="ddp", world=2, tp=1, batch=8, step_medians=[two, two],
+                  memory_gib=[memory + 1] * 2)
+        write_run(folder, f"single-b16-r{repeat}", mode="single", world=1, tp=1, batch=8, grad_accum=2,
+                  step_medians=[accumulated])
+    assert main([str(exp), "--site", str(local_site(tmp_path))]) == 0
+    summary = pd.read_csv(folder / "report" / "summary.csv").set_index("configuration")
+    t1 = [8 * SEQ / s for s in (0.5, 0.4, 0.45)]
+    tn = [16 * SEQ / s for s in (0.45, 0.5, 0.55)]
+    ts = [16 * SEQ / s for s in (0.9, 1.0, 0.95)]
+    row = summary.loc["ddp-2"]
+    assert row.scaling_efficiency == pytest.approx(sorted(tn)[1] / (2 * sorted(t1)[1]))
+    assert (row.scaling_efficiency_min, row.scaling_efficiency_max) == pytest.approx(
+        (min(tn) / (2 * max(t1)), max(tn) / (2 * min(t1))))
+    assert row.scaling_efficiency_noise == "within noise"
+    assert (row.speedup_min, row.speedup_max) == pytest.approx((min(tn) / max(t1), max(tn) / min(t1)))
+    assert row.speedup_noise == "beyond noise"
+    assert row.speedup_strong == pytest.approx(sorted(tn)[1] / sorted(ts)[1])
+    assert (row.scaling_efficiency_strong_min, row.scaling_efficiency_strong_max) == pytest.approx(
+        (min(tn) / (2 * max(ts)), max(tn) / (2 * min(ts))))
+    assert row.scaling_efficiency_strong_noise == "within noise"
+    # Memory 21-23 GiB against 20-22: within noise; DDP holds the same model state as one process.
+    assert row.memory_reduction == pytest.approx(1 - 22.0 / 21.0)
+    assert row.memory_reduction_noise == "within noise"
+    assert (row.model_state_reduction, row.model_state_reduction_noise) == (pytest.approx(0.0), "within noise")
+    assert (row.tokens_per_s_min, row.tokens_per_s_max) == pytest.approx((min(tn), max(tn)))
+    markdown = (folder / "report" / "summary.md").read_text()
+    assert "| 90% [73–111], within noise | 95% [82–111], within noise | COMPLETED |" in markdown
+    assert "22.00 [21.00–23.00]; setup 11.00" in markdown
+    assert (f"- Within noise (the two ranges overlap): weak scaling efficiency of ddp-2 against 'single' on {A100}; "
+            f"memory reduction of ddp-2 against 'single' on {A100}; model-state reduction of ddp-2 against 'single' "
+            f"on {A100}; strong scaling efficiency of ddp-2 against 'single-b16' on {A100}.") in markdown
+    assert "min–max rather than a 95% interval" in markdown
+
+
+def test_rank_files_without_the_phase_split_or_the_regime_fall_back_and_say_so(tmp_path, slurm_says):
+    """Files from an engine that measured neither memory phases nor the regime: the whole
+    process's peak, no setup figure, the regime derived from mode and precision."""
+    exp = tmp_path / "old.yaml"
+    exp.write_text("name: old\ndataset: d\ndefaults: {model: gpt2-large, steps: 10}\n"
+                   "runs: [{name: single, mode: single}, {name: zero3-2, mode: zero3, gpus: 2}, "
+                   "{name: ddp-2, mode: ddp, gpus: 2}]\n")
+    folder = tmp_path / "results" / "old"
+    old = dict(phases=False, regime_recorded=False, setup_gib=30.0)
+    write_run(folder, "single", mode="single", world=1, tp=1, batch=8, memory_gib=[20.0], **old)
+    write_run(folder, "zero3-2", mode="zero3", world=2, tp=1, batch=8, memory_gib=[12.0, 12.0], setup_gib=4.0)
+    write_run(folder, "ddp-2", mode="ddp", world=2, tp=1, batch=8, memory_gib=[12.0, 12.0])
+    assert main([str(exp), "--site", str(local_site(tmp_path))]) == 0
+    summary = pd.read_csv(folder / "report" / "summary.csv").set_index("configuration")
+    row = summary.loc["single"]
+    assert row.memory_metric == "cuda_max_allocated_process"
+    assert row.peak_memory_per_gpu_max_gib_median == pytest.approx(30.0)  # the whole process: setup's peak
+    assert pd.isna(row.setup_memory_per_gpu_max_gib_median)
+    assert row.regime == "fp32 weights, bf16 autocast"
+    assert summary.loc["zero3-2", "regime"] == "bf16 weights, fp32 master"
+    assert summary.loc["zero3-2", "setup_memory_per_gpu_max_gib_median"] == pytest.approx(4.0)
+    row = summary.loc["ddp-2"]  # compared with the old 'single': a training peak is no ratio of a whole-process one
+    assert row.baseline == "single" and row.scaling_efficiency == pytest.approx(1.0)
+    assert pd.isna(row.memory_reduction)
+    assert row.memory_reduction_note == "the baseline's memory is cuda_max_allocated_process, this cuda_max_allocated"
+    assert row.model_state_reduction == pytest.approx(0.0)
+    markdown = (folder / "report" / "summary.md").read_text()
+    assert ("- Memory of single: the whole process's peak (CUDA max_memory_allocated), setup included, and no setup "
+            "figure: their rank files have no training/setup split (written before hpml measured phases).") in markdown
+    assert "| 30.00 (whole process) |" in markdown
+    assert "| 12.00; setup 4.00 |" in markdown
 
 
 def test_a_report_replaces_the_old_one_only_when_complete(study):
@@ -362,7 +596,7 @@ def test_without_an_experiment_every_one_with_results_is_reported_even_before_an
     assert main(["--site", str(site)]) == 0
     report = tmp_path / "results" / "tiny_study" / "report"
     runs = pd.read_csv(report / "runs.csv")
-    assert len(runs) == 5 and set(runs["status"]) == {"NOT_SUBMITTED"}
+    assert len(runs) == 30 and set(runs["status"]) == {"NOT_SUBMITTED"}  # 10 configurations × 3 repeats
     assert {p.name for p in report.glob("*.png")} == {"throughput.png", "memory.png", "mfu_vs_batch.png", "loss.png"}
     assert not (tmp_path / "results" / "seed_study").exists()  # no results, no report
 

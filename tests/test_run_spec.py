@@ -90,5 +90,5 @@ def test_the_run_json_hpml_render_writes_is_the_experiments_config(tmp_path, mon
         assert source.overrides == []
     modes = {run.name: parse_args(["--config", str(tmp_path / "seed_study" / run.name / "run.json")])[0].mode
              for run in exp.runs}
-    assert modes == {"single": "single", "ddp-4": "ddp", "zero3-4": "zero3", "dp2xtp2-b8": "zero3",
-                     "dp2xtp2-b32": "zero3"}
+    assert modes == {run.name: run.mode for run in exp.runs}
+    assert set(modes.values()) == {"single", "ddp", "zero3"}
