@@ -7,10 +7,17 @@ learned positions, LM head tied to the token embedding); the sizes come from the
 (``hpml_core.spec.models``: transformers' ``GPT2Config`` presets, written out). Dropout is not modelled:
 throughput studies train with it off, and it would make runs with different rank layouts
 draw different masks.
+
+Initialisation is GPT-2's, drawn parameter by parameter (``initial_value``): each parameter's
+values come from a generator seeded by the run's seed and the parameter's name alone, so a
+process can draw any one parameter without the others. That is how a sharded run starts from
+exactly the weights one process gets without any rank holding the whole model
+(``hpml_core.materialize``); a GPT built on the meta device is left empty for that.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -70,7 +77,7 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """GPT-2 language model: token ids in, next-token logits out."""
 
-    def __init__(self, dims: ModelDims, attn: str = "sdpa"):
+    def __init__(self, dims: ModelDims, attn: str = "sdpa", seed: int = 0):
         super().__init__()
         self.dims = dims
         self.wte = nn.Embedding(dims.vocab_size, dims.n_embd)
@@ -79,18 +86,14 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(dims.n_embd, eps=dims.layer_norm_epsilon)
         self.lm_head = nn.Linear(dims.n_embd, dims.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied, as in GPT-2
-        self.apply(self._init_weights)
-        # GPT-2 scales the projections that write into the residual stream by 1/sqrt(2·layers).
-        for block in self.blocks:
-            for proj in (block.attn.proj, block.mlp.proj):
-                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * dims.n_layer))
+        if not self.wte.weight.is_meta:  # on the meta device there is nothing to fill yet
+            self.init_weights(seed)
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+    @torch.no_grad()
+    def init_weights(self, seed: int) -> None:
+        """GPT-2's initialisation, the same values ``hpml_core.materialize`` gives a sharded model."""
+        for name, param in self.named_parameters():  # the tied LM head once, as wte
+            param.copy_(initial_value(name, param.shape, self.dims.n_layer, seed))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(idx.shape[1], device=idx.device)
@@ -98,6 +101,26 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.lm_head(self.ln_f(x))
+
+
+def initial_value(name: str, shape: torch.Size, n_layer: int, seed: int) -> torch.Tensor:
+    """The whole fp32 initial value (on the CPU) of the plain GPT's parameter ``name``.
+
+    GPT-2's scheme: LayerNorm weights 1, every bias 0, the other weights normal(0, 0.02), and
+    the projections that write into the residual stream (attention output, MLP down) with std
+    0.02/sqrt(2·layers). The normal draws come from a CPU generator seeded by (seed, name), not
+    the global RNG, so the value depends on nothing else: any rank draws the same tensor for a
+    name, in any order, on any device.
+    """
+    module, kind = name.split(".")[-2:]
+    if module.startswith("ln_"):
+        return torch.ones(shape) if kind == "weight" else torch.zeros(shape)
+    if kind == "bias":
+        return torch.zeros(shape)
+    std = 0.02 / math.sqrt(2 * n_layer) if module == "proj" else 0.02
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+    return torch.empty(shape).normal_(0.0, std, generator=generator)
 
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,14 +1,17 @@
-"""Turn the plain GPT into what trains: passes applied from outside, in torchtitan's order, all
-in this one file, so the model file stays unaware of all of them:
+"""Turn the plain GPT, built on the meta device, into what trains: passes applied from outside,
+in torchtitan's order, all in this one file, so the model file stays unaware of all of them:
 
-1. tensor parallelism (``hpml_core.tensor_parallel``), which also decides the loss: a sharded
-   LM head gives each rank a slice of the vocabulary's logits;
-2. activation checkpointing of every block;
-3. ``torch.compile``;
-4. data parallelism: PyTorch DDP over the data-parallel group, or DeepSpeed ZeRO-3
-   (``hpml_core.zero``), which partitions the parameters and owns the optimizer. Because this
-   last pass decides how gradients are synchronised and the update applied, it returns the
-   ``Stepper`` that trains the result (``hpml_core.stepper``).
+1. tensor parallelism (``hpml_core.tensor_parallel``), still on the meta device, which also
+   decides the loss: a sharded LM head gives each rank a slice of the vocabulary's logits;
+2. the weights: each rank fills only its own part of the run's initial weights, one parameter
+   at a time (``hpml_core.materialize``); under ZeRO-3 each part of the model is partitioned as
+   soon as it is filled, so no rank ever holds the whole model;
+3. activation checkpointing of every block;
+4. ``torch.compile``;
+5. data parallelism: PyTorch DDP over the data-parallel group, or DeepSpeed ZeRO-3
+   (``hpml_core.zero``), which owns the optimizer. Because this last pass decides how
+   gradients are synchronised and the update applied, it returns the ``Stepper`` that trains
+   the result (``hpml_core.stepper``).
 
 Under ZeRO-3, DeepSpeed's hooks must see the plain modules, so compilation happens inside its
 engine (``engine.compile()``) after the wrap instead of before.
@@ -25,10 +28,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from hpml_core import tensor_parallel, zero
+from hpml_core.materialize import materialize, parameter_shapes
 from hpml_core.mesh import Mesh
 from hpml_core.model import GPT, next_token_loss
 from hpml_core.spec.config import TrainConfig
+from hpml_core.spec.precision import regime
 from hpml_core.stepper import DeepSpeedStepper, Stepper, TorchStepper, build_optimizer
+
+# The dtype each rank's weights are filled in: the precision regime's (ZeRO-3 casts the model itself).
+WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def apply_activation_checkpointing(model: GPT) -> None:
@@ -42,15 +50,22 @@ def apply_activation_checkpointing(model: GPT) -> None:
 
 
 def parallelize(model: GPT, mesh: Mesh, config: TrainConfig, device: torch.device, record_dir: Path) -> Stepper:
-    """Apply the passes to ``model`` (in place) and return what steps it; ZeRO-3 records its
-    DeepSpeed configuration in ``record_dir`` (the attempt's folder)."""
+    """Apply the passes to ``model``, a GPT on the meta device (in place), and return what steps
+    it; ZeRO-3 records its DeepSpeed configuration in ``record_dir`` (the attempt's folder)."""
+    shapes = parameter_shapes(model)  # whole shapes, before TP replaces layers by shards
     loss_fn = next_token_loss
     if mesh.tp_size > 1:
         loss_fn = tensor_parallel.apply_tensor_parallel(model, mesh)
+    zero3 = config.mode == "zero3"
+    # ZeRO-3's optimizer is made while the parameters still have their shapes (build_optimizer
+    # reads them for weight decay; a partitioned parameter is an empty tensor).
+    optimizer = build_optimizer(model, config, device) if zero3 else None
+    materialize(model, shapes, model.dims.n_layer, config.seed, device,
+                WEIGHT_DTYPES[regime(config.mode, config.precision).weights_dtype],
+                then=zero.partitioner(config, mesh) if zero3 else None)
     if config.grad_ckpt:
         apply_activation_checkpointing(model)
-    if config.mode == "zero3":
-        optimizer = build_optimizer(model, config, device)
+    if zero3:
         return DeepSpeedStepper(model, zero.initialize(model, optimizer, config, mesh, record_dir), loss_fn)
     trained: nn.Module = torch.compile(model) if config.compile else model
     if config.mode == "ddp" and mesh.dp_size > 1:  # gradients all-reduced over the DP group only

@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from hpml_core.memory import peak_memory
+from hpml_core.memory import PhasePeaks
 from hpml_core.spec import flops, model_state
 from hpml_core.spec import rank_file as rf
+from hpml_core.spec.precision import regime
 from hpml_core.timing import StepTimer
 
 
@@ -28,6 +29,7 @@ class Measured:
     """What the training loop measured; kept when training fails midway, for the rank file."""
 
     timer: StepTimer
+    memory: PhasePeaks
     start_step: int = 0
     losses: list[torch.Tensor] = field(default_factory=list)  # one per step, still on the device
     model_state: dict | None = None  # measured at the last step (hpml_core.model_state_memory)
@@ -60,12 +62,16 @@ def cpu_name() -> str:
 
 def loss_values(losses: list[torch.Tensor], ranks_alive: bool) -> list[float]:
     """Per-step losses, read from the device once; averaged over data-parallel ranks (one
-    collective for the whole run) when every rank is known to be alive."""
+    collective for the whole run) when every rank is known to be alive.
+
+    The sum is taken in fp64, where adding a few fp32 losses is exact: in fp32 it would depend on
+    the all-reduce's order, which gloo varies with the number of values, so a resumed attempt
+    (fewer steps) could record a step's mean one rounding away from an uninterrupted run's."""
     if not losses:
         return []
     if not ranks_alive:  # one scalar at a time: after an out-of-memory error even a stack may fail
         return [loss.item() for loss in losses]
-    values = torch.stack(losses).float()
+    values = torch.stack(losses).double()
     if dist.is_initialized():
         dist.all_reduce(values)  # tensor-parallel ranks hold equal losses, so the world mean is the DP mean
         values /= dist.get_world_size()
@@ -159,7 +165,8 @@ def build_rank_file(plan, measured: Measured, run_id: str, attempt: int, status:
         throughput=run_throughput,
         throughput_missing_reason=throughput_missing_reason(plan, start_step, status, run_throughput),
         flops=flops_record(plan, device.type, device_name, run_throughput.run_tokens_per_s) if run_throughput else None,
-        memory=rf.Memory(**peak_memory(device)),
+        precision=regime(config.mode, config.precision),
+        memory=measured.memory.record(),
         model_state=model_state_record(plan, measured.model_state)
         if status == "completed" and measured.model_state else None,
         loss=rf.Loss(start_step=start_step, values=losses, averaged_over_dp=alive),

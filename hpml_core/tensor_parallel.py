@@ -17,10 +17,14 @@ full vocabulary from its slice of the logits without ever gathering them
 (``vocab_parallel_cross_entropy``). LayerNorms, the position embedding and the biases of
 row-parallel layers stay replicated; their gradients come out equal on every TP rank.
 
-``apply_tensor_parallel`` shards a full model built with the run's seed, so a TP run starts
-from exactly the weights of the unsharded one. Sharded parameters are marked
-``tensor_model_parallel = True`` so gradient-norm clipping (ours and DeepSpeed's) counts each
-of their elements once and each replicated parameter once.
+``apply_tensor_parallel`` replaces the layers of a GPT by this rank's shards. It is applied to a
+model on the meta device (shapes, no memory); each sharded layer knows how to take its shard out
+of a whole tensor (``shard``), so that ``hpml_core.materialize`` can then give it its part of the
+run's initial weights one parameter at a time: a TP run starts from exactly the weights of the
+unsharded one, and no rank ever holds them all. (Applied to a model with weights, it shards them
+the same way.) Sharded parameters are marked ``tensor_model_parallel = True`` so gradient-norm
+clipping (ours and DeepSpeed's) counts each of their elements once and each replicated parameter
+once.
 """
 
 from __future__ import annotations
@@ -87,9 +91,13 @@ class ColumnParallelLinear(nn.Module):
 
     def __init__(self, full: nn.Linear, mesh: Mesh, parts: int = 1):
         super().__init__()
-        self.group, self.parts = mesh.tp_group, parts
-        self.weight = _mark_sharded(nn.Parameter(_rows(full.weight.data, mesh, parts)))
-        self.bias = _mark_sharded(nn.Parameter(_rows(full.bias.data, mesh, parts)))
+        self.mesh, self.group, self.parts = mesh, mesh.tp_group, parts
+        self.weight = _mark_sharded(nn.Parameter(self.shard("weight", full.weight.detach())))
+        self.bias = _mark_sharded(nn.Parameter(self.shard("bias", full.bias.detach())))
+
+    def shard(self, name: str, full: torch.Tensor) -> torch.Tensor:
+        """This rank's part of the whole ``weight`` or ``bias``: its output rows, within q, k and v."""
+        return _rows(full, self.mesh, self.parts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(copy_to_tp(x, self.group), self.weight, self.bias)
@@ -100,9 +108,15 @@ class RowParallelLinear(nn.Module):
 
     def __init__(self, full: nn.Linear, mesh: Mesh):
         super().__init__()
-        self.group = mesh.tp_group
-        self.weight = _mark_sharded(nn.Parameter(full.weight.data.chunk(mesh.tp_size, dim=1)[mesh.tp_rank].clone()))
-        self.bias = nn.Parameter(full.bias.data.clone())  # replicated: added once, after the reduction
+        self.mesh, self.group = mesh, mesh.tp_group
+        self.weight = _mark_sharded(nn.Parameter(self.shard("weight", full.weight.detach())))
+        self.bias = nn.Parameter(self.shard("bias", full.bias.detach()))  # replicated: added once, after the reduction
+
+    def shard(self, name: str, full: torch.Tensor) -> torch.Tensor:
+        """This rank's part of the whole ``weight`` (its input columns) or ``bias`` (all of it)."""
+        if name == "bias":
+            return full.clone()
+        return full.chunk(self.mesh.tp_size, dim=1)[self.mesh.tp_rank].clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return reduce_from_tp(F.linear(x, self.weight), self.group) + self.bias
@@ -113,9 +127,13 @@ class VocabParallelEmbedding(nn.Module):
 
     def __init__(self, full: nn.Embedding, mesh: Mesh):
         super().__init__()
-        self.group = mesh.tp_group
-        self.weight = _mark_sharded(nn.Parameter(_rows(full.weight.data, mesh)))
+        self.mesh, self.group = mesh, mesh.tp_group
+        self.weight = _mark_sharded(nn.Parameter(self.shard("weight", full.weight.detach())))
         self.start = mesh.tp_rank * self.weight.shape[0]
+
+    def shard(self, name: str, full: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of the whole embedding."""
+        return _rows(full, self.mesh)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         local = idx - self.start
@@ -157,8 +175,9 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, gr
 
 
 def apply_tensor_parallel(model: GPT, mesh: Mesh) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Replace the layers of a full model, in place, by this rank's shards; return the loss that
-    goes with them (the logits are now this rank's vocabulary slice)."""
+    """Replace the layers of a GPT, in place, by this rank's shards (on the meta device: shards
+    to be filled later; otherwise shards of its weights); return the loss that goes with them
+    (the logits are now this rank's vocabulary slice)."""
     for block in model.blocks:
         block.attn.qkv = ColumnParallelLinear(block.attn.qkv, mesh, parts=3)
         block.attn.proj = RowParallelLinear(block.attn.proj, mesh)

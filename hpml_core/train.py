@@ -3,9 +3,11 @@
 Runs alone, under torchrun, under the deepspeed launcher, or as srun tasks (see
 ``hpml_core.launch``). Every bad input is refused before a process group exists, with one
 line naming the flag and exit status 2 (``make_plan``, through the contract's checks). Then:
-build the model, parallelize it (``hpml_core.parallelize``: TP, checkpointing, compile, DDP or
-ZeRO-3, returning the stepper that trains it), restore a checkpoint, and run the loop below,
-which reads like nanoGPT's: get the batch, step, time it, log, checkpoint, stop when asked.
+build the model on the meta device, parallelize it (``hpml_core.parallelize``: TP, each rank's
+part of the weights, checkpointing, compile, DDP or ZeRO-3, returning the stepper that trains
+it), restore a checkpoint, and run the loop below, which reads like nanoGPT's: get the batch,
+step, time it, log, checkpoint, stop when asked. Memory peaks are recorded for the setup and
+for the training, from the first timed step (``hpml_core.memory``).
 
 Each launch that trains is one attempt of the run (``hpml_core.resuming``): every rank writes
 ``<run>/attempts/<n>/rank-<k>.json`` at the end, also when training failed (status "failed",
@@ -35,6 +37,7 @@ import torch.distributed as dist
 
 from hpml_core import checkpoint, export, launch, resuming, stopping
 from hpml_core.batches import TokenBatches, TokenData
+from hpml_core.memory import PhasePeaks
 from hpml_core.mesh import Mesh, build_mesh
 from hpml_core.model import GPT
 from hpml_core.parallelize import parallelize
@@ -120,11 +123,11 @@ def _log(plan: Plan, message: str) -> None:
 
 
 def build(plan: Plan, device: torch.device, mesh: Mesh, attempt_dir: Path) -> Stepper:
-    """The full model, built from the run's seed on every rank (so a sharded run starts from
-    the single process's weights), then parallelized (ZeRO-3's configuration is recorded in
-    the attempt's folder)."""
-    torch.manual_seed(plan.config.seed)
-    with device:
+    """The GPT, built on the meta device (shapes only), then parallelized: each rank fills in
+    only its own part of the weights the run's seed gives, so a sharded run starts from the
+    single process's weights without any rank holding them all (ZeRO-3's configuration is
+    recorded in the attempt's folder)."""
+    with torch.device("meta"):
         model = GPT(plan.dims, attn=plan.config.attn)
     return parallelize(model, mesh, plan.config, device, attempt_dir)
 
@@ -142,28 +145,33 @@ def train_steps(plan: Plan, stepper: Stepper, measured: Measured, device: torch.
     first_timed = measured.start_step + config.warmup_steps
     report_every = max(1, (total - measured.start_step) // 10)
     started = last_report = time.perf_counter()
-    for step in range(measured.start_step, total):
-        timed = step >= first_timed
-        if timed:
-            measured.timer.start()
-        loss = stepper.step(plan.batches.micro_batches(step, device), measure=step == total - 1)
-        if timed:
-            measured.timer.stop()
-        measured.losses.append(loss)
-        done = step + 1
-        saved = config.checkpoint_every > 0 and done % config.checkpoint_every == 0
-        if saved:
-            save_checkpoint(plan, stepper, out, done)
-        now = time.perf_counter()  # the host's clock: no wait for the device
-        if done % report_every == 0 or done == total or now - last_report >= REPORT_SECONDS:
-            _log(plan, f"step {done}/{total}  {now - started:.1f} s")
-            progress.update("running", done)
-            last_report = now
-        if done < total and stop.agreed():
-            if not saved:
+    try:
+        for step in range(measured.start_step, total):
+            timed = step >= first_timed
+            if step == first_timed:
+                measured.memory.start_training()  # the training phase's peaks start here
+            if timed:
+                measured.timer.start()
+            loss = stepper.step(plan.batches.micro_batches(step, device), measure=step == total - 1)
+            if timed:
+                measured.timer.stop()
+            measured.losses.append(loss)
+            done = step + 1
+            saved = config.checkpoint_every > 0 and done % config.checkpoint_every == 0
+            if saved:
                 save_checkpoint(plan, stepper, out, done)
-            _log(plan, f"stopped by {stop.signal_name} after step {done}; checkpoint saved, resume with --resume")
-            return False
+            now = time.perf_counter()  # the host's clock: no wait for the device
+            if done % report_every == 0 or done == total or now - last_report >= REPORT_SECONDS:
+                _log(plan, f"step {done}/{total}  {now - started:.1f} s")
+                progress.update("running", done)
+                last_report = now
+            if done < total and stop.agreed():
+                if not saved:
+                    save_checkpoint(plan, stepper, out, done)
+                _log(plan, f"stopped by {stop.signal_name} after step {done}; checkpoint saved, resume with --resume")
+                return False
+    finally:
+        measured.memory.end_training()  # ...and end at the last step, however it ended
     measured.model_state = stepper.model_state
     return True
 
@@ -186,11 +194,12 @@ def train(plan: Plan, stop: StopRequest) -> int:
                f"{plan.total_steps} steps, {config.precision}, on {device_name}")
 
     status, error, run_throughput = "completed", None, None
-    measured = Measured(StepTimer(device))
+    measured = Measured(StepTimer(device), PhasePeaks(device))
     try:
         stepper = build(plan, device, mesh, attempt_folder(out, attempt))
         if plan.resume_state:
             measured.start_step = stepper.restore(plan.resume_state)
+        measured.memory.end_setup()
         if not train_steps(plan, stepper, measured, device, out, stop, progress):
             status, error = "stopped", f"stopped by {stop.signal_name}; checkpoint saved"
         run_throughput = throughput(plan, measured.timer, device) if measured.timer.timed_steps else None

@@ -11,12 +11,20 @@ loss scaling. ``stage3_param_persistence_threshold`` (``--zero-persistence-thres
 parameters under that many elements whole on every rank, saving their all-gathers: DeepSpeed's
 default of 100000 suits GPT-2 Large, where that is only LayerNorms and biases, while ``--test``
 sets 0 so that a tiny model is really partitioned.
+
+No rank holds the whole model before DeepSpeed partitions it: the model is filled part by part
+(``hpml_core.materialize``) and each part is partitioned over the data-parallel group as soon as
+it is filled (``partitioner``: ``deepspeed.zero.Init(module=part)``, with the very arguments
+DeepSpeed uses when it partitions a whole model inside ``deepspeed.initialize``), already in the
+dtype DeepSpeed trains in. ``deepspeed.initialize`` then finds every parameter partitioned and
+leaves them as they are.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -53,18 +61,43 @@ def deepspeed_config(config: TrainConfig, mesh: Mesh) -> dict:
     }
 
 
-def initialize(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, mesh: Mesh,
-               record_dir: Path):
+def _quiet_deprecations() -> None:
+    """DeepSpeed's collectives use names PyTorch has deprecated; one warning per call would drown the log."""
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+
+
+def _mpu(mesh: Mesh) -> DeepSpeedMPU | None:
+    """DeepSpeed's view of the groups when the model is tensor-parallel (else it uses the world)."""
+    return DeepSpeedMPU(mesh) if mesh.tp_size > 1 else None
+
+
+def partitioner(config: TrainConfig, mesh: Mesh) -> Callable[[nn.Module], None]:
+    """What partitions one filled part of the model over its data-parallel group, at once."""
     import deepspeed
 
-    # DeepSpeed's collectives use names PyTorch has deprecated; one warning per call would drown the log.
-    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    _quiet_deprecations()
+    # DeepSpeed's communication layer over the process group that exists (zero.Init reads the
+    # data-parallel size through it, and would take 1 before it is set up).
+    deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+    settings, mpu = deepspeed_config(config, mesh), _mpu(mesh)
+
+    def partition(part: nn.Module) -> None:
+        deepspeed.zero.Init(module=part, data_parallel_group=mpu.get_data_parallel_group() if mpu else None,
+                            config_dict_or_path=settings, mpu=mpu)
+
+    return partition
+
+
+def initialize(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, mesh: Mesh,
+               record_dir: Path):
+    """DeepSpeed's engine around ``model``, whose parameters ``partitioner`` has partitioned."""
+    import deepspeed
+
+    _quiet_deprecations()
     settings = deepspeed_config(config, mesh)
     if int(os.environ.get("RANK", 0)) == 0:
         atomic_write_json(record_dir / CONFIG_FILE, settings)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=settings, mpu=DeepSpeedMPU(mesh) if mesh.tp_size > 1 else None,
-    )
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=settings, mpu=_mpu(mesh))
     if config.compile:
         engine.compile()
     return engine

@@ -2,7 +2,11 @@ import pytest
 import torch
 from transformers import GPT2Config
 
+from hpml_core.materialize import materialize, parameter_shapes
+from hpml_core.mesh import Mesh
 from hpml_core.model import GPT, PRESETS, model_dims, next_token_loss
+from hpml_core.spec.layout import Layout
+from hpml_core.tensor_parallel import apply_tensor_parallel
 
 
 @pytest.mark.parametrize("name", ["tiny", "gpt2"])
@@ -57,3 +61,37 @@ def test_loss_of_an_untrained_model_is_near_uniform():
     idx, targets = torch.randint(0, 512, (2, 4, 32))
     loss = next_token_loss(model(idx), targets)
     assert abs(loss.item() - torch.log(torch.tensor(512.0)).item()) < 0.1
+
+
+def test_initial_values_depend_on_the_seed_and_the_name_alone():
+    dims = model_dims("tiny", 512)
+    a, b = GPT(dims, seed=7).state_dict(), GPT(dims, seed=7).state_dict()
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    other = GPT(dims, seed=8).state_dict()
+    assert not torch.equal(a["wte.weight"], other["wte.weight"])
+    assert not torch.equal(a["blocks.0.attn.qkv.weight"], a["blocks.1.attn.qkv.weight"])
+    assert torch.equal(a["lm_head.weight"], a["wte.weight"])  # tied
+    proj, fc = a["blocks.0.mlp.proj.weight"].std().item(), a["blocks.0.mlp.fc.weight"].std().item()
+    assert fc == pytest.approx(0.02, rel=0.05) and proj == pytest.approx(0.02 / (2 * dims.n_layer) ** 0.5, rel=0.05)
+    assert torch.equal(a["ln_f.weight"], torch.ones(dims.n_embd)) and not a["blocks.0.attn.qkv.bias"].any()
+
+
+@pytest.mark.parametrize("tp_rank", [0, 1])
+def test_a_model_filled_on_the_meta_device_gets_exactly_the_shards_of_the_whole_model(tp_rank):
+    """What hpml_core.materialize gives a tensor-parallel rank, parameter by parameter, equals
+    that rank's shards of the whole model one process builds: same values, marks and tie."""
+    dims = model_dims("tiny", 512)
+    mesh = Mesh(Layout(world_size=2, tp_size=2), tp_rank, None, None)
+    sharded_whole = GPT(dims, seed=7)
+    apply_tensor_parallel(sharded_whole, mesh)
+    with torch.device("meta"):
+        filled = GPT(dims)
+    shapes = parameter_shapes(filled)
+    apply_tensor_parallel(filled, mesh)
+    materialize(filled, shapes, dims.n_layer, 7, torch.device("cpu"), torch.float32)
+    expected, got = dict(sharded_whole.named_parameters()), dict(filled.named_parameters())
+    assert expected.keys() == got.keys()
+    for name, param in got.items():
+        assert torch.equal(param, expected[name]), name
+        assert getattr(param, "tensor_model_parallel", False) == getattr(expected[name], "tensor_model_parallel", False)
+    assert filled.lm_head.weight is filled.wte.weight
