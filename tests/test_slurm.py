@@ -25,6 +25,7 @@ import pytest
 from analysis import collect
 from hpml_core.spec import attempts
 from hpml_core.spec.run_states import COMPLETED
+from jobs import experiment as experiment_module
 from jobs import render, slurm_query
 from tests.conftest import REPO, rank_files
 
@@ -143,24 +144,27 @@ def stop_and_requeue(job: str, run_dir: Path, steps: int, after: int = 20) -> No
 
 
 def test_make_submit_all_runs_the_tiny_study_once_even_when_submitted_twice_at_once(slurm_site):
-    """Two `make submit-all` at once submit each run exactly once; every run completes with all
-    its rank files; a third submits nothing."""
+    """Two `make submit-all` at once submit each of the tiny study's 30 runs (10 configurations,
+    3 repeats) exactly once; every run completes with all its rank files; a third submits
+    nothing; and the study's report shows each figure with its spread over the repeats, and
+    says of every comparison whether it is within noise."""
     make = ["make", "--no-print-directory", "submit-all", "EXP=tiny_study", f"SITE={slurm_site}"]
     assert subprocess.run(["make", "--no-print-directory", "data"], cwd=REPO, capture_output=True).returncode == 0
+    worlds = experiment_module.load(experiment_module.experiment_path("tiny_study")).world_sizes
+    assert len(worlds) == 30
     first, second = (subprocess.Popen(make, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                      for _ in range(2))
-    outputs = [proc.communicate(timeout=300)[0] for proc in (first, second)]
+    outputs = [proc.communicate(timeout=600)[0] for proc in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, outputs
     folder = slurm_site.parent / "results" / "tiny_study"
     submitted = [line for out in outputs for line in out.splitlines() if ": job " in line]
-    assert sorted(line.split("] ")[1].split(":")[0] for line in submitted) == sorted(ledger(folder))
-    assert len(ledger(folder)) == 5 and all(entry["attempts"] == 1 for entry in ledger(folder).values())
+    assert sorted(line.split("] ")[1].split(":")[0] for line in submitted) == sorted(ledger(folder)) == sorted(worlds)
+    assert all(entry["attempts"] == 1 for entry in ledger(folder).values())
 
-    watch = hpml("status", "tiny_study", "--site", str(slurm_site), "--watch", "2", timeout=900)
+    watch = hpml("status", "tiny_study", "--site", str(slurm_site), "--watch", "5", timeout=1800)
     assert watch.returncode == 0, watch.stderr
     entries = ledger(folder)
     assert {entry["state"] for entry in entries.values()} == {"COMPLETED"}, entries
-    worlds = {"single": 1, "ddp-4": 4, "zero3-4": 4, "dp2xtp2-b8": 4, "dp2xtp2-b32": 4}
     for name, world in worlds.items():
         files = rank_files(folder / name)
         assert sorted(files) == list(range(world)) and {f["status"] for f in files.values()} == {"completed"}
@@ -171,8 +175,19 @@ def test_make_submit_all_runs_the_tiny_study_once_even_when_submitted_twice_at_o
             json.dumps({"file": str(folder / name / "run.json"), "overrides": []})}
 
     again = subprocess.run(make, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0 and "0 to run, 5 skipped (completed), 0 pending or running" in again.stdout
+    assert again.returncode == 0 and "0 to run, 30 skipped (completed), 0 pending or running" in again.stdout
     assert status_rows("tiny_study", slurm_site) == {name: ("COMPLETED", "completed, step 30/30") for name in worlds}
+
+    report = hpml("report", "tiny_study", "--site", str(slurm_site))
+    assert report.returncode == 0, report.stderr
+    summary = list(csv.DictReader((folder / "report" / "summary.csv").open()))
+    assert len(summary) == 10 and {row["runs_completed"] for row in summary} == {"3"}
+    assert all(float(row["tokens_per_s_min"]) <= float(row["tokens_per_s_median"]) <= float(row["tokens_per_s_max"])
+               for row in summary)
+    text = (folder / "report" / "summary.md").read_text()
+    assert "min–max" in text
+    # Which comparisons are within noise, or that none is, with how many are beyond it.
+    assert "Within noise (the two ranges overlap): " in text or "No comparison is within noise (" in text, text
 
 
 def test_a_failed_run_shows_failed_and_only_failed_submits_just_that_one(slurm_site):
