@@ -22,13 +22,12 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from hpml_core.batches import TokenBatches, TokenData
 from hpml_core.bench import common_arguments
-from hpml_core.memory import peak_memory
+from hpml_core.memory import PhasePeaks
 from hpml_core.rank_result import cpu_name
 from hpml_core.spec.atomic import atomic_write_json
 from hpml_core.spec.flops import FORMULA, lookup_peak, palm_flops_per_token
 from hpml_core.spec.layout import Layout
 from hpml_core.spec.models import PRESETS
-from hpml_core.spec.rank_file import Memory
 
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
 
@@ -70,11 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     batches = TokenBatches(data, args.seq_len, args.batch_size, layout=Layout(1, 1), dp_rank=0, seed=args.seed)
     dtype = AUTOCAST[args.precision]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    # The engine's memory spans (hpml_core.memory), so both variants' peaks cover the same steps.
+    memory = PhasePeaks(device)
+    memory.end_setup()
 
     losses, times = [], []
     for step in range(args.steps):
+        if step == args.warmup_steps:
+            memory.start_training()
         started = time.perf_counter()
         inputs, targets = (t.to(device, non_blocking=True) for t in batches.batch(step))
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - started)
 
+    memory.end_training()
     timed = times[args.warmup_steps:]
     median = statistics.median(timed)
     tokens_per_s = args.batch_size * args.seq_len / median
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     flops_per_token = palm_flops_per_token(n, config.n_layer, config.n_head, config.n_embd // config.n_head, args.seq_len)
     achieved = flops_per_token * tokens_per_s / 1e12
     peak = lookup_peak(device.type, device_name, args.precision)
-    peak_bytes, metric = Memory(**peak_memory(device)).peak()
+    peak_bytes, metric = memory.record().peak()
     result = {
         "variant": "original study's loop (transformers GPT2LMHeadModel)",
         "settings": {"model": args.model, "seq_len": args.seq_len, "batch_size": args.batch_size,
