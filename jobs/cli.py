@@ -1,4 +1,5 @@
-"""The study commands: ``hpml plan`` (expand and validate an experiment, show its runs),
+"""The study commands: ``hpml plan`` (expand and validate an experiment, show its runs and
+their predicted memory per GPU against the site's GPU),
 ``hpml render`` (job scripts for a Slurm site), ``hpml submit`` (run what has not completed),
 ``hpml status`` (where each run stands) and ``hpml cancel`` (cancel its Slurm jobs).
 
@@ -9,26 +10,93 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from hpml_core.spec import run_states
+from hpml_core.spec import fit, run_states
 from hpml_core.spec.errors import EXIT_USAGE, UsageError
+from hpml_core.spec.gpus import GIB, GpuMemory
+from hpml_core.spec.memory_model import Prediction, predict
 from hpml_core.spec.models import GPT2_VOCAB
 from jobs import experiment, render, site
 
 
-def plan_table(exp: experiment.Experiment) -> Table:
+@dataclass(frozen=True)
+class RunMemory:
+    """One run's predicted memory per GPU, judged against the site's GPU."""
+
+    prediction: Prediction
+    fits: bool | None  # None: the site names no GPU to judge against
+    largest_batch: int | None  # None: no GPU to judge against, or not even a batch of 1 fits
+
+
+def judge_memory(exp: experiment.Experiment, gpu: GpuMemory) -> dict[str, RunMemory]:
+    """Every run's prediction, fit and largest batch per GPU, by run name. Runs that share their
+    settings (repeats) share a prediction, and runs that share all but their batch (a batch
+    grid too) share the search for the largest batch, so each is computed once."""
+    found: dict[str, RunMemory] = {}
+    predictions: dict[tuple, Prediction] = {}
+    largest: dict[tuple, int | None] = {}
+    for run in exp.runs:
+        resolved = exp.resolved(run)
+        config, dims, layout = resolved.config, resolved.dims, resolved.layout
+        if (config, dims, layout) not in predictions:
+            predictions[config, dims, layout] = predict(config, dims, layout)
+        prediction = predictions[config, dims, layout]
+        if gpu.total_bytes is None:
+            found[run.name] = RunMemory(prediction, None, None)
+            continue
+        but_batch = (config.model_copy(update={"batch_size": 1}), dims, layout)
+        if but_batch not in largest:
+            largest[but_batch] = fit.largest_batch(config, dims, layout, gpu)
+        found[run.name] = RunMemory(prediction, fit.fits(prediction, gpu), largest[but_batch])
+    return found
+
+
+def gib(n_bytes: int) -> str:
+    return f"{n_bytes / GIB:.1f}"
+
+
+def plan_table(exp: experiment.Experiment, gpu: GpuMemory, memory: dict[str, RunMemory]) -> Table:
     table = Table(title=f"{exp.name}: {len(exp.runs)} runs on {exp.dataset}" + (f" ({exp.description})" if exp.description else ""))
-    for column in ("run", "mode", "nodes x GPUs", "DP", "TP", "batch/GPU", "accum", "global batch", "steps"):
+    fits_column = f"fits {gpu.label}" if gpu.label else "fits GPU"
+    for column in ("run", "mode", "nodes x GPUs", "DP", "TP", "batch/GPU", "accum", "global batch", "steps",
+                   "GiB/GPU (pred.)", fits_column, "max batch"):
         table.add_column(column, justify="left" if column in ("run", "mode") else "right")
     for run in exp.runs:
+        judged = memory[run.name]
+        fits = "n/a" if judged.fits is None else "yes" if judged.fits else "NO"
+        largest = ("n/a" if judged.fits is None else "none" if judged.largest_batch is None
+                   else str(judged.largest_batch))
         table.add_row(run.name, run.mode, f"{run.nodes} x {run.gpus}", str(run.dp_size),
                       str(run.tp_size), str(run.setting("batch_size")), str(run.setting("grad_accum")),
-                      str(run.global_batch), str(run.steps) if run.steps else "1 epoch")
+                      str(run.global_batch), str(run.steps) if run.steps else "1 epoch",
+                      gib(judged.prediction.total_bytes), fits, largest)
     return table
+
+
+def gpu_line(gpu: GpuMemory) -> str:
+    """What the fit was judged against, or why it was not."""
+    if gpu.total_bytes is None:
+        return f"GPU: n/a: {gpu.missing_reason}: GiB/GPU is predicted for a CUDA GPU; the fit is not judged"
+    return (f"GPU: {gpu.label}, {gpu.total_gib:.1f} GiB ({gpu.source}); a run fits when its predicted memory per "
+            "GPU is at most that; max batch: the largest batch per GPU that fits, other settings kept")
+
+
+def explain_lines(exp: experiment.Experiment, memory: dict[str, RunMemory]) -> list[str]:
+    """Each prediction's lines (name, GiB, formula), once for the runs that share it (repeats)."""
+    groups: dict[Prediction, list[str]] = {}
+    for run in exp.runs:
+        groups.setdefault(memory[run.name].prediction, []).append(run.name)
+    lines = []
+    for prediction, names in groups.items():
+        lines.append(f"{', '.join(names)}: {gib(prediction.total_bytes)} GiB per GPU (predicted)")
+        width = max(len(line.name) for line in prediction.lines)
+        lines += [f"  {line.name:<{width}} {gib(line.bytes):>6} GiB  {line.formula}" for line in prediction.lines]
+    return lines
 
 
 def data_line(exp: experiment.Experiment) -> str:
@@ -56,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands["render"].add_argument("--results", type=Path, default=Path("results"), help="where the scripts go")
     for name in ("plan", "submit", "status", "cancel"):
         commands[name].add_argument("--site", default="local", help="a site profile (default local: this machine)")
-    commands["plan"].description = "Expand and validate an experiment against the site's prepared data, if any."
+    commands["plan"].description = ("Expand and validate an experiment against the site's prepared data, if any, "
+                                    "and judge each run's predicted memory per GPU against the site's GPU.")
+    commands["plan"].add_argument("--explain", action="store_true",
+                                  help="under the table, each run's predicted memory line by line, with its formula")
     choice = commands["submit"].add_mutually_exclusive_group()
     choice.add_argument("--only-failed", action="store_true",
                         help=f"only runs that ended badly ({', '.join(sorted(run_states.ENDED_BADLY))})")
@@ -64,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="every run not pending or running, completed or not, from step 0 (the old run "
                              "folder is kept in <run>/previous-<n>/)")
     commands["submit"].add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
+    commands["submit"].add_argument("--no-fit-check", dest="fit_check", action="store_false",
+                                    help="submit runs predicted not to fit on the site's GPU all the same")
     commands["cancel"].add_argument("--run", action="append", dest="runs", metavar="NAME",
                                     help="only this run (repeat for several); default: every run")
     commands["status"].add_argument("--watch", type=float, metavar="SECONDS",
@@ -77,7 +150,12 @@ def run_command(args: argparse.Namespace) -> int:
     checked = args.command in ("plan", "render", "submit")
     exp = experiment.load(experiment.experiment_path(args.experiment), profile.data_folder() if checked else None)
     if args.command == "plan":
-        Console(width=140).print(plan_table(exp))
+        gpu = profile.gpu_memory()
+        memory = judge_memory(exp, gpu)
+        Console(width=140).print(plan_table(exp, gpu, memory))
+        if args.explain:
+            print("\n".join(explain_lines(exp, memory)))
+        print(gpu_line(gpu))
         print(data_line(exp))
         return 0
     if args.command == "render":
@@ -91,7 +169,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     try:
         if args.command == "submit":
-            return submit.submit(exp, profile, args.only_failed, args.force, args.dry_run)
+            return submit.submit(exp, profile, args.only_failed, args.force, args.dry_run, args.fit_check)
         if args.command == "cancel":
             return cancel.cancel(exp, profile, args.runs)
         return status.show(exp, profile.experiment_folder(exp.name), args.watch)

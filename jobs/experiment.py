@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hpml_core.spec.checks import resolve
+from hpml_core.spec.checks import Resolved, resolve
 from hpml_core.spec.config import TrainConfig, field_of, first_error
 from hpml_core.spec.data_meta import DataMeta
 from hpml_core.spec.errors import UsageError
@@ -113,6 +113,13 @@ class Experiment(BaseModel):
     def world_sizes(self) -> dict[str, int]:
         """Each run's processes, by run name: all ``jobs.run_state`` needs to judge its rank files."""
         return {run.name: run.world_size for run in self.runs}
+
+    def resolved(self, run: Run) -> Resolved:
+        """The run as the engine will train it (every field with its default, the model's
+        dimensions for the data's vocabulary, the layout): what a memory prediction needs.
+        Resolved again from the run's validated fields, which cannot fail."""
+        config = TrainConfig(**run.train, data=self.data_folder or Path(self.dataset))
+        return resolve(config, run.world_size, run.gpus, self.data)
 
 
 def _label(value: Any) -> str:

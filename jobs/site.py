@@ -5,6 +5,14 @@ Values are validated here, once: the ones that land in ``#SBATCH`` lines (which 
 itself, without a shell) must match a plain pattern, and paths may use ``$USER``, ``$HOME``
 and ``$SCRATCH``, expanded when the script is rendered. Everything else that reaches shell
 text is quoted by the template's ``shquote`` filter, so no value can run a command.
+
+A site also says which GPU its jobs get, so that ``hpml plan`` and ``hpml submit`` can judge
+what fits (``gpu_memory``). ``gpu_type`` is Slurm's gres name for it, chosen by the cluster's
+admins ("a100" in ``--gres=gpu:a100:4``), which need not say which part (A100 40 GB or 80 GB):
+``gpu_model`` names it by a key of the table of known GPUs (``hpml_core.spec.gpus``), and
+``gpu_memory_gib`` overrides that row's memory (or gives the memory of a GPU not in the table).
+Without either, a ``gpu_type`` that is itself a key of the table names the GPU; any other site
+has no GPU to judge against, and says why.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from hpml_core.spec import gpus
+from hpml_core.spec.gpus import GpuMemory
 from jobs.experiment import ExperimentError
 
 SITES = Path(__file__).parent / "sites"
@@ -63,7 +73,9 @@ class Site(_Strict):
     partition: str | None = None
     qos: str | None = None
     gpu_request: Literal["gres", "gpus-per-node"] = "gres"
-    gpu_type: str | None = None
+    gpu_type: str | None = None  # Slurm's gres name for the GPU, as in --gres=gpu:<gpu_type>:<n>
+    gpu_model: str | None = None  # which GPU that is: a key of hpml_core.spec.gpus.GPUS
+    gpu_memory_gib: float | None = Field(None, gt=0)  # its memory as torch reports it, if not the table's
     cpus_per_gpu: int = 4
     mem_per_gpu: str | None = None
     modules: list[str] = []
@@ -88,6 +100,35 @@ class Site(_Strict):
 
     def dataset_folder(self, dataset: str) -> Path:
         return self.data_folder() / dataset
+
+    def gpu_memory(self) -> GpuMemory:
+        """The GPU each rank gets and its memory, or why the site does not say (see the module's doc)."""
+        model = self.gpu_model
+        if model is None and self.gpu_type is not None:
+            gres = self.gpu_type.lower().replace("_", "-")
+            if gres in gpus.BY_KEY:
+                model = gres
+            elif self.gpu_memory_gib is None:
+                alike = [gpu.label for gpu in gpus.GPUS if gpu.key.startswith(f"{gres}-")]
+                which = f"may be {' or '.join(alike)}" if alike else "is not in hpml's table of known GPUs"
+                return GpuMemory.unknown(f"site {self.name}: gpu_type {self.gpu_type!r} (Slurm's name) {which}: "
+                                         f"set gpu_model ({', '.join(gpus.BY_KEY)}) or gpu_memory_gib")
+        if model is None and self.gpu_memory_gib is None:
+            return GpuMemory.unknown(f"site {self.name} names no GPU (gpu_model in its profile)")
+        gpu = gpus.BY_KEY[model] if model is not None else None
+        label = gpu.label if gpu is not None else (self.gpu_type or "GPU")
+        if self.gpu_memory_gib is not None:
+            return GpuMemory(label, round(self.gpu_memory_gib * gpus.GIB), f"gpu_memory_gib in site {self.name}")
+        return GpuMemory(label, gpu.memory_mib * gpus.MIB,
+                         f"gpu_model {gpu.key}: {gpu.memory_mib} MiB as torch reports it, hpml_core.spec.gpus")
+
+    @field_validator("gpu_model")
+    @classmethod
+    def _gpu_model(cls, value: str | None) -> str | None:
+        if value is not None and value not in gpus.BY_KEY:
+            raise ValueError(f"{value!r} is not a known GPU: one of {', '.join(gpus.BY_KEY)} (or leave it out "
+                             "and give gpu_memory_gib)")
+        return value
 
     @field_validator("account", "partition", "qos", "gpu_type", "mem_per_gpu")
     @classmethod
@@ -134,4 +175,4 @@ def load(name_or_path: str) -> Site:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "file"
-        raise ExperimentError(f"site {path.name}", field, first["msg"]) from None
+        raise ExperimentError(f"site {path.name}", field, first["msg"].removeprefix("Value error, ")) from None

@@ -9,6 +9,12 @@ status, spec, logs) is first moved into ``<run>/previous-<n>/``, so nothing is r
 nothing is lost. ``--dry-run`` only says what would happen. Each run is claimed in the ledger
 under its lock before it is started, so two ``hpml submit`` calls at once never start the same run.
 
+A run predicted not to fit in the memory of the site's GPU (``hpml_core.spec.fit``) is
+refused before anything is written or submitted, dry run or not: every chosen run is checked,
+and the refusal names the first with its predicted and available GiB, and the others, so that
+one round of fixes covers them all. ``--no-fit-check`` submits them all the same (a prediction
+can be wrong; a run that does run out of memory ends OUT_OF_MEMORY).
+
 A run whose last ``sbatch`` failed or timed out (SUBMIT_FAILED, which a hung or dead
 ``hpml submit`` also leaves) may have been queued all the same: before submitting it again,
 Slurm is asked for this user's job of that run's name, submitted since that claim, and such a
@@ -39,11 +45,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from hpml_core.spec import attempts
+from hpml_core.spec import attempts, fit
 from hpml_core.spec.atomic import atomic_write
 from hpml_core.spec.config import RUN_SPEC_FILE, write_run_spec
 from hpml_core.spec.data_meta import DataMeta
 from hpml_core.spec.errors import UsageError
+from hpml_core.spec.gpus import GIB
+from hpml_core.spec.memory_model import predict
 from hpml_core.spec.run_states import (ACTIVE, COMPLETED, ENDED_BADLY, FAILED, PENDING, RUNNING, SUBMIT_FAILED,
                                        SUBMITTING, from_slurm)
 from jobs import ledger, render, run_state, slurm, slurm_query
@@ -104,7 +112,32 @@ def _job_history(entry: dict) -> list[str]:
     return list(entry.get("job_ids") or ([entry["job_id"]] if entry.get("job_id") else []))
 
 
-def submit(experiment: Experiment, site: Site, only_failed: bool, force: bool, dry_run: bool) -> int:
+def check_fit(experiment: Experiment, site: Site, runs: list[Run]) -> None:
+    """Refuse (``ExperimentError``, naming the first run, its predicted GiB and the GPU's, and
+    how many more) when a run is predicted not to fit on the site's GPU; say so when the site
+    names no GPU to judge against."""
+    gpu = site.gpu_memory()
+    if gpu.total_bytes is None:
+        if runs:
+            print(f"memory fit not checked: {gpu.missing_reason}")
+        return
+    too_big = []
+    for run in runs:
+        resolved = experiment.resolved(run)
+        prediction = predict(resolved.config, resolved.dims, resolved.layout)
+        if not fit.fits(prediction, gpu):
+            too_big.append((run, prediction.total_bytes))
+    if too_big:
+        (run, predicted), more = too_big[0], [other.name for other, _ in too_big[1:]]
+        also = f" (so are {len(more)} more: {', '.join(more)})" if more else ""
+        raise ExperimentError(f"run {run.name!r}", "memory",
+                              f"predicted {predicted / GIB:.1f} GiB per GPU does not fit the {gpu.total_gib:.1f} "
+                              f"GiB of site {site.name}'s {gpu.label}{also}; hpml plan --explain says why, "
+                              f"--no-fit-check submits anyway")
+
+
+def submit(experiment: Experiment, site: Site, only_failed: bool, force: bool, dry_run: bool,
+           fit_check: bool = True) -> int:
     if site.scheduler == "local" and importlib.util.find_spec("torch") is None:  # a login-side install
         raise UsageError("--site", f"{site.name} runs the engine on this machine, which needs it installed: "
                          "pip install 'hpml[engine]' (or submit to a Slurm site)")
@@ -119,6 +152,8 @@ def submit(experiment: Experiment, site: Site, only_failed: bool, force: bool, d
             raise ExperimentError(f"run {multi_node[0]!r}", "nodes", "--site local runs on this one machine (nodes: 1)")
     states = run_state.refresh(experiment.world_sizes, folder)
     runs = select(experiment, states, only_failed, force)
+    if fit_check:
+        check_fit(experiment, site, runs)
     active = sum(found.active for found in states.values())
     print(f"{experiment.name}: {len(runs)} to run, {len(experiment.runs) - len(runs) - active} skipped"
           f"{' (completed)' if not only_failed else ' (not failed)'}, {active} pending or running"

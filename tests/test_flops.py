@@ -4,6 +4,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hpml_core.model import GPT, model_dims, next_token_loss
 from hpml_core.spec.flops import lookup_peak, training_flops_per_token
+from hpml_core.spec.gpus import by_device_name
 
 
 @pytest.mark.parametrize("batch,seq_len", [(2, 64), (3, 40)])
@@ -30,6 +31,9 @@ def test_formula_equals_pytorch_flop_counter_on_a_training_step(batch, seq_len):
     ("NVIDIA H100 PCIe", "bf16", 756.0),
     ("NVIDIA H100 NVL", "bf16", 835.0),
     ("NVIDIA H200", "bf16", 989.0),
+    ("NVIDIA H200 NVL", "fp16", 835.0),
+    ("NVIDIA L40S", "bf16", 362.0),
+    ("NVIDIA A10", "fp32", 31.2),
 ])
 def test_known_gpus_have_their_data_sheet_peak(name, precision, peak):
     found = lookup_peak("cuda", name, precision)
@@ -42,3 +46,10 @@ def test_unknown_gpu_or_cpu_gives_no_peak_and_a_reason(device_type, name):
     found = lookup_peak(device_type, name, "bf16")
     assert found.tflops is None and found.source is None
     assert name in found.missing_reason
+
+
+def test_peaks_come_from_the_one_table_of_known_gpus():
+    """The engine's MFU and the plan know a GPU the same way: its row of hpml_core.spec.gpus."""
+    gpu = by_device_name("NVIDIA A100-SXM4-40GB")
+    found = lookup_peak("cuda", "NVIDIA A100-SXM4-40GB", "bf16")
+    assert (found.tflops, found.source) == (gpu.tensor_16bit_tflops, "NVIDIA A100 dense bf16 tensor core")

@@ -1,6 +1,7 @@
 """`hpml plan`: experiment files expand into validated runs, or are refused naming run and field.
 (That plan and engine refuse alike is tests/test_plan_engine_refusals.py.)"""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -8,8 +9,10 @@ import textwrap
 
 import pytest
 
+from hpml_core.spec import fit, memory_model
 from hpml_core.spec.data_meta import DataMeta
-from jobs import experiment
+from hpml_core.spec.gpus import GIB
+from jobs import experiment, site
 from jobs.experiment import EXPERIMENTS
 from tests.conftest import REPO
 
@@ -172,3 +175,60 @@ def test_plan_command_prints_the_table_or_one_error_line(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
         "hpml plan: error: run 'x': tp_size: 3 does not divide the world size 4"]
+
+
+def plan_rows(stdout: str) -> dict[str, list[str]]:
+    """The plan table's rows by run name, each cell stripped."""
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in stdout.splitlines() if line.startswith("│")]
+    return {row[0]: row for row in rows}
+
+
+def test_plan_on_greene_predicts_memory_per_gpu_and_the_largest_batch_on_an_a100_40gb():
+    """The issue's acceptance: for GPT-2 Large, each layout's predicted GiB per GPU, whether it
+    fits an A100 40 GB (Greene's profile says so) and the largest batch per GPU that does."""
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", "seed_study", "--site", "greene"], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "USER": "alice"})
+    assert proc.returncode == 0, proc.stderr
+    gpu = site.load("greene").gpu_memory()
+    assert gpu.label == "A100 40GB"
+    assert (f"GPU: A100 40GB, {gpu.total_gib:.1f} GiB (gpu_model a100-40gb: 40326 MiB as torch reports it"
+            in proc.stdout)
+    rows = plan_rows(proc.stdout)
+    exp = experiment.load(EXPERIMENTS / "seed_study.yaml")
+    assert set(rows) == {run.name for run in exp.runs}
+    for run in exp.runs:
+        resolved = exp.resolved(run)
+        prediction = memory_model.predict(resolved.config, resolved.dims, resolved.layout)
+        largest = fit.largest_batch(resolved.config, resolved.dims, resolved.layout, gpu)
+        assert rows[run.name][-3:] == [f"{prediction.total_bytes / GIB:.1f}",
+                                       "yes" if fit.fits(prediction, gpu) else "NO",
+                                       str(largest) if largest else "none"], run.name
+    # the five layouts each have a largest batch on one A100 40 GB
+    layouts = ("single-r0", "ddp-4-r0", "zero3-4-r0", "dp2xtp2-b8-r0", "dp2xtp2-b32-r0")
+    assert all(rows[name][-1].isdigit() for name in layouts)
+
+
+def test_plan_on_a_site_without_a_gpu_predicts_memory_but_judges_no_fit():
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", "tiny_study"], cwd=REPO, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert all(row[-2:] == ["n/a", "n/a"] and float(row[-3]) >= 0 for row in plan_rows(proc.stdout).values())
+    assert ("GPU: n/a: site local names no GPU (gpu_model in its profile): GiB/GPU is predicted for a CUDA GPU; "
+            "the fit is not judged") in proc.stdout.splitlines()
+
+
+def test_plan_explain_prints_each_prediction_line_by_line_with_its_formula():
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", "seed_study", "--site", "greene", "--explain"],
+                          cwd=REPO, capture_output=True, text=True, env={**os.environ, "USER": "alice"})
+    assert proc.returncode == 0, proc.stderr
+    exp = experiment.load(EXPERIMENTS / "seed_study.yaml")
+    out = proc.stdout.splitlines()
+    for run in exp.runs:
+        resolved = exp.resolved(run)
+        prediction = memory_model.predict(resolved.config, resolved.dims, resolved.layout)
+        [head] = [i for i, line in enumerate(out) if run.name in line.split(": ")[0].split(", ")]
+        assert out[head].endswith(f": {prediction.total_bytes / GIB:.1f} GiB per GPU (predicted)")
+        shown = out[head + 1:head + 1 + len(prediction.lines)]
+        assert [line.split()[0] for line in shown] == [line.name.split()[0] for line in prediction.lines]
+        assert all(line.formula in text and f"{line.bytes / GIB:.1f} GiB" in text
+                   for line, text in zip(prediction.lines, shown))

@@ -10,7 +10,8 @@ nothing that needs torch, transformers or DeepSpeed.
 - ``attempts``: where each attempt of a run writes (``<run>/attempts/<n>/``);
   ``rank_file`` and ``status_file``: what an attempt writes; ``run_states``: the one vocabulary
   of a run's states and the rule that decides them (ledger, Slurm, rank files);
-  ``model_state``: the model-state bytes a rank should hold;
+  ``model_state``: the model-state bytes a rank should hold; ``memory_model``: its whole predicted
+  memory per GPU, line by line; ``gpus``: the GPUs hpml knows; ``fit``: what fits on one;
 - ``errors`` and ``atomic``: one error type for bad input, one way to write a file.
 
 The jobs layer (``jobs/``) and the report (``analysis/``) import this package and nothing else

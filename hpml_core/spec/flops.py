@@ -8,15 +8,15 @@ and T the sequence length. Recomputation from activation checkpointing is not mo
 MFU does not reward it. ``tests/test_flops.py`` checks the formula against PyTorch's own
 FLOP counter.
 
-A peak is only ever looked up, never guessed: a CPU, or a GPU missing from ``PEAKS``, gives
-MFU ``None`` with the reason.
+A peak is only ever looked up, never guessed, in the one table of known GPUs
+(``hpml_core.spec.gpus``): a CPU, or a GPU missing there, gives MFU ``None`` with the reason.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from hpml_core.spec.gpus import by_device_name
 from hpml_core.spec.models import ModelDims
 
 FORMULA = (
@@ -35,29 +35,6 @@ def training_flops_per_token(dims: ModelDims, seq_len: int) -> int:
 
 
 @dataclass(frozen=True)
-class Peak:
-    """Dense (no sparsity) peak TFLOP/s of one GPU, from the vendor's data sheet."""
-
-    label: str
-    pattern: str  # regular expression matched against torch.cuda.get_device_name()
-    tensor_16bit: float  # bf16 and fp16 on tensor cores (equal on all parts listed)
-    fp32: float  # plain fp32 on CUDA cores; hpml leaves TF32 off, PyTorch's default for matmul
-
-
-# First match wins, so the specific names come before the general ones.
-PEAKS: tuple[Peak, ...] = (
-    Peak("NVIDIA H100 NVL", r"H100.*NVL", 835.0, 60.0),
-    Peak("NVIDIA H100 PCIe", r"H100.*PCIe", 756.0, 51.0),
-    Peak("NVIDIA H100 SXM", r"H100", 989.0, 67.0),
-    Peak("NVIDIA H200 NVL", r"H200.*NVL", 835.0, 60.0),
-    Peak("NVIDIA H200 SXM", r"H200", 989.0, 67.0),  # GH200's GPU included
-    Peak("NVIDIA A100", r"A100", 312.0, 19.5),  # SXM and PCIe alike
-    Peak("NVIDIA L40S", r"L40S", 362.0, 91.6),
-    Peak("NVIDIA A10", r"\bA10\b", 125.0, 31.2),
-)
-
-
-@dataclass(frozen=True)
 class PeakLookup:
     tflops: float | None
     source: str | None  # which table row and column was used
@@ -67,9 +44,9 @@ class PeakLookup:
 def lookup_peak(device_type: str, device_name: str, precision: str) -> PeakLookup:
     if device_type != "cuda":
         return PeakLookup(None, None, f"device is {device_type} ({device_name}): MFU is only defined against a GPU's peak")
-    for peak in PEAKS:
-        if re.search(peak.pattern, device_name, flags=re.IGNORECASE):
-            if precision == "fp32":
-                return PeakLookup(peak.fp32, f"{peak.label} dense fp32 (no TF32)", None)
-            return PeakLookup(peak.tensor_16bit, f"{peak.label} dense {precision} tensor core", None)
-    return PeakLookup(None, None, f"no peak on record for GPU {device_name!r}; add it to hpml_core.spec.flops.PEAKS")
+    gpu = by_device_name(device_name)
+    if gpu is None:
+        return PeakLookup(None, None, f"no peak on record for GPU {device_name!r}; add it to hpml_core.spec.gpus.GPUS")
+    if precision == "fp32":
+        return PeakLookup(gpu.fp32_tflops, f"{gpu.datasheet} dense fp32 (no TF32)", None)
+    return PeakLookup(gpu.tensor_16bit_tflops, f"{gpu.datasheet} dense {precision} tensor core", None)
