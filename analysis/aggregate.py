@@ -24,9 +24,23 @@ an earlier one, and says so in ``throughput_note``):
 - final loss: the last step's loss (rank 0's: the mean over data-parallel ranks), of the loss
   curve assembled from all attempts (``analysis.collect``).
 - attempts: how many the run had, and each one's Slurm job id and node list.
+- predicted against measured memory: each rank file records the memory model's prediction for
+  it (``hpml_core.spec.memory_model``, ``RankFile.prediction``). Model state: the predicted
+  parameter + gradient + optimizer bytes of the rank whose measured model state is counted
+  above, against that measurement, on every device; error % = 100 × (predicted − measured) /
+  measured. Training peak (GPUs only): the predicted allocated bytes (every line inside
+  ``max_memory_allocated``), maximum over the ranks, against the measured training peak; on a
+  CPU it is n/a (the prediction is for a GPU's allocator; a CPU's resident set is mostly the
+  interpreter), as for files without a prediction or a training peak (``prediction_note`` says why).
+- device hours (GPU-hours; process-hours on a CPU): over every attempt that left a rank file,
+  failed and out-of-memory ones included, its slowest rank's wall time (``wall_time_s``, from the
+  engine's start of setup to the rank file; the job's start-up and the imports are not in it) × its
+  world size. Slurm's elapsed time is not used (the report has it per run, not per attempt), so
+  an attempt killed before any rank wrote its file is not counted.
 
 Per configuration: the repeats of one run entry on one device (repeats that ran on two devices
-are two rows: a median never mixes hardware). Each figure is the median over the completed
+are two rows: a median never mixes hardware); its device hours are the sum over all its runs,
+whatever their state. Each figure is the median over the completed
 repeats, with its spread, min and max (with n = 3 repeats a 95 % t-interval, ±4.3·s/√3, is wider
 than the data and assumes a normality three points cannot show; min–max is what was measured).
 
@@ -76,7 +90,8 @@ STRONG_KEY = (*SHARED_KEY[:2], "global_batch", *SHARED_KEY[2:])
 MODEL_STATE_PARTS = ("params", "grads", "optimizer")
 SPREAD = ("tokens_per_s", "samples_per_s", "tokens_per_s_per_gpu", "mfu", "peak_memory_per_gpu_max_gib",
           "setup_memory_per_gpu_max_gib", "model_state_per_gpu_mib",
-          *(f"model_state_{part}_mib" for part in MODEL_STATE_PARTS), "final_loss")
+          *(f"model_state_{part}_mib" for part in MODEL_STATE_PARTS), "final_loss", "predicted_model_state_mib",
+          "model_state_error_pct", "predicted_peak_gib", "peak_error_pct")
 DESCRIBED = ("mode", "nodes", "world_size", "dp_size", "tp_size", "model", "seq_len", "batch_per_gpu", "grad_accum",
              "global_batch", "precision", "regime", "regime_key", "optimizer", "grad_ckpt", "attn", "compile", "device")
 COUNTS = {"nodes", "world_size", "dp_size", "tp_size", "seq_len", "batch_per_gpu", "grad_accum", "global_batch"}
@@ -149,23 +164,62 @@ def _memory_columns(files: list[RankFile]) -> dict:
                 setup_memory_per_gpu_max_gib=None if None in setups else max(setups) / GIB)
 
 
+NO_PREDICTION = "its rank files hold no memory prediction (written before hpml recorded it)"
+CPU_PEAK = ("on a CPU the training peak is not compared: the prediction is for a GPU's allocator, and a CPU "
+            "process's resident set is mostly the interpreter and libraries")
+
+
 def _model_state_columns(result: RunResult) -> dict:
     """The model state of the rank holding the most, from the last attempt whose every rank
-    recorded it (a run resumed into warm-up only records it in its last attempt)."""
+    recorded it (a run resumed into warm-up only records it in its last attempt), and that
+    rank's predicted model state beside it."""
     for attempt in reversed(result.attempts):
         states = [f.model_state for f in attempt.ranks.values()]
         if sorted(attempt.ranks) == list(range(result.world_size)) and None not in states:
-            most = max(states, key=lambda state: state.total_bytes)
-            return {"model_state_per_gpu_mib": most.total_bytes / MIB,
-                    "model_state_params_mib": most.params_bytes / MIB,
-                    "model_state_grads_mib": most.grads_bytes / MIB,
-                    "model_state_optimizer_mib": most.optimizer_bytes / MIB}
+            holder = max(attempt.ranks.values(), key=lambda f: f.model_state.total_bytes)
+            most = holder.model_state
+            row = {"model_state_per_gpu_mib": most.total_bytes / MIB,
+                   "model_state_params_mib": most.params_bytes / MIB,
+                   "model_state_grads_mib": most.grads_bytes / MIB,
+                   "model_state_optimizer_mib": most.optimizer_bytes / MIB}
+            if holder.prediction is not None:
+                predicted = holder.prediction.model_state_bytes
+                row.update(predicted_model_state_mib=predicted / MIB,
+                           model_state_error_pct=100 * (predicted - most.total_bytes) / most.total_bytes)
+            return row
     return {}
+
+
+def _peak_prediction_columns(files: list[RankFile]) -> dict:
+    """The predicted allocated bytes (maximum over ranks) against the measured training peak, on
+    GPUs; why not, elsewhere."""
+    predictions = [f.prediction for f in files]
+    if None in predictions:
+        return {"prediction_note": NO_PREDICTION}
+    if files[0].device_type != "cuda":
+        return {"prediction_note": CPU_PEAK}
+    if files[0].memory.peak()[1] != "cuda_max_allocated" or predictions[0].device_type != "cuda":
+        return {"prediction_note": "no training-phase max_memory_allocated to compare with"}
+    predicted, measured = max(p.allocated_bytes for p in predictions), max(f.memory.peak()[0] for f in files)
+    return {"predicted_peak_gib": predicted / GIB, "peak_error_pct": 100 * (predicted - measured) / measured,
+            "prediction_note": None}
+
+
+def _device_hours(result: RunResult) -> dict:
+    """Every attempt that left a rank file: its slowest rank's wall time × its world size, in
+    hours (GPU-hours; process-hours on a CPU)."""
+    spent = [(max(f.wall_time_s for f in a.ranks.values()) * next(iter(a.ranks.values())).world_size, a)
+             for a in result.attempts if a.ranks]
+    if not spent:
+        return {"device_hours": None, "device_hours_unit": None}
+    device = next(iter(spent[-1][1].ranks.values())).device_type
+    return {"device_hours": sum(seconds for seconds, _ in spent) / 3600,
+            "device_hours_unit": "GPU-hours" if device == "cuda" else "process-hours"}
 
 
 def run_row(result: RunResult) -> dict:
     row: dict = {"run": result.name, "configuration": result.configuration, "status": result.status,
-                 "reason": result.reason, **_attempts_columns(result)}
+                 "reason": result.reason, **_attempts_columns(result), **_device_hours(result)}
     if not result.ranks:
         return row
     row.update(_setting_columns([result.ranks[rank] for rank in sorted(result.ranks)]))
@@ -192,8 +246,10 @@ def run_row(result: RunResult) -> dict:
         tokens_per_s_per_gpu=tokens_per_s / first.world_size, flops_per_token=first.flops.flops_per_token,
         achieved_tflops_per_gpu=achieved, peak_tflops_per_gpu=peak, peak_source=first.flops.peak_source,
         mfu=achieved / peak if peak else None, mfu_missing_reason=None if peak else first.flops.mfu_missing_reason,
-        timing=first.throughput.timing, **_memory_columns(files),
+        timing=first.throughput.timing, **_memory_columns(files), **_peak_prediction_columns(files),
     )
+    if "model_state_per_gpu_mib" in row and "predicted_model_state_mib" not in row:
+        row["prediction_note"] = NO_PREDICTION
     return row
 
 
@@ -263,9 +319,15 @@ def _configuration_row(name: str, device: str, group: pd.DataFrame) -> dict:
         row[f"{column}_max"] = values.max() if len(values) else None
     mean_memory = done["peak_memory_per_gpu_mean_gib"].dropna() if len(done) else pd.Series(dtype=float)
     row["peak_memory_per_gpu_mean_gib_median"] = mean_memory.median() if len(mean_memory) else None
-    for column in ("memory_metric", "peak_source", "peak_tflops_per_gpu", "timing"):
+    hours = group["device_hours"].dropna() if "device_hours" in group else pd.Series(dtype=float)
+    units = group["device_hours_unit"].dropna() if "device_hours_unit" in group else pd.Series(dtype=object)
+    row["device_hours_total"] = hours.sum() if len(hours) else None
+    row["device_hours_unit"] = units.iloc[0] if len(units) else None
+    for column in ("memory_metric", "peak_source", "peak_tflops_per_gpu", "timing", "prediction_note"):
         present = done[column].dropna() if column in done else pd.Series(dtype=object)
         row[column] = present.iloc[0] if len(present) else None
+    if _present(row["peak_error_pct_median"]):
+        row["prediction_note"] = None  # a repeat without the comparison does not make the median missing
     reasons = done["mfu_missing_reason"].dropna() if "mfu_missing_reason" in done else pd.Series(dtype=object)
     row["mfu_missing_reason"] = reasons.iloc[0] if len(reasons) and row["mfu_median"] is None else None
     noted = done.dropna(subset=["throughput_note"]) if "throughput_note" in done else done.iloc[0:0]

@@ -1,9 +1,9 @@
 """The report's figures, each as PNG (for the HTML page and slides) and SVG (for a paper):
 throughput and weak and strong scaling efficiency per configuration, peak memory per GPU
-(training and setup) beside the model state, MFU against the batch per GPU, and the loss curves
-of every configuration on one axis. Every bar carries its spread over the repeats (min–max; a
-comparison's interval comes from both ranges, and "≈" marks one within noise), and a
-configuration without the figure (not completed, no baseline, MFU not measurable) is labelled
+(training and setup) beside the model state, MFU against the batch per GPU, the loss curves of
+every configuration on one axis, and the memory model's prediction against the measurement.
+Every bar carries its spread over the repeats (min–max; a comparison's interval comes from both
+ranges, and "≈" marks one within noise), and a configuration without the figure (not completed, no baseline, MFU not measurable) is labelled
 "n/a" in place of a bar."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 
 from analysis.collect import RunResult  # noqa: E402
 
-FIGURES = ("throughput", "memory", "mfu_vs_batch", "loss")
+FIGURES = ("throughput", "memory", "mfu_vs_batch", "loss", "predicted_vs_measured")
 
 
 def _value(value) -> float | None:
@@ -183,7 +183,43 @@ def loss(results: list[RunResult], folder: Path) -> list[Path]:
     return _save(fig, folder, "loss")
 
 
+def _against(ax, configs: pd.DataFrame, predicted: str, measured: str, unit: str, missing: str) -> None:
+    """Predicted (y) against measured (x), one point per configuration (medians), with y = x."""
+    pairs = [(row["label"], _value(row[f"{measured}_median"]), _value(row[f"{predicted}_median"]))
+             for row in configs.to_dict("records") if f"{predicted}_median" in row]
+    pairs = [(label, x, y) for label, x, y in pairs if x is not None and y is not None]
+    if not pairs:
+        ax.text(0.5, 0.5, missing, ha="center", va="center", wrap=True, transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    for label, x, y in pairs:
+        ax.scatter([x], [y], s=30, label=label, zorder=3)
+    top = max(max(x, y) for _, x, y in pairs) * 1.1
+    ax.plot([0, top], [0, top], color="gray", linestyle="--", linewidth=1, label="predicted = measured")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_xlabel(f"measured ({unit})")
+    ax.set_ylabel(f"predicted ({unit})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def predicted_vs_measured(configs: pd.DataFrame, folder: Path) -> list[Path]:
+    """The memory model against the measurement, per configuration (medians over the repeats):
+    model state per GPU on any device; the training peak (max_memory_allocated) on GPUs only."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    _against(left, configs, "predicted_model_state_mib", "model_state_per_gpu_mib", "MiB per GPU",
+             "no prediction beside a measured model state")
+    left.set_title("Model state per GPU")
+    notes = sorted(set(configs["prediction_note"].dropna())) if "prediction_note" in configs else []
+    _against(right, configs, "predicted_peak_gib", "peak_memory_per_gpu_max_gib", "GiB per GPU",
+             "training peak not compared:\n" + "\n".join(notes or ["no completed GPU run with a prediction"]))
+    right.set_title("Training peak per GPU (max_memory_allocated, GPUs only)")
+    return _save(fig, folder, "predicted_vs_measured")
+
+
 def draw_all(configs: pd.DataFrame, results: list[RunResult], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     return [*throughput(configs, folder), *memory(configs, folder), *mfu_vs_batch(configs, folder),
-            *loss(results, folder)]
+            *loss(results, folder), *predicted_vs_measured(configs, folder)]

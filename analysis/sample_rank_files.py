@@ -59,14 +59,19 @@ def rank_file(*, run: str, rank: int, mode: str, world: int, tp: int, batch: int
               node: str = "n1", attempt: int = 1, start_step: int = 0, timed: int | None = None,
               job_id: str | None = "1", node_list: str = "n1", device_name: str | None = None, grad_accum: int = 1,
               precision: str = "bf16", setup_gib: float | None = None, phases: bool = True,
-              regime_recorded: bool = True, model_state: tuple[int, int, int] | None = None) -> rf.RankFile:
+              regime_recorded: bool = True, model_state: tuple[int, int, int] | None = None,
+              prediction: bool = True, predicted_state: int | None = None,
+              predicted_gib: float | None = None, wall_time_s: float = 60.0) -> rf.RankFile:
     """One rank file of attempt ``attempt``, which ran ``losses`` from step ``start_step``; of
     those, the last ``timed`` (default: 5 when it completed, none otherwise) were timed, each at
     ``step_median`` seconds. No timed step: no throughput, and the engine's reason why.
     ``job_id`` None: a run without Slurm. ``memory_gib`` is the training peak, ``setup_gib`` the
     setup peak (default: half of it); ``phases`` False and ``regime_recorded`` False write the
     files of an engine from before those fields. ``model_state`` (parameter, gradient,
-    optimizer bytes; default ``model_state_bytes``) is recorded when the run completed."""
+    optimizer bytes; default ``model_state_bytes``) is recorded when the run completed.
+    ``prediction`` False writes a file from before the engine recorded the memory model's
+    prediction; otherwise it predicts ``predicted_state`` bytes of model state (default: the
+    measured total, exact) and ``predicted_gib`` allocated (default: 0.9 × ``memory_gib``, 10 % under)."""
     dp = world // tp
     completed = status == "completed"
     timed = (5 if completed else 0) if timed is None else timed
@@ -78,6 +83,16 @@ def rank_file(*, run: str, rank: int, mode: str, world: int, tp: int, batch: int
                          seq_len=seq_len, steps=10, warmup_steps=5, precision=precision,
                          data=Path("/data/wikitext-103"), out=Path(f"/r/{run}"), run_id=run)
     params, grads, optimizer = model_state or model_state_bytes(mode, dp, tp)
+    state = predicted_state if predicted_state is not None else params + grads + optimizer
+    allocated = int((predicted_gib if predicted_gib is not None else 0.9 * memory_gib) * GIB)
+    context = 500 * 1024**2 if device == "cuda" else 0
+    predicted = rf.MemoryPrediction(
+        device_type=device, total_bytes=allocated + context, allocated_bytes=allocated, model_state_bytes=state,
+        lines=[rf.PredictionLine(name="model state (sample)", bytes=state, formula="sample", in_allocated=True),
+               rf.PredictionLine(name="the rest (sample)", bytes=allocated - state, formula="sample",
+                                 in_allocated=True),
+               *([rf.PredictionLine(name="CUDA context", bytes=context, formula="sample", in_allocated=False)]
+                 if context else [])]) if prediction else None
     throughput = rf.Throughput(
         timing="CUDA events", timed_steps=timed, step_times_s=[step_median] * timed, step_time_median_s=step_median,
         step_time_mean_s=step_median, run_step_time_median_s=DECOY, tokens_per_step=global_batch * seq_len,
@@ -99,7 +114,7 @@ def rank_file(*, run: str, rank: int, mode: str, world: int, tp: int, batch: int
         batch_size=batch, global_batch=global_batch, total_steps=10, steps_completed=steps_done,
         resumed_from_step=start_step or None, started_at="2026-11-24T00:00:00+00:00",
         finished_at="2026-11-24T00:01:00+00:00",
-        wall_time_s=60.0, throughput=throughput, flops=flops,
+        wall_time_s=wall_time_s, throughput=throughput, flops=flops,
         throughput_missing_reason=None if timed or not completed else
         f"every step left after resuming at step {start_step} was warm-up",
         precision=regime(mode, precision) if regime_recorded else None,
@@ -109,15 +124,17 @@ def rank_file(*, run: str, rank: int, mode: str, world: int, tp: int, batch: int
             else PARAMS // tp, params_bytes=params, grads_bytes=grads, optimizer_bytes=optimizer,
             total_bytes=params + grads + optimizer, expected_bytes=params + grads + optimizer,
             expectation="16 B per element (sample)") if completed else None,
+        prediction=predicted,
         loss=rf.Loss(start_step=start_step, values=list(losses), averaged_over_dp=completed),
     )
 
 
 def write_run(folder: Path, run: str, *, ranks: list[int] | None = None, step_medians: list[float] | None = None,
-              memory_gib: list[float] | None = None, **fields) -> None:
+              memory_gib: list[float] | None = None, wall_times_s: list[float] | None = None, **fields) -> None:
     """Write the rank files of one run: all of ``range(world)`` unless ``ranks`` names some."""
     world = fields["world"]
     for rank in ranks if ranks is not None else range(world):
         record = rank_file(run=run, rank=rank, step_median=(step_medians or [0.5] * world)[rank],
-                           memory_gib=(memory_gib or [10.0] * world)[rank], **fields)
+                           memory_gib=(memory_gib or [10.0] * world)[rank],
+                           wall_time_s=(wall_times_s or [60.0] * world)[rank], **fields)
         rf.write(folder / run, record)

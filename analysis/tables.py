@@ -13,10 +13,11 @@ import math
 
 import pandas as pd
 
-from analysis.aggregate import BEYOND, NO_SPREAD, WITHIN
+from analysis.aggregate import BEYOND, NO_PREDICTION, NO_SPREAD, WITHIN
 from analysis.collect import Problem
 
-HEADERS = ("Configuration", "Description", "Memory (GiB/GPU)", "Model state (MiB/GPU)", "MFU", "Tokens/s",
+HEADERS = ("Configuration", "Description", "Memory (GiB/GPU)", "Model state (MiB/GPU)",
+           "Predicted − measured (state; peak)", "MFU", "Tokens/s",
            "Weak scaling eff.", "Strong scaling eff.", "Status")
 # Which comparison each noise column marks, in the notes' words.
 COMPARISONS = {"speedup": ("speedup", ""), "scaling_efficiency": ("weak scaling efficiency", ""),
@@ -61,6 +62,18 @@ def _model_state_cell(row) -> str:
     return f"{text} ({'±0%' if abs(change) < 0.005 else f'{change:+.0%}'.replace('-', '−')})"
 
 
+def _signed_percent(value) -> str:
+    return "n/a" if _missing(value) else f"{value:+.1f}%".replace("-", "−")
+
+
+def _prediction_cell(row) -> str:
+    """The memory model's error, in percent of the measurement: model state; training peak (GPUs)."""
+    state, peak = row.get("model_state_error_pct_median"), row.get("peak_error_pct_median")
+    if _missing(state) and _missing(peak):
+        return "n/a"
+    return f"{_signed_percent(state)}; {_signed_percent(peak)}"
+
+
 def _efficiency_cell(row, suffix: str) -> str:
     """An efficiency with its interval and whether it is within noise."""
     value = row.get(f"scaling_efficiency{suffix}")
@@ -78,7 +91,8 @@ def _efficiency_cell(row, suffix: str) -> str:
 def display_rows(configs: pd.DataFrame) -> list[list[str]]:
     """The summary table's cells, as text, shared by Markdown, HTML and the terminal."""
     return [[row["label"], "-" if _missing(row["description"]) else row["description"], _memory_cell(row),
-             _model_state_cell(row), _spread(row, "mfu", 1, percent=True), _spread(row, "tokens_per_s"),
+             _model_state_cell(row), _prediction_cell(row), _spread(row, "mfu", 1, percent=True),
+             _spread(row, "tokens_per_s"),
              _efficiency_cell(row, ""), _efficiency_cell(row, "_strong"), row["status"]]
             for row in configs.to_dict("records")]
 
@@ -103,6 +117,39 @@ def _memory_notes(configs: pd.DataFrame) -> list[str]:
                      "and no setup figure: their rank files have no training/setup split (written before hpml "
                      "measured phases).")
     return lines
+
+
+def _prediction_notes(configs: pd.DataFrame) -> list[str]:
+    """What the prediction column compares, and why a comparison is missing."""
+    if "model_state_error_pct_median" not in configs:
+        return []
+    lines = ["Predicted − measured: the memory model's prediction (hpml_core/spec/memory_model.py, recorded in each "
+             "rank file) against the measurement, in percent of the measurement, median over the completed repeats: "
+             "model state (parameters + gradients + optimizer, the rank holding the most), and on GPUs the training "
+             "peak (predicted bytes inside max_memory_allocated, maximum over the ranks, against the measured "
+             "training peak). Figure predicted_vs_measured."]
+    for note, group in configs.dropna(subset=["prediction_note"]).groupby("prediction_note", sort=False):
+        what = "Prediction" if note == NO_PREDICTION else "Predicted peak"
+        lines.append(f"{what} n/a for {', '.join(group['label'])}: {note}.")
+    return lines
+
+
+def _hours_notes(configs: pd.DataFrame) -> list[str]:
+    """Device hours spent, per configuration and for the study."""
+    if "device_hours_total" not in configs:
+        return []
+    spent = configs.dropna(subset=["device_hours_total"])
+    if not len(spent):
+        return []
+    mixed = spent["device_hours_unit"].nunique() > 1
+    per = "; ".join(f"{row['label']} {row['device_hours_total']:.3g}"
+                    + (f" {row['device_hours_unit']}" if mixed else "") for row in spent.to_dict("records"))
+    totals = ", ".join(f"{group['device_hours_total'].sum():.3g} {unit}"
+                       for unit, group in spent.groupby("device_hours_unit", sort=False))
+    return [f"Spent: {totals} in all ({per}); every attempt that wrote a rank file, failed and out-of-memory ones "
+            "included: its slowest rank's wall time × its world size (process-hours for CPU runs), from the rank "
+            "files' wall time (from the engine's start of setup to its rank file: the job's start-up and the "
+            "interpreter's imports are not in it); attempts that wrote no rank file (killed hard) are not counted."]
 
 
 def _spread_note(configs: pd.DataFrame) -> str:
@@ -160,6 +207,8 @@ def notes(configs: pd.DataFrame, problems: list[Problem], state_note: str | None
     lines += _memory_notes(configs)
     lines.append("Model state: parameter + gradient + optimizer bytes held by the rank holding the most, measured from "
                  "its tensors; (−x%): its reduction 1 − S_N / S_1 against the weak-scaling baseline.")
+    lines += _prediction_notes(configs)
+    lines += _hours_notes(configs)
     lines.append("MFU: model FLOP/s per GPU (PaLM: 6N + 12·L·H·Q·T per token) over the GPU's dense peak for the "
                  "precision. Tokens/s: each token once, over the slowest rank's median step time.")
     if "peak_source" in configs:

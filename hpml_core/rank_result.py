@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from hpml_core.memory import PhasePeaks
-from hpml_core.spec import flops, model_state
+from hpml_core.spec import flops, memory_model, model_state
 from hpml_core.spec import rank_file as rf
 from hpml_core.spec.precision import regime
 from hpml_core.timing import StepTimer
@@ -124,6 +124,19 @@ def model_state_record(plan, measured: dict) -> rf.ModelState:
     return rf.ModelState(**measured, total_bytes=total, expected_bytes=expected, expectation=how)
 
 
+MODEL_STATE_LINES = ("parameters", "gradients", "optimizer states")  # what model_state.total_bytes measures
+
+
+def prediction_record(plan, device_type: str) -> rf.MemoryPrediction:
+    """The memory model's prediction for this rank, as the engine resolved the run."""
+    predicted = memory_model.predict(plan.config, plan.dims, plan.layout, device_type)
+    return rf.MemoryPrediction(
+        device_type=device_type, total_bytes=predicted.total_bytes, allocated_bytes=predicted.allocated_bytes,
+        model_state_bytes=sum(line.bytes for line in predicted.lines if line.name in MODEL_STATE_LINES),
+        lines=[rf.PredictionLine(name=line.name, bytes=line.bytes, formula=line.formula, in_allocated=line.in_allocated)
+               for line in predicted.lines])
+
+
 def throughput_missing_reason(plan, start_step: int, status: str, run_throughput: rf.Throughput | None) -> str | None:
     """Why an attempt that completed has no throughput: it had no step left past its warm-up.
     A resumed attempt trains whatever remains, so its run's figure comes from earlier attempts."""
@@ -169,5 +182,6 @@ def build_rank_file(plan, measured: Measured, run_id: str, attempt: int, status:
         memory=measured.memory.record(),
         model_state=model_state_record(plan, measured.model_state)
         if status == "completed" and measured.model_state else None,
+        prediction=prediction_record(plan, device.type),
         loss=rf.Loss(start_step=start_step, values=losses, averaged_over_dp=alive),
     )

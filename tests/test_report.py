@@ -66,11 +66,14 @@ def study(tmp_path, slurm_says):
     write_run(folder, "single-r0", step_medians=[0.5], memory_gib=[20.0], losses=(9.0, 7.5), **one)
     write_run(folder, "single-r1", step_medians=[0.4], memory_gib=[22.0], losses=(9.0, 7.0), **one)
     four = dict(mode="ddp", world=4, tp=1, batch=8)
-    write_run(folder, "ddp-4-r0", step_medians=[0.5, 0.55, 0.6, 0.52], memory_gib=[21, 21, 21, 23], **four)
+    write_run(folder, "ddp-4-r0", step_medians=[0.5, 0.55, 0.6, 0.52], memory_gib=[21, 21, 21, 23],
+              wall_times_s=[60.0, 70.0, 65.0, 60.0], **four)
     write_run(folder, "ddp-4-r1", **four)
     (folder / "ddp-4-r1" / "attempts" / "1" / "rank-2.json").write_text("{not json")
     zero = dict(mode="zero3", world=4, tp=1, batch=8)
-    write_run(folder, "zero3-4-r0", step_medians=[0.8] * 4, memory_gib=[19, 20, 20, 21], **zero)
+    state = sum(model_state_bytes("zero3", 4, 1))  # the memory model 5 % over it, and 25 GiB of training peak
+    write_run(folder, "zero3-4-r0", step_medians=[0.8] * 4, memory_gib=[19, 20, 20, 21],
+              predicted_state=state + state // 20, predicted_gib=25.0, **zero)
     write_run(folder, "zero3-4-r1", ranks=[0, 1, 2], step_medians=[0.8] * 4, **zero)
     dp_tp = dict(mode="zero3", world=4, tp=2, batch=8)
     write_run(folder, "dp2xtp2-b8-r0", step_medians=[0.3, 0.3, 0.32, 0.3], memory_gib=[6, 6, 6.5, 6], **dp_tp)
@@ -231,8 +234,8 @@ def test_every_figure_of_the_summary_matches_a_hand_computation(study, capsys):
     assert (ledger["dp2xtp2-b32-r1"]["state"], ledger["dp2xtp2-b32-r1"]["state_from"]) == ("TIMEOUT", "sacct")
 
     markdown = (folder / "report" / "summary.md").read_text()
-    assert ("| Configuration | Description | Memory (GiB/GPU) | Model state (MiB/GPU) | MFU | Tokens/s | "
-            "Weak scaling eff. | Strong scaling eff. | Status |") in markdown
+    assert ("| Configuration | Description | Memory (GiB/GPU) | Model state (MiB/GPU) | Predicted − measured "
+            "(state; peak) | MFU | Tokens/s | Weak scaling eff. | Strong scaling eff. | Status |") in markdown
     assert "States:" not in markdown  # Slurm answered
     corrupt = folder / "ddp-4-r1" / "attempts" / "1" / "rank-2.json"
     assert f"{corrupt}: does not match the rank-file schema (not JSON)" in markdown
@@ -259,9 +262,103 @@ def test_every_figure_of_the_summary_matches_a_hand_computation(study, capsys):
     assert "Spread: each figure is the median over a configuration's completed repeats on one device" in markdown
     tex = (folder / "report" / "summary.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex and "dp2xtp2-b8" in tex
-    assert r"\begin{tabular}{llrrrrrrl}" in tex
+    assert r"\begin{tabular}{llrrrrrrrl}" in tex
     out = capsys.readouterr().out
     assert "single" in out and "report.html" in out and str(folder / "report") in out
+
+
+def test_predicted_memory_and_the_hours_spent_match_a_hand_computation(study):
+    """The sample files predict the measured model state exactly and 90 % of each rank's
+    training peak, except zero3-4-r0 (5 % over on model state, 25 GiB of peak); each rank ran 60 s
+    of wall time, ddp-4-r0's slowest 70 s."""
+    exp, site, folder = study
+    assert main([str(exp), "--site", str(site)]) == 0
+    summary = pd.read_csv(folder / "report" / "summary.csv").set_index("configuration")
+    runs = pd.read_csv(folder / "report" / "runs.csv").set_index("run")
+    pytorch_state = sum(model_state_bytes("single", 1, 1)) / MIB
+    row = summary.loc["single"]  # peaks 20 and 22 GiB, predicted 18 and 19.8
+    assert row.predicted_model_state_mib_median == pytest.approx(pytorch_state)
+    assert row.model_state_error_pct_median == pytest.approx(0.0)
+    assert (row.predicted_peak_gib_median, row.predicted_peak_gib_min) == pytest.approx((18.9, 18.0))
+    assert (row.peak_error_pct_median, row.peak_error_pct_min, row.peak_error_pct_max) == pytest.approx((-10.0,) * 3)
+    assert pd.isna(row.prediction_note)
+    # DDP on 4: the largest prediction (0.9 × 23 GiB) against the largest measured peak, 23 GiB.
+    row = runs.loc["ddp-4-r0"]
+    assert (row.predicted_peak_gib, row.peak_error_pct) == pytest.approx((20.7, -10.0))
+    state = sum(model_state_bytes("zero3", 4, 1))
+    row = runs.loc["zero3-4-r0"]
+    assert row.model_state_error_pct == pytest.approx(100 * (state // 20) / state)
+    assert row.predicted_model_state_mib == pytest.approx((state + state // 20) / MIB)
+    assert (row.predicted_peak_gib, row.peak_error_pct) == pytest.approx((25.0, 100 * (25 - 21) / 21))
+    assert summary.loc["zero3-4", "peak_error_pct_median"] == pytest.approx(100 * 4 / 21)  # its one completed repeat
+    assert pd.isna(summary.loc["big", "predicted_model_state_mib_median"])  # nothing completed
+
+    # Hours: every attempt with rank files, failed and out-of-memory ones too: slowest wall time × world size.
+    assert runs.loc["ddp-4-r0", "device_hours"] == pytest.approx(70 * 4 / 3600)
+    assert runs.loc["ddp-4-r1", "device_hours"] == pytest.approx(60 * 4 / 3600)  # FAILED: a corrupt rank file
+    assert runs.loc["zero3-4-r1", "device_hours"] == pytest.approx(60 * 4 / 3600)  # rank 3 never wrote its file
+    assert runs.loc["big-r0", "device_hours"] == pytest.approx(60 / 3600)  # out of memory
+    assert pd.isna(runs.loc["big-r1", "device_hours"]) and pd.isna(runs.loc["dp2xtp2-b32-r0", "device_hours"])
+    assert runs.loc["single-r0", "device_hours_unit"] == "GPU-hours"
+    assert summary.loc["ddp-4", "device_hours_total"] == pytest.approx((280 + 240) / 3600)
+    assert summary.loc["big", "device_hours_total"] == pytest.approx(60 / 3600)
+    total = (120 + 520 + 480 + 480 + 60 + 120 + 120) / 3600  # single, ddp-4, zero3-4, dp2xtp2-b8, big, zero3-1, b32
+    markdown = (folder / "report" / "summary.md").read_text()
+    assert f"- Spent: {total:.3g} GPU-hours in all (single 0.0333; ddp-4 0.144; zero3-4 0.133;" in markdown
+    assert "attempts that wrote no rank file (killed hard) are not counted." in markdown
+    # The table: model state's error; the training peak's.
+    assert "| 11,810.3 | +0.0%; −10.0% |" in markdown  # single
+    assert f"| +{100 * (state // 20) / state:.1f}%; +{400 / 21:.1f}% |" in markdown  # zero3-4
+    assert "- Predicted − measured: the memory model's prediction" in markdown
+    assert (folder / "report" / "predicted_vs_measured.png").stat().st_size > 0
+    assert (folder / "report" / "predicted_vs_measured.svg").stat().st_size > 0
+
+
+def test_on_a_cpu_the_peak_is_not_compared_and_older_files_have_no_prediction(tmp_path, slurm_says):
+    exp = tmp_path / "cpu.yaml"
+    exp.write_text("name: cpu\ndataset: d\ndefaults: {model: gpt2-large, steps: 10}\n"
+                   "runs: [{name: single, mode: single}, {name: ddp-2, mode: ddp, gpus: 2}]\n")
+    folder = tmp_path / "results" / "cpu"
+    write_run(folder, "single", mode="single", world=1, tp=1, batch=8, device="cpu", prediction=False)
+    write_run(folder, "ddp-2", mode="ddp", world=2, tp=1, batch=8, device="cpu", wall_times_s=[90.0, 120.0])
+    assert main([str(exp), "--site", str(local_site(tmp_path))]) == 0
+    summary = pd.read_csv(folder / "report" / "summary.csv").set_index("configuration")
+    row = summary.loc["ddp-2"]
+    assert row.model_state_error_pct_median == pytest.approx(0.0)  # model state: compared on any device
+    assert pd.isna(row.peak_error_pct_median) and pd.isna(row.predicted_peak_gib_median)
+    assert row.prediction_note.startswith("on a CPU the training peak is not compared")
+    assert (row.device_hours_total, row.device_hours_unit) == (pytest.approx(240 / 3600), "process-hours")
+    row = summary.loc["single"]  # written before the engine recorded its prediction
+    assert pd.isna(row.model_state_error_pct_median) and pd.isna(row.peak_error_pct_median)
+    assert row.prediction_note == "its rank files hold no memory prediction (written before hpml recorded it)"
+    markdown = (folder / "report" / "summary.md").read_text()
+    assert "| +0.0%; n/a |" in markdown
+    assert ("- Prediction n/a for single: its rank files hold no memory prediction (written before hpml recorded "
+            "it).") in markdown
+    assert "- Predicted peak n/a for ddp-2: on a CPU the training peak is not compared" in markdown
+    assert "- Spent: 0.0833 process-hours in all (single 0.0167; ddp-2 0.0667)" in markdown
+
+
+def test_an_engine_run_records_a_prediction_whose_model_state_equals_the_measured(tmp_path, token_data, slurm_says):
+    """One real 1-process run on the CPU: the rank file's predicted model state is the measured
+    one to the byte, and the report says +0.0%."""
+    from tests.conftest import engine, rank_files
+
+    out = tmp_path / "results" / "real" / "single"
+    engine(["--test", "--precision", "fp32", "--steps", "3", "--warmup-steps", "1", "--data", str(token_data),
+            "--out", str(out), "--batch-size", "2"])
+    record = rank_files(out)[0]
+    prediction, state = record["prediction"], record["model_state"]
+    assert prediction["device_type"] == "cpu"
+    assert prediction["model_state_bytes"] == state["total_bytes"]
+    assert prediction["allocated_bytes"] == prediction["total_bytes"] == sum(
+        line["bytes"] for line in prediction["lines"])  # no CUDA context on a CPU
+    exp = tmp_path / "real.yaml"
+    exp.write_text("name: real\ndataset: d\ndefaults: {steps: 3, warmup_steps: 1}\n"
+                   "runs: [{name: single, mode: single}]\n")
+    assert main([str(exp), "--site", str(local_site(tmp_path))]) == 0
+    summary = pd.read_csv(tmp_path / "results" / "real" / "report" / "summary.csv").set_index("configuration")
+    assert summary.loc["single", "model_state_error_pct_median"] == 0.0
 
 
 def test_scaling_efficiency_is_missing_without_a_matching_baseline(study):
@@ -488,7 +585,8 @@ def test_report_html_opens_in_headless_chromium_with_every_figure_drawn(study):
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     finally:
         driver.quit()
-    assert sorted(image["alt"] for image in images) == ["loss", "memory", "mfu_vs_batch", "throughput"]
+    assert sorted(image["alt"] for image in images) == ["loss", "memory", "mfu_vs_batch", "predicted_vs_measured",
+                                                        "throughput"]
     assert all(image["complete"] and image["width"] > 100 and image["colours"] > 2 for image in images), images
     assert errors == []
 
@@ -597,7 +695,8 @@ def test_without_an_experiment_every_one_with_results_is_reported_even_before_an
     report = tmp_path / "results" / "tiny_study" / "report"
     runs = pd.read_csv(report / "runs.csv")
     assert len(runs) == 30 and set(runs["status"]) == {"NOT_SUBMITTED"}  # 10 configurations × 3 repeats
-    assert {p.name for p in report.glob("*.png")} == {"throughput.png", "memory.png", "mfu_vs_batch.png", "loss.png"}
+    assert {p.name for p in report.glob("*.png")} == {"throughput.png", "memory.png", "mfu_vs_batch.png", "loss.png",
+                                                      "predicted_vs_measured.png"}
     assert not (tmp_path / "results" / "seed_study").exists()  # no results, no report
 
 

@@ -144,6 +144,29 @@ class ModelState(_Strict):
     expectation: str = Field(description="how expected_bytes was computed")
 
 
+class PredictionLine(_Strict):
+    name: str
+    bytes: int
+    formula: str = Field(description="how it was computed, with the numbers")
+    in_allocated: bool = Field(description="counted by torch.cuda.max_memory_allocated (the CUDA context is not)")
+
+
+class MemoryPrediction(_Strict):
+    """The memory model's prediction for this rank (hpml_core.spec.memory_model.predict with the run's
+    resolved config, model and layout, for this rank's device), recorded so the report can set it
+    against what was measured."""
+
+    device_type: str = Field(description="the device it predicts for: cuda adds the CUDA context, cuBLAS "
+                             "workspace and allocator rounding; cpu leaves them out")
+    total_bytes: int = Field(description="every line, the CUDA context included")
+    allocated_bytes: int = Field(description="the lines inside PyTorch's allocator: what the training phase's "
+                                 "cuda_max_allocated_bytes should show")
+    model_state_bytes: int = Field(description="parameters + gradients + optimizer states: what "
+                                   "model_state.total_bytes measures (ZeRO-3's persistent whole copies are a "
+                                   "line of their own, outside it, as outside the measurement)")
+    lines: list[PredictionLine]
+
+
 class Loss(_Strict):
     start_step: int = Field(description="index of the first step this process ran (non-zero after --resume)")
     values: list[float] = Field(description="one per step run by this process")
@@ -191,6 +214,8 @@ class RankFile(_Strict):
                                               "precision (hpml_core.spec.precision); null in files written before")
     memory: Memory
     model_state: ModelState | None = Field(description="null unless the run completed")
+    prediction: MemoryPrediction | None = Field(None, description="the memory model's prediction for this rank; "
+                                                "null in files written before hpml recorded it")
     loss: Loss
 
 
