@@ -93,7 +93,11 @@ class PhasePeaks:
         """The rank file's memory: the whole process's peaks and the phases'."""
         whole = {key: max(value, self._before_resets[key]) if value is not None else None
                  for key, value in peak_memory(self.device).items()}
-        whole["cpu_peak_rss_bytes"] = max(whole["cpu_peak_rss_bytes"], rss_high_water_mark() or 0)
+        # VmHWM can read lower later than it did at a phase's end: it is the larger of the current
+        # RSS and a stored mark the kernel updates only on some of the paths that shrink the
+        # resident set, so a phase's reading is folded in too; the whole covers every phase.
+        phases = [phase.cpu_rss_bytes or 0 for phase in (self.setup, self.training) if phase is not None]
+        whole["cpu_peak_rss_bytes"] = max(whole["cpu_peak_rss_bytes"], rss_high_water_mark() or 0, *phases)
         return rf.Memory(**whole, setup=self.setup, training=self.training,
                          cpu_reset_missing_reason=self.cpu_reset_missing_reason)
 
