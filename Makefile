@@ -10,7 +10,7 @@ DEMO_DATA := results/data/wikitext-2
 EXP ?= tiny_study
 SITE ?= local
 
-.PHONY: venv data demo submit-all status cancel report bench bench-memory bench-report bench-cli test schema slurm-up slurm-down
+.PHONY: venv data demo submit-all status cancel report bench bench-memory bench-report bench-cli gpu-check gpu-wheels test schema slurm-up slurm-down
 
 # The venv holds everything: the login side (pip install hpml), the engine and the tests.
 # torch==2.13.0 goes in first: on a machine without a GPU it is the CPU build on this disk, and
@@ -64,6 +64,18 @@ bench: venv
 MEMORY_ARGS ?= --data $(DEMO_DATA)
 bench-memory: venv
 	$(PY) -m hpml_core.bench.memory $(MEMORY_ARGS)
+
+# Every GPU path checked and the study measured on one GPU, in one command (under 9 minutes on an
+# H100), into results/gpu-check/ (gpu-check.md, gpu-check.json, logs/). Without a GPU it runs in a
+# reduced form. On a GPU machine without a package index: make gpu-wheels here, carry .whl, and
+# there run make gpu-check NO_VENV=1 PY=python3 (hpml_core/bench/README.md gives the steps).
+GPU_CHECK_ARGS ?=
+gpu-check: $(if $(NO_VENV),,venv)
+	$(PY) -m hpml_core.bench.gpu_check $(GPU_CHECK_ARGS)
+
+# The wheels gpu-check needs beyond a CUDA image's PyTorch (Python 3.12, x86-64), into .whl/.
+gpu-wheels: venv
+	hpml_core/bench/gpu-wheels .whl
 
 # How long the report takes to aggregate 1,000 runs x 4 rank files (target: under 5 s).
 bench-report: venv

@@ -1,8 +1,8 @@
 """Token data, prepared once on a login node (``hpml data prepare``): a corpus (a hub dataset
 through ``datasets``, or local text or parquet files) tokenized into ``tokens.bin``, a flat
 array of token ids, plus ``meta.json`` and the tokenizer used. Jobs memory-map ``tokens.bin``
-(``hpml_core.batches``): no tokenizing and no network inside a job. Needs ``datasets`` and
-``tokenizers`` (``pip install 'hpml[data]'``), not torch.
+(``hpml_core.batches``): no tokenizing and no network inside a job. Needs ``tokenizers``, and
+``datasets`` for the hub and parquet (``pip install 'hpml[data]'``), not torch.
 
 Usage::
 
@@ -19,6 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,8 +32,31 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 
-def _load_texts(args: argparse.Namespace):
-    """The corpus as a ``datasets.Dataset`` with a ``text`` column, read through one library."""
+def _read_text_files(files: list[str]) -> list[str]:
+    """The rows ``datasets``' text loader makes with ``keep_linebreaks=True`` (each line with its
+    line break, universal newlines, ``str.splitlines``), read without it: local text needs no
+    ``datasets``, so a GPU node or a bare venv can prepare it."""
+    rows: list[str] = []
+    for file in files:
+        rows.extend(Path(file).read_text(encoding="utf-8").splitlines(keepends=True))
+    return rows
+
+
+def _load_texts(args: argparse.Namespace) -> Callable[[], Iterator[list[str]]]:
+    """The corpus's text column, as a function giving its rows in batches of 1,000 (it is read
+    twice: to train a tokenizer, then to tokenize). Hub and parquet go through ``datasets``."""
+    if not args.hub:
+        missing = [str(f) for f in args.files if not Path(f).is_file()]
+        if missing:
+            raise UsageError("--files", f"no such file: {missing[0]}")
+        suffixes = {Path(f).suffix for f in args.files}
+        if suffixes - {".txt", ".parquet"} or len(suffixes) > 1:
+            raise UsageError("--files", f"all files must be .txt or all .parquet (got {sorted(suffixes)})")
+        if suffixes == {".txt"}:
+            if args.text_column != "text":
+                raise UsageError("--text-column", f"{args.text_column!r} is not a column (columns: ['text'])")
+            rows = _read_text_files(args.files)
+            return lambda: (rows[i:i + 1000] for i in range(0, len(rows), 1000))
     from datasets import load_dataset
 
     if args.hub:
@@ -42,22 +66,13 @@ def _load_texts(args: argparse.Namespace):
             raise UsageError("--hub", f"cannot load {args.hub!r} ({type(exc).__name__}: {exc}); "
                              "prepare from local --files instead when offline") from None
     else:
-        missing = [str(f) for f in args.files if not Path(f).is_file()]
-        if missing:
-            raise UsageError("--files", f"no such file: {missing[0]}")
-        suffixes = {Path(f).suffix for f in args.files}
-        if suffixes - {".txt", ".parquet"} or len(suffixes) > 1:
-            raise UsageError("--files", f"all files must be .txt or all .parquet (got {sorted(suffixes)})")
-        if suffixes == {".txt"}:
-            ds = load_dataset("text", data_files=[str(f) for f in args.files], split="train", keep_linebreaks=True)
-        else:
-            ds = load_dataset("parquet", data_files=[str(f) for f in args.files], split="train")
+        ds = load_dataset("parquet", data_files=[str(f) for f in args.files], split="train")
     if args.text_column not in ds.column_names:
         raise UsageError("--text-column", f"{args.text_column!r} is not a column (columns: {ds.column_names})")
-    return ds.rename_column(args.text_column, "text") if args.text_column != "text" else ds
+    return lambda: (batch[args.text_column] for batch in ds.iter(batch_size=1000))
 
 
-def _tokenizer(args: argparse.Namespace, texts) -> tuple[Tokenizer, dict]:
+def _tokenizer(args: argparse.Namespace, batches: Callable[[], Iterator[list[str]]]) -> tuple[Tokenizer, dict]:
     """GPT-2's tokenizer by hub name, one from a local folder, or a byte-level BPE trained on the corpus."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -71,7 +86,7 @@ def _tokenizer(args: argparse.Namespace, texts) -> tuple[Tokenizer, dict]:
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             special_tokens=["<|endoftext|>"],
         )
-        tok.train_from_iterator((batch["text"] for batch in texts.iter(batch_size=1000)), trainer)
+        tok.train_from_iterator(batches(), trainer)
         return tok, {"source": "trained", "vocab_size_requested": args.vocab_size}
     if Path(spec).is_dir():
         file = Path(spec) / TOKENIZER_FILE
@@ -88,14 +103,14 @@ def _tokenizer(args: argparse.Namespace, texts) -> tuple[Tokenizer, dict]:
 def prepare(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     started = time.time()
-    texts = _load_texts(args)
-    tok, tok_info = _tokenizer(args, texts)
+    batches = _load_texts(args)
+    tok, tok_info = _tokenizer(args, batches)
     vocab_size = tok.get_vocab_size()
     dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
 
     chunks = []
-    for batch in texts.iter(batch_size=1000):
-        for enc in tok.encode_batch(batch["text"]):
+    for batch in batches():
+        for enc in tok.encode_batch(batch):
             chunks.append(np.asarray(enc.ids, dtype=dtype))
     tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
     if len(tokens) < 2:

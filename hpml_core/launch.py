@@ -85,9 +85,14 @@ def select_device(env: ProcessEnv) -> torch.device:
 
 
 def init_process_group(env: ProcessEnv, device: torch.device, backend: str | None = None) -> None:
-    """NCCL between GPUs, gloo on the CPU (or as asked); through env:// so torchrun's own store is reused."""
+    """NCCL between GPUs, gloo on the CPU (or as asked); through env:// so torchrun's own store is reused.
+
+    DeepSpeed picks its GPU by ``LOCAL_RANK`` alone, so on a GPU that variable is set to the
+    device's index: where ranks share a GPU, or each task sees only its own, the rank's place
+    on the node is not a device DeepSpeed could open ("invalid device ordinal")."""
     os.environ.update(
-        RANK=str(env.rank), WORLD_SIZE=str(env.world_size), LOCAL_RANK=str(env.local_rank),
+        RANK=str(env.rank), WORLD_SIZE=str(env.world_size),
+        LOCAL_RANK=str(device.index if device.type == "cuda" else env.local_rank),
         MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port),
     )
     backend = backend or ("nccl" if device.type == "cuda" else "gloo")

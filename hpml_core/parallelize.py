@@ -7,7 +7,9 @@ in torchtitan's order, all in this one file, so the model file stays unaware of 
    at a time (``hpml_core.materialize``); under ZeRO-3 each part of the model is partitioned as
    soon as it is filled, so no rank ever holds the whole model;
 3. activation checkpointing of every block;
-4. ``torch.compile``;
+4. ``torch.compile`` of the model and, without TP, of the loss: its fp32 upcast, log-softmax
+   and gather over the vocabulary then fuse into a few passes over the logits instead of
+   writing fp32 copies of them (measured on an H200: hpml_core/bench/RESULTS.md);
 5. data parallelism: PyTorch DDP over the data-parallel group, or DeepSpeed ZeRO-3
    (``hpml_core.zero``), which owns the optimizer. Because this last pass decides how
    gradients are synchronised and the update applied, it returns the ``Stepper`` that trains
@@ -65,6 +67,8 @@ def parallelize(model: GPT, mesh: Mesh, config: TrainConfig, device: torch.devic
                 then=zero.partitioner(config, mesh) if zero3 else None)
     if config.grad_ckpt:
         apply_activation_checkpointing(model)
+    if config.compile and mesh.tp_size == 1:  # the vocabulary-parallel loss has collectives: left eager
+        loss_fn = torch.compile(loss_fn)
     if zero3:
         return DeepSpeedStepper(model, zero.initialize(model, optimizer, config, mesh, record_dir), loss_fn)
     trained: nn.Module = torch.compile(model) if config.compile else model

@@ -1,34 +1,98 @@
-"""`make bench` on the CPU with the tiny model: both variants run, each in its own process, and
-the JSON holds what the GPU measurement will report (the figures themselves need a GPU)."""
+"""`make gpu-check` in its reduced form on the CPU: every section runs as it will on a GPU (the
+benchmarks with the tiny model, the gpu tests collected and skipped), and the summary and each
+benchmark's JSON hold what the GPU measurement reports (the figures themselves need a GPU)."""
 
 import json
+import subprocess
 import sys
 
-from tests.conftest import REPO, engine
+import pytest
+
+from tests.conftest import REPO, SHARED, engine
 
 
-def test_bench_runs_both_loops_and_writes_comparable_figures(tmp_path, token_data):
-    import subprocess
+@pytest.fixture(scope="module")
+def gpu_check(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu-check")
+    done = subprocess.run([sys.executable, "-m", "hpml_core.bench.gpu_check", "--reduced", "--shared", str(SHARED),
+                           "--out", str(out), "--engine-args", "--precision fp32 --batch-size 4",
+                           "--engine-args", "--precision fp32 --batch-size 2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((out / "gpu-check.json").read_text())
+    return out, {section["name"]: section for section in summary["sections"]}
 
-    out = tmp_path / "bench"
-    done = subprocess.run([sys.executable, "-m", "hpml_core.bench", "--model", "tiny", "--seq-len", "64", "--steps", "6",
-                           "--warmup-steps", "2", "--original-precision", "fp32", "--engine-args", "--precision fp32",
-                           "--data", str(token_data), "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    report = json.loads((out / "bench.json").read_text())
-    original, ours = report["original"], report["engine"]
-    for result in (original, ours):
+
+def test_every_section_ran_and_is_summarised(gpu_check):
+    out, sections = gpu_check
+    assert list(sections) == ["environment", "data", "bench", "profile", "tests", "memory"]
+    assert all(section["status"] == "passed" for section in sections.values())
+    markdown = (out / "gpu-check.md").read_text()
+    assert all(f"## {name}" in markdown for name in sections)
+    assert sections["environment"]["results"]["torch"] and sections["environment"]["results"]["gpus"] == 0
+    # The gpu tests are collected and, without a GPU, skipped with the reason, not dropped.
+    tests = sections["tests"]["results"]
+    assert len(tests) >= 10 and {t["outcome"] for t in tests} == {"skipped"}
+    assert all(t["why"] == "needs a CUDA GPU" for t in tests)
+
+
+def test_bench_compares_the_original_loop_with_each_engine_variant(gpu_check):
+    out, sections = gpu_check
+    report = sections["bench"]["results"]
+    original, variants = report["original"], report["engines"]
+    assert [v["engine_args"] for v in variants] == ["--precision fp32 --batch-size 4", "--precision fp32 --batch-size 2"]
+    assert [v["settings"]["batch_size"] for v in variants] == [4, 2]  # each variant's flags win over the default
+    for result in (original, *variants):
         assert result["tokens_per_s"] > 0 and result["achieved_tflops_per_s"] > 0 and result["peak_memory_bytes"] > 0
         assert result["mfu"] is None and "cpu" in result["mfu_missing_reason"]  # no GPU peak: missing, not guessed
         assert len(result["losses"]) == 6
         assert result["tokens_per_s"] == 64 * result["settings"]["batch_size"] / result["step_time_median_s"]
-    # Both peaks cover the same span, the timed steps (hpml_core.memory), in the same metric.
-    assert original["memory_metric"] == ours["memory_metric"] == "cpu_rss_hwm"
-    # The original loop counts N on transformers' model; it is the engine's N for the same GPT-2.
-    assert original["flops_per_token"] == ours["flops_per_token"]
-    assert report["tokens_per_s_ratio_engine_over_original"] == ours["tokens_per_s"] / original["tokens_per_s"]
-    assert "engine / original tokens/s" in done.stdout
+        # Both peaks cover the same span, the timed steps (hpml_core.memory), in the same metric.
+        assert result["memory_metric"] == "cpu_rss_hwm"
+        # --vocab-size gives both models the same vocabulary, so the same FLOP count.
+        assert result["flops_per_token"] == original["flops_per_token"]
+    for variant in variants:
+        assert variant["tokens_per_s_ratio_over_original"] == variant["tokens_per_s"] / original["tokens_per_s"]
+
+
+def test_profile_says_where_the_step_time_goes(gpu_check):
+    _, sections = gpu_check
+    profile = sections["profile"]["results"]
+    shares = profile["by_kind_s_per_step"]
+    assert shares["matrix products"] > 0 and shares["optimizer"] > 0
+    assert sum(shares.values()) == pytest.approx(profile["busy_s_per_step"])
+    assert profile["top"][0]["share_of_busy"] >= profile["top"][-1]["share_of_busy"]
+
+
+def test_memory_table_sets_each_layout_beside_the_prediction(gpu_check):
+    _, sections = gpu_check
+    rows = {row["layout"]: row for row in sections["memory"]["results"]["layouts"]}
+    assert {name: row["ranks"] for name, row in rows.items()} == {"single": 1, "ddp-4": 4, "zero3-4": 4,
+                                                                   "dp2xtp2-zero3": 4}
+    for row in rows.values():
+        assert min(row["peak_bytes_per_rank"]) > 0 and row["memory_metric"] == "cpu_rss_hwm"
+        # The memory model predicts the model state exactly on any device; the peak only on a GPU.
+        assert row["predicted_model_state_bytes_per_rank"] == row["model_state_bytes_per_rank"]
+        assert row["predicted_peak_bytes_per_rank"] == [None] * row["ranks"]
+        assert row["original_study_gb"] is None  # the study measured GPT-2 Large only
+    # ZeRO-3 partitions the model state over the 4 ranks; DDP keeps it whole on each.
+    assert max(rows["zero3-4"]["model_state_bytes_per_rank"]) < max(rows["ddp-4"]["model_state_bytes_per_rank"]) / 2
+
+
+def test_a_section_out_of_time_is_recorded_not_guessed(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "hpml_core.bench.gpu_check", "--reduced", "--shared", str(SHARED),
+                           "--out", str(tmp_path), "--only", "environment,bench", "--budget-s", "5"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    bench = json.loads((tmp_path / "gpu-check.json").read_text())["sections"][1]
+    assert bench["status"] == "not run" and "budget" in bench["why"] and "results" not in bench
+
+
+def test_gpu_check_refuses_an_unknown_section(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "hpml_core.bench.gpu_check", "--only", "bench,speed",
+                           "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--only" in done.stderr and "speed" in done.stderr
+    assert not any(tmp_path.iterdir())
 
 
 def test_original_loop_refuses_nothing_to_time(tmp_path, token_data):
@@ -36,21 +100,3 @@ def test_original_loop_refuses_nothing_to_time(tmp_path, token_data):
                    "--out", str(tmp_path / "o.json")], script=REPO / "hpml_core" / "bench" / "original_loop.py",
                   check=False)
     assert proc.returncode == 2 and "--steps" in proc.stderr and not (tmp_path / "o.json").exists()
-
-
-def test_memory_table_runs_the_four_layouts(tmp_path, token_data):
-    import subprocess
-
-    out = tmp_path / "memory"
-    done = subprocess.run([sys.executable, "-m", "hpml_core.bench.memory", "--model", "tiny", "--seq-len", "64",
-                           "--batch-size", "4", "--steps", "4", "--warmup-steps", "1", "--engine-args",
-                           "--precision fp32 --zero-persistence-threshold 0", "--data", str(token_data), "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = {row["layout"]: row for row in json.loads((out / "memory.json").read_text())["layouts"]}
-    assert {name: row["ranks"] for name, row in rows.items()} == {"single": 1, "ddp-4": 4, "zero3-4": 4,
-                                                                   "dp2xtp2-zero3": 4}
-    assert all(min(row["peak_bytes_per_rank"]) > 0 and row["memory_metric"] == "cpu_rss_hwm" for row in rows.values())
-    # ZeRO-3 partitions the model state over the 4 ranks; DDP keeps it whole on each.
-    assert max(rows["zero3-4"]["model_state_bytes_per_rank"]) < max(rows["ddp-4"]["model_state_bytes_per_rank"]) / 2
-    assert all(row["original_study_gb"] is None for row in rows.values())  # the study measured GPT-2 Large only

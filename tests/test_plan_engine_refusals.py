@@ -35,6 +35,7 @@ CASES = [
     case("tp-not-dividing-real-vocab", {"model": "gpt2-xl", "mode": "zero3", "tp_size": 5, "gpus": 5}, "tp_size",
          "padded vocabulary of 512"),
     case("seq-len-above-positions", {"seq_len": 512}, "seq_len", "256 positions of tiny"),
+    case("vocab-below-the-data's", {"vocab_size": 300}, "vocab_size", "smaller than the 512 tokens"),
     case("single-on-two-ranks", {"mode": "single", "gpus": 2}, "mode", "2 were launched"),
     case("zero-stage-with-ddp", {"mode": "ddp", "zero_stage": 3, "gpus": 2}, "zero_stage", "--mode zero3"),
     case("steps-not-above-warmup", {"steps": 2, "warmup_steps": 2}, "steps", "no timed step"),
@@ -102,3 +103,11 @@ def test_without_prepared_data_the_plan_validates_with_gpt2s_vocabulary_and_says
     with_data = experiment.load(path, data_root=token_data.parent)
     assert with_data.data is not None and with_data.data.vocab_size == 512
     assert cli.data_line(with_data).endswith("(checked: vocabulary, size)")
+
+
+def test_vocab_size_widens_the_model_beyond_the_data(token_data):
+    """GPT-2's vocabulary over data tokenized with 512 tokens: the model is built 50,304 wide."""
+    env = ProcessEnv(rank=0, local_rank=0, world_size=1, master_addr="127.0.0.1", master_port=29500,
+                     launcher="none", local_world_size=1)
+    assert make_plan(["--test", "--data", str(token_data), "--vocab-size", "50257"], env).dims.vocab_size == 50304
+    assert make_plan(["--test", "--data", str(token_data)], env).dims.vocab_size == 512

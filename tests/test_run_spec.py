@@ -21,7 +21,7 @@ from tests.conftest import REPO
 # carried by the run spec fails here.
 NON_DEFAULT = dict(
     mode="zero3", model="tiny", tp_size=2, batch_size=3, grad_accum=2, seq_len=64, steps=9, warmup_steps=2,
-    max_samples=700, precision="fp16", grad_ckpt=True, attn="eager", compile=True, optimizer="sgd", lr=0.01,
+    vocab_size=50257, max_samples=700, precision="fp16", grad_ckpt=True, attn="eager", compile=True, optimizer="sgd", lr=0.01,
     weight_decay=0.0, grad_clip=0.5, seed=7, data=Path("/data/wikitext-2"), out=Path("/results/x/run"),
     run_id="run-7", checkpoint_every=3, checkpoint_dir=Path("/ckpt/run"), resume=True, save_model=True,
     zero_stage=3, zero_persistence_threshold=0, dist_backend="gloo", test=True,

@@ -60,6 +60,28 @@ def command(flags: list[str], processes: int, args: argparse.Namespace, out: Pat
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *engine]
 
 
+def layout_row(name: str, run: list[str], files: list[rank_file.RankFile], reported_gb: float | None) -> dict:
+    """One layout's measured peaks and model state per rank, beside the memory model's
+    prediction of each (hpml_core.spec.memory_model, recorded in the rank file): on a GPU the
+    training peak is set against the predicted allocated bytes, both being what PyTorch's
+    allocator holds; on a CPU the resident set also holds the interpreter and its libraries,
+    which the model does not predict, so only the model state is compared there."""
+    peaks = [f.memory.peak()[0] for f in files]
+    predicted = [f.prediction for f in files]
+    metric = files[0].memory.peak()[1]
+    return {"layout": name, "command": shlex.join(run), "ranks": len(files), "device": files[0].device_name,
+            "memory_metric": metric, "peak_bytes_per_rank": peaks, "peak_gib_max": max(peaks) / GIB,
+            "model_state_bytes_per_rank": [f.model_state.total_bytes for f in files],
+            "predicted_model_state_bytes_per_rank": [p.model_state_bytes if p else None for p in predicted],
+            "predicted_peak_bytes_per_rank": [p.allocated_bytes if p and metric.startswith("cuda") else None
+                                              for p in predicted],
+            "original_study_gb": reported_gb}
+
+
+def _error(predicted: int | None, measured: int) -> str:
+    return f"{(predicted - measured) / measured:+.0%}" if predicted else "n/a"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     rows = []
@@ -70,22 +92,24 @@ def main(argv: list[str] | None = None) -> int:
         if subprocess.run(run).returncode != 0:
             raise SystemExit(f"[memory] {name} failed; its rank files are in {args.out / name}")
         files = [rank_file.read(path) for _, path in sorted(latest_rank_files(args.out / name).items())]
-        peaks = [f.memory.peak()[0] for f in files]
-        rows.append({"layout": name, "command": shlex.join(run), "ranks": len(files), "device": files[0].device_name,
-                     "memory_metric": files[0].memory.peak()[1],
-                     "peak_bytes_per_rank": peaks, "peak_gib_max": max(peaks) / GIB,
-                     "model_state_bytes_per_rank": [f.model_state.total_bytes for f in files],
-                     "original_study_gb": reported if comparable else None})
-    atomic_write_json(args.out / "memory.json", {"model": args.model, "batch_size": args.batch_size,
-                                                 "seq_len": args.seq_len, "layouts": rows})
+        rows.append(layout_row(name, run, files, reported if comparable else None))
+        # after each layout, so that a run cut short keeps the layouts it measured
+        atomic_write_json(args.out / "memory.json", {"model": args.model, "batch_size": args.batch_size,
+                                                     "seq_len": args.seq_len, "layouts": rows})
     table = Table(title=f"Peak memory per rank: {args.model}, batch {args.batch_size}, sequence {args.seq_len}, "
                         f"on {rows[0]['device']} ({rows[0]['memory_metric']})")
-    for column in ("layout", "ranks", "peak per rank, max (GiB)", "model state per rank (GiB)", "original study (GB)"):
+    for column in ("layout", "ranks", "peak per rank, max (GiB)", "predicted (GiB)", "model state per rank (GiB)",
+                   "predicted (GiB)", "original study (GB)"):
         table.add_column(column, justify="left" if column == "layout" else "right")
     for row in rows:
         reported = row["original_study_gb"]
-        table.add_row(row["layout"], str(row["ranks"]), f"{row['peak_gib_max']:.3g}",
-                      f"{max(row['model_state_bytes_per_rank']) / GIB:.3g}",
+        worst = max(range(row["ranks"]), key=lambda rank: row["peak_bytes_per_rank"][rank])
+        peak, predicted_peak = row["peak_bytes_per_rank"][worst], row["predicted_peak_bytes_per_rank"][worst]
+        state, predicted_state = row["model_state_bytes_per_rank"][worst], row["predicted_model_state_bytes_per_rank"][worst]
+        table.add_row(row["layout"], str(row["ranks"]), f"{peak / GIB:.3g}",
+                      f"{predicted_peak / GIB:.3g} ({_error(predicted_peak, peak)})" if predicted_peak else "n/a (CPU)",
+                      f"{state / GIB:.3g}",
+                      f"{predicted_state / GIB:.3g} ({_error(predicted_state, state)})" if predicted_state else "n/a",
                       f"{reported:.0f}" if reported else "- (other settings)")
     Console(width=140).print(table)
     print(f"wrote {args.out / 'memory.json'}")

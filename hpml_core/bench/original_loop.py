@@ -47,6 +47,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=sorted(AUTOCAST), default="fp16")
     parser.add_argument("--no-grad-ckpt", dest="grad_ckpt", action="store_false")
     parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--vocab-size", type=int, help="the model's vocabulary, at least the data's (default: the data's)")
     args = parser.parse_args(argv)
     if args.steps <= args.warmup_steps:
         parser.error(f"--steps: must be more than --warmup-steps ({args.warmup_steps}), or nothing is timed")
@@ -58,9 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     data = TokenData.open(args.data)
+    if args.vocab_size is not None and args.vocab_size < data.vocab_size:
+        print(f"original_loop: error: --vocab-size: {args.vocab_size} is smaller than the data's {data.vocab_size}",
+              file=sys.stderr)
+        return 2
     torch.manual_seed(args.seed)
-    config = GPT2Config(**PRESETS[args.model], vocab_size=data.vocab_size, use_cache=False, bos_token_id=None,
-                        eos_token_id=None)
+    config = GPT2Config(**PRESETS[args.model], vocab_size=args.vocab_size or data.vocab_size, use_cache=False,
+                        bos_token_id=None, eos_token_id=None)
     model = GPT2LMHeadModel(config).to(device)
     if args.grad_ckpt:  # the method's newer name in transformers 5, the older one before
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "variant": "original study's loop (transformers GPT2LMHeadModel)",
         "settings": {"model": args.model, "seq_len": args.seq_len, "batch_size": args.batch_size,
                      "precision": args.precision, "grad_ckpt": args.grad_ckpt, "optimizer": "torch AdamW (foreach)",
-                     "vocab_size": data.vocab_size, "steps": args.steps, "warmup_steps": args.warmup_steps},
+                     "vocab_size": config.vocab_size, "steps": args.steps, "warmup_steps": args.warmup_steps},
         "device": device_name,
         "timing": "wall clock per step, device synchronised at each step's end; median of the steps after warm-up",
         "step_time_median_s": median,

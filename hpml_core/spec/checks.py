@@ -4,7 +4,7 @@ flag, then why). So a study that plans cleanly launches cleanly; what only the j
 (a GPU for NCCL, a checkpoint to resume) is left to the engine.
 
 ``resolve`` also derives what follows from a valid run: the model's dimensions with the data's
-real vocabulary, the rank layout, the global batch and the number of optimizer steps. Before
+real vocabulary (or a larger one the config names), the rank layout, the global batch and the number of optimizer steps. Before
 the data is prepared, a plan passes ``data=None``: GPT-2's vocabulary is assumed and the data's
 size is not checked (``hpml plan`` says so).
 """
@@ -43,7 +43,10 @@ def resolve_steps(config: TrainConfig, global_batch: int, steps_per_epoch: int |
 
 def resolve(config: TrainConfig, world_size: int, ranks_per_node: int, data: DataMeta | None) -> Resolved:
     """The run as it will train on ``world_size`` ranks, or a ``UsageError`` naming the flag."""
-    dims = model_dims(config.model, data.vocab_size if data else GPT2_VOCAB)
+    if data is not None and config.vocab_size is not None and config.vocab_size < data.vocab_size:
+        raise UsageError("--vocab-size", f"{config.vocab_size} is smaller than the {data.vocab_size} tokens of "
+                                         f"{data.path}'s tokenizer")
+    dims = model_dims(config.model, config.vocab_size or (data.vocab_size if data else GPT2_VOCAB))
     if config.seq_len > dims.n_positions:
         raise UsageError("--seq-len", f"{config.seq_len} exceeds the {dims.n_positions} positions of {config.model}")
     layout = Layout.check(config.mode, config.tp_size, world_size, ranks_per_node, config.model, dims.n_head,

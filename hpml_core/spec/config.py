@@ -58,6 +58,9 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(8, ge=1, description="samples per data-parallel rank per micro-step")
     grad_accum: int = Field(1, ge=1, description="micro-steps accumulated per optimizer step")
     seq_len: int = Field(1024, ge=2)
+    vocab_size: int | None = Field(
+        None, ge=1, description="the model's vocabulary before padding (default: the prepared data's); larger than "
+                                "the data's gives GPT-2's 50257 over data tokenized with a smaller vocabulary")
     steps: int | None = Field(None, ge=1, description="optimizer steps, warm-up included")
     warmup_steps: int = Field(5, ge=0, description="first steps of this process, not timed")
     max_samples: int | None = Field(None, ge=1)
@@ -134,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="samples per data-parallel rank per micro-step")
     p.add_argument("--grad-accum", type=int, help="micro-steps accumulated per optimizer step; global batch = batch x DP x this (1)")
     p.add_argument("--seq-len", type=int)
+    p.add_argument("--vocab-size", type=int, help="the model's vocabulary, at least the data's (default: the data's)")
     p.add_argument("--steps", type=int, help="optimizer steps including warm-up (default: as many as --max-samples allows, else one epoch)")
     p.add_argument("--warmup-steps", type=int, help="first steps of this process that are run but not timed")
     p.add_argument("--max-samples", type=int, help="cap on the samples seen, over all ranks")

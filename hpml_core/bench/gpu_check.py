@@ -1,0 +1,337 @@
+"""``make gpu-check``: every GPU path checked and the study measured on one GPU, in one command
+that fits a short lease of a GPU machine, writing everything into one folder:
+
+1. ``environment``: the device, driver and versions;
+2. ``data``: WikiText-2 from ``--shared`` tokenized for the benchmarks;
+3. ``tests``: the tests marked ``gpu`` (``tests/test_gpu.py``), each one's outcome;
+4. ``bench``: ``make bench``, the original study's loop against the engine's variants;
+5. ``profile``: where the engine's step time goes (``hpml_core.bench.step_profile``);
+6. ``memory``: ``make bench-memory``, the four layouts' per-rank training peak (four ranks
+   sharing the GPU) beside the memory model's prediction and the original study's figures.
+
+Each section runs in its own process with its own time limit, and the summary
+(``gpu-check.json`` and ``gpu-check.md``) is rewritten after each, so a section that fails or
+runs out of time costs only itself, and what ran before it is kept. A section that the
+``--budget-s`` leaves no time for is recorded as not run, never guessed.
+
+Without a GPU it runs in a reduced form (the tiny model on short sequences; the gpu tests are
+collected and skipped), which ``tests/test_gpu_check.py`` runs in ``make test``.
+
+    python -m hpml_core.bench.gpu_check --out results/gpu-check            # on a GPU
+    python -m hpml_core.bench.gpu_check --reduced --out /tmp/gpu-check     # anywhere
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from hpml_core.bench.__main__ import nvidia_driver
+from hpml_core.spec.atomic import atomic_write, atomic_write_json
+
+REPO = Path(__file__).resolve().parents[2]
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The sizes one form of the check runs at."""
+
+    model: str
+    seq_len: int
+    steps: int
+    warmup_steps: int
+    vocab_size: int  # the tokenizer trained on WikiText-2 (it stops short of GPT-2's 50257 there)
+    model_vocab_size: int  # the model's: GPT-2's, so the LM head and the loss are the study's
+    original_batch: int
+    original_precision: str
+    engine_variants: tuple[str, ...]
+    profile_args: str
+    memory_batch: int
+    memory_args: str
+
+
+FULL = Scale(
+    model="gpt2-large", seq_len=1024, steps=20, warmup_steps=8, vocab_size=50257, model_vocab_size=50257,
+    original_batch=8, original_precision="fp16",
+    engine_variants=("--precision bf16 --batch-size 8",
+                     "--precision bf16 --compile --batch-size 16",
+                     "--precision bf16 --compile --batch-size 32"),
+    profile_args="--precision bf16 --compile --batch-size 32",
+    memory_batch=8, memory_args="--precision bf16 --grad-ckpt",
+)
+REDUCED = Scale(
+    model="tiny", seq_len=64, steps=6, warmup_steps=2, vocab_size=512, model_vocab_size=512,
+    original_batch=4, original_precision="fp32",
+    engine_variants=("--precision fp32 --batch-size 4",),
+    profile_args="--precision fp32 --batch-size 4",
+    memory_batch=4, memory_args="--precision fp32 --zero-persistence-threshold 0",
+)
+# In the order they run: the benchmark's figures first, as the ones a short lease must not lose.
+SECTIONS = ("environment", "data", "bench", "profile", "tests", "memory")
+# Each section's own limit in seconds (full form); the reduced form's are the same.
+TIME_LIMITS = {"data": 60, "tests": 240, "bench": 300, "profile": 150, "memory": 300}
+MIN_SECONDS = 20  # a section is not started with less time left than this
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m hpml_core.bench.gpu_check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("results/gpu-check"))
+    parser.add_argument("--shared", type=Path, default=Path(os.environ.get("HPML_SHARED", REPO.parent / "shared")),
+                        help="the folder holding data/wikitext-2/{valid,test}.txt (default ../shared)")
+    parser.add_argument("--reduced", action="store_true", default=not torch.cuda.is_available(),
+                        help="the tiny model on short sequences (the default without a GPU)")
+    parser.add_argument("--only", type=lambda text: text.split(","), default=list(SECTIONS),
+                        help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all)")
+    parser.add_argument("--budget-s", type=float, default=540, help="the whole check's time limit (default 540)")
+    parser.add_argument("--engine-args", action="append",
+                        help="an engine variant for the bench section, instead of the form's (repeatable)")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.only) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--only: unknown section {', '.join(unknown)} (allowed: {', '.join(SECTIONS)})")
+    return args
+
+
+class Check:
+    """The check's folder and its summary, rewritten after every section."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args, self.scale = args, REDUCED if args.reduced else FULL
+        self.out: Path = args.out
+        self.started = time.monotonic()
+        self.summary: dict = {"date": datetime.now(timezone.utc).isoformat(), "form": "reduced" if args.reduced
+                              else "full", "budget_s": args.budget_s, "scale": self.scale.__dict__, "sections": []}
+
+    @property
+    def data(self) -> Path:
+        return self.out / "data"
+
+    def left_s(self) -> float:
+        return self.args.budget_s - (time.monotonic() - self.started)
+
+    def record(self, section: dict) -> None:
+        self.summary["sections"].append(section)
+        self.summary["elapsed_s"] = time.monotonic() - self.started
+        atomic_write_json(self.out / "gpu-check.json", self.summary)
+        text = markdown(self.summary)
+        atomic_write(self.out / "gpu-check.md", lambda f: f.write(text.encode()))
+
+    def run(self, name: str, command: list[str], results=None, env: dict | None = None) -> None:
+        """Run one section's command with its limit; ``results`` reads what it wrote."""
+        limit = min(TIME_LIMITS[name], self.left_s())
+        section = {"name": name, "command": shlex.join(command)}
+        if limit < MIN_SECONDS:
+            self.record({**section, "status": "not run", "why": f"the check's {self.args.budget_s:.0f} s budget "
+                                                                f"left {max(limit, 0):.0f} s"})
+            return
+        log = self.out / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[gpu-check] {name} (limit {limit:.0f} s): {shlex.join(command)}", flush=True)
+        started = time.monotonic()
+        with log.open("wb") as sink:
+            process = subprocess.Popen(command, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT,
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                                       start_new_session=True)
+            try:
+                code = process.wait(timeout=limit)
+                status = "passed" if code == 0 else f"failed (exit status {code})"
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)  # the section's whole process group: torchrun's ranks too
+                process.wait()
+                status = f"timed out after {limit:.0f} s"
+        section.update(status=status, seconds=round(time.monotonic() - started, 1), log=str(log.relative_to(self.out)))
+        if results is not None:
+            try:
+                section["results"] = results()
+            except (OSError, ValueError, KeyError) as exc:  # a section cut short wrote nothing to read
+                section["results_missing"] = f"{type(exc).__name__}: {exc}"
+        if status != "passed":
+            section["log_tail"] = log.read_text(errors="replace")[-3000:]
+        print(f"[gpu-check] {name}: {status} in {section['seconds']} s", flush=True)
+        self.record(section)
+
+
+def environment() -> dict:
+    cuda = torch.cuda.is_available()
+    props = torch.cuda.get_device_properties(0) if cuda else None
+
+    def version(package: str) -> str | None:
+        from importlib.metadata import PackageNotFoundError, version as installed
+
+        try:
+            return installed(package)
+        except PackageNotFoundError:
+            return None
+
+    return {
+        "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
+        "gpus": torch.cuda.device_count(),
+        "gpu_memory_gib": props.total_memory / GIB if props else None,
+        "multiprocessors": props.multi_processor_count if props else None,
+        "driver": nvidia_driver(),
+        "python": platform.python_version(),
+        "torch": torch.__version__, "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        **{name: version(name) for name in ("deepspeed", "transformers", "pydantic", "triton")},
+    }
+
+
+def test_outcomes(junit: Path) -> list[dict]:
+    """Each test's outcome from pytest's JUnit XML, with the first line of why where it did not pass."""
+    outcomes = []
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        outcome, why = "passed", None
+        for tag in ("failure", "error", "skipped"):
+            element = case.find(tag)
+            if element is not None:
+                outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
+                why = (element.get("message") or element.text or "").strip().splitlines()[0][:300]
+                break
+        outcomes.append({"test": case.get("name"), "outcome": outcome, "why": why,
+                         "seconds": float(case.get("time", 0))})
+    return outcomes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    check, scale = Check(args), (REDUCED if args.reduced else FULL)
+    python, data = sys.executable, check.data
+    check.out.mkdir(parents=True, exist_ok=True)
+    if "environment" in args.only:
+        check.record({"name": "environment", "status": "passed", "results": environment()})
+    if "data" in args.only:
+        texts = [args.shared / "data" / "wikitext-2" / name for name in ("valid.txt", "test.txt")]
+        check.run("data", [python, "-m", "hpml_core.data", "prepare", "--files",
+                           *[str(t) for t in (texts[:1] if args.reduced else texts)], "--tokenizer", "train",
+                           "--vocab-size", str(scale.vocab_size), "--out", str(data)],
+                  results=lambda: json.loads((data / "meta.json").read_text()))
+    common = ["--model", scale.model, "--seq-len", str(scale.seq_len), "--data", str(data)]
+    if "bench" in args.only:
+        variants = [arg for variant in args.engine_args or scale.engine_variants for arg in ("--engine-args", variant)]
+        check.run("bench", [python, "-m", "hpml_core.bench", *common, "--steps", str(scale.steps), "--warmup-steps",
+                            str(scale.warmup_steps), "--vocab-size", str(scale.model_vocab_size),
+                            "--original-batch", str(scale.original_batch), "--original-precision",
+                            scale.original_precision, *variants, "--out", str(check.out / "bench")],
+                  results=lambda: json.loads((check.out / "bench" / "bench.json").read_text()))
+    if "profile" in args.only:
+        check.run("profile", [python, "-m", "hpml_core.bench.step_profile", "--out", str(check.out / "profile"),
+                              "--warmup-steps", str(scale.warmup_steps), "--", *common, "--vocab-size",
+                              str(scale.model_vocab_size), *shlex.split(scale.profile_args)],
+                  results=lambda: json.loads((check.out / "profile" / "profile.json").read_text()))
+    if "tests" in args.only:
+        junit = check.out / "tests.xml"
+        # pytest-xdist, where installed (the GPU machines' image has it), runs the tiny runs side by side.
+        parallel = ["-n", "4"] if importlib.util.find_spec("xdist") else []
+        check.run("tests", [python, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *parallel,
+                            str(REPO / "tests" / "test_gpu.py"), f"--junitxml={junit}"],
+                  results=lambda: test_outcomes(junit), env={"HPML_SHARED": str(args.shared.resolve())})
+    if "memory" in args.only:
+        check.run("memory", [python, "-m", "hpml_core.bench.memory", *common, "--steps", "4", "--warmup-steps", "1",
+                             "--batch-size", str(scale.memory_batch),
+                             "--engine-args", f"--vocab-size {scale.model_vocab_size} {scale.memory_args}",
+                             "--out", str(check.out / "memory")],
+                  results=lambda: json.loads((check.out / "memory" / "memory.json").read_text()))
+    failed = [s["name"] for s in check.summary["sections"] if s["status"] != "passed"]
+    print(f"[gpu-check] {'all sections passed' if not failed else 'not passed: ' + ', '.join(failed)}; "
+          f"{check.out / 'gpu-check.md'}", flush=True)
+    return 1 if failed else 0
+
+
+# --- the Markdown summary -------------------------------------------------------------------
+
+def _gib(value: int | None) -> str:
+    return f"{value / GIB:.3g}" if value is not None else "n/a"
+
+
+def _bench_lines(bench: dict) -> list[str]:
+    lines = [f"On {bench['device']} (driver {bench['driver']}); tokens/s from the median step time after warm-up; "
+             "MFU by the PaLM formula against the dense peak of hpml_core/spec/gpus.py.", "",
+             "| variant | batch | precision | tokens/s | TFLOP/s | MFU | peak memory (GiB) | × original |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for result in (bench["original"], *bench["engines"]):
+        if result.get("status", "completed") != "completed":
+            lines.append(f"| {result['variant']} | {result['batch_size']} | | {result['status']}: "
+                         f"{result['error'][:120]} | | | | |")
+            continue
+        mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a"
+        ratio = result.get("tokens_per_s_ratio_over_original", 1.0)
+        lines.append(f"| {result['variant']} | {result['settings']['batch_size']} | {result['settings']['precision']} "
+                     f"| {result['tokens_per_s']:,.0f} | {result['achieved_tflops_per_s']:.3g} | {mfu} "
+                     f"| {_gib(result['peak_memory_bytes'])} ({result['memory_metric']}) | {ratio:.2f} |")
+    return lines
+
+
+def _profile_lines(profile: dict) -> list[str]:
+    idle = profile["idle_share_of_wall"]
+    lines = [f"{profile['measured']}; per step: wall {profile['wall_s_per_step'] * 1e3:.1f} ms, busy "
+             f"{profile['busy_s_per_step'] * 1e3:.1f} ms" + (f", device idle at least {idle:.0%}" if idle is not None
+                                                          else ""), "", "| kind of work | ms/step | share |",
+             "| --- | ---: | ---: |"]
+    lines += [f"| {kind} | {s * 1e3:.2f} | {s / profile['busy_s_per_step']:.1%} |"
+              for kind, s in profile["by_kind_s_per_step"].items()]
+    return lines
+
+
+def _memory_lines(memory: dict) -> list[str]:
+    lines = [f"{memory['model']}, batch {memory['batch_size']}, sequence {memory['seq_len']}; the worst rank of "
+             "each layout.", "", "| layout | ranks | training peak (GiB) | predicted (GiB) | model state (GiB) "
+             "| predicted (GiB) | original study (GB) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in memory["layouts"]:
+        worst = max(range(row["ranks"]), key=lambda rank: row["peak_bytes_per_rank"][rank])
+        reported = row["original_study_gb"]
+        lines.append(f"| {row['layout']} | {row['ranks']} | {_gib(row['peak_bytes_per_rank'][worst])} "
+                     f"({row['memory_metric']}) | {_gib(row['predicted_peak_bytes_per_rank'][worst])} "
+                     f"| {_gib(row['model_state_bytes_per_rank'][worst])} "
+                     f"| {_gib(row['predicted_model_state_bytes_per_rank'][worst])} "
+                     f"| {reported if reported is not None else '-'} |")
+    return lines
+
+
+def markdown(summary: dict) -> str:
+    lines = [f"# gpu-check ({summary['form']} form), {summary['date']}", "",
+             "| section | status | seconds |", "| --- | --- | ---: |"]
+    lines += [f"| {s['name']} | {s['status']}{': ' + s['why'] if 'why' in s else ''} | {s.get('seconds', '')} |"
+              for s in summary["sections"]]
+    for section in summary["sections"]:
+        results = section.get("results")
+        lines += ["", f"## {section['name']}", ""]
+        if "command" in section:
+            lines += [f"`{section['command']}`", ""]
+        if section["name"] == "environment":
+            lines += [f"- {key}: {value}" for key, value in results.items()]
+        elif section["name"] == "tests" and results:
+            counts: dict[str, int] = {}
+            for test in results:
+                counts[test["outcome"]] = counts.get(test["outcome"], 0) + 1
+            lines += [", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())), "",
+                      "| test | outcome | seconds | why |", "| --- | --- | ---: | --- |"]
+            lines += [f"| {t['test']} | {t['outcome']} | {t['seconds']:.1f} | {t['why'] or ''} |" for t in results]
+        elif section["name"] == "bench" and results:
+            lines += _bench_lines(results)
+        elif section["name"] == "profile" and results:
+            lines += _profile_lines(results)
+        elif section["name"] == "memory" and results:
+            lines += _memory_lines(results)
+        if "results_missing" in section:
+            lines += [f"No results: {section['results_missing']}"]
+        if "log_tail" in section:
+            lines += ["", "```", section["log_tail"][-1500:], "```"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""What only happens on a GPU: CUDA-event timing, the peak table looked up by the device's name
+and so MFU, ``max_memory_allocated``, bf16 and fp16 autocast on CUDA, ``torch.compile``, fused
+AdamW, pinned batches, SDPA's flash kernel, NCCL, DeepSpeed ZeRO-3 on CUDA, and every layout
+training what one process trains, on the GPU.
+
+Marked ``gpu`` and deselected by ``make test`` (pyproject's addopts); ``make gpu-check`` runs
+them (``pytest -m gpu``). Ranks that must share the one GPU talk over gloo, as
+``make bench-memory`` does, since NCCL refuses two ranks on one device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.conftest import engine, losses, rank_files
+from tests.layouts import COMMON, LAYOUTS, OPTIMIZERS
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+# SGD in fp32, as tests/test_parallel_equivalence.py, whose docstring justifies 1e-5 on the
+# CPU. On the GPU, cuBLAS picks its kernel by the matrices' shapes, so a layout that splits the
+# batch or the weights also changes the order of each dot product's sums; 1e-4 allows that and
+# is still far below a wrong gradient (the broken-TP test differs by more than 1e-2).
+GPU_SGD_TOLERANCE = 1e-4
+GPU_LAYOUTS = ("ddp-4", "zero3-4", "tp-2", "dp2xtp2-allreduce", "dp2xtp2-zero3")
+
+
+def short_run(tmp_path, token_data, *flags: str, nproc: int = 1) -> dict:
+    out = tmp_path / "run"
+    engine(["--test", "--steps", "8", "--warmup-steps", "3", "--data", str(token_data), "--out", str(out), *flags],
+           nproc=nproc)
+    record = rank_files(out)[0]
+    assert record["status"] == "completed", record.get("error")
+    assert all(math.isfinite(value) for value in record["loss"]["values"])
+    return record
+
+
+def assert_measured_on_the_gpu(record: dict) -> None:
+    assert record["device_name"] == torch.cuda.get_device_name(0)
+    assert "CUDA events" in record["throughput"]["timing"]
+    assert record["memory"]["training"]["cuda_max_allocated_bytes"] > 0
+    flops = record["flops"]
+    if flops["peak_tflops_per_s"] is None:  # a GPU missing from hpml_core/spec/gpus.py: said, not guessed
+        assert flops["mfu"] is None and flops["mfu_missing_reason"]
+    else:
+        assert 0 < flops["mfu"] < 1
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_one_gpu_trains_compiled_in_mixed_precision(tmp_path, token_data, precision):
+    record = short_run(tmp_path, token_data, "--precision", precision, "--compile")
+    assert_measured_on_the_gpu(record)
+    assert record["config"]["compile"] and record["precision"]["matmul_dtype"] == precision
+    assert record["precision"]["compute"] == "autocast"
+
+
+@pytest.mark.parametrize("mode", ["ddp", "zero3"])
+def test_nccl_and_deepspeed_on_cuda(tmp_path, token_data, mode):
+    """One rank over NCCL: the collectives' backend and DeepSpeed's CUDA path, in bf16."""
+    record = short_run(tmp_path, token_data, "--mode", mode, "--precision", "bf16", nproc=1)
+    assert_measured_on_the_gpu(record)
+
+
+def test_zero3_compiled_on_cuda(tmp_path, token_data):
+    record = short_run(tmp_path, token_data, "--mode", "zero3", "--precision", "bf16", "--compile", nproc=1)
+    assert_measured_on_the_gpu(record)
+
+
+def test_fused_adamw_and_pinned_batches(token_data):
+    from hpml_core.batches import TokenBatches, TokenData
+    from hpml_core.model import GPT, model_dims
+    from hpml_core.spec.config import TrainConfig
+    from hpml_core.spec.layout import Layout
+    from hpml_core.stepper import build_optimizer
+
+    device = torch.device("cuda", 0)
+    model = GPT(model_dims("tiny", 512)).to(device)
+    optimizer = build_optimizer(model, TrainConfig(data=token_data), device)
+    assert optimizer.defaults["fused"] is True
+    batches = TokenBatches(TokenData.open(token_data), 64, 4, Layout(1, 1), dp_rank=0, seed=0)
+    (x, y), = batches.micro_batches(0, device)
+    assert x.device == y.device == device and x.shape == y.shape == (4, 64)
+
+
+def test_sdpa_runs_the_flash_kernel_and_matches_eager_attention():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from hpml_core.model import CausalSelfAttention, model_dims
+
+    torch.manual_seed(0)
+    dims = model_dims("gpt2-large", 50257)
+    flash = CausalSelfAttention(dims, "sdpa").cuda().to(torch.bfloat16)
+    eager = CausalSelfAttention(dims, "eager").cuda().to(torch.bfloat16)
+    eager.load_state_dict(flash.state_dict())
+    x = torch.randn(2, 1024, dims.n_embd, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # raises if the flash kernel cannot take these shapes
+        y = flash(x)
+        y.float().square().mean().backward()
+    reference = eager(x.detach())
+    error = ((y.float() - reference.float()).norm() / reference.float().norm()).item()
+    assert error < 1e-2, f"flash vs eager attention in bf16: relative error {error:.2e}"
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.fixture(scope="module")
+def one_process_on_the_gpu(tmp_path_factory, token_data):
+    """The single-process run every layout is compared with, trained once."""
+    reference = tmp_path_factory.mktemp("gpu") / "single"
+    engine([*COMMON, *OPTIMIZERS["sgd"][0], "--data", str(token_data), "--batch-size", "4", "--out", str(reference)])
+    return reference
+
+
+@pytest.mark.parametrize("layout", GPU_LAYOUTS)
+def test_layout_trains_like_one_process_on_the_gpu(tmp_path, token_data, one_process_on_the_gpu, layout):
+    common = [*COMMON, *OPTIMIZERS["sgd"][0], "--data", str(token_data)]
+    reference = one_process_on_the_gpu
+    nproc, mode, tp, batch, accum = LAYOUTS[layout]
+    out = tmp_path / layout
+    engine([*common, "--mode", mode, "--tp-size", str(tp), "--batch-size", str(batch), "--grad-accum", str(accum),
+            "--dist-backend", "gloo", "--out", str(out)], nproc=nproc)
+    assert all(r["device_name"] == torch.cuda.get_device_name(0) for r in rank_files(out).values())
+    assert losses(out) == pytest.approx(losses(reference), rel=1e-4)
+    ours, ref = torch.load(out / "model.pt"), torch.load(reference / "model.pt")
+    worst = max(((name, ((ours[name] - ref[name]).norm() / ref[name].norm()).item()) for name in ref),
+                key=lambda item: item[1])
+    assert worst[1] <= GPU_SGD_TOLERANCE, f"{worst[0]} differs by {worst[1]:.2e} (allowed {GPU_SGD_TOLERANCE:.0e})"
