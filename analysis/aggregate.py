@@ -32,6 +32,11 @@ an earlier one, and says so in ``throughput_note``):
   ``max_memory_allocated``), maximum over the ranks, against the measured training peak; on a
   CPU it is n/a (the prediction is for a GPU's allocator; a CPU's resident set is mostly the
   interpreter), as for files without a prediction or a training peak (``prediction_note`` says why).
+- predicted against measured tokens/s: the step-time model (``hpml_core.spec.step_time``) for
+  the measured attempt's configuration, layout, nodes (distinct Slurm nodes, else hostnames) and
+  device (its peak from ``hpml_core.spec.gpus`` by name; a CPU takes the site's
+  ``device_tflops``), at the speed the report's site profile states; error % as above. The
+  prediction is made when the report is, from the site profile as it is then.
 - device hours (GPU-hours; process-hours on a CPU): over every attempt that left a rank file,
   failed and out-of-memory ones included, its slowest rank's wall time (``wall_time_s``, from the
   engine's start of setup to the rank file; the job's start-up and the imports are not in it) × its
@@ -76,9 +81,13 @@ from collections.abc import Callable
 import pandas as pd
 
 from analysis.collect import Attempt, RunResult
+from hpml_core.spec import gpus
+from hpml_core.spec.layout import Layout
+from hpml_core.spec.models import model_dims
 from hpml_core.spec.precision import regime
 from hpml_core.spec.rank_file import RankFile
 from hpml_core.spec.run_states import COMPLETED
+from hpml_core.spec.step_time import Performance, predict_step
 
 GIB = 1024**3
 MIB = 1024**2
@@ -91,7 +100,8 @@ MODEL_STATE_PARTS = ("params", "grads", "optimizer")
 SPREAD = ("tokens_per_s", "samples_per_s", "tokens_per_s_per_gpu", "mfu", "peak_memory_per_gpu_max_gib",
           "setup_memory_per_gpu_max_gib", "model_state_per_gpu_mib",
           *(f"model_state_{part}_mib" for part in MODEL_STATE_PARTS), "final_loss", "predicted_model_state_mib",
-          "model_state_error_pct", "predicted_peak_gib", "peak_error_pct")
+          "model_state_error_pct", "predicted_peak_gib", "peak_error_pct", "predicted_tokens_per_s",
+          "tokens_per_s_error_pct")
 DESCRIBED = ("mode", "nodes", "world_size", "dp_size", "tp_size", "model", "seq_len", "batch_per_gpu", "grad_accum",
              "global_batch", "precision", "regime", "regime_key", "optimizer", "grad_ckpt", "attn", "compile", "device")
 COUNTS = {"nodes", "world_size", "dp_size", "tp_size", "seq_len", "batch_per_gpu", "grad_accum", "global_batch"}
@@ -205,6 +215,21 @@ def _peak_prediction_columns(files: list[RankFile]) -> dict:
             "prediction_note": None}
 
 
+def _speed_prediction_columns(files: list[RankFile], tokens_per_s: float, performance: Performance | None) -> dict:
+    """The step-time model's tokens/s for the attempt the figures come from, against them."""
+    if performance is None:
+        return {}
+    first = files[0]
+    nodes = len({(f.slurm.node if f.slurm and f.slurm.node else f.hostname) for f in files})
+    step = predict_step(first.config, model_dims(first.config.model, first.model.vocab_size),
+                        Layout(first.world_size, first.tp_size), first.world_size // nodes,
+                        gpus.by_device_name(first.device_name), performance)
+    if step.tokens_per_s is None:
+        return {"speed_prediction_note": step.missing_reason}
+    return {"predicted_tokens_per_s": step.tokens_per_s,
+            "tokens_per_s_error_pct": 100 * (step.tokens_per_s - tokens_per_s) / tokens_per_s}
+
+
 def _device_hours(result: RunResult) -> dict:
     """Every attempt that left a rank file: its slowest rank's wall time × its world size, in
     hours (GPU-hours; process-hours on a CPU)."""
@@ -217,7 +242,7 @@ def _device_hours(result: RunResult) -> dict:
             "device_hours_unit": "GPU-hours" if device == "cuda" else "process-hours"}
 
 
-def run_row(result: RunResult) -> dict:
+def run_row(result: RunResult, performance: Performance | None = None) -> dict:
     row: dict = {"run": result.name, "configuration": result.configuration, "status": result.status,
                  "reason": result.reason, **_attempts_columns(result), **_device_hours(result)}
     if not result.ranks:
@@ -247,14 +272,16 @@ def run_row(result: RunResult) -> dict:
         achieved_tflops_per_gpu=achieved, peak_tflops_per_gpu=peak, peak_source=first.flops.peak_source,
         mfu=achieved / peak if peak else None, mfu_missing_reason=None if peak else first.flops.mfu_missing_reason,
         timing=first.throughput.timing, **_memory_columns(files), **_peak_prediction_columns(files),
+        **_speed_prediction_columns(files, tokens_per_s, performance),
     )
     if "model_state_per_gpu_mib" in row and "predicted_model_state_mib" not in row:
         row["prediction_note"] = NO_PREDICTION
     return row
 
 
-def runs_table(results: list[RunResult]) -> pd.DataFrame:
-    return pd.DataFrame([run_row(result) for result in results])
+def runs_table(results: list[RunResult], performance: Performance | None = None) -> pd.DataFrame:
+    """One row per run; ``performance``: the site's stated speed, for predicted tokens/s."""
+    return pd.DataFrame([run_row(result, performance) for result in results])
 
 
 def loss_table(results: list[RunResult]) -> pd.DataFrame:
@@ -323,7 +350,8 @@ def _configuration_row(name: str, device: str, group: pd.DataFrame) -> dict:
     units = group["device_hours_unit"].dropna() if "device_hours_unit" in group else pd.Series(dtype=object)
     row["device_hours_total"] = hours.sum() if len(hours) else None
     row["device_hours_unit"] = units.iloc[0] if len(units) else None
-    for column in ("memory_metric", "peak_source", "peak_tflops_per_gpu", "timing", "prediction_note"):
+    for column in ("memory_metric", "peak_source", "peak_tflops_per_gpu", "timing", "prediction_note",
+                   "speed_prediction_note"):
         present = done[column].dropna() if column in done else pd.Series(dtype=object)
         row[column] = present.iloc[0] if len(present) else None
     if _present(row["peak_error_pct_median"]):

@@ -206,9 +206,10 @@ def _against(ax, configs: pd.DataFrame, predicted: str, measured: str, unit: str
 
 
 def predicted_vs_measured(configs: pd.DataFrame, folder: Path) -> list[Path]:
-    """The memory model against the measurement, per configuration (medians over the repeats):
-    model state per GPU on any device; the training peak (max_memory_allocated) on GPUs only."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    """The predictions against the measurements, per configuration (medians over the repeats):
+    the memory model's model state per GPU on any device and training peak (max_memory_allocated)
+    on GPUs only; the step-time model's tokens/s."""
+    fig, (left, right, speed) = plt.subplots(1, 3, figsize=(18, 4.8))
     _against(left, configs, "predicted_model_state_mib", "model_state_per_gpu_mib", "MiB per GPU",
              "no prediction beside a measured model state")
     left.set_title("Model state per GPU")
@@ -216,6 +217,9 @@ def predicted_vs_measured(configs: pd.DataFrame, folder: Path) -> list[Path]:
     _against(right, configs, "predicted_peak_gib", "peak_memory_per_gpu_max_gib", "GiB per GPU",
              "training peak not compared:\n" + "\n".join(notes or ["no completed GPU run with a prediction"]))
     right.set_title("Training peak per GPU (max_memory_allocated, GPUs only)")
+    _against(speed, configs, "predicted_tokens_per_s", "tokens_per_s", "tokens/s",
+             "no predicted tokens/s beside a measured one")
+    speed.set_title("Tokens/s (step-time model at the site's stated speed)")
     return _save(fig, folder, "predicted_vs_measured")
 
 

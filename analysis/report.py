@@ -27,18 +27,20 @@ from rich.text import Text
 from analysis import aggregate, figures, html, tables
 from analysis.collect import collect
 from hpml_core.spec.errors import EXIT_USAGE, UsageError
+from hpml_core.spec.step_time import Performance
 from jobs import experiment, site
 
 OUTPUTS = ("summary.csv", "runs.csv", "loss.csv", "step_times.csv", "summary.md", "summary.tex", "report.html")
 
 
-def write_report(exp: experiment.Experiment, folder: Path) -> tuple[list[Path], Table]:
-    """Write ``folder/report/`` for the experiment whose results are in ``folder``."""
+def write_report(exp: experiment.Experiment, folder: Path, performance: Performance | None = None) -> tuple[list[Path], Table]:
+    """Write ``folder/report/`` for the experiment whose results are in ``folder``;
+    ``performance``: the site's stated speed, for the predicted tokens/s."""
     repeated = any(run.repeat > 0 for run in exp.runs)
     results, problems, state_note = collect(folder, exp.world_sizes, repeated)
-    runs = aggregate.runs_table(results)
+    runs = aggregate.runs_table(results, performance)
     configs = aggregate.configurations_table(runs)
-    notes = tables.notes(configs, problems, state_note)
+    notes = tables.notes(configs, problems, state_note, performance.describe() if performance else None)
     title = f"{exp.name}: {exp.description or exp.dataset}"
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=folder))
@@ -84,9 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         profile = site.load(args.site)
         if args.experiments:
-            chosen = [experiment.load(experiment.experiment_path(name)) for name in args.experiments]
+            chosen = [experiment.load(experiment.experiment_path(name), gpu=profile.gpu_memory())
+                      for name in args.experiments]
         else:
-            known = [experiment.load(path) for path in sorted(experiment.EXPERIMENTS.glob("*.yaml"))]
+            known = [experiment.load(path, gpu=profile.gpu_memory())
+                     for path in sorted(experiment.EXPERIMENTS.glob("*.yaml"))]
             chosen = [exp for exp in known if profile.experiment_folder(exp.name).is_dir()]
             if not chosen:
                 raise UsageError("EXPERIMENT", f"no experiment has results under {profile.experiment_folder('')} "
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     for exp in chosen:
         try:
-            paths, table = write_report(exp, profile.experiment_folder(exp.name))
+            paths, table = write_report(exp, profile.experiment_folder(exp.name), profile.performance())
         except UsageError as exc:  # an unreadable ledger
             print(f"hpml report: error: {exc}", file=sys.stderr)
             return EXIT_USAGE

@@ -17,7 +17,7 @@ from analysis.aggregate import BEYOND, NO_PREDICTION, NO_SPREAD, WITHIN
 from analysis.collect import Problem
 
 HEADERS = ("Configuration", "Description", "Memory (GiB/GPU)", "Model state (MiB/GPU)",
-           "Predicted − measured (state; peak)", "MFU", "Tokens/s",
+           "Predicted − measured (state; peak; tokens/s)", "MFU", "Tokens/s",
            "Weak scaling eff.", "Strong scaling eff.", "Status")
 # Which comparison each noise column marks, in the notes' words.
 COMPARISONS = {"speedup": ("speedup", ""), "scaling_efficiency": ("weak scaling efficiency", ""),
@@ -67,11 +67,12 @@ def _signed_percent(value) -> str:
 
 
 def _prediction_cell(row) -> str:
-    """The memory model's error, in percent of the measurement: model state; training peak (GPUs)."""
-    state, peak = row.get("model_state_error_pct_median"), row.get("peak_error_pct_median")
-    if _missing(state) and _missing(peak):
+    """The predictions' errors, in percent of the measurement: the memory model's on the model
+    state and (GPUs) the training peak; the step-time model's on tokens/s."""
+    errors = [row.get(f"{figure}_error_pct_median") for figure in ("model_state", "peak", "tokens_per_s")]
+    if all(_missing(error) for error in errors):
         return "n/a"
-    return f"{_signed_percent(state)}; {_signed_percent(peak)}"
+    return "; ".join(_signed_percent(error) for error in errors)
 
 
 def _efficiency_cell(row, suffix: str) -> str:
@@ -131,6 +132,18 @@ def _prediction_notes(configs: pd.DataFrame) -> list[str]:
     for note, group in configs.dropna(subset=["prediction_note"]).groupby("prediction_note", sort=False):
         what = "Prediction" if note == NO_PREDICTION else "Predicted peak"
         lines.append(f"{what} n/a for {', '.join(group['label'])}: {note}.")
+    return lines
+
+
+def _speed_prediction_notes(configs: pd.DataFrame, speed_assumed: str | None) -> list[str]:
+    """What the predicted tokens/s assumed, and where there is none."""
+    if speed_assumed is None:
+        return []
+    lines = [f"Predicted tokens/s: the step-time model (hpml_core/spec/step_time.py: model FLOPs at a stated rate, "
+             f"plus the bytes each layout sends over stated bandwidths, not overlapped), at {speed_assumed}."]
+    if "speed_prediction_note" in configs:
+        for note, group in configs.dropna(subset=["speed_prediction_note"]).groupby("speed_prediction_note", sort=False):
+            lines.append(f"Predicted tokens/s n/a for {', '.join(group['label'])}: {note}.")
     return lines
 
 
@@ -197,9 +210,11 @@ def _noise_notes(configs: pd.DataFrame) -> list[str]:
     return [f"Within noise (the two ranges overlap): {'; '.join(within)}. Others: {counts}."]
 
 
-def notes(configs: pd.DataFrame, problems: list[Problem], state_note: str | None = None) -> list[str]:
+def notes(configs: pd.DataFrame, problems: list[Problem], state_note: str | None = None,
+          speed_assumed: str | None = None) -> list[str]:
     """What the table's figures are, and why any is missing; ``state_note``: how the states
-    were decided, when not with Slurm's word (it did not answer)."""
+    were decided, when not with Slurm's word (it did not answer); ``speed_assumed``: the site's
+    stated speed the predicted tokens/s were made at."""
     lines = [f"States: {state_note}."] if state_note else []
     if not len(configs):
         return lines + [f"Unreadable: {problem.path}: {problem.reason}" for problem in problems]
@@ -208,6 +223,7 @@ def notes(configs: pd.DataFrame, problems: list[Problem], state_note: str | None
     lines.append("Model state: parameter + gradient + optimizer bytes held by the rank holding the most, measured from "
                  "its tensors; (−x%): its reduction 1 − S_N / S_1 against the weak-scaling baseline.")
     lines += _prediction_notes(configs)
+    lines += _speed_prediction_notes(configs, speed_assumed)
     lines += _hours_notes(configs)
     lines.append("MFU: model FLOP/s per GPU (PaLM: 6N + 12·L·H·Q·T per token) over the GPU's dense peak for the "
                  "precision. Tokens/s: each token once, over the slowest rank's median step time.")

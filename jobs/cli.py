@@ -1,5 +1,6 @@
-"""The study commands: ``hpml plan`` (expand and validate an experiment, show its runs and
-their predicted memory per GPU against the site's GPU),
+"""The study commands: ``hpml plan`` (expand and validate an experiment, show its runs, their
+predicted memory per GPU against the site's GPU, and their predicted step time, tokens/s and
+GPU-hours at the site's stated speed),
 ``hpml render`` (job scripts for a Slurm site), ``hpml submit`` (run what has not completed),
 ``hpml status`` (where each run stands) and ``hpml cancel`` (cancel its Slurm jobs).
 
@@ -21,6 +22,7 @@ from hpml_core.spec.errors import EXIT_USAGE, UsageError
 from hpml_core.spec.gpus import GIB, GpuMemory
 from hpml_core.spec.memory_model import Prediction, predict
 from hpml_core.spec.models import GPT2_VOCAB
+from hpml_core.spec.step_time import Performance, StepPrediction, predict_step
 from jobs import experiment, render, site
 
 
@@ -56,25 +58,67 @@ def judge_memory(exp: experiment.Experiment, gpu: GpuMemory) -> dict[str, RunMem
     return found
 
 
+@dataclass(frozen=True)
+class RunSpeed:
+    """One run's predicted step on the site's GPU, and the device-hours of its training steps."""
+
+    step: StepPrediction
+    gpu_hours: float | None  # None: no prediction, or the data's size (so the steps) unknown
+
+
+def judge_speed(exp: experiment.Experiment, profile: site.Site) -> dict[str, RunSpeed]:
+    performance, gpu, found = profile.performance(), profile.gpu(), {}
+    for run in exp.runs:
+        resolved = exp.resolved(run)
+        step = predict_step(resolved.config, resolved.dims, resolved.layout, run.gpus, gpu, performance)
+        found[run.name] = RunSpeed(step, step.gpu_hours(resolved.total_steps, run.world_size))
+    return found
+
+
+def _figure(value: float | None, form: str) -> str:
+    return "n/a" if value is None else format(value, form)
+
+
+def hours_unit(profile: site.Site) -> str:
+    """GPU-hours on a site with GPUs; process-hours where the ranks are CPU processes."""
+    return "GPU-hours" if profile.gpu() is not None or profile.gpu_type else "process-hours"
+
+
+def study_hours_line(exp: experiment.Experiment, speeds: dict[str, RunSpeed], performance: Performance,
+                     unit: str) -> str:
+    hours = [speeds[run.name].gpu_hours for run in exp.runs]
+    missing = sum(h is None for h in hours)
+    total = f"{sum(h for h in hours if h is not None):,.3g} {unit} predicted for the {len(hours) - missing} runs"
+    if missing:
+        total += f" ({missing} runs without a prediction: see --explain)"
+    return (f"study: {total}: training steps only (setup, compilation and queueing not counted); speed assumed: "
+            f"{performance.describe()}; step = compute + communication, not overlapped (hpml_core.spec.step_time)")
+
+
 def gib(n_bytes: int) -> str:
     return f"{n_bytes / GIB:.1f}"
 
 
-def plan_table(exp: experiment.Experiment, gpu: GpuMemory, memory: dict[str, RunMemory]) -> Table:
+def plan_table(exp: experiment.Experiment, gpu: GpuMemory, memory: dict[str, RunMemory],
+               speeds: dict[str, RunSpeed], unit: str) -> Table:
     table = Table(title=f"{exp.name}: {len(exp.runs)} runs on {exp.dataset}" + (f" ({exp.description})" if exp.description else ""))
     fits_column = f"fits {gpu.label}" if gpu.label else "fits GPU"
+    table.caption = f"predicted: GiB/GPU, max batch, step, tokens/s and {unit}"
     for column in ("run", "mode", "nodes x GPUs", "DP", "TP", "batch/GPU", "accum", "global batch", "steps",
-                   "GiB/GPU (pred.)", fits_column, "max batch"):
-        table.add_column(column, justify="left" if column in ("run", "mode") else "right")
+                   "GiB/GPU", fits_column, "max batch", "step (s)", "tokens/s", unit):
+        table.add_column(column, justify="left" if column in ("run", "mode") else "right", no_wrap=column == "run")
     for run in exp.runs:
         judged = memory[run.name]
         fits = "n/a" if judged.fits is None else "yes" if judged.fits else "NO"
         largest = ("n/a" if judged.fits is None else "none" if judged.largest_batch is None
                    else str(judged.largest_batch))
         table.add_row(run.name, run.mode, f"{run.nodes} x {run.gpus}", str(run.dp_size),
-                      str(run.tp_size), str(run.setting("batch_size")), str(run.setting("grad_accum")),
+                      str(run.tp_size), f"{run.setting('batch_size')}{' (max)' if run.batch_chosen else ''}",
+                      str(run.setting("grad_accum")),
                       str(run.global_batch), str(run.steps) if run.steps else "1 epoch",
-                      gib(judged.prediction.total_bytes), fits, largest)
+                      gib(judged.prediction.total_bytes), fits, largest,
+                      _figure(speeds[run.name].step.step_s, ".3g"), _figure(speeds[run.name].step.tokens_per_s, ",.0f"),
+                      _figure(speeds[run.name].gpu_hours, ".3g"))
     return table
 
 
@@ -86,16 +130,18 @@ def gpu_line(gpu: GpuMemory) -> str:
             "GPU is at most that; max batch: the largest batch per GPU that fits, other settings kept")
 
 
-def explain_lines(exp: experiment.Experiment, memory: dict[str, RunMemory]) -> list[str]:
-    """Each prediction's lines (name, GiB, formula), once for the runs that share it (repeats)."""
-    groups: dict[Prediction, list[str]] = {}
+def explain_lines(exp: experiment.Experiment, memory: dict[str, RunMemory], speeds: dict[str, RunSpeed]) -> list[str]:
+    """Each prediction's lines (name, GiB, formula) and its step time's arithmetic, once for the
+    runs that share them (repeats)."""
+    groups: dict[tuple[Prediction, StepPrediction], list[str]] = {}
     for run in exp.runs:
-        groups.setdefault(memory[run.name].prediction, []).append(run.name)
+        groups.setdefault((memory[run.name].prediction, speeds[run.name].step), []).append(run.name)
     lines = []
-    for prediction, names in groups.items():
+    for (prediction, step), names in groups.items():
         lines.append(f"{', '.join(names)}: {gib(prediction.total_bytes)} GiB per GPU (predicted)")
         width = max(len(line.name) for line in prediction.lines)
         lines += [f"  {line.name:<{width}} {gib(line.bytes):>6} GiB  {line.formula}" for line in prediction.lines]
+        lines.append(f"  step: {step.how}")
     return lines
 
 
@@ -148,14 +194,17 @@ def run_command(args: argparse.Namespace) -> int:
     profile = site.load(args.site)
     # Commands that start runs (or show what would) check them against the prepared data.
     checked = args.command in ("plan", "render", "submit")
-    exp = experiment.load(experiment.experiment_path(args.experiment), profile.data_folder() if checked else None)
+    exp = experiment.load(experiment.experiment_path(args.experiment), profile.data_folder() if checked else None,
+                          profile.gpu_memory())
     if args.command == "plan":
         gpu = profile.gpu_memory()
-        memory = judge_memory(exp, gpu)
-        Console(width=140).print(plan_table(exp, gpu, memory))
+        memory, speeds = judge_memory(exp, gpu), judge_speed(exp, profile)
+        unit = hours_unit(profile)
+        Console(width=180).print(plan_table(exp, gpu, memory, speeds, unit))
         if args.explain:
-            print("\n".join(explain_lines(exp, memory)))
+            print("\n".join(explain_lines(exp, memory, speeds)))
         print(gpu_line(gpu))
+        print(study_hours_line(exp, speeds, profile.performance(), unit))
         print(data_line(exp))
         return 0
     if args.command == "render":

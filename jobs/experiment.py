@@ -14,6 +14,11 @@ given to ``load``, the runs are checked against its real vocabulary and size; ot
 GPT-2's vocabulary is assumed and the size is not checked, and ``Experiment.data`` is None so
 that ``hpml plan`` can say so. An error names the run and the field; nothing downstream sees an
 invalid run.
+
+``batch_size: max`` lets the planner choose: the largest batch per GPU the memory model predicts
+to fit the site's GPU (``hpml_core.spec.fit.largest_batch``, every other setting as written), so
+``load`` needs that GPU (``gpu``) for such a run; the run records the batch chosen and that it
+was chosen (``Run.batch_chosen``).
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hpml_core.spec import fit
 from hpml_core.spec.checks import Resolved, resolve
 from hpml_core.spec.config import TrainConfig, field_of, first_error
 from hpml_core.spec.data_meta import DataMeta
 from hpml_core.spec.errors import UsageError
+from hpml_core.spec.gpus import GpuMemory
 
 EXPERIMENTS = Path(__file__).parent / "experiments"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -83,6 +90,7 @@ class Run(BaseModel):
     tp_size: int
     global_batch: int
     steps: int | None  # None: one epoch of data whose size was not checked
+    batch_chosen: bool = False  # batch_size: max, the largest batch predicted to fit the site's GPU
 
     @property
     def world_size(self) -> int:
@@ -145,7 +153,22 @@ def _expand(spec: ExperimentFile) -> list[tuple[str, int, dict[str, Any]]]:
     return expanded
 
 
-def _validate(name: str, repeat: int, fields: dict[str, Any], data_folder: Path, data: DataMeta | None) -> Run:
+def _largest_batch(train: dict[str, Any], nodes: int, gpus: int, data_folder: Path, data: DataMeta | None,
+                   gpu: GpuMemory | None) -> int:
+    """The batch ``batch_size: max`` stands for, or a ``UsageError`` naming the field."""
+    if gpu is None or gpu.total_bytes is None:
+        why = gpu.missing_reason if gpu is not None else "no site given"
+        raise UsageError("--batch-size", f"max needs the site's GPU to fit the batch to ({why})")
+    resolved = resolve(TrainConfig(**{**train, "batch_size": 1}, data=data_folder), nodes * gpus, gpus, data)
+    largest = fit.largest_batch(resolved.config, resolved.dims, resolved.layout, gpu)
+    if largest is None:
+        raise UsageError("--batch-size", f"max: not even a batch of 1 is predicted to fit the "
+                                         f"{gpu.total_gib:.1f} GiB of {gpu.label}")
+    return largest
+
+
+def _validate(name: str, repeat: int, fields: dict[str, Any], data_folder: Path, data: DataMeta | None,
+              gpu: GpuMemory | None = None) -> Run:
     where = f"run {name!r}"
     if not SAFE_NAME.match(name):
         raise ExperimentError(where, "name", "use letters, digits, '.', '_' and '-' (at most 100, not starting with '.' or '-')")
@@ -161,7 +184,10 @@ def _validate(name: str, repeat: int, fields: dict[str, Any], data_folder: Path,
     if not TIME_LIMIT.match(time_limit):
         raise ExperimentError(where, "time_limit", f"must be [D-]HH:MM:SS (got {time_limit!r})")
     train = {k: v for k, v in fields.items() if k in TRAIN_FIELDS}
+    chosen = train.get("batch_size") == "max"
     try:
+        if chosen:
+            train["batch_size"] = _largest_batch(train, nodes, gpus, data_folder, data, gpu)
         config = TrainConfig(**train, data=data_folder)
         resolved = resolve(config, nodes * gpus, gpus, data)
     except ValidationError as exc:
@@ -170,7 +196,8 @@ def _validate(name: str, repeat: int, fields: dict[str, Any], data_folder: Path,
         raise ExperimentError(where, field_of(exc.field), str(exc).removeprefix(f"{exc.field}: ")) from None
     return Run(name=name, nodes=nodes, gpus=gpus, time_limit=time_limit, repeat=repeat,
                train=config.model_dump(mode="json", include=set(train)), dp_size=resolved.layout.dp_size,
-               tp_size=resolved.layout.tp_size, global_batch=resolved.global_batch, steps=resolved.total_steps)
+               tp_size=resolved.layout.tp_size, global_batch=resolved.global_batch, steps=resolved.total_steps,
+               batch_chosen=chosen)
 
 
 def _read_data(path: Path, folder: Path | None) -> DataMeta | None:
@@ -183,9 +210,10 @@ def _read_data(path: Path, folder: Path | None) -> DataMeta | None:
         raise ExperimentError(f"experiment {path.name}", "dataset", str(exc).removeprefix(f"{exc.field}: ")) from None
 
 
-def load(path: Path, data_root: Path | None = None) -> Experiment:
+def load(path: Path, data_root: Path | None = None, gpu: GpuMemory | None = None) -> Experiment:
     """The experiment in ``path``, every run validated; against the prepared data in
-    ``data_root / dataset`` when it is there (``Experiment.data`` says whether it was)."""
+    ``data_root / dataset`` when it is there (``Experiment.data`` says whether it was), and
+    ``batch_size: max`` fitted to ``gpu``, the site's."""
     if not path.is_file():
         raise ExperimentError("experiment", str(path), "no such file")
     try:
@@ -203,7 +231,7 @@ def load(path: Path, data_root: Path | None = None) -> Experiment:
         raise ExperimentError(f"experiment {path.name}", "dataset", "a folder name under the site's data_root")
     data_folder = data_root / spec.dataset if data_root is not None else None
     data = _read_data(path, data_folder)
-    runs = [_validate(name, repeat, fields, data_folder or Path(spec.dataset), data)
+    runs = [_validate(name, repeat, fields, data_folder or Path(spec.dataset), data, gpu)
             for name, repeat, fields in _expand(spec)]
     seen: set[str] = set()
     for run in runs:

@@ -13,6 +13,13 @@ admins ("a100" in ``--gres=gpu:a100:4``), which need not say which part (A100 40
 ``gpu_memory_gib`` overrides that row's memory (or gives the memory of a GPU not in the table).
 Without either, a ``gpu_type`` that is itself a key of the table names the GPU; any other site
 has no GPU to judge against, and says why.
+
+A site also states how fast its hardware runs, for the plan's predicted step time
+(``hpml_core.spec.step_time``): ``compute_efficiency`` (the MFU assumed: 0.40 by default,
+between the 0.38 and 0.50 hpml measured for GPT-2 Large on one H200), ``intra_node_gb_per_s``
+and ``inter_node_gb_per_s`` (bus bandwidths as nccl-tests' all_reduce_perf reports them; the
+defaults, 100 and 10 GB/s, are round assumptions, not measurements: set your cluster's), and
+``device_tflops`` for processes without a GPU peak on record (the local site's CPUs).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hpml_core.spec import gpus
 from hpml_core.spec.gpus import GpuMemory
+from hpml_core.spec.step_time import Performance
 from jobs.experiment import ExperimentError
 
 SITES = Path(__file__).parent / "sites"
@@ -88,6 +96,11 @@ class Site(_Strict):
     # How long sbatch may take to answer: a controller under load can be slow, but hpml submit
     # must not hang on one that never answers.
     submit_timeout_s: int = Field(60, ge=1)
+    # The hardware's speed, for predicted step times (see the module's doc).
+    compute_efficiency: float = Field(0.40, gt=0, le=1)
+    intra_node_gb_per_s: float = Field(100.0, gt=0)
+    inter_node_gb_per_s: float = Field(10.0, gt=0)
+    device_tflops: float | None = Field(None, gt=0)
 
     def experiment_folder(self, experiment: str) -> Path:
         """Where the runs of an experiment write, as seen from here (relative paths in a profile
@@ -100,6 +113,22 @@ class Site(_Strict):
 
     def dataset_folder(self, dataset: str) -> Path:
         return self.data_folder() / dataset
+
+    def gpu(self) -> gpus.Gpu | None:
+        """The row of the table of known GPUs this site's jobs get, if it names one."""
+        if self.gpu_model is not None:
+            return gpus.BY_KEY[self.gpu_model]
+        gres = (self.gpu_type or "").lower().replace("_", "-")
+        return gpus.BY_KEY.get(gres)
+
+    def performance(self) -> Performance:
+        defaults = {name: field.default for name, field in Site.model_fields.items()}
+        stated = [name for name in ("compute_efficiency", "intra_node_gb_per_s", "inter_node_gb_per_s", "device_tflops")
+                  if getattr(self, name) != defaults[name]]
+        source = (f"site {self.name}: {', '.join(stated)} stated, the rest hpml's defaults" if stated
+                  else "hpml's defaults: set them in the site profile")
+        return Performance(self.compute_efficiency, self.intra_node_gb_per_s, self.inter_node_gb_per_s,
+                           self.device_tflops, source)
 
     def gpu_memory(self) -> GpuMemory:
         """The GPU each rank gets and its memory, or why the site does not say (see the module's doc)."""

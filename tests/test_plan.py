@@ -200,19 +200,19 @@ def test_plan_on_greene_predicts_memory_per_gpu_and_the_largest_batch_on_an_a100
         resolved = exp.resolved(run)
         prediction = memory_model.predict(resolved.config, resolved.dims, resolved.layout)
         largest = fit.largest_batch(resolved.config, resolved.dims, resolved.layout, gpu)
-        assert rows[run.name][-3:] == [f"{prediction.total_bytes / GIB:.1f}",
+        assert rows[run.name][-6:-3] == [f"{prediction.total_bytes / GIB:.1f}",
                                        "yes" if fit.fits(prediction, gpu) else "NO",
                                        str(largest) if largest else "none"], run.name
     # the five layouts each have a largest batch on one A100 40 GB
     layouts = ("single-r0", "ddp-4-r0", "zero3-4-r0", "dp2xtp2-b8-r0", "dp2xtp2-b32-r0")
-    assert all(rows[name][-1].isdigit() for name in layouts)
+    assert all(rows[name][-4].isdigit() for name in layouts)
 
 
 def test_plan_on_a_site_without_a_gpu_predicts_memory_but_judges_no_fit():
     proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", "tiny_study"], cwd=REPO, capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr
-    assert all(row[-2:] == ["n/a", "n/a"] and float(row[-3]) >= 0 for row in plan_rows(proc.stdout).values())
+    assert all(row[-5:-3] == ["n/a", "n/a"] and float(row[-6]) >= 0 for row in plan_rows(proc.stdout).values())
     assert ("GPU: n/a: site local names no GPU (gpu_model in its profile): GiB/GPU is predicted for a CUDA GPU; "
             "the fit is not judged") in proc.stdout.splitlines()
 
@@ -232,3 +232,48 @@ def test_plan_explain_prints_each_prediction_line_by_line_with_its_formula():
         assert [line.split()[0] for line in shown] == [line.name.split()[0] for line in prediction.lines]
         assert all(line.formula in text and f"{line.bytes / GIB:.1f} GiB" in text
                    for line, text in zip(prediction.lines, shown))
+
+
+MAX_BATCH_STUDY = """\
+name: maxb
+dataset: wikitext-103
+defaults: {model: gpt2-large, seq_len: 1024, precision: bf16, grad_ckpt: true, steps: 100}
+runs:
+  - {name: single-max, mode: single, batch_size: max}
+  - {name: dp2xtp2-max, mode: zero3, tp_size: 2, gpus: 4, batch_size: max}
+"""
+
+
+def test_batch_size_max_is_the_largest_batch_predicted_to_fit_the_sites_gpu(tmp_path):
+    path = write(tmp_path, MAX_BATCH_STUDY)
+    gpu = site.load("greene").gpu_memory()
+    exp = experiment.load(path, gpu=gpu)
+    for run in exp.runs:
+        resolved = exp.resolved(run)
+        at_one = resolved.config.model_copy(update={"batch_size": 1})
+        assert run.batch_chosen and run.train["batch_size"] == fit.largest_batch(at_one, resolved.dims,
+                                                                                resolved.layout, gpu)
+        assert fit.fits(memory_model.predict(resolved.config, resolved.dims, resolved.layout), gpu)
+    assert exp.runs[1].train["batch_size"] > exp.runs[0].train["batch_size"]  # DP×TP holds a quarter of the state
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", str(path), "--site", "greene"], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "USER": "alice"})
+    assert proc.returncode == 0, proc.stderr
+    assert plan_rows(proc.stdout)["single-max"][5] == f"{exp.runs[0].train['batch_size']} (max)"
+
+
+def test_batch_size_max_without_a_gpu_or_room_for_one_sample_is_refused_in_one_line(tmp_path):
+    path = write(tmp_path, MAX_BATCH_STUDY)
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", str(path), "--site", "local"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "hpml plan: error: run 'single-max': batch_size: max needs the site's GPU to fit the batch to (site local "
+        "names no GPU (gpu_model in its profile))"]
+    small = tmp_path / "small.yaml"
+    small.write_text("name: small\nscheduler: slurm\nproject_dir: .\nresults_root: r\ndata_root: d\n"
+                     "gpu_type: a10\ngpu_memory_gib: 4\n")
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", str(path), "--site", str(small)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "hpml plan: error: run 'single-max': batch_size: max: not even a batch of 1 is predicted to fit the 4.0 GiB "
+        "of A10"]

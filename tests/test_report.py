@@ -16,6 +16,9 @@ import pytest
 
 from analysis.report import main
 from analysis.sample_rank_files import A100, A100_BF16_PEAK, FLOPS_PER_TOKEN, H100, model_state_bytes, write_run
+from hpml_core.spec.flops import training_flops_per_token
+from hpml_core.spec.model_state import param_numels
+from hpml_core.spec.models import model_dims
 from jobs import slurm_query
 
 SEQ = 1024
@@ -235,7 +238,7 @@ def test_every_figure_of_the_summary_matches_a_hand_computation(study, capsys):
 
     markdown = (folder / "report" / "summary.md").read_text()
     assert ("| Configuration | Description | Memory (GiB/GPU) | Model state (MiB/GPU) | Predicted − measured "
-            "(state; peak) | MFU | Tokens/s | Weak scaling eff. | Strong scaling eff. | Status |") in markdown
+            "(state; peak; tokens/s) | MFU | Tokens/s | Weak scaling eff. | Strong scaling eff. | Status |") in markdown
     assert "States:" not in markdown  # Slurm answered
     corrupt = folder / "ddp-4-r1" / "attempts" / "1" / "rank-2.json"
     assert f"{corrupt}: does not match the rank-file schema (not JSON)" in markdown
@@ -306,9 +309,23 @@ def test_predicted_memory_and_the_hours_spent_match_a_hand_computation(study):
     markdown = (folder / "report" / "summary.md").read_text()
     assert f"- Spent: {total:.3g} GPU-hours in all (single 0.0333; ddp-4 0.144; zero3-4 0.133;" in markdown
     assert "attempts that wrote no rank file (killed hard) are not counted." in markdown
-    # The table: model state's error; the training peak's.
-    assert "| 11,810.3 | +0.0%; −10.0% |" in markdown  # single
-    assert f"| +{100 * (state // 20) / state:.1f}%; +{400 / 21:.1f}% |" in markdown  # zero3-4
+    # Predicted tokens/s at the site's stated speed (the defaults: 40 % of the A100's 312 TFLOP/s,
+    # 100 GB/s within the node): one process computes only; DDP on 4 adds the ring all-reduce of
+    # its fp32 gradients, 2 × 3/4 of them, to each rank's step.
+    dims = model_dims("gpt2-large", 50257)  # the sample files' padded vocabulary, 50304
+    flops = training_flops_per_token(dims, 1024)  # the formula on the model, not the files' round figure
+    single = 0.4 * A100_BF16_PEAK * 1e12 / flops
+    assert runs.loc["single-r0", "predicted_tokens_per_s"] == pytest.approx(single)
+    assert runs.loc["single-r0", "tokens_per_s_error_pct"] == pytest.approx(100 * (single - 16384) / 16384)
+    gradients = sum(n for _, n in param_numels(dims, 1)) * 4
+    ddp_step = 8 * 1024 * flops / (0.4 * A100_BF16_PEAK * 1e12) + 2 * 3 / 4 * gradients / 100e9
+    assert runs.loc["ddp-4-r0", "predicted_tokens_per_s"] == pytest.approx(4 * 8 * 1024 / ddp_step)
+    single_error = summary.loc["single", "tokens_per_s_error_pct_median"]
+    assert single_error == pytest.approx(runs.loc[["single-r0", "single-r1"], "tokens_per_s_error_pct"].median())
+    # The table: model state's error; the training peak's; tokens/s'.
+    assert f"| 11,810.3 | +0.0%; −10.0%; +{single_error:.1f}% |" in markdown  # single
+    assert f"| +{100 * (state // 20) / state:.1f}%; +{400 / 21:.1f}%; +" in markdown  # zero3-4
+    assert "- Predicted tokens/s: the step-time model (hpml_core/spec/step_time.py" in markdown
     assert "- Predicted − measured: the memory model's prediction" in markdown
     assert (folder / "report" / "predicted_vs_measured.png").stat().st_size > 0
     assert (folder / "report" / "predicted_vs_measured.svg").stat().st_size > 0
@@ -332,7 +349,9 @@ def test_on_a_cpu_the_peak_is_not_compared_and_older_files_have_no_prediction(tm
     assert pd.isna(row.model_state_error_pct_median) and pd.isna(row.peak_error_pct_median)
     assert row.prediction_note == "its rank files hold no memory prediction (written before hpml recorded it)"
     markdown = (folder / "report" / "summary.md").read_text()
-    assert "| +0.0%; n/a |" in markdown
+    # CPU processes: the test's site states no device_tflops, so no predicted tokens/s either.
+    assert "| +0.0%; n/a; n/a |" in markdown
+    assert "- Predicted tokens/s n/a for single, ddp-2: no GPU peak on record and no device_tflops" in markdown
     assert ("- Prediction n/a for single: its rank files hold no memory prediction (written before hpml recorded "
             "it).") in markdown
     assert "- Predicted peak n/a for ddp-2: on a CPU the training peak is not compared" in markdown

@@ -1,0 +1,106 @@
+"""The step-time model (hpml_core/spec/step_time.py) against hand computations, and `hpml plan`'s
+step, tokens/s and GPU-hours columns and study total from it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpml_core.spec.config import TrainConfig
+from hpml_core.spec.flops import training_flops_per_token
+from hpml_core.spec.gpus import BY_KEY
+from hpml_core.spec.layout import Layout
+from hpml_core.spec.model_state import param_numels
+from hpml_core.spec.models import model_dims
+from hpml_core.spec.step_time import Performance, predict_step
+from jobs import experiment
+from tests.conftest import REPO
+from tests.test_plan import plan_rows
+
+DIMS = model_dims("gpt2-large", 50257)
+A100 = BY_KEY["a100-40gb"]
+SPEED = Performance(compute_efficiency=0.5, intra_node_gb_per_s=200.0, inter_node_gb_per_s=20.0, device_tflops=None,
+                    source="test")
+PARAMS = sum(n for _, n in param_numels(DIMS, 1))
+
+
+def config(**fields) -> TrainConfig:
+    return TrainConfig(data=Path("/d"), batch_size=8, seq_len=1024, precision="bf16", **fields)
+
+
+def compute_s(batch: int = 8, tp: int = 1, ckpt: bool = False) -> float:
+    flops = training_flops_per_token(DIMS, 1024) * batch * 1024 / tp * (4 / 3 if ckpt else 1)
+    return flops / (0.5 * 312e12)
+
+
+def test_one_process_only_computes_and_checkpointing_adds_a_forward():
+    step = predict_step(config(), DIMS, Layout(1, 1), 1, A100, SPEED)
+    assert step.communication_s == 0 and step.compute_s == pytest.approx(compute_s())
+    assert step.tokens_per_s == pytest.approx(8 * 1024 / compute_s())
+    recomputed = predict_step(config(grad_ckpt=True), DIMS, Layout(1, 1), 1, A100, SPEED)
+    assert recomputed.compute_s == pytest.approx(compute_s(ckpt=True)) == pytest.approx(4 / 3 * step.compute_s)
+    # fp32 runs on the CUDA cores' peak, not the tensor cores'
+    fp32 = predict_step(config().model_copy(update={"precision": "fp32"}), DIMS, Layout(1, 1), 1, A100, SPEED)
+    assert fp32.compute_s == pytest.approx(compute_s() * 312 / 19.5)
+
+
+def test_ddp_all_reduces_fp32_gradients_within_a_node_or_across_nodes():
+    ring = 2 * 3 / 4 * PARAMS * 4  # fp32 gradients (fp32 weights under autocast)
+    within = predict_step(config(mode="ddp"), DIMS, Layout(4, 1), 4, A100, SPEED)
+    assert within.communication_s == pytest.approx(ring / 200e9)
+    across = predict_step(config(mode="ddp"), DIMS, Layout(4, 1), 2, A100, SPEED)  # 2 nodes of 2
+    assert across.communication_s == pytest.approx(ring / 20e9)
+    # accumulation: one all-reduce per optimizer step, four micro-steps of compute
+    accumulated = predict_step(config(mode="ddp", grad_accum=4), DIMS, Layout(4, 1), 4, A100, SPEED)
+    assert accumulated.communication_s == pytest.approx(ring / 200e9)
+    assert accumulated.compute_s == pytest.approx(4 * compute_s())
+    assert accumulated.tokens_per_step == 4 * 8 * 4 * 1024
+
+
+def test_zero3_gathers_parameters_twice_and_reduce_scatters_gradients_every_micro_step():
+    run = config(mode="zero3", zero_stage=3, grad_accum=2)  # bf16 weights and gradients under DeepSpeed
+    persistent = sum(n for _, n in param_numels(DIMS, 1) if n <= run.zero_persistence_threshold)
+    partitioned = PARAMS - persistent
+    sent = 2 * (2 * 3 / 4 * partitioned * 2 + 3 / 4 * partitioned * 2 + 2 * 3 / 4 * persistent * 2)
+    step = predict_step(run, DIMS, Layout(4, 1), 4, A100, SPEED)
+    assert step.communication_s == pytest.approx(sent / 200e9)
+
+
+def test_tensor_parallel_all_reduces_activations_inside_the_node():
+    activation = 8 * 1024 * DIMS.n_embd * 2  # bf16 matrix inputs
+    step = predict_step(config(mode="ddp", tp_size=2), DIMS, Layout(2, 2), 2, A100, SPEED)
+    assert step.compute_s == pytest.approx(compute_s(tp=2))
+    assert step.communication_s == pytest.approx(DIMS.n_layer * 4 * 2 * 1 / 2 * activation / 200e9)
+    recomputed = predict_step(config(mode="ddp", tp_size=2, grad_ckpt=True), DIMS, Layout(2, 2), 2, A100, SPEED)
+    assert recomputed.communication_s == pytest.approx(step.communication_s * 6 / 4)
+
+
+def test_a_device_without_a_peak_needs_the_sites_stated_rate():
+    step = predict_step(config(), DIMS, Layout(1, 1), 1, None, SPEED)
+    assert step.tokens_per_s is None and step.gpu_hours(100, 1) is None and "device_tflops" in step.missing_reason
+    cpu = Performance(0.4, 1.0, 1.0, device_tflops=0.05, source="test")
+    step = predict_step(config(), DIMS, Layout(1, 1), 1, None, cpu)
+    assert step.compute_s == pytest.approx(training_flops_per_token(DIMS, 1024) * 8 * 1024 / 0.05e12)
+    assert step.gpu_hours(100, 1) == pytest.approx(step.step_s * 100 / 3600)
+
+
+def test_plan_prints_each_runs_step_tokens_and_gpu_hours_and_the_study_total():
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", "seed_study", "--site", "greene"], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "USER": "alice"})
+    assert proc.returncode == 0, proc.stderr
+    rows = plan_rows(proc.stdout)
+    exp = experiment.load(REPO / "jobs" / "experiments" / "seed_study.yaml")
+    greene = Performance(0.40, 100.0, 10.0, None, "defaults")  # greene states no speed: hpml's defaults
+    total = 0.0
+    for run in exp.runs:
+        resolved = exp.resolved(run)
+        step = predict_step(resolved.config, resolved.dims, resolved.layout, run.gpus, A100, greene)
+        hours = step.gpu_hours(resolved.total_steps, run.world_size)
+        assert rows[run.name][-3:] == [f"{step.step_s:.3g}", f"{step.tokens_per_s:,.0f}", f"{hours:.3g}"], run.name
+        total += hours
+    assert f"study: {total:,.3g} GPU-hours predicted for the 30 runs: training steps only" in proc.stdout
+    assert "speed assumed: 40% of the GPU's dense peak, 100 GB/s within a node, 10 GB/s between nodes" in proc.stdout
