@@ -37,11 +37,13 @@ an earlier one, and says so in ``throughput_note``):
   device (its peak from ``hpml_core.spec.gpus`` by name; a CPU takes the site's
   ``device_tflops``), at the speed the report's site profile states; error % as above. The
   prediction is made when the report is, from the site profile as it is then.
-- device hours (GPU-hours; process-hours on a CPU): over every attempt that left a rank file,
-  failed and out-of-memory ones included, its slowest rank's wall time (``wall_time_s``, from the
-  engine's start of setup to the rank file; the job's start-up and the imports are not in it) × its
-  world size. Slurm's elapsed time is not used (the report has it per run, not per attempt), so
-  an attempt killed before any rank wrote its file is not counted.
+- device hours (GPU-hours; process-hours on a CPU): every Slurm job of the run that Slurm knows
+  (each attempt's, and the ledger's latest, which may have died before any rank wrote a file),
+  failed, out-of-memory and killed ones included: Slurm's elapsed time (``sacct``; the job's
+  whole run, start-up included) × the run's world size; every other attempt that left a rank file
+  (runs without Slurm; a requeued job's earlier runs, since Slurm keeps only the last one's
+  elapsed time): its slowest rank's wall time (``wall_time_s``, from the engine's start of setup
+  to the rank file) × the world size. ``device_hours_source`` says which.
 
 Per configuration: the repeats of one run entry on one device (repeats that ran on two devices
 are two rows: a median never mixes hardware); its device hours are the sum over all its runs,
@@ -231,15 +233,26 @@ def _speed_prediction_columns(files: list[RankFile], tokens_per_s: float, perfor
 
 
 def _device_hours(result: RunResult) -> dict:
-    """Every attempt that left a rank file: its slowest rank's wall time × its world size, in
-    hours (GPU-hours; process-hours on a CPU)."""
-    spent = [(max(f.wall_time_s for f in a.ranks.values()) * next(iter(a.ranks.values())).world_size, a)
-             for a in result.attempts if a.ranks]
-    if not spent:
-        return {"device_hours": None, "device_hours_unit": None}
-    device = next(iter(spent[-1][1].ranks.values())).device_type
-    return {"device_hours": sum(seconds for seconds, _ in spent) / 3600,
-            "device_hours_unit": "GPU-hours" if device == "cuda" else "process-hours"}
+    """The hours the run held its devices (see the module's doc): each Slurm job Slurm knows, its
+    elapsed time × the run's world size; each other attempt that left a rank file, its slowest
+    rank's wall time × its world size. A requeued job keeps its id and Slurm reports its last
+    run's elapsed time, so only that job's last attempt is covered by it."""
+    last_of_job = {a.job_id: a.number for a in result.attempts if a.ranks and a.job_id}
+    seconds = sum(result.slurm_elapsed_s.values()) * result.world_size
+    sources = {"Slurm elapsed"} if result.slurm_elapsed_s else set()
+    for attempt in result.attempts:
+        if not attempt.ranks or (attempt.job_id in result.slurm_elapsed_s
+                                 and last_of_job[attempt.job_id] == attempt.number):
+            continue
+        seconds += max(f.wall_time_s for f in attempt.ranks.values()) * result.world_size
+        sources.add("rank files' wall time")
+    if not sources:
+        return {"device_hours": None, "device_hours_unit": None, "device_hours_source": None}
+    devices = {f.device_type for a in result.attempts for f in a.ranks.values()}
+    # A job that died before any rank wrote a file: Slurm allocated it GPUs.
+    unit = "GPU-hours" if "cuda" in devices or not devices else "process-hours"
+    return {"device_hours": seconds / 3600, "device_hours_unit": unit,
+            "device_hours_source": " + ".join(sorted(sources))}
 
 
 def run_row(result: RunResult, performance: Performance | None = None) -> dict:
@@ -350,6 +363,8 @@ def _configuration_row(name: str, device: str, group: pd.DataFrame) -> dict:
     units = group["device_hours_unit"].dropna() if "device_hours_unit" in group else pd.Series(dtype=object)
     row["device_hours_total"] = hours.sum() if len(hours) else None
     row["device_hours_unit"] = units.iloc[0] if len(units) else None
+    sources = group["device_hours_source"].dropna() if "device_hours_source" in group else pd.Series(dtype=object)
+    row["device_hours_source"] = " + ".join(sorted({part for s in sources for part in s.split(" + ")})) or None
     for column in ("memory_metric", "peak_source", "peak_tflops_per_gpu", "timing", "prediction_note",
                    "speed_prediction_note"):
         present = done[column].dropna() if column in done else pd.Series(dtype=object)

@@ -11,7 +11,9 @@ loss curve from step 0 to the end, rank 0's losses of each attempt placed at the
 later attempt winning where two overlap (a resumed attempt repeats the steps after its
 checkpoint) and gaps left as gaps; the step times of every attempt, each labelled with it; and
 the attempt whose step times give the run's throughput: the last one that has them (an attempt
-resumed with only warm-up steps left has none, and its rank files say why).
+resumed with only warm-up steps left has none, and its rank files say why); and the Slurm jobs
+that ran it (each attempt's, and the one the ledger records, which may have died before any rank
+wrote a file), with the elapsed time ``sacct`` gives each, for the hours the run spent.
 
 Nothing is dropped: a run with no rank files, a missing rank or an unreadable file keeps its
 row, with its state and why, and every unreadable or schema-invalid file is listed by path.
@@ -30,7 +32,7 @@ from hpml_core.spec import attempts as attempt_files
 from hpml_core.spec import rank_file
 from hpml_core.spec.rank_file import RankFile
 from hpml_core.spec.run_states import COMPLETED
-from jobs import run_state
+from jobs import run_state, slurm_query
 
 REPEAT_SUFFIX = re.compile(r"-r\d+$")
 
@@ -72,6 +74,7 @@ class RunResult:
     reason: str | None
     world_size: int
     attempts: list[Attempt] = field(default_factory=list)  # oldest first
+    slurm_elapsed_s: dict[str, float] = field(default_factory=dict)  # job id -> Slurm's elapsed, jobs it knows
 
     @property
     def completed(self) -> bool:
@@ -149,6 +152,29 @@ def collect(folder: Path, runs: Mapping[str, int], repeated: bool) -> tuple[list
         return read[path]
 
     states, note = run_state.current(runs, folder, already_read)
+    jobs = {name: _job_ids(attempts[name], states[name].entry) for name in runs}
+    elapsed = _slurm_elapsed(sorted({job for ids in jobs.values() for job in ids}))
     results = [RunResult(name, configuration_of(name, repeated), states[name].state, states[name].reason or None,
-                         world, attempts[name]) for name, world in runs.items()]
+                         world, attempts[name], {job: elapsed[job] for job in jobs[name] if job in elapsed})
+               for name, world in runs.items()]
     return results, problems, note
+
+
+def _job_ids(attempts: list[Attempt], entry: dict) -> list[str]:
+    """The Slurm jobs a run had: each attempt's, and the ledger's latest submission."""
+    ids = [attempt.job_id for attempt in attempts if attempt.job_id]
+    if entry.get("backend") == "slurm" and entry.get("job_id"):
+        ids.append(str(entry["job_id"]))
+    return list(dict.fromkeys(ids))
+
+
+def _slurm_elapsed(job_ids: list[str]) -> dict[str, float]:
+    """Slurm's elapsed time of each job it knows; none when it does not answer (the hours then
+    come from the rank files' wall time, and the report's notes name that source)."""
+    if not job_ids:
+        return {}
+    try:
+        infos = slurm_query.query(job_ids)
+    except slurm_query.SlurmError:
+        return {}
+    return {job: info.elapsed_s for job, info in infos.items() if info.elapsed_s is not None}

@@ -159,10 +159,16 @@ def _hours_notes(configs: pd.DataFrame) -> list[str]:
                     + (f" {row['device_hours_unit']}" if mixed else "") for row in spent.to_dict("records"))
     totals = ", ".join(f"{group['device_hours_total'].sum():.3g} {unit}"
                        for unit, group in spent.groupby("device_hours_unit", sort=False))
-    return [f"Spent: {totals} in all ({per}); every attempt that wrote a rank file, failed and out-of-memory ones "
-            "included: its slowest rank's wall time × its world size (process-hours for CPU runs), from the rank "
-            "files' wall time (from the engine's start of setup to its rank file: the job's start-up and the "
-            "interpreter's imports are not in it); attempts that wrote no rank file (killed hard) are not counted."]
+    sources = set(configs["device_hours_source"].dropna()) if "device_hours_source" in configs else set()
+    how = []
+    if any("Slurm" in source for source in sources):
+        how.append("each Slurm job, failed, out-of-memory and killed ones included: Slurm's elapsed time (sacct, "
+                   "start-up included) × the run's GPUs")
+    if any("wall time" in source for source in sources):
+        how.append("each other attempt that wrote a rank file (runs without Slurm, a requeued job's earlier runs): "
+                   "its slowest rank's wall time (from the engine's start of setup to its rank file) × its world "
+                   "size; an attempt without Slurm that wrote no rank file is not counted")
+    return [f"Spent: {totals} in all ({per}); process-hours for CPU runs; " + "; ".join(how) + "."]
 
 
 def _spread_note(configs: pd.DataFrame) -> str:

@@ -42,6 +42,18 @@ class JobInfo:
     nodes: str  # the node list, or the reason a pending job waits
     source: str  # sacct or squeue: which command said so
 
+    @property
+    def elapsed_s(self) -> float | None:
+        """``elapsed`` in seconds ([D-][HH:]MM:SS); None where Slurm printed something else."""
+        days, _, clock = self.elapsed.strip().rpartition("-")
+        parts = clock.split(":")
+        if not 1 <= len(parts) <= 3 or not all(part.isdigit() for part in parts) or (days and not days.isdigit()):
+            return None
+        seconds = 0
+        for part in parts:
+            seconds = seconds * 60 + int(part)
+        return seconds + 86400 * int(days or 0)
+
 
 def run(command: list[str], stdin: str | None = None, timeout_s: float = QUERY_TIMEOUT_S) -> str:
     try:

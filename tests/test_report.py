@@ -301,14 +301,21 @@ def test_predicted_memory_and_the_hours_spent_match_a_hand_computation(study):
     assert runs.loc["ddp-4-r1", "device_hours"] == pytest.approx(60 * 4 / 3600)  # FAILED: a corrupt rank file
     assert runs.loc["zero3-4-r1", "device_hours"] == pytest.approx(60 * 4 / 3600)  # rank 3 never wrote its file
     assert runs.loc["big-r0", "device_hours"] == pytest.approx(60 / 3600)  # out of memory
-    assert pd.isna(runs.loc["big-r1", "device_hours"]) and pd.isna(runs.loc["dp2xtp2-b32-r0", "device_hours"])
+    assert pd.isna(runs.loc["big-r1", "device_hours"])  # never submitted
+    # Killed before any rank wrote a file (the time limit), or still running: Slurm's elapsed time
+    # (0:10 here) × the run's 4 GPUs; the others' jobs ("1") Slurm has forgotten: wall time.
+    assert runs.loc["dp2xtp2-b32-r1", "device_hours"] == pytest.approx(10 * 4 / 3600)
+    assert runs.loc["dp2xtp2-b32-r1", "device_hours_source"] == "Slurm elapsed"
+    assert runs.loc["ddp-4-r0", "device_hours_source"] == "rank files' wall time"
     assert runs.loc["single-r0", "device_hours_unit"] == "GPU-hours"
     assert summary.loc["ddp-4", "device_hours_total"] == pytest.approx((280 + 240) / 3600)
     assert summary.loc["big", "device_hours_total"] == pytest.approx(60 / 3600)
-    total = (120 + 520 + 480 + 480 + 60 + 120 + 120) / 3600  # single, ddp-4, zero3-4, dp2xtp2-b8, big, zero3-1, b32
+    total = (120 + 520 + 480 + 480 + 80 + 60 + 120 + 120) / 3600  # single, ddp-4, zero3-4, dp2xtp2-b8, -b32, big,
+    # zero3-1, b32
     markdown = (folder / "report" / "summary.md").read_text()
     assert f"- Spent: {total:.3g} GPU-hours in all (single 0.0333; ddp-4 0.144; zero3-4 0.133;" in markdown
-    assert "attempts that wrote no rank file (killed hard) are not counted." in markdown
+    assert "each Slurm job, failed, out-of-memory and killed ones included: Slurm's elapsed time" in markdown
+    assert "an attempt without Slurm that wrote no rank file is not counted." in markdown
     # Predicted tokens/s at the site's stated speed (the defaults: 40 % of the A100's 312 TFLOP/s,
     # 100 GB/s within the node): one process computes only; DDP on 4 adds the ring all-reduce of
     # its fp32 gradients, 2 × 3/4 of them, to each rank's step.
@@ -737,3 +744,9 @@ def test_rank_files_written_with_the_seed_mode_names_read_as_ddp_and_zero3(tmp_p
     assert list(runs["mode"]) == ["ddp", "zero3"]
     assert runs.loc["old-ddp", "description"].startswith("DDP on 2 GPUs")
     assert runs.loc["old-zero3", "description"].startswith("ZeRO-3 on 2 GPUs")
+
+
+@pytest.mark.parametrize("elapsed,seconds", [("1-02:03:04", 93784), ("02:03:04", 7384), ("05:06", 306),
+                                             ("0:10", 10), ("INVALID", None), ("", None), ("x-01:00", None)])
+def test_slurm_elapsed_times_are_read_as_slurm_prints_them(elapsed, seconds):
+    assert slurm_query.JobInfo("1", "COMPLETED", elapsed, "n1", "sacct").elapsed_s == seconds

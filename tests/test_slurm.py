@@ -184,6 +184,9 @@ def test_make_submit_all_runs_the_tiny_study_once_even_when_submitted_twice_at_o
     assert len(summary) == 10 and {row["runs_completed"] for row in summary} == {"3"}
     assert all(float(row["tokens_per_s_min"]) <= float(row["tokens_per_s_median"]) <= float(row["tokens_per_s_max"])
                for row in summary)
+    # Hours spent: Slurm's elapsed time of each run's job (sacct) × its processes.
+    runs = list(csv.DictReader((folder / "report" / "runs.csv").open()))
+    assert all(row["device_hours_source"] == "Slurm elapsed" and float(row["device_hours"]) > 0 for row in runs)
     text = (folder / "report" / "summary.md").read_text()
     assert "min–max" in text
     # Which comparisons are within noise, or that none is, with how many are beyond it.
@@ -420,6 +423,8 @@ def test_a_job_stopped_within_its_last_warm_up_steps_is_requeued_and_completes(s
     rows = {row["run"]: row for row in csv.DictReader((folder / "report" / "runs.csv").open())}
     assert (rows["interrupted"]["status"], rows["interrupted"]["attempts"]) == (COMPLETED, "2")
     assert rows["interrupted"]["job_ids"] == f"{job};{job}"  # one job, restarted by Slurm
+    # Slurm keeps the elapsed time of the job's last run only: the first attempt adds its wall time.
+    assert rows["interrupted"]["device_hours_source"] == "Slurm elapsed + rank files' wall time"
     (result,), problems, _ = collect.collect(folder, {"interrupted": 1}, repeated=False)
     assert not problems and result.status == COMPLETED and len(result.attempts) == 2
     curve = result.loss_curve()  # (step, loss, attempt), from every attempt
