@@ -81,10 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
                         help="experiment files or names in jobs/experiments/ (default: every one with results)")
     parser.add_argument("--site", default="local", help="the site profile whose results_root holds the results")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                        help="change one field of the site profile for this command (as hpml plan --set)")
     args = parser.parse_args(argv)
     console = Console(width=160)
     try:
-        profile = site.load(args.site)
+        profile = site.load(args.site, args.overrides)
         if args.experiments:
             chosen = [experiment.load(experiment.experiment_path(name), gpu=profile.gpu_memory())
                       for name in args.experiments]

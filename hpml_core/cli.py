@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from hpml_core.spec.errors import EXIT_USAGE
+from hpml_core.spec.errors import EXIT_USAGE, UsageError
 
 USAGE = """usage: hpml COMMAND [ARGS...]
 
@@ -21,9 +21,11 @@ on a login node or a laptop (pip install hpml):
   status  the state and progress of an experiment's runs
   cancel  cancel an experiment's pending and running Slurm jobs
   report  tables, figures and a page from an experiment's rank files
+  sites   the site profiles a --site name finds (yours in ~/.config/hpml/sites, then the shipped ones)
 
 preparing data, once, on a login node (pip install 'hpml[data]'):
-  data    prepare a token file from a corpus (python -m hpml_core.data)
+  data    prepare a token file from a corpus (python -m hpml_core.data); with --site SITE
+          --dataset NAME, into the site's data_root/NAME, where its jobs look
 
 in a job (pip install 'hpml[engine]'):
   train   train GPT-2 and write one result file per rank: --mode single (one process), ddp
@@ -40,6 +42,27 @@ EXTRAS = {
 }
 
 
+def _site_data_folder(rest: list[str]) -> list[str]:
+    """``hpml data prepare ... --site SITE --dataset NAME [--set KEY=VALUE]``: the arguments with
+    ``--out`` the site's ``data_root/NAME``, where its jobs and ``hpml submit`` look for it."""
+    import argparse
+
+    from jobs import site
+
+    parser = argparse.ArgumentParser(prog="hpml data prepare", add_help=False)
+    parser.add_argument("--site")
+    parser.add_argument("--dataset")
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
+    known, others = parser.parse_known_args(rest)
+    if known.site is None:
+        return rest
+    if known.dataset is None or "--out" in others:
+        raise UsageError("--dataset", "with --site, name the dataset (the experiment's dataset:) and leave out --out")
+    if not site.SITE_NAME.match(known.dataset):
+        raise UsageError("--dataset", f"{known.dataset!r}: a folder name (letters, digits, '.', '_' and '-')")
+    return [*others, "--out", str(site.load(known.site, known.overrides).dataset_folder(known.dataset))]
+
+
 def _run_with_extra(command: str, rest: list[str]) -> int:
     """Run ``hpml train`` or ``hpml data``; one line and status 2 if its extra is not installed."""
     extra, what, modules = EXTRAS[command]
@@ -51,6 +74,12 @@ def _run_with_extra(command: str, rest: list[str]) -> int:
             from hpml_core.train import main as run
         else:
             from hpml_core.data import main as run
+
+            try:
+                rest = _site_data_folder(rest)
+            except UsageError as exc:
+                print(f"hpml data: error: {exc}", file=sys.stderr)
+                return EXIT_USAGE
         return run(rest)
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in modules:
@@ -71,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         from analysis.report import main as report
 
         return report(rest)
-    if command in ("plan", "render", "submit", "status", "cancel"):
+    if command in ("plan", "render", "submit", "status", "cancel", "sites"):
         from jobs.cli import main as jobs_main
 
         return jobs_main(argv)
-    print(f"hpml: error: unknown command {command!r} (allowed: train, data, plan, render, submit, status, cancel, report)",
+    print(f"hpml: error: unknown command {command!r} (allowed: train, data, plan, render, submit, status, cancel, report, sites)",
           file=sys.stderr)
     return EXIT_USAGE
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from hpml_core.spec.errors import UsageError
 from hpml_core.spec.run_states import PENDING, RUNNING
-from jobs import slurm
+from jobs import ledger, slurm
 from jobs.experiment import Experiment
 from jobs.run_state import refresh
 from jobs.site import Site
@@ -22,6 +22,7 @@ def cancel(experiment: Experiment, site: Site, only: list[str] | None) -> int:
     if unknown:
         raise UsageError("--run", f"{unknown[0]!r} is not a run of {experiment.name} (runs: {', '.join(names)})")
     folder = site.experiment_folder(experiment.name)
+    ledger.check_site(folder, site.name, record=False)
     states = refresh(experiment.world_sizes, folder)
     chosen = {name: states[name].entry["job_id"] for name in (only or names)
               if states[name].state in (PENDING, RUNNING) and states[name].entry.get("job_id")}

@@ -164,8 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
         "status": sub.add_parser("status", help="the state and progress of an experiment's runs"),
         "cancel": sub.add_parser("cancel", help="cancel an experiment's pending and running Slurm jobs"),
     }
+    sub.add_parser("sites", help="list the site profiles a name finds: the user's, then the shipped ones")
     for command in commands.values():
         command.add_argument("experiment", help="an experiment file, or the name of one in jobs/experiments/")
+        command.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                             help="change one field of the site profile for this command (repeatable; dotted keys "
+                                  "such as container.image; the value is YAML)")
     commands["render"].add_argument("--site", required=True, help="a site profile file, or a name in jobs/sites/")
     commands["render"].add_argument("--results", type=Path, default=Path("results"), help="where the scripts go")
     for name in ("plan", "submit", "status", "cancel"):
@@ -190,8 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def list_sites() -> int:
+    table = Table(title=f"site profiles (yours in {site.user_sites()}, set by $HPML_SITES)")
+    for column in ("name", "from", "file"):
+        table.add_column(column)
+    for name, path, where in site.available():
+        table.add_row(name, where, str(path))
+    Console(width=160).print(table)
+    return 0
+
+
 def run_command(args: argparse.Namespace) -> int:
-    profile = site.load(args.site)
+    if args.command == "sites":
+        return list_sites()
+    profile = site.load(args.site, args.overrides)
     # Commands that start runs (or show what would) check them against the prepared data.
     checked = args.command in ("plan", "render", "submit")
     exp = experiment.load(experiment.experiment_path(args.experiment), profile.data_folder() if checked else None,

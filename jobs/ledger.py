@@ -10,6 +10,10 @@ submitted: a Slurm requeue is the same submission); ``first_attempt`` (the attem
 current submission started at: only its attempts are evidence about it); ``pid``, ``host`` and
 ``claimed_at`` (the ``hpml submit`` that holds it, and since when); ``log``, ``script``,
 ``exit_code`` (a local run's), ``elapsed``, ``nodes`` and ``state_from`` (what Slurm said).
+
+The ledger also names the site the experiment's runs were submitted to (``site``): results
+never cross sites, so ``hpml submit`` and ``hpml cancel`` with another site's profile are
+refused (``check_site``) rather than taking its completed runs for their own.
 """
 
 from __future__ import annotations
@@ -30,20 +34,51 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-def read(folder: Path) -> dict[str, dict]:
-    """The runs' entries ({} before anything was submitted); a ledger that is not one is a usage
-    error naming the file, for every command alike."""
+def _document(folder: Path) -> dict:
+    """The whole ledger ({"runs": {}} before anything was submitted); a ledger that is not one is
+    a usage error naming the file, for every command alike."""
     path = folder / LEDGER
     if not path.exists():
-        return {}
+        return {"runs": {}}
     try:
-        runs = json.loads(path.read_text())["runs"]
+        document = json.loads(path.read_text())
+        runs = document["runs"]
         if not isinstance(runs, dict) or not all(isinstance(entry, dict) for entry in runs.values()):
             raise TypeError("its runs are not a table of entries")
-        return runs
+        if not isinstance(document.get("site", ""), str):
+            raise TypeError("its site is not a name")
+        return document
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(str(path), f"unreadable ledger ({type(exc).__name__}: {exc}); move it aside to start "
                                     "a new one") from None
+
+
+def read(folder: Path) -> dict[str, dict]:
+    """The runs' entries ({} before anything was submitted)."""
+    return _document(folder)["runs"]
+
+
+def check_site(folder: Path, site: str, record: bool) -> None:
+    """Refuse a site other than the one the experiment's runs were submitted to; ``record``: name
+    this one in a ledger that names none yet (under the lock, so two first submissions agree)."""
+    def refuse(other: str) -> None:
+        raise UsageError("--site", f"{folder} holds runs submitted to site {other}, not {site}: results never cross "
+                                   f"sites; use --site {other}, or give this site its own results_root "
+                                   f"(--set results_root=...)")
+
+    if not record:
+        other = _document(folder).get("site")
+        if other not in (None, site):
+            refuse(other)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "ledger.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        document = _document(folder)
+        if document.get("site") not in (None, site):
+            refuse(document["site"])
+        if document.get("site") is None:
+            atomic_write_json(folder / LEDGER, {"site": site, "runs": document["runs"]})
 
 
 @contextmanager
@@ -52,11 +87,13 @@ def locked(folder: Path):
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "ledger.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        runs = read(folder)
+        document = _document(folder)
+        runs = document["runs"]
         before = json.dumps(runs, sort_keys=True)
         yield runs
         if json.dumps(runs, sort_keys=True) != before:
-            atomic_write_json(folder / LEDGER, {"runs": runs})
+            atomic_write_json(folder / LEDGER, {**({"site": document["site"]} if "site" in document else {}),
+                                                "runs": runs})
 
 
 def claim(folder: Path, run: str, busy, *, submission: bool = True, **fields) -> int | None:

@@ -14,6 +14,16 @@ admins ("a100" in ``--gres=gpu:a100:4``), which need not say which part (A100 40
 Without either, a ``gpu_type`` that is itself a key of the table names the GPU; any other site
 has no GPU to judge against, and says why.
 
+Profiles are found by name in ``$HPML_SITES`` (a folder; default ``~/.config/hpml/sites``), where
+a user keeps their own (their account, a copy of a shipped profile for another GPU), then among
+the shipped ones in ``jobs/sites/``: a user's profile of the same name shadows the shipped one.
+``--set KEY=VALUE`` on a command changes one field for that command (dotted keys reach into
+``container``; the value is read as YAML, so ``'sbatch_extra=["--exclusive"]'`` is a list), and
+is validated exactly as the profile's own value, an error naming ``--set`` and the key.
+
+A site may add ``#SBATCH`` options hpml does not set itself (``sbatch_extra``: a constraint,
+``--exclusive``, a reservation), each a plain ``--name`` or ``--name=value``.
+
 A site also states how fast its hardware runs, for the plan's predicted step time
 (``hpml_core.spec.step_time``): ``compute_efficiency`` (the MFU assumed: 0.40 by default,
 between the 0.38 and 0.50 hpml measured for GPT-2 Large on one H200), ``intra_node_gb_per_s``
@@ -35,12 +45,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from hpml_core.spec import gpus
 from hpml_core.spec.gpus import GpuMemory
 from hpml_core.spec.step_time import Performance
+from hpml_core.spec.errors import UsageError
 from jobs.experiment import ExperimentError
 
 SITES = Path(__file__).parent / "sites"
 SBATCH_VALUE = re.compile(r"^[A-Za-z0-9._:+-]+$")  # partition, account, gpu type, memory
 PATH_VALUE = re.compile(r"^[A-Za-z0-9._/+${}-]+$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+SBATCH_OPTION = re.compile(r"^--(?P<name>[a-z][a-z0-9-]*)(=[A-Za-z0-9._:,+/@%=-]+)?$")
+# Options the job script sets from the profile or the experiment: a second one would override it.
+MANAGED_SBATCH_OPTIONS = {"job-name", "account", "partition", "qos", "nodes", "ntasks-per-node", "cpus-per-task",
+                          "gres", "gpus-per-node", "mem-per-gpu", "time", "output", "error", "open-mode", "signal",
+                          "requeue", "no-requeue", "array", "dependency", "chdir", "wrap"}
+OVERRIDE_KEY = re.compile(r"^[a-z_]+(\.[a-z_]+)*$")
 PATH_VARIABLES = ("USER", "HOME", "SCRATCH")
 
 
@@ -96,6 +114,7 @@ class Site(_Strict):
     # How long sbatch may take to answer: a controller under load can be slow, but hpml submit
     # must not hang on one that never answers.
     submit_timeout_s: int = Field(60, ge=1)
+    sbatch_extra: list[str] = []  # further #SBATCH options: --constraint=a100_80, --exclusive, --reservation=x
     # The hardware's speed, for predicted step times (see the module's doc).
     compute_efficiency: float = Field(0.40, gt=0, le=1)
     intra_node_gb_per_s: float = Field(100.0, gt=0)
@@ -181,6 +200,26 @@ class Site(_Strict):
                 raise ValueError(f"module {module!r} must be a plain name such as cuda/12.1")
         return value
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not SITE_NAME.match(value):
+            raise ValueError(f"{value!r} must be letters, digits, '.', '_' and '-' (it names the site in job scripts)")
+        return value
+
+    @field_validator("sbatch_extra")
+    @classmethod
+    def _sbatch_extra(cls, value: list[str]) -> list[str]:
+        for option in value:
+            match = SBATCH_OPTION.match(option)
+            if not match:
+                raise ValueError(f"{option!r} must be a plain --name or --name=value (letters, digits and "
+                                 ". _ : , + / @ % = - in the value)")
+            if match["name"] in MANAGED_SBATCH_OPTIONS:
+                raise ValueError(f"{option!r}: hpml sets --{match['name']} itself (from the profile's fields or the "
+                                 "experiment's)")
+        return value
+
     @field_validator("env")
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
@@ -190,18 +229,74 @@ class Site(_Strict):
         return value
 
 
-def load(name_or_path: str) -> Site:
+def user_sites() -> Path:
+    """The folder of the user's own profiles: ``$HPML_SITES``, else ``~/.config/hpml/sites``."""
+    return Path(os.environ.get("HPML_SITES") or Path.home() / ".config" / "hpml" / "sites")
+
+
+def available() -> list[tuple[str, Path, str]]:
+    """(name, file, where: "user", "user, shadows the shipped one" or "shipped") of every profile
+    a name finds, the one it finds first."""
+    found: dict[str, tuple[str, Path, str]] = {}
+    shipped = {path.stem for path in SITES.glob("*.yaml")}
+    folder = user_sites()
+    for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        found[path.stem] = (path.stem, path, "user, shadows the shipped one" if path.stem in shipped else "user")
+    for path in sorted(SITES.glob("*.yaml")):
+        found.setdefault(path.stem, (path.stem, path, "shipped"))
+    return sorted(found.values())
+
+
+def find(name_or_path: str) -> Path:
+    """A profile by file path, else by name: the user's first, then the shipped one."""
     path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = SITES / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in SITES.glob("*.yaml")))
-        raise ExperimentError("site", str(name_or_path), f"no such site profile (known: {known})")
+    if path.suffix in (".yaml", ".yml"):
+        if path.is_file():
+            return path
+    else:
+        for folder in (user_sites(), SITES):
+            if (folder / f"{name_or_path}.yaml").is_file():
+                return folder / f"{name_or_path}.yaml"
+    known = ", ".join(name for name, _, _ in available())
+    raise ExperimentError("site", str(name_or_path), f"no such site profile (known: {known}; yours go in "
+                                                     f"{user_sites()})")
+
+
+def apply_override(raw: dict, item: str) -> str:
+    """Set one ``KEY=VALUE`` in the profile's raw fields; returns the key."""
+    key, equals, text = item.partition("=")
+    if not equals or not OVERRIDE_KEY.match(key):
+        raise UsageError("--set", f"{item!r}: expected KEY=VALUE, KEY a field such as account or container.image")
     try:
-        return Site.model_validate(yaml.safe_load(path.read_text()))
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        raise UsageError("--set", f"{key}: {text!r} is not a YAML value") from None
+    *parents, last = key.split(".")
+    target = raw
+    for parent in parents:
+        target = target.setdefault(parent, {}) if isinstance(target, dict) else None
+        if not isinstance(target, dict):
+            raise UsageError("--set", f"{key}: {parent} has no fields")
+    target[last] = value
+    return key
+
+
+def load(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Site:
+    """The profile, with ``overrides`` (``KEY=VALUE``) applied, validated once."""
+    path = find(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ExperimentError(f"site {path.name}", "file", f"not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ExperimentError(f"site {path.name}", "file", "not a table of fields")
+    overridden = {apply_override(raw, item) for item in overrides}
+    try:
+        return Site.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "file"
-        raise ExperimentError(f"site {path.name}", field, first["msg"].removeprefix("Value error, ")) from None
+        message = first["msg"].removeprefix("Value error, ")
+        if field in overridden or field.split(".")[0] in overridden:
+            raise UsageError("--set", f"{field}: {message}") from None
+        raise ExperimentError(f"site {path.name}", field, message) from None

@@ -142,10 +142,11 @@ def submit(experiment: Experiment, site: Site, only_failed: bool, force: bool, d
         raise UsageError("--site", f"{site.name} runs the engine on this machine, which needs it installed: "
                          "pip install 'hpml[engine]' (or submit to a Slurm site)")
     folder = site.experiment_folder(experiment.name)
+    ledger.check_site(folder, site.name, record=False)
     data = site.dataset_folder(experiment.dataset)
     if not DataMeta.exists(data):
         raise UsageError("dataset", f"{data} holds no prepared data (no meta.json): prepare it first, "
-                         f"`hpml data prepare ... --out {data}` (README, Data)")
+                         f"`hpml data prepare ... --site {site.name} --dataset {experiment.dataset}` (README, Data)")
     if site.scheduler == "local":
         multi_node = [run.name for run in experiment.runs if run.nodes > 1]
         if multi_node:
@@ -158,6 +159,8 @@ def submit(experiment: Experiment, site: Site, only_failed: bool, force: bool, d
     print(f"{experiment.name}: {len(runs)} to run, {len(experiment.runs) - len(runs) - active} skipped"
           f"{' (completed)' if not only_failed else ' (not failed)'}, {active} pending or running"
           f"{' [dry run]' if dry_run else ''}")
+    if runs and not dry_run:  # validated: from here on the folder is this site's
+        ledger.check_site(folder, site.name, record=True)
     if site.scheduler == "local":
         return _run_locally(experiment, site, folder, runs, states, force, dry_run)
     return _submit_to_slurm(experiment, site, folder, runs, states, force, dry_run)

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The tests see the shipped site profiles only, never the user's own (~/.config/hpml/sites).
+os.environ["HPML_SITES"] = str(REPO / "tests" / "no-user-sites")
 SHARED = Path(os.environ.get("HPML_SHARED", REPO.parent / "shared"))
 WIKITEXT = SHARED / "data" / "wikitext-2"
 

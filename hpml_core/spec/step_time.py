@@ -141,9 +141,10 @@ def predict_step(config: TrainConfig, dims: ModelDims, layout: Layout, ranks_per
     tokens = layout.global_batch(config.batch_size, config.grad_accum) * config.seq_len
     flops = rank_flops_per_step(config, dims, layout)
     if gpu is not None:
-        peak = gpu.fp32_tflops if regime(config.mode, config.precision).matmul_dtype == "fp32" else \
-            gpu.tensor_16bit_tflops
-        rate, rate_how = peak * performance.compute_efficiency, f"{performance.compute_efficiency:.0%} of {gpu.label}'s {peak:g}"
+        fp32 = regime(config.mode, config.precision).matmul_dtype == "fp32"
+        peak = gpu.fp32_tflops if fp32 else gpu.tensor_16bit_tflops
+        rate = peak * performance.compute_efficiency
+        rate_how = f"{performance.compute_efficiency:.0%} of {gpu.label}'s {peak:g}"
     elif performance.device_tflops is not None:
         rate, rate_how = performance.device_tflops, "the site's device_tflops"
     else:
