@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="every run not pending or running, completed or not, from step 0 (the old run "
                              "folder is kept in <run>/previous-<n>/)")
     commands["submit"].add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
+    commands["submit"].add_argument("--report", action="store_true",
+                                    help="build the report when the study's runs have ended: on Slurm a small job "
+                                         "that depends on theirs (afterany), here once they are done")
     commands["submit"].add_argument("--no-fit-check", dest="fit_check", action="store_false",
                                     help="submit runs predicted not to fit on the site's GPU all the same")
     commands["cancel"].add_argument("--run", action="append", dest="runs", metavar="NAME",
@@ -234,7 +237,8 @@ def run_command(args: argparse.Namespace) -> int:
 
     try:
         if args.command == "submit":
-            return submit.submit(exp, profile, args.only_failed, args.force, args.dry_run, args.fit_check)
+            return submit.submit(exp, profile, args.only_failed, args.force, args.dry_run, args.fit_check,
+                                 (args.site, args.overrides) if args.report else None)
         if args.command == "cancel":
             return cancel.cancel(exp, profile, args.runs)
         return status.show(exp, profile.experiment_folder(exp.name), args.watch)

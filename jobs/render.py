@@ -15,6 +15,7 @@ experiment loaders, since sbatch reads those lines without a shell.
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
@@ -83,6 +84,23 @@ def render_run(experiment: Experiment, run: Run, site: Site) -> str:
         cpus_per_task=site.cpus_per_gpu * (1 if single_node else run.gpus),
         launcher=[*container_wrapper(site), expand_path(site.python)],
         run_spec=f"{run_dir}/{RUN_SPEC_FILE}",
+    )
+
+
+JOB_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")
+
+
+def render_report(experiment: Experiment, site: Site, site_arg: str, overrides: list[str], after: list[str]) -> str:
+    """The job that runs ``hpml report`` for the experiment once the jobs ``after`` have ended
+    (``hpml submit --report``), with the same site profile (``site_arg``, ``overrides``)."""
+    bad = [job for job in after if not JOB_ID.match(job)]
+    if bad:
+        raise ValueError(f"not a Slurm job id: {bad[0]!r}")
+    return _environment().get_template("report.sbatch.j2").render(
+        experiment=experiment.name, site=site, job_name=f"hpml-report-of-{experiment.name}",
+        results_dir=f"{expand_path(site.results_root)}/{experiment.name}", after=after,
+        project_dir=expand_path(site.project_dir), launcher=[*container_wrapper(site), expand_path(site.python)],
+        experiment_file=str(experiment.path.resolve()), site_arg=site_arg, overrides=overrides,
     )
 
 

@@ -59,6 +59,7 @@ from jobs.experiment import Experiment, ExperimentError, Run
 from jobs.site import Site, expand_path
 
 PREVIOUS = re.compile(r"^previous-(\d+)$")
+REPORT_SCRIPT = "report.sbatch"  # the --report job's script, in the experiment's results folder
 
 
 def local_command(run: Run, run_spec: Path) -> list[str]:
@@ -137,7 +138,9 @@ def check_fit(experiment: Experiment, site: Site, runs: list[Run]) -> None:
 
 
 def submit(experiment: Experiment, site: Site, only_failed: bool, force: bool, dry_run: bool,
-           fit_check: bool = True) -> int:
+           fit_check: bool = True, report: tuple[str, list[str]] | None = None) -> int:
+    """Submit (or, on a local site, run) every selected run; ``report``: the site argument and
+    ``--set`` items to build the study's report with once its runs have ended (``--report``)."""
     if site.scheduler == "local" and importlib.util.find_spec("torch") is None:  # a login-side install
         raise UsageError("--site", f"{site.name} runs the engine on this machine, which needs it installed: "
                          "pip install 'hpml[engine]' (or submit to a Slurm site)")
@@ -162,8 +165,33 @@ def submit(experiment: Experiment, site: Site, only_failed: bool, force: bool, d
     if runs and not dry_run:  # validated: from here on the folder is this site's
         ledger.check_site(folder, site.name, record=True)
     if site.scheduler == "local":
-        return _run_locally(experiment, site, folder, runs, states, force, dry_run)
-    return _submit_to_slurm(experiment, site, folder, runs, states, force, dry_run)
+        status = _run_locally(experiment, site, folder, runs, states, force, dry_run)
+        if report and not dry_run:  # the runs have ended: the report, as `hpml report` would make it
+            command = [sys.executable, "-m", "analysis.report", str(experiment.path), "--site", report[0],
+                       *(word for item in report[1] for word in ("--set", item))]
+            status = max(status, subprocess.run(command).returncode)
+        return status
+    status = _submit_to_slurm(experiment, site, folder, runs, states, force, dry_run)
+    if report and status == 0:
+        _submit_report(experiment, site, folder, *report, dry_run=dry_run)
+    return status
+
+
+def _submit_report(experiment: Experiment, site: Site, folder: Path, site_arg: str, overrides: list[str],
+                   dry_run: bool) -> None:
+    """A small CPU job that runs `hpml report` once every pending or running job of the study
+    has ended, whatever its state (``--dependency=afterany``)."""
+    entries = ledger.read(folder) if not dry_run else {}
+    after = sorted({str(entry["job_id"]) for entry in entries.values()
+                    if entry.get("backend") == "slurm" and entry.get("job_id")
+                    and entry.get("state") in (PENDING, RUNNING)}, key=lambda job: (len(job), job))
+    if dry_run:
+        print("  would submit the report job, to run after the study's pending and running jobs")
+        return
+    script = render.render_report(experiment, site, site_arg, overrides, after)
+    atomic_write(folder / REPORT_SCRIPT, lambda f: f.write(script.encode()))
+    job_id = slurm.submit(script, folder / "submitit", 1, timeout_s=site.submit_timeout_s)
+    print(f"report: job {job_id}, after {len(after)} jobs end: {folder}/report/ ({folder / REPORT_SCRIPT})")
 
 
 def queued_after_all(experiment: Experiment, run: Run, entry: dict) -> slurm_query.JobInfo | None:

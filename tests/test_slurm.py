@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -200,11 +201,18 @@ def test_a_failed_run_shows_failed_and_only_failed_submits_just_that_one(slurm_s
     """)
     (folder / "broken" / "checkpoints").mkdir(parents=True)  # a corrupt checkpoint: --resume refuses it
     (folder / "broken" / "checkpoints" / "latest.json").write_text("{not json")
-    assert hpml("submit", str(exp), "--site", str(slurm_site)).returncode == 0
+    submitted = hpml("submit", str(exp), "--site", str(slurm_site), "--report")
+    assert submitted.returncode == 0, submitted.stderr
     jobs = {name: entry["job_id"] for name, entry in ledger(folder).items()}
     assert wait_finished(jobs["broken"]) == "FAILED" and wait_finished(jobs["fine"]) == "COMPLETED"
     rows = status_rows(str(exp), slurm_site)
     assert (rows["broken"][0], rows["fine"][0]) == ("FAILED", "COMPLETED")
+    # --report: a job that waits for both (afterany) and builds the report, with no other command.
+    report_job = re.search(r"^report: job (\d+), after 2 jobs end", submitted.stdout, re.M).group(1)
+    assert wait_finished(report_job, 600) == "COMPLETED", (folder / f"report-{report_job}.out").read_text()
+    summary = (folder / "report" / "summary.md").read_text()
+    assert re.search(r"^\| broken \|.*\| FAILED \|$", summary, re.M) and re.search(r"^\| fine \|.*\| COMPLETED \|$",
+                                                                                   summary, re.M), summary
 
     (folder / "broken" / "checkpoints" / "latest.json").unlink()
     again = hpml("submit", str(exp), "--site", str(slurm_site), "--only-failed")

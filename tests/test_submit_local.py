@@ -158,8 +158,9 @@ def test_force_starts_from_step_0_and_keeps_the_old_run_aside(tmp_path, token_da
     assert main(["submit", str(exp), "--site", str(site)]) == 0
     first = rank_files(run)
     assert (run / "checkpoints" / "latest.json").is_file()
-    assert main(["submit", str(exp), "--site", str(site)]) == 0  # completed: nothing to do
+    assert main(["submit", str(exp), "--site", str(site), "--report"]) == 0  # completed: nothing to do...
     assert "0 to run, 1 skipped" in capsys.readouterr().out
+    assert "| ddp-2 |" in (folder / "report" / "summary.md").read_text()  # ...but the report, as asked
 
     assert main(["submit", str(exp), "--site", str(site), "--force"]) == 0
     assert f"the previous run kept in {run / 'previous-1'}" in capsys.readouterr().out
