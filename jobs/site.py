@@ -43,9 +43,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hpml_core.spec import gpus
+from hpml_core.spec.errors import UsageError
 from hpml_core.spec.gpus import GpuMemory
 from hpml_core.spec.step_time import Performance
-from hpml_core.spec.errors import UsageError
 from jobs.experiment import ExperimentError
 
 SITES = Path(__file__).parent / "sites"
