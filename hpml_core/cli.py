@@ -22,6 +22,7 @@ on a login node or a laptop (pip install hpml):
   cancel  cancel an experiment's pending and running Slurm jobs
   report  tables, figures and a page from an experiment's rank files
   sites   the site profiles a --site name finds (yours in ~/.config/hpml/sites, then the shipped ones)
+  doctor  check that a site works, line by line (--smoke: one tiny run through its job template)
 
 preparing data, once, on a login node (pip install 'hpml[data]'):
   data    prepare a token file from a corpus (python -m hpml_core.data); with --site SITE
@@ -100,11 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         from analysis.report import main as report
 
         return report(rest)
-    if command in ("plan", "render", "submit", "status", "cancel", "sites"):
+    if command in ("plan", "render", "submit", "status", "cancel", "sites", "doctor"):
         from jobs.cli import main as jobs_main
 
         return jobs_main(argv)
-    print(f"hpml: error: unknown command {command!r} (allowed: train, data, plan, render, submit, status, cancel, report, sites)",
+    print(f"hpml: error: unknown command {command!r} (allowed: train, data, plan, render, submit, status, cancel, report, sites, doctor)",
           file=sys.stderr)
     return EXIT_USAGE
 

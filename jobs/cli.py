@@ -165,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         "cancel": sub.add_parser("cancel", help="cancel an experiment's pending and running Slurm jobs"),
     }
     sub.add_parser("sites", help="list the site profiles a name finds: the user's, then the shipped ones")
+    doctor = sub.add_parser("doctor", help="check that a site works: Slurm, account, partition, container, the "
+                                           "job environment's Python, data, results folder (--smoke: one tiny run)")
+    doctor.add_argument("--site", default="local", help="a site profile (default local: this machine)")
+    doctor.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                        help="change one field of the site profile for this command (repeatable)")
+    doctor.add_argument("--smoke", action="store_true", help="submit one tiny 1-GPU run and wait for its rank file")
+    doctor.add_argument("--dataset", help="the prepared dataset to check (and train the smoke run on)")
     for command in commands.values():
         command.add_argument("experiment", help="an experiment file, or the name of one in jobs/experiments/")
         command.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
@@ -211,6 +218,10 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command == "sites":
         return list_sites()
     profile = site.load(args.site, args.overrides)
+    if args.command == "doctor":
+        from jobs import doctor
+
+        return doctor.doctor(profile, args.smoke, args.dataset)
     # Commands that start runs (or show what would) check them against the prepared data.
     checked = args.command in ("plan", "render", "submit")
     exp = experiment.load(experiment.experiment_path(args.experiment), profile.data_folder() if checked else None,

@@ -100,3 +100,28 @@ def test_results_never_cross_sites(tmp_path):
     assert done.stderr.strip() == (f"hpml submit: error: --site: {folder} holds runs submitted to site local-slurm, "
                                    "not local: results never cross sites; use --site local-slurm, or give this site "
                                    "its own results_root (--set results_root=...)")
+
+
+def test_doctor_checks_a_site_line_by_line_and_its_smoke_run_completes(tmp_path):
+    results = f"results_root={tmp_path / 'results'}"
+    done = hpml("doctor", "--site", "local", "--set", results, "--smoke")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = {line.split(":")[0].split()[-1]: line.split()[0] for line in done.stdout.splitlines()
+             if line[:4] in ("ok  ", "skip", "warn", "FAIL")}
+    assert lines == {"slurm": "skip", "container": "skip", "python": "ok", "data": "ok", "results": "ok",
+                     "smoke": "ok"}
+    smoke = next((tmp_path / "results").glob("hpml-doctor-*/smoke/attempts/1/rank-0.json"))
+    assert json.loads(smoke.read_text())["status"] == "completed"
+
+
+def test_doctor_fails_on_the_broken_check_with_the_fix_and_skips_the_smoke_run(tmp_path):
+    done = hpml("doctor", "--site", "local", "--set", "container.kind=apptainer", "--set", "container.image=/nope.sif",
+                "--set", f"data_root={tmp_path / 'empty'}", "--set", f"results_root={tmp_path / 'results'}", "--smoke")
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    container = next(line for line in lines if line.split()[1] == "container:")
+    assert container.startswith("FAIL") and ("not on PATH" in container or "/nope.sif" in container)
+    assert next(line for line in lines if line.split()[1] == "data:").startswith(
+        f"FAIL data: nothing prepared under {tmp_path / 'empty'}: `hpml data prepare ... --site local --dataset NAME`")
+    assert lines[-1] == "skip smoke: fix the failures above first"
+    assert not list((tmp_path / "results").glob("hpml-doctor-*"))

@@ -194,6 +194,19 @@ def test_make_submit_all_runs_the_tiny_study_once_even_when_submitted_twice_at_o
     assert "Within noise (the two ranges overlap): " in text or "No comparison is within noise (" in text, text
 
 
+def test_doctor_passes_on_the_local_slurm_and_names_a_broken_container(slurm_site):
+    done = hpml("doctor", "--site", str(slurm_site), "--smoke", timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    statuses = {line.split()[1].rstrip(":"): line.split()[0] for line in done.stdout.splitlines()
+                if line[:4] in ("ok  ", "skip", "warn", "FAIL")}
+    assert statuses == {"sbatch": "ok", "squeue": "ok", "sacct": "ok", "partition": "ok", "container": "skip",
+                        "python": "ok", "data": "ok", "results": "ok", "smoke": "ok"}, done.stdout
+    broken = hpml("doctor", "--site", str(slurm_site), "--set", "container.kind=apptainer", "--set",
+                  "container.image=/nope.sif", "--smoke")
+    assert broken.returncode == 1 and "FAIL container: " in broken.stdout, broken.stdout
+    assert "skip smoke: fix the failures above first" in broken.stdout
+
+
 def test_a_failed_run_shows_failed_and_only_failed_submits_just_that_one(slurm_site):
     exp, folder = experiment(slurm_site, "failing", """
         - {name: broken, mode: single, gpus: 1, batch_size: 4}
