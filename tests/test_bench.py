@@ -1,6 +1,7 @@
-"""`make gpu-check` in its reduced form on the CPU: every section runs as it will on a GPU (the
-benchmarks with the tiny model, the gpu tests collected and skipped), and the summary and each
-benchmark's JSON hold what the GPU measurement reports (the figures themselves need a GPU)."""
+"""`make gpu-check` in its reduced form on the CPU (the make target itself, with this
+interpreter): every section runs as it will on a GPU (the benchmarks with the tiny model, the
+gpu tests collected and skipped), and the summary and each benchmark's JSON hold what the GPU
+measurement reports (the figures themselves need a GPU)."""
 
 import json
 import subprocess
@@ -14,10 +15,10 @@ from tests.conftest import REPO, SHARED, engine
 @pytest.fixture(scope="module")
 def gpu_check(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check")
-    done = subprocess.run([sys.executable, "-m", "hpml_core.bench.gpu_check", "--reduced", "--shared", str(SHARED),
-                           "--out", str(out), "--engine-args", "--precision fp32 --batch-size 4",
-                           "--engine-args", "--precision fp32 --batch-size 2"],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    arguments = (f"--reduced --shared {SHARED} --out {out} --engine-args '--precision fp32 --batch-size 4' "
+                 "--engine-args '--precision fp32 --batch-size 2'")
+    done = subprocess.run(["make", "--no-print-directory", "gpu-check", "NO_VENV=1", f"PY={sys.executable}",
+                           f"GPU_CHECK_ARGS={arguments}"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((out / "gpu-check.json").read_text())
     return out, {section["name"]: section for section in summary["sections"]}
