@@ -62,12 +62,13 @@ def results_site(tmp_path) -> Path:
     return write_site(tmp_path / "site.yaml", tmp_path / "results")
 
 
-@pytest.mark.parametrize("command", ["plan", "render", "status", "report"])
+@pytest.mark.parametrize("command", ["plan", "render", "status", "report", "sites"])
 def test_login_commands_never_import_the_training_stack(tmp_path, results_site, command):
     argv = {"plan": ["plan", "tiny_study"],
             "render": ["render", "tiny_study", "--site", "local-slurm", "--results", str(tmp_path / "rendered")],
             "status": ["status", "tiny_study", "--site", str(results_site)],
-            "report": ["report", "tiny_study", "--site", str(results_site)]}[command]
+            "report": ["report", "tiny_study", "--site", str(results_site)],
+            "sites": ["sites"]}[command]
     proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv)], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, f"hpml {' '.join(argv)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
