@@ -162,8 +162,6 @@ def submit(experiment: Experiment, site: Site, only_failed: bool, force: bool, d
     print(f"{experiment.name}: {len(runs)} to run, {len(experiment.runs) - len(runs) - active} skipped"
           f"{' (completed)' if not only_failed else ' (not failed)'}, {active} pending or running"
           f"{' [dry run]' if dry_run else ''}")
-    if runs and not dry_run:  # validated: from here on the folder is this site's
-        ledger.check_site(folder, site.name, record=True)
     if site.scheduler == "local":
         status = _run_locally(experiment, site, folder, runs, states, force, dry_run)
         if report and not dry_run:  # the runs have ended: the report, as `hpml report` would make it
@@ -220,6 +218,8 @@ def _submit_to_slurm(experiment: Experiment, site: Site, folder: Path, runs: lis
             print(f"  would submit {run.name}: {run.nodes} node(s) x {run.gpus} GPUs, {run.time_limit}"
                   + (", from step 0 (its folder kept in previous-<n>/)" if force else ""))
         return 0
+    if runs:  # every script passed Slurm's check: from here on the folder is this site's
+        ledger.check_site(folder, site.name, record=True)
     for run in runs:
         if run.name in adopted:
             _adopt(folder, run, adopted[run.name], states[run.name].entry)
@@ -320,6 +320,8 @@ def _run_locally(experiment: Experiment, site: Site, folder: Path, runs: list[Ru
             print(f"  would run {run.name}: {' '.join(local_command(run, folder / run.name / RUN_SPEC_FILE))}"
                   + (" (from step 0, its folder kept in previous-<n>/)" if force else ""))
         return 0
+    if runs:  # from here on the folder is this site's
+        ledger.check_site(folder, site.name, record=True)
     failures = 0
     for index, run in enumerate(runs, 1):
         run_dir = folder / run.name
