@@ -102,9 +102,11 @@ def test_results_never_cross_sites(tmp_path):
                                    "its own results_root (--set results_root=...)")
 
 
-def test_doctor_checks_a_site_line_by_line_and_its_smoke_run_completes(tmp_path):
-    results = f"results_root={tmp_path / 'results'}"
-    done = hpml("doctor", "--site", "local", "--set", results, "--smoke")
+def test_doctor_checks_a_site_line_by_line_and_its_smoke_run_completes(tmp_path, token_data):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "wikitext-2").symlink_to(token_data)  # this session's prepared WikiText-2
+    done = hpml("doctor", "--site", "local", "--set", f"results_root={tmp_path / 'results'}", "--set",
+                f"data_root={tmp_path / 'data'}", "--smoke")
     assert done.returncode == 0, done.stdout + done.stderr
     lines = {line.split(":")[0].split()[-1]: line.split()[0] for line in done.stdout.splitlines()
              if line[:4] in ("ok  ", "skip", "warn", "FAIL")}
