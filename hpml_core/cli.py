@@ -49,6 +49,7 @@ def _site_data_folder(rest: list[str]) -> list[str]:
     import argparse
 
     from jobs import site
+    from jobs.experiment import SAFE_NAME
 
     parser = argparse.ArgumentParser(prog="hpml data prepare", add_help=False)
     parser.add_argument("--site")
@@ -59,7 +60,7 @@ def _site_data_folder(rest: list[str]) -> list[str]:
         return rest
     if known.dataset is None or "--out" in others:
         raise UsageError("--dataset", "with --site, name the dataset (the experiment's dataset:) and leave out --out")
-    if not site.SITE_NAME.match(known.dataset):
+    if not SAFE_NAME.match(known.dataset):
         raise UsageError("--dataset", f"{known.dataset!r}: a folder name (letters, digits, '.', '_' and '-')")
     return [*others, "--out", str(site.load(known.site, known.overrides).dataset_folder(known.dataset))]
 

@@ -46,13 +46,12 @@ from hpml_core.spec import gpus
 from hpml_core.spec.errors import UsageError
 from hpml_core.spec.gpus import GpuMemory
 from hpml_core.spec.step_time import Performance
-from jobs.experiment import ExperimentError
+from jobs.experiment import SAFE_NAME, ExperimentError
 
 SITES = Path(__file__).parent / "sites"
 SBATCH_VALUE = re.compile(r"^[A-Za-z0-9._:+-]+$")  # partition, account, gpu type, memory
 PATH_VALUE = re.compile(r"^[A-Za-z0-9._/+${}-]+$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SBATCH_OPTION = re.compile(r"^--(?P<name>[a-z][a-z0-9-]*)(=[A-Za-z0-9._:,+/@%=-]+)?$")
 # Options the job script sets from the profile or the experiment: a second one would override it.
 MANAGED_SBATCH_OPTIONS = {"job-name", "account", "partition", "qos", "nodes", "ntasks-per-node", "cpus-per-task",
@@ -203,7 +202,7 @@ class Site(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not SITE_NAME.match(value):
+        if not SAFE_NAME.match(value):
             raise ValueError(f"{value!r} must be letters, digits, '.', '_' and '-' (it names the site in job scripts)")
         return value
 
