@@ -54,7 +54,8 @@ class Attempt:
 
     @property
     def job_id(self) -> str | None:
-        return self._slurm("job_id")
+        """The Slurm job as sacct names it (an array task's as ``<array>_<task>``)."""
+        return self._slurm("job")
 
     @property
     def node_list(self) -> str | None:

@@ -6,7 +6,7 @@ resuming from that checkpoint."""
 from __future__ import annotations
 
 from hpml_core.spec.errors import UsageError
-from hpml_core.spec.run_states import PENDING, RUNNING
+from hpml_core.spec.run_states import CANCELLED, PENDING, RUNNING
 from jobs import ledger, slurm
 from jobs.experiment import Experiment
 from jobs.run_state import refresh
@@ -27,6 +27,11 @@ def cancel(experiment: Experiment, site: Site, only: list[str] | None) -> int:
     chosen = {name: states[name].entry["job_id"] for name in (only or names)
               if states[name].state in (PENDING, RUNNING) and states[name].entry.get("job_id")}
     slurm.cancel(sorted(chosen.values()))
+    # Recorded before Slurm is asked again: a task scancel took from a pending array is forgotten
+    # at once (neither squeue nor sacct lists it), and a forgotten job keeps the ending recorded.
+    # A job Slurm still knows gets Slurm's word on the refresh, as always.
+    ledger.update_many(folder, {name: {"state": CANCELLED, "why": f"hpml cancel: scancel {job_id}"}
+                                for name, job_id in chosen.items()})
     refresh(experiment.world_sizes, folder)
     for name, job_id in chosen.items():
         print(f"{name}: cancelled job {job_id}")

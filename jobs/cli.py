@@ -197,11 +197,21 @@ def build_parser() -> argparse.ArgumentParser:
                                          "that depends on theirs (afterany), here once they are done")
     commands["submit"].add_argument("--no-fit-check", dest="fit_check", action="store_false",
                                     help="submit runs predicted not to fit on the site's GPU all the same")
+    commands["submit"].add_argument("--max-concurrent", type=positive_int, metavar="M",
+                                    help="at most M tasks of each job array run at once (Slurm's --array=0-N%%M; "
+                                         "default: the site's max_concurrent, else no limit)")
     commands["cancel"].add_argument("--run", action="append", dest="runs", metavar="NAME",
                                     help="only this run (repeat for several); default: every run")
     commands["status"].add_argument("--watch", type=float, metavar="SECONDS",
                                     help="refresh every SECONDS until no run is active")
     return parser
+
+
+def positive_int(text: str) -> int:
+    """argparse's reading of a count: a whole number from 1 (otherwise its one-line error, exit 2)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 (got {text!r})")
+    return int(text)
 
 
 def list_sites() -> int:
@@ -249,7 +259,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         if args.command == "submit":
             return submit.submit(exp, profile, args.only_failed, args.force, args.dry_run, args.fit_check,
-                                 (args.site, args.overrides) if args.report else None)
+                                 (args.site, args.overrides) if args.report else None, args.max_concurrent)
         if args.command == "cancel":
             return cancel.cancel(exp, profile, args.runs)
         return status.show(exp, profile.experiment_folder(exp.name), args.watch)

@@ -8,7 +8,9 @@ A run's entry holds: ``backend`` (slurm or local); ``state`` and ``why`` (the la
 and ``job_ids`` (every job the run had, oldest first); ``attempts`` (how many times it was
 submitted: a Slurm requeue is the same submission); ``first_attempt`` (the attempt folder the
 current submission started at: only its attempts are evidence about it); ``pid``, ``host`` and
-``claimed_at`` (the ``hpml submit`` that holds it, and since when); ``log``, ``script``,
+``claimed_at`` (the ``hpml submit`` that holds it, and since when); ``job_name`` and
+``array_task`` (the job array that carries it, and its task there: a Slurm run's job id is
+``<array job id>_<task>``); ``log``, ``script``,
 ``exit_code`` (a local run's), ``elapsed``, ``nodes`` and ``state_from`` (what Slurm said).
 
 The ledger also names the site the experiment's runs were submitted to (``site``): results
@@ -101,18 +103,33 @@ def claim(folder: Path, run: str, busy, *, submission: bool = True, **fields) ->
     says another submitter has it (or it changed since we looked): checked and marked under one
     lock, so two concurrent ``hpml submit`` calls never start the same run. ``submission``:
     False for a change that starts nothing (adopting a job Slurm already has)."""
+    return claim_many(folder, {run: busy}, submission=submission, **fields).get(run)
+
+
+def claim_many(folder: Path, busy: dict, *, submission: bool = True, **fields) -> dict[str, int]:
+    """``claim`` for each run of ``busy`` (run -> its busy test), under one lock and one write:
+    the runs claimed, with their numbers of submissions."""
+    claimed = {}
     with locked(folder) as runs:
-        entry = runs.setdefault(run, {"attempts": 0})
-        if busy(entry):
-            return None
-        entry.update(fields, updated_at=now())
-        if submission:
-            entry.update(attempts=entry["attempts"] + 1, claimed_at=entry["updated_at"])
-        return entry["attempts"]
+        for run, is_busy in busy.items():
+            entry = runs.setdefault(run, {"attempts": 0})
+            if is_busy(entry):
+                continue
+            entry.update(fields, updated_at=now())
+            if submission:
+                entry.update(attempts=entry["attempts"] + 1, claimed_at=entry["updated_at"])
+            claimed[run] = entry["attempts"]
+    return claimed
 
 
 def update(folder: Path, run: str, **fields) -> None:
     """Set fields of the run's entry (its state, job id, log), under the lock."""
+    update_many(folder, {run: fields})
+
+
+def update_many(folder: Path, changes: dict[str, dict]) -> None:
+    """Set fields of several runs' entries (run -> fields) under one lock and one write: an
+    array's runs are recorded together."""
     with locked(folder) as runs:
-        entry = runs.setdefault(run, {"attempts": 0})
-        entry.update(fields, updated_at=now())
+        for run, fields in changes.items():
+            runs.setdefault(run, {"attempts": 0}).update(fields, updated_at=now())

@@ -1,4 +1,12 @@
-"""``hpml render``: one sbatch script and one run spec per run, from ``templates/job.sbatch.j2``.
+"""``hpml render``: one sbatch script and one run spec per run, from ``templates/job.sbatch.j2``;
+and the job arrays ``hpml submit`` sends, from the same template.
+
+A study of hundreds of runs is not hundreds of ``sbatch`` calls: ``hpml submit`` groups the runs
+it submits by resource shape (nodes, GPUs per node, time limit: everything the ``#SBATCH`` lines
+of a run's script depend on) and sends each group as one job array (``--array=0-N%M``: at most
+M tasks of it run at once). Task k of the array trains the k-th run listed in its script, which
+writes its output to that run's folder as a run's own script does. ``hpml render`` writes each
+run's script alone (no array), to read or to ``sbatch`` by hand.
 
 The run's configuration reaches the engine as one file, ``<run>/run.json`` (``run_config``
 builds it, ``hpml_core.spec.config.write_run_spec`` writes it), and the script starts the engine
@@ -29,6 +37,9 @@ from jobs.site import Site, expand_path
 # templates/ at the top of the repository, linked here so that it ships as package data of jobs.
 TEMPLATES = Path(__file__).parent / "templates"
 SCRIPT = "job.sbatch"
+ARRAYS = "arrays"  # in the experiment's results folder: the submitted arrays' scripts and Slurm's output
+# Slurm's default MaxArraySize is 1001 (task indices 0 to 1000): a larger group is split.
+MAX_ARRAY_TASKS = 1000
 # Time between the stop signal and the time limit: enough to save GPT-2 Large's checkpoint.
 STOP_SECONDS = 180
 
@@ -46,9 +57,36 @@ def job_name(experiment: str, run: str) -> str:
     return f"hpml-{experiment}-{run}"
 
 
+def job_results_dir(experiment: Experiment, site: Site) -> str:
+    """The experiment's results folder as the job sees it (from the site's project_dir)."""
+    return f"{expand_path(site.results_root)}/{experiment.name}"
+
+
 def job_run_dir(experiment: Experiment, run: Run, site: Site) -> str:
     """The run folder as the job sees it (from the site's project_dir)."""
-    return f"{expand_path(site.results_root)}/{experiment.name}/{run.name}"
+    return f"{job_results_dir(experiment, site)}/{run.name}"
+
+
+def shape_label(run: Run) -> str:
+    """The run's resource shape in words fit for a job name: "1x4-00h30m00s" (nodes x GPUs per
+    node, time limit): runs of one shape can share a job array."""
+    days, _, clock = run.time_limit.rpartition("-")
+    hours, minutes, seconds = clock.split(":")
+    return f"{run.nodes}x{run.gpus}-{days + 'd' if days else ''}{hours}h{minutes}m{seconds}s"
+
+
+def array_job_name(experiment: str, label: str) -> str:
+    return f"hpml-{experiment}-{label}"
+
+
+def group_by_shape(runs: list[Run]) -> list[list[Run]]:
+    """The runs as the arrays that carry them: one per resource shape (in the order each shape
+    first appears), split where one would exceed MAX_ARRAY_TASKS; runs keep their order."""
+    shapes: dict[str, list[Run]] = {}
+    for run in runs:
+        shapes.setdefault(shape_label(run), []).append(run)
+    return [group[start:start + MAX_ARRAY_TASKS] for group in shapes.values()
+            for start in range(0, len(group), MAX_ARRAY_TASKS)]
 
 
 def run_config(experiment: Experiment, run: Run, site: Site) -> TrainConfig:
@@ -72,19 +110,35 @@ def container_wrapper(site: Site) -> list[str]:
     return words
 
 
-def render_run(experiment: Experiment, run: Run, site: Site) -> str:
-    run_dir = job_run_dir(experiment, run, site)
+def _render_job(experiment: Experiment, runs: list[Run], site: Site, array: str | None, name: str) -> str:
+    run = runs[0]  # the shape's: every run of an array has the same nodes, GPUs and time limit
     single_node = run.nodes == 1
     return _environment().get_template("job.sbatch.j2").render(
-        experiment=experiment.name, run=run, site=site, run_dir=run_dir,
-        job_name=job_name(experiment.name, run.name),
+        experiment=experiment.name, run=run, runs=runs, array=array, site=site,
+        run_dir=job_run_dir(experiment, run, site), results_dir=job_results_dir(experiment, site),
+        arrays_dir=f"{job_results_dir(experiment, site)}/{ARRAYS}",
+        job_name=name,
         project_dir=expand_path(site.project_dir),
         tasks_per_node=run.gpus if single_node else 1,
         stop_seconds=STOP_SECONDS,
         cpus_per_task=site.cpus_per_gpu * (1 if single_node else run.gpus),
         launcher=[*container_wrapper(site), expand_path(site.python)],
-        run_spec=f"{run_dir}/{RUN_SPEC_FILE}",
+        run_spec_file=RUN_SPEC_FILE,
     )
+
+
+def render_run(experiment: Experiment, run: Run, site: Site) -> str:
+    """One run's script, alone: what ``hpml render`` writes."""
+    return _render_job(experiment, [run], site, None, job_name(experiment.name, run.name))
+
+
+def render_array(experiment: Experiment, runs: list[Run], site: Site, max_concurrent: int | None) -> str:
+    """The job array that trains ``runs`` (one shape; task k trains ``runs[k]``), at most
+    ``max_concurrent`` tasks at once: what ``hpml submit`` sends."""
+    if not runs or len({shape_label(run) for run in runs}) != 1 or len(runs) > MAX_ARRAY_TASKS:
+        raise ValueError("an array carries 1 to MAX_ARRAY_TASKS runs of one shape")
+    array = f"0-{len(runs) - 1}" + (f"%{max_concurrent}" if max_concurrent else "")
+    return _render_job(experiment, runs, site, array, array_job_name(experiment.name, shape_label(runs[0])))
 
 
 JOB_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")

@@ -22,7 +22,9 @@ the shipped ones in ``jobs/sites/``: a user's profile of the same name shadows t
 is validated exactly as the profile's own value, an error naming ``--set`` and the key.
 
 A site may add ``#SBATCH`` options hpml does not set itself (``sbatch_extra``: a constraint,
-``--exclusive``, a reservation), each a plain ``--name`` or ``--name=value``.
+``--exclusive``, a reservation), each a plain ``--name`` or ``--name=value``, and cap how many
+tasks of each job array run at once (``max_concurrent``: ``hpml submit`` sends the runs of one
+resource shape as one array, ``jobs.render``).
 
 A site also states how fast its hardware runs, for the plan's predicted step time
 (``hpml_core.spec.step_time``): ``compute_efficiency`` (the MFU assumed: 0.40 by default,
@@ -114,6 +116,9 @@ class Site(_Strict):
     # must not hang on one that never answers.
     submit_timeout_s: int = Field(60, ge=1)
     sbatch_extra: list[str] = []  # further #SBATCH options: --constraint=a100_80, --exclusive, --reservation=x
+    # At most this many tasks of each job array run at once (sbatch --array=0-N%M); None: as many
+    # as Slurm allows. `hpml submit --max-concurrent M` overrides it.
+    max_concurrent: int | None = Field(None, ge=1)
     # The hardware's speed, for predicted step times (see the module's doc).
     compute_efficiency: float = Field(0.40, gt=0, le=1)
     intra_node_gb_per_s: float = Field(100.0, gt=0)

@@ -6,6 +6,8 @@ disabled or its database is unreachable, from ``squeue``, which knows only recen
 with a timeout, so a status query answers even on a cluster without accounting, where waiting
 on submitit's watcher would wait forever. A job's restart after a requeue keeps its job id.
 Only this user's jobs are listed: on a shared cluster the others are many, and none of ours.
+A job array's task is its own job here, ``<array job id>_<task>`` as both commands print it:
+sacct does not know a task still pending in its array, squeue does.
 """
 
 from __future__ import annotations
@@ -90,8 +92,10 @@ def _sacct(selection: list[str], since: datetime | None = None) -> dict[str, Job
 
 
 def _squeue(selection: list[str], since: datetime | None = None) -> dict[str, JobInfo]:
-    # This user's jobs the controller still knows (--states=all keeps recently ended ones).
-    output = run(["squeue", "--me", "--noheader", "--states=all", "--format=%i|%T|%M|%V|%R", *selection])
+    # This user's jobs the controller still knows (--states=all keeps recently ended ones), one
+    # line per array task (--array: a pending array's tasks are otherwise one line, "12_[3-9%2]").
+    output = run(["squeue", "--me", "--noheader", "--states=all", "--array", "--format=%i|%T|%M|%V|%R",
+                  *selection])
     found = {}
     for line in output.splitlines():
         job_id, state, elapsed, submitted, nodes = line.strip().split("|", 4)

@@ -22,9 +22,13 @@ job is adopted (recorded in the ledger) instead of submitting a second one.
 
 Two backends, one engine command, ``python -m hpml_core.train --config <run>/run.json``: each
 run's spec (``render.run_config``) is written into its folder before the run is started.
-- a Slurm site: each run's script is rendered from the template, checked by
-  ``sbatch --test-only`` (all of them, before any is submitted), and submitted through submitit
-  (``jobs.slurm``). Submitting returns at once; ``hpml status`` follows the jobs.
+- a Slurm site: the runs are grouped by resource shape, and each group is one job array
+  (``jobs.render``: task k trains the group's k-th run; at most ``--max-concurrent`` or the
+  site's ``max_concurrent`` tasks at once), rendered from the template, checked by ``sbatch
+  --test-only`` (all of them, before any is submitted), and submitted through submitit
+  (``jobs.slurm``): one ``sbatch`` per shape, whatever the number of runs. A run's job is its
+  task, ``<array job id>_<task>``, which status, cancel, requeue and ``--only-failed`` act on
+  alone. Submitting returns at once; ``hpml status`` follows the jobs.
 - ``--site local``: the runs execute here, one after another, from the site's project_dir (as a
   job would), each run's processes started by torchrun in a session of their own, output in
   ``<run>/local-<attempt>.out``. A run's state comes from its rank files, as for Slurm
@@ -100,13 +104,18 @@ def set_aside(run_dir: Path) -> Path | None:
     return target
 
 
-def _claim(folder: Path, run: Run, seen: dict, submission: bool = True, **fields) -> int | None:
-    """Claim the run unless, since its state was decided, another submit took it or it changed."""
+def _busy(seen: dict):
+    """Whether a run's entry changed since its state was decided (``seen``): another submit took it."""
     def key(entry: dict) -> tuple:
         return entry.get("state"), entry.get("job_id"), entry.get("attempts", 0), entry.get("claimed_at")
 
-    return ledger.claim(folder, run.name, lambda entry: key(entry) != key(seen), submission=submission,
-                        pid=os.getpid(), host=socket.gethostname(), **fields)
+    return lambda entry: key(entry) != key(seen)
+
+
+def _claim(folder: Path, run: Run, seen: dict, submission: bool = True, **fields) -> int | None:
+    """Claim the run unless, since its state was decided, another submit took it or it changed."""
+    return ledger.claim(folder, run.name, _busy(seen), submission=submission, pid=os.getpid(),
+                        host=socket.gethostname(), **fields)
 
 
 def _job_history(entry: dict) -> list[str]:
@@ -138,9 +147,15 @@ def check_fit(experiment: Experiment, site: Site, runs: list[Run]) -> None:
 
 
 def submit(experiment: Experiment, site: Site, only_failed: bool, force: bool, dry_run: bool,
-           fit_check: bool = True, report: tuple[str, list[str]] | None = None) -> int:
+           fit_check: bool = True, report: tuple[str, list[str]] | None = None,
+           max_concurrent: int | None = None) -> int:
     """Submit (or, on a local site, run) every selected run; ``report``: the site argument and
-    ``--set`` items to build the study's report with once its runs have ended (``--report``)."""
+    ``--set`` items to build the study's report with once its runs have ended (``--report``);
+    ``max_concurrent``: at most that many tasks of each job array at once (else the site's
+    ``max_concurrent``)."""
+    if max_concurrent is not None and site.scheduler == "local":
+        raise UsageError("--max-concurrent", f"{site.name} runs one run at a time on this machine; "
+                         "--max-concurrent throttles the job arrays of a Slurm site")
     if site.scheduler == "local" and importlib.util.find_spec("torch") is None:  # a login-side install
         raise UsageError("--site", f"{site.name} runs the engine on this machine, which needs it installed: "
                          "pip install 'hpml[engine]' (or submit to a Slurm site)")
@@ -169,7 +184,8 @@ def submit(experiment: Experiment, site: Site, only_failed: bool, force: bool, d
                        *(word for item in report[1] for word in ("--set", item))]
             status = max(status, subprocess.run(command).returncode)
         return status
-    status = _submit_to_slurm(experiment, site, folder, runs, states, force, dry_run)
+    status = _submit_to_slurm(experiment, site, folder, runs, states, force, dry_run,
+                              max_concurrent or site.max_concurrent)
     if report and status == 0:
         _submit_report(experiment, site, folder, *report, dry_run=dry_run)
     return status
@@ -180,7 +196,7 @@ def _submit_report(experiment: Experiment, site: Site, folder: Path, site_arg: s
     """A small CPU job that runs `hpml report` once every pending or running job of the study
     has ended, whatever its state (``--dependency=afterany``)."""
     entries = ledger.read(folder) if not dry_run else {}
-    after = sorted({str(entry["job_id"]) for entry in entries.values()
+    after = sorted({str(entry["job_id"]).split("_")[0] for entry in entries.values()  # whole arrays
                     if entry.get("backend") == "slurm" and entry.get("job_id")
                     and entry.get("state") in (PENDING, RUNNING)}, key=lambda job: (len(job), job))
     if dry_run:
@@ -189,62 +205,108 @@ def _submit_report(experiment: Experiment, site: Site, folder: Path, site_arg: s
     script = render.render_report(experiment, site, site_arg, overrides, after)
     atomic_write(folder / REPORT_SCRIPT, lambda f: f.write(script.encode()))
     job_id = slurm.submit(script, folder / "submitit", 1, timeout_s=site.submit_timeout_s)
-    print(f"report: job {job_id}, after {len(after)} jobs end: {folder}/report/ ({folder / REPORT_SCRIPT})")
+    print(f"report: job {job_id}, after job(s) {','.join(after) or '(none)'} end: {folder}/report/ "
+          f"({folder / REPORT_SCRIPT})")
 
 
 def queued_after_all(experiment: Experiment, run: Run, entry: dict) -> slurm_query.JobInfo | None:
     """The job Slurm queued for a submission whose sbatch failed or timed out: this user's newest
-    job of the run's name, submitted since that claim, that the ledger does not know yet."""
+    job of the run's job name (its array's), submitted since that claim, that the ledger does not
+    know yet; in an array, the task the run was given."""
     claimed = entry.get("claimed_at")
     since = datetime.fromisoformat(claimed) if claimed else None
     known = set(_job_history(entry))
-    found = slurm_query.find_jobs(render.job_name(experiment.name, run.name), since=since)
-    return next((job for job in found if job.job_id not in known), None)
+    task = entry.get("array_task")
+    found = slurm_query.find_jobs(entry.get("job_name") or render.job_name(experiment.name, run.name), since=since)
+    return next((job for job in found if job.job_id not in known
+                 and (task is None or job.job_id.endswith(f"_{task}"))), None)
+
+
+def _array_script(folder: Path, label: str, text: str) -> Path:
+    """``<experiment>/arrays/<shape>-<n>.sbatch``, n the first number no earlier submission took
+    (the name is taken with O_EXCL: two hpml submit at once never write the same file)."""
+    arrays = folder / render.ARRAYS
+    arrays.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        path = arrays / f"{label}-{n}.sbatch"
+        try:
+            path.open("x").close()
+            break
+        except FileExistsError:
+            n += 1
+    atomic_write(path, lambda f: f.write(text.encode()))
+    return path
 
 
 def _submit_to_slurm(experiment: Experiment, site: Site, folder: Path, runs: list[Run],
-                     states: dict[str, run_state.RunState], force: bool, dry_run: bool) -> int:
+                     states: dict[str, run_state.RunState], force: bool, dry_run: bool,
+                     max_concurrent: int | None) -> int:
     slurm.require_slurm(site.name)
     adopted = {run.name: job for run in runs if states[run.name].state == SUBMIT_FAILED
                and (job := queued_after_all(experiment, run, states[run.name].entry)) is not None}
-    fresh = [run for run in runs if run.name not in adopted]
-    scripts = {run.name: render.render_run(experiment, run, site) for run in fresh}
-    for run in fresh:  # Slurm checks every script (partition, account, GPUs, time) before any is submitted
-        slurm.test_only(scripts[run.name], f"run {run.name!r}", timeout_s=site.submit_timeout_s)
+    groups = render.group_by_shape([run for run in runs if run.name not in adopted])
+    for group in groups:  # Slurm checks every array (partition, account, GPUs, time) before any is submitted
+        slurm.test_only(render.render_array(experiment, group, site, max_concurrent),
+                        f"run {group[0].name!r}" + (f" (and {len(group) - 1} more of its shape)" if len(group) > 1
+                                                    else ""), timeout_s=site.submit_timeout_s)
+    at_once = f", at most {max_concurrent} at once" if max_concurrent else ""
     if dry_run:
         for name, job in adopted.items():
             print(f"  would adopt {name}: job {job.job_id} ({job.state}), queued although its sbatch failed")
-        for run in fresh:
-            print(f"  would submit {run.name}: {run.nodes} node(s) x {run.gpus} GPUs, {run.time_limit}"
-                  + (", from step 0 (its folder kept in previous-<n>/)" if force else ""))
+        for group in groups:
+            shape = group[0]
+            print(f"  would submit one array of {len(group)} run(s), {shape.nodes} node(s) x {shape.gpus} GPUs, "
+                  f"{shape.time_limit}{at_once}: {', '.join(run.name for run in group)}"
+                  + (" (each from step 0, its folder kept in previous-<n>/)" if force else ""))
         return 0
     if runs:  # every script passed Slurm's check: from here on the folder is this site's
         ledger.check_site(folder, site.name, record=True)
     for run in runs:
         if run.name in adopted:
             _adopt(folder, run, adopted[run.name], states[run.name].entry)
-    for index, run in enumerate(fresh, 1):
-        run_dir, seen = folder / run.name, states[run.name].entry
-        claimed = _claim(folder, run, seen, backend="slurm", state=SUBMITTING, why="", job_id=None,
-                         first_attempt=1 if force else attempts.next_attempt(run_dir))
-        if claimed is None:
-            print(f"[{index}/{len(fresh)}] {run.name}: submitted meanwhile by another hpml submit, skipped")
+    count, total = 0, sum(map(len, groups))
+    for group in groups:
+        claimed = ledger.claim_many(
+            folder, {run.name: _busy(states[run.name].entry) for run in group}, backend="slurm", state=SUBMITTING,
+            why="", job_id=None, pid=os.getpid(), host=socket.gethostname())
+        for run in group:
+            if run.name not in claimed:
+                count += 1
+                print(f"[{count}/{total}] {run.name}: submitted meanwhile by another hpml submit, skipped")
+        group = [run for run in group if run.name in claimed]
+        if not group:
             continue
-        kept = set_aside(run_dir) if force else None
-        script = run_dir / render.SCRIPT
-        write_run_spec(run_dir / RUN_SPEC_FILE, render.run_config(experiment, run, site))
-        atomic_write(script, lambda f, text=scripts[run.name]: f.write(text.encode()))
+        label = render.shape_label(group[0])
+        text = render.render_array(experiment, group, site, max_concurrent)
+        script = _array_script(folder, label, text)
+        name, kept, recorded = render.array_job_name(experiment.name, label), {}, {}
+        for task, run in enumerate(group):
+            run_dir = folder / run.name
+            first = 1 if force else attempts.next_attempt(run_dir)
+            kept[run.name] = set_aside(run_dir) if force else None
+            write_run_spec(run_dir / RUN_SPEC_FILE, render.run_config(experiment, run, site))
+            recorded[run.name] = {"first_attempt": first, "job_name": name, "array_task": task,
+                                  "script": str(script)}
+        ledger.update_many(folder, recorded)  # before sbatch: a lost answer is then found by name and task
         try:
-            job_id = slurm.submit(scripts[run.name], run_dir / "submitit", run.world_size,
-                                  timeout_s=site.submit_timeout_s)
-        except slurm_query.SlurmError as exc:  # a timeout included: the job may be queued all the same
-            ledger.update(folder, run.name, state=SUBMIT_FAILED, why=str(exc))
-            print(f"[{index}/{len(fresh)}] {run.name}: {exc}; nothing more submitted", file=sys.stderr)
+            array_id = slurm.submit(text, folder / render.ARRAYS / "submitit", group[0].world_size,
+                                    timeout_s=site.submit_timeout_s)
+        except slurm_query.SlurmError as exc:  # a timeout included: the array may be queued all the same
+            ledger.update_many(folder, {run.name: {"state": SUBMIT_FAILED, "why": str(exc)} for run in group})
+            print(f"{', '.join(run.name for run in group)}: {exc}; nothing more submitted", file=sys.stderr)
             return 1
-        ledger.update(folder, run.name, state=PENDING, why="", job_id=job_id, job_ids=[*_job_history(seen), job_id],
-                      script=str(script), log=str(run_dir / f"slurm-{job_id}.out"))
-        print(f"[{index}/{len(fresh)}] {run.name}: job {job_id} ({run.nodes} x {run.gpus}, {script})"
-              + (f"; the previous run kept in {kept}" if kept else ""))
+        ledger.update_many(folder, {
+            run.name: {"state": PENDING, "why": "", "job_id": f"{array_id}_{task}",
+                       "job_ids": [*_job_history(states[run.name].entry), f"{array_id}_{task}"],
+                       "log": str(folder / run.name / f"slurm-{array_id}_{task}.out")}
+            for task, run in enumerate(group)})
+        print(f"array {name}: job {array_id}, {len(group)} run(s) of {group[0].nodes} x {group[0].gpus}, "
+              f"{group[0].time_limit}{at_once} ({script})")
+        for task, run in enumerate(group):
+            count += 1
+            print(f"[{count}/{total}] {run.name}: job {array_id}_{task}"
+                  + (f"; the previous run kept in {kept[run.name]}" if kept[run.name] else ""))
     if runs:
         print(f"follow: hpml status {experiment.name} --site {site.name} [--watch 30]; "
               f"results: {folder}/<run>/{attempts.ATTEMPTS}/<n>/rank-<k>.json")

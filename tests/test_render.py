@@ -97,6 +97,49 @@ def test_unknown_site_is_named_with_the_known_ones(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_submit_groups_runs_by_shape_into_arrays_pinned_by_a_golden_file(monkeypatch):
+    """The seed study's 30 runs are two shapes (1 and 4 GPUs, 2 hours): two arrays, each run
+    once, in the study's order. To accept a deliberate change of the 4-GPU array's script:
+    USER=alice python -c 'from jobs import experiment as e, site as s, render as r;
+    x = e.load(e.experiment_path("seed_study"));
+    print(r.render_array(x, r.group_by_shape(x.runs)[1], s.load("greene"), 2), end="")'
+    > tests/golden/greene/array-1x4-02h00m00s.sbatch"""
+    monkeypatch.setenv("USER", "alice")
+    exp = experiment.load(EXPERIMENTS / "seed_study.yaml")
+    groups = render.group_by_shape(exp.runs)
+    assert [(render.shape_label(group[0]), len(group)) for group in groups] == [("1x1-02h00m00s", 18),
+                                                                                  ("1x4-02h00m00s", 12)]
+    assert sorted(run.name for group in groups for run in group) == sorted(run.name for run in exp.runs)
+    text = render.render_array(exp, groups[1], site.load("greene"), 2)
+    assert text == (GOLDEN / "greene" / "array-1x4-02h00m00s.sbatch").read_text()
+    assert "\n#SBATCH --array=0-11%2\n" in text and "\n#SBATCH --job-name=hpml-seed_study-1x4-02h00m00s\n" in text
+    with pytest.raises(ValueError):  # one shape per array
+        render.render_array(exp, [groups[0][0], groups[1][0]], site.load("greene"), None)
+
+
+def test_a_large_group_is_split_at_slurms_array_size(monkeypatch):
+    exp = experiment.load(EXPERIMENTS / "tiny_study.yaml")
+    many = [exp.runs[0].model_copy(update={"name": f"r{k}"}) for k in range(render.MAX_ARRAY_TASKS + 5)]
+    assert [len(group) for group in render.group_by_shape(many)] == [render.MAX_ARRAY_TASKS, 5]
+
+
+@pytest.mark.parametrize("task", [0, 2])
+def test_each_array_task_trains_its_own_run_and_writes_into_its_folder(tmp_path, task):
+    """The array script under bash, srun replaced by a function: task k starts the engine on the
+    k-th run's spec, and the task's output lands in that run's folder, named by array and task."""
+    exp = experiment.load(EXPERIMENTS / "tiny_study.yaml")
+    group = render.group_by_shape(exp.runs)[0][:3]
+    text = render.render_array(exp, group, site.load(str(write_site(tmp_path, yaml_site(tmp_path)))), None)
+    run_dir = tmp_path / "r" / "tiny_study" / group[task].name
+    run_dir.mkdir(parents=True)
+    stubs = "srun() { echo \"srun ${@: -1}\"; }\nscontrol() { :; }\n"
+    env = {**os.environ, "SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": str(task), "SLURM_JOB_ID": "80"}
+    subprocess.run(["bash", "-c", stubs + text], cwd=tmp_path, check=True, env=env)
+    assert (run_dir / "slurm-77_{}.out".format(task)).read_text() == f"srun {run_dir}/run.json\n"
+    env["SLURM_ARRAY_TASK_ID"] = "3"  # no such task: refused, nothing run
+    assert subprocess.run(["bash", "-c", stubs + text], cwd=tmp_path, env=env, capture_output=True).returncode != 0
+
+
 def test_the_job_name_is_render_job_name(tmp_path):
     exp = experiment.load(GOLDEN / "two_nodes.yaml")
     text = render.render_run(exp, exp.runs[0], site.load(str(write_site(tmp_path, yaml_site(tmp_path)))))

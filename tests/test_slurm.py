@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -117,6 +118,12 @@ def wait_for(predicate, timeout: float, what: str, every: float = 1):
     raise AssertionError(f"gave up after {timeout:.0f} s waiting for {what}")
 
 
+def slurm_job(rank_file: dict) -> str:
+    """The rank file's job as Slurm names it: ``<array job id>_<task>`` (hpml submits arrays)."""
+    slurm = rank_file["slurm"]
+    return f"{slurm['array_job_id']}_{slurm['array_task_id']}"
+
+
 def job_state(job_id: str) -> str:
     info = slurm_query.query([job_id]).get(job_id)
     return info.state if info else "UNKNOWN"
@@ -139,7 +146,10 @@ def stop_and_requeue(job: str, run_dir: Path, steps: int, after: int = 20) -> No
     wait for the requeue, and release the job: Slurm holds a requeued job a while (reason
     BeginTime)."""
     wait_for(lambda: own_step(run_dir) >= after, 180, f"{after} steps before the signal", every=0.1)
-    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    # No check of scancel's exit status: Slurm 22.05 delivers a signal to an array task, then
+    # answers "Job can not be altered now, try again later" (scancel retries, signalling again,
+    # and exits non-zero). Whether the engine got it is what the requeue below shows.
+    subprocess.run(["scancel", "--signal=USR1", job], capture_output=True)
     wait_for(lambda: job_state(job) == "PENDING" and own_step(run_dir) < steps, 180, "the requeue")
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
 
@@ -158,7 +168,7 @@ def test_make_submit_all_runs_the_tiny_study_once_even_when_submitted_twice_at_o
     outputs = [proc.communicate(timeout=600)[0] for proc in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, outputs
     folder = slurm_site.parent / "results" / "tiny_study"
-    submitted = [line for out in outputs for line in out.splitlines() if ": job " in line]
+    submitted = [line for out in outputs for line in out.splitlines() if line.startswith("[") and ": job " in line]
     assert sorted(line.split("] ")[1].split(":")[0] for line in submitted) == sorted(ledger(folder)) == sorted(worlds)
     assert all(entry["attempts"] == 1 for entry in ledger(folder).values())
 
@@ -169,9 +179,10 @@ def test_make_submit_all_runs_the_tiny_study_once_even_when_submitted_twice_at_o
     for name, world in worlds.items():
         files = rank_files(folder / name)
         assert sorted(files) == list(range(world)) and {f["status"] for f in files.values()} == {"completed"}
-        assert {(f["launcher"], f["slurm"]["job_id"]) for f in files.values()} == {("srun", entries[name]["job_id"])}
-        assert (folder / name / "submitit" / f"{entries[name]['job_id']}_submission.sh").read_text() == \
-            (folder / name / "job.sbatch").read_text()
+        assert {(f["launcher"], slurm_job(f)) for f in files.values()} == {("srun", entries[name]["job_id"])}
+        array_job = entries[name]["job_id"].split("_")[0]
+        assert (folder / "arrays" / "submitit" / f"{array_job}_submission.sh").read_text() == \
+            Path(entries[name]["script"]).read_text()
         assert {json.dumps(f["config_source"]) for f in files.values()} == {
             json.dumps({"file": str(folder / name / "run.json"), "overrides": []})}
 
@@ -221,7 +232,8 @@ def test_a_failed_run_shows_failed_and_only_failed_submits_just_that_one(slurm_s
     rows = status_rows(str(exp), slurm_site)
     assert (rows["broken"][0], rows["fine"][0]) == ("FAILED", "COMPLETED")
     # --report: a job that waits for both (afterany) and builds the report, with no other command.
-    report_job = re.search(r"^report: job (\d+), after 2 jobs end", submitted.stdout, re.M).group(1)
+    array_job = jobs["broken"].split("_")[0]  # one array: both runs have one shape
+    report_job = re.search(rf"^report: job (\d+), after job\(s\) {array_job} end", submitted.stdout, re.M).group(1)
     assert wait_finished(report_job, 600) == "COMPLETED", (folder / f"report-{report_job}.out").read_text()
     summary = (folder / "report" / "summary.md").read_text()
     assert re.search(r"^\| broken \|.*\| FAILED \|$", summary, re.M) and re.search(r"^\| fine \|.*\| COMPLETED \|$",
@@ -273,7 +285,7 @@ def test_a_stop_signal_requeues_the_job_which_resumes_to_the_uninterrupted_loss(
     assert wait_finished(ledger(folder)["reference"]["job_id"]) == "COMPLETED"
 
     resumed, reference = rank_files(folder / "interrupted"), rank_files(folder / "reference")
-    assert sorted(resumed) == [0, 1] and all(f["slurm"]["job_id"] == job for f in resumed.values())
+    assert sorted(resumed) == [0, 1] and all(slurm_job(f) == job for f in resumed.values())
     assert resumed[0]["slurm"]["restart_count"] == 1 and 20 <= resumed[0]["resumed_from_step"] < 300
     assert resumed[0]["steps_completed"] == reference[0]["steps_completed"] == 300
     assert abs(resumed[0]["loss"]["values"][-1] - reference[0]["loss"]["values"][-1]) <= 1e-6
@@ -336,7 +348,7 @@ def test_status_answers_on_a_slurm_without_accounting(slurm_site, without_accoun
 
 def jobs_named(name: str) -> set[str]:
     """This user's job ids with that job name, from squeue and sacct asked directly."""
-    queued = subprocess.run(["squeue", "--me", "--noheader", "--states=all", f"--name={name}", "--format=%i"],
+    queued = subprocess.run(["squeue", "--me", "--noheader", "--states=all", "--array", f"--name={name}", "--format=%i"],
                             capture_output=True, text=True, check=True).stdout.split()
     accounted = subprocess.run(["sacct", "-X", "--noheader", "--parsable2", f"--name={name}", f"--user={os.getuid()}",
                                 "--starttime=now-7days", "--format=JobID"],
@@ -392,7 +404,7 @@ sleep 120
 """)
     (shims / "sbatch").chmod(0o755)
     exp, folder = experiment(slurm_site, "hanging", "- {name: one, mode: single, gpus: 1, batch_size: 4}")
-    name = render.job_name("hanging", "one")
+    name = render.array_job_name("hanging", "1x1-00h10m00s")
     earlier = jobs_named(name)  # of earlier test sessions, on this cluster's long memory
 
     started = time.monotonic()
@@ -411,7 +423,7 @@ sleep 120
     assert wait_finished(job) == "COMPLETED"
     assert jobs_named(name) - earlier == queued
     files = rank_files(folder / "one")
-    assert sorted(files) == [0] and files[0]["status"] == "completed" and files[0]["slurm"]["job_id"] == job
+    assert sorted(files) == [0] and files[0]["status"] == "completed" and slurm_job(files[0]) == job
 
 
 def test_a_job_stopped_within_its_last_warm_up_steps_is_requeued_and_completes(slurm_site):
@@ -437,7 +449,7 @@ def test_a_job_stopped_within_its_last_warm_up_steps_is_requeued_and_completes(s
     resumed_at = resumed["resumed_from_step"]
     assert 12 - 5 < resumed_at < 12, f"the stop landed after step {resumed_at}, not within the last warm-up steps"
     assert resumed["throughput"] is None and "earlier attempts" in resumed["throughput_missing_reason"]
-    assert stopped["throughput"] is not None and resumed["slurm"]["job_id"] == job
+    assert stopped["throughput"] is not None and slurm_job(resumed) == job
 
     report = hpml("report", str(exp), "--site", str(slurm_site))
     assert report.returncode == 0, report.stderr
@@ -453,3 +465,67 @@ def test_a_job_stopped_within_its_last_warm_up_steps_is_requeued_and_completes(s
                                                                 for step in range(12)]
     reference = rank_files(folder / "reference")[0]["loss"]["values"]
     assert len(reference) == 12 and max(abs(loss - ref) for (_, loss, _), ref in zip(curve, reference)) <= 1e-6
+
+
+def test_a_24_run_grid_is_one_throttled_array_and_a_stopped_task_is_requeued(slurm_site, tmp_path):
+    """24 runs of one shape (1 GPU, 10 minutes): one ``sbatch`` (counted by a PATH shim around the
+    real one), never more than --max-concurrent 2 tasks running (squeue sampled throughout),
+    every run completes; the first task, stopped by USR1 as before a time limit, is requeued
+    alone and completes from its checkpoint."""
+    shims, calls = tmp_path / "bin", tmp_path / "sbatch-calls.txt"
+    shims.mkdir()
+    (shims / "sbatch").write_text(f'#!/bin/bash\necho "$*" >> {calls}\nexec {shutil.which("sbatch")} "$@"\n')
+    (shims / "sbatch").chmod(0o755)
+    path = tmp_path / "grid.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: grid
+        dataset: wikitext-2
+        defaults: {{model: tiny, seq_len: 64, precision: fp32, warmup_steps: 1, time_limit: "00:10:00",
+                    mode: single, gpus: 1, batch_size: 2}}
+        runs: [{{name: g}}]
+        zip: {{seed: {list(range(1, 25))}, steps: {[300] + [3] * 23}}}
+    """))
+    path.rename(slurm_site.parent / "grid.yaml")
+    exp, folder = slurm_site.parent / "grid.yaml", slurm_site.parent / "results" / "grid"
+    names = list(experiment_module.load(exp).world_sizes)
+    assert len(names) == 24
+
+    running, sampling = [], True
+
+    def sample() -> None:
+        while sampling:
+            out = subprocess.run(["squeue", "--me", "--noheader", "--array", "--states=RUNNING",
+                                  f"--name={render.array_job_name('grid', '1x1-00h10m00s')}", "--format=%i"],
+                                 capture_output=True, text=True).stdout
+            running.append(len(out.split()))
+            time.sleep(0.3)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        done = hpml("submit", str(exp), "--site", str(slurm_site), "--max-concurrent", "2",
+                    path=f"{shims}:{os.environ['PATH']}")
+        assert done.returncode == 0, done.stdout + done.stderr
+        submitted = [line for line in calls.read_text().splitlines() if not line.startswith("--test-only")]
+        assert len(submitted) == 1, submitted
+        entries = ledger(folder)
+        array_job = entries[names[0]]["job_id"].split("_")[0]
+        assert [entries[name]["job_id"] for name in names] == [f"{array_job}_{task}" for task in range(24)]
+        first = entries[names[0]]["job_id"]
+        stop_and_requeue(first, folder / names[0], steps=300)
+        watch = hpml("status", str(exp), "--site", str(slurm_site), "--watch", "3", timeout=900)
+        assert watch.returncode == 0, watch.stderr
+    finally:
+        sampling = False
+        sampler.join()
+    assert max(running) == 2, running  # the throttle was reached, and never passed
+    entries = ledger(folder)
+    assert {entries[name]["state"] for name in names} == {COMPLETED}, entries
+    assert all(entry["attempts"] == 1 for entry in entries.values())
+    for task, name in enumerate(names):
+        files = rank_files(folder / name)
+        assert sorted(files) == [0] and files[0]["status"] == "completed" and slurm_job(files[0]) == f"{array_job}_{task}"
+    assert attempts.attempt_numbers(folder / names[0]) == [1, 2]
+    resumed = rank_files(folder / names[0])[0]
+    assert resumed["slurm"]["restart_count"] == 1 and 20 <= resumed["resumed_from_step"] < 300
+    assert (folder / names[0] / f"slurm-{first}.out").exists()  # the task's output, in its run's folder

@@ -50,6 +50,14 @@ class Slurm(_Strict):
                              "when one host runs several emulated nodes")
     restart_count: int = Field(description="how many times Slurm requeued the job before this attempt")
 
+    @property
+    def job(self) -> str | None:
+        """The job as sacct, squeue and scancel name it: ``<array job id>_<task>`` for a task of
+        a job array (its own ``job_id`` is a number of its own), else ``job_id``."""
+        if self.array_job_id and self.array_task_id:
+            return f"{self.array_job_id}_{self.array_task_id}"
+        return self.job_id
+
 
 class ModelInfo(_Strict):
     name: str
