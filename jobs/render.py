@@ -75,8 +75,10 @@ def shape_label(run: Run) -> str:
     return f"{run.nodes}x{run.gpus}-{days + 'd' if days else ''}{hours}h{minutes}m{seconds}s"
 
 
-def array_job_name(experiment: str, label: str) -> str:
-    return f"hpml-{experiment}-{label}"
+def array_job_name(experiment: str, label: str, number: int) -> str:
+    """The job name of the experiment's ``number``-th array of a shape (``shape_label``): what
+    finds the array again when its ``sbatch`` did not answer, and ``squeue --me --name``."""
+    return f"hpml-{experiment}-{label}-{number}"
 
 
 def group_by_shape(runs: list[Run]) -> list[list[Run]]:
@@ -132,13 +134,15 @@ def render_run(experiment: Experiment, run: Run, site: Site) -> str:
     return _render_job(experiment, [run], site, None, job_name(experiment.name, run.name))
 
 
-def render_array(experiment: Experiment, runs: list[Run], site: Site, max_concurrent: int | None) -> str:
+def render_array(experiment: Experiment, runs: list[Run], site: Site, max_concurrent: int | None,
+                 number: int = 1) -> str:
     """The job array that trains ``runs`` (one shape; task k trains ``runs[k]``), at most
-    ``max_concurrent`` tasks at once: what ``hpml submit`` sends."""
+    ``max_concurrent`` tasks at once: what ``hpml submit`` sends, as the ``number``-th array of
+    that shape (``<experiment>/arrays/<shape>-<number>.sbatch``)."""
     if not runs or len({shape_label(run) for run in runs}) != 1 or len(runs) > MAX_ARRAY_TASKS:
         raise ValueError("an array carries 1 to MAX_ARRAY_TASKS runs of one shape")
     array = f"0-{len(runs) - 1}" + (f"%{max_concurrent}" if max_concurrent else "")
-    return _render_job(experiment, runs, site, array, array_job_name(experiment.name, shape_label(runs[0])))
+    return _render_job(experiment, runs, site, array, array_job_name(experiment.name, shape_label(runs[0]), number))
 
 
 JOB_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")

@@ -21,8 +21,9 @@ the shipped ones in ``jobs/sites/``: a user's profile of the same name shadows t
 ``container``; the value is read as YAML, so ``'sbatch_extra=["--exclusive"]'`` is a list), and
 is validated exactly as the profile's own value, an error naming ``--set`` and the key.
 
-A site may add ``#SBATCH`` options hpml does not set itself (``sbatch_extra``: a constraint,
-``--exclusive``, a reservation), each a plain ``--name`` or ``--name=value``, and cap how many
+A site may add ``#SBATCH`` options hpml does not set itself (``sbatch_extra``: a constraint, a
+reservation), each a plain ``--name`` or ``--name=value``; say that its runs may take whole nodes
+(``exclusive``: every script then asks for ``--exclusive``, for timings no other job shares); and cap how many
 tasks of each job array run at once (``max_concurrent``: ``hpml submit`` sends the runs of one
 resource shape as one array, ``jobs.render``).
 
@@ -58,7 +59,7 @@ SBATCH_OPTION = re.compile(r"^--(?P<name>[a-z][a-z0-9-]*)(=[A-Za-z0-9._:,+/@%=-]
 # Options the job script sets from the profile or the experiment: a second one would override it.
 MANAGED_SBATCH_OPTIONS = {"job-name", "account", "partition", "qos", "nodes", "ntasks-per-node", "cpus-per-task",
                           "gres", "gpus-per-node", "mem-per-gpu", "time", "output", "error", "open-mode", "signal",
-                          "requeue", "no-requeue", "array", "dependency", "chdir", "wrap"}
+                          "requeue", "no-requeue", "array", "dependency", "chdir", "wrap", "exclusive"}
 OVERRIDE_KEY = re.compile(r"^[a-z_]+(\.[a-z_]+)*$")
 PATH_VARIABLES = ("USER", "HOME", "SCRATCH")
 
@@ -116,6 +117,9 @@ class Site(_Strict):
     # must not hang on one that never answers.
     submit_timeout_s: int = Field(60, ge=1)
     sbatch_extra: list[str] = []  # further #SBATCH options: --constraint=a100_80, --exclusive, --reservation=x
+    # Runs take their nodes whole (#SBATCH --exclusive), so no other job's traffic is in their
+    # timings: set it where the site allows whole-node jobs (and mind that it may charge the node).
+    exclusive: bool = False
     # At most this many tasks of each job array run at once (sbatch --array=0-N%M); None: as many
     # as Slurm allows. `hpml submit --max-concurrent M` overrides it.
     max_concurrent: int | None = Field(None, ge=1)
@@ -220,8 +224,9 @@ class Site(_Strict):
                 raise ValueError(f"{option!r} must be a plain --name or --name=value (letters, digits and "
                                  ". _ : , + / @ % = - in the value)")
             if match["name"] in MANAGED_SBATCH_OPTIONS:
-                raise ValueError(f"{option!r}: hpml sets --{match['name']} itself (from the profile's fields or the "
-                                 "experiment's)")
+                field = {"exclusive": "exclusive: true", "array": "max_concurrent"}.get(match["name"])
+                raise ValueError(f"{option!r}: hpml sets --{match['name']} itself (from "
+                                 + (f"the profile's {field})" if field else "the profile's fields or the experiment's)"))
         return value
 
     @field_validator("env")

@@ -222,21 +222,20 @@ def queued_after_all(experiment: Experiment, run: Run, entry: dict) -> slurm_que
                  and (task is None or job.job_id.endswith(f"_{task}"))), None)
 
 
-def _array_script(folder: Path, label: str, text: str) -> Path:
-    """``<experiment>/arrays/<shape>-<n>.sbatch``, n the first number no earlier submission took
-    (the name is taken with O_EXCL: two hpml submit at once never write the same file)."""
+def _new_array_script(folder: Path, label: str) -> tuple[Path, int]:
+    """A new, empty ``<experiment>/arrays/<shape>-<n>.sbatch`` and its n, the first number no
+    earlier submission took (created with O_EXCL: two hpml submit at once never share one, nor
+    the job name that n gives the array)."""
     arrays = folder / render.ARRAYS
     arrays.mkdir(parents=True, exist_ok=True)
-    n = 1
+    number = 1
     while True:
-        path = arrays / f"{label}-{n}.sbatch"
+        path = arrays / f"{label}-{number}.sbatch"
         try:
             path.open("x").close()
-            break
+            return path, number
         except FileExistsError:
-            n += 1
-    atomic_write(path, lambda f: f.write(text.encode()))
-    return path
+            number += 1
 
 
 def _submit_to_slurm(experiment: Experiment, site: Site, folder: Path, runs: list[Run],
@@ -278,9 +277,10 @@ def _submit_to_slurm(experiment: Experiment, site: Site, folder: Path, runs: lis
         if not group:
             continue
         label = render.shape_label(group[0])
-        text = render.render_array(experiment, group, site, max_concurrent)
-        script = _array_script(folder, label, text)
-        name, kept, recorded = render.array_job_name(experiment.name, label), {}, {}
+        script, number = _new_array_script(folder, label)
+        text = render.render_array(experiment, group, site, max_concurrent, number)
+        atomic_write(script, lambda f: f.write(text.encode()))
+        name, kept, recorded = render.array_job_name(experiment.name, label, number), {}, {}
         for task, run in enumerate(group):
             run_dir = folder / run.name
             first = 1 if force else attempts.next_attempt(run_dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -72,13 +73,17 @@ def experiment_variants(value: str) -> list[tuple[str, dict]]:
 
 
 def run_scripts(tmp_path, exp: experiment.Experiment, profile: site.Site, canary) -> None:
-    """Both scripts of the experiment's first run under bash with the stubs; the canary must not appear."""
+    """The scripts of the experiment's first run (its own, the array that submit sends, the
+    report's) under bash with the stubs; the canary must not appear."""
     record = tmp_path / "srun-args.txt"
+    (Path(render.job_run_dir(exp, exp.runs[0], profile))).mkdir(parents=True, exist_ok=True)  # the array's log goes there
     for text in (render.render_run(exp, exp.runs[0], profile),
+                 render.render_array(exp, exp.runs[:1], profile, profile.max_concurrent),
                  render.render_report(exp, profile, str(tmp_path / "site.yaml"), [], ["12"])):
         done = subprocess.run(["bash", "-c", STUBS + text], cwd=tmp_path, capture_output=True, text=True,
                               env={"PATH": "/usr/bin:/bin", "RECORD": str(record), "SLURM_JOB_ID": "12",
-                                   "SLURM_JOB_NODELIST": "n1"})
+                                   "SLURM_JOB_NODELIST": "n1", "SLURM_ARRAY_JOB_ID": "12",
+                                   "SLURM_ARRAY_TASK_ID": "0"})
         assert not canary.exists(), (text, done.stderr)
 
 

@@ -112,7 +112,7 @@ def test_submit_groups_runs_by_shape_into_arrays_pinned_by_a_golden_file(monkeyp
     assert sorted(run.name for group in groups for run in group) == sorted(run.name for run in exp.runs)
     text = render.render_array(exp, groups[1], site.load("greene"), 2)
     assert text == (GOLDEN / "greene" / "array-1x4-02h00m00s.sbatch").read_text()
-    assert "\n#SBATCH --array=0-11%2\n" in text and "\n#SBATCH --job-name=hpml-seed_study-1x4-02h00m00s\n" in text
+    assert "\n#SBATCH --array=0-11%2\n" in text and "\n#SBATCH --job-name=hpml-seed_study-1x4-02h00m00s-1\n" in text
     with pytest.raises(ValueError):  # one shape per array
         render.render_array(exp, [groups[0][0], groups[1][0]], site.load("greene"), None)
 

@@ -22,8 +22,8 @@ def hpml(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 def test_set_overrides_fields_for_one_command_and_extra_sbatch_options_are_written(tmp_path):
     done = hpml("render", "seed_study", "--site", "greene", "--set", "account=pr_123", "--set",
-                'sbatch_extra=["--constraint=a100_80", "--exclusive"]', "--set", "container.image=/images/x.sif",
-                "--results", str(tmp_path))
+                'sbatch_extra=["--constraint=a100_80"]', "--set", "exclusive=true", "--set",
+                "container.image=/images/x.sif", "--results", str(tmp_path))
     assert done.returncode == 0, done.stderr
     script = (tmp_path / "seed_study" / "single-r0" / "job.sbatch").read_text()
     lines = script.splitlines()
@@ -32,11 +32,16 @@ def test_set_overrides_fields_for_one_command_and_extra_sbatch_options_are_writt
     # sbatch reads #SBATCH lines only before the first command: the extra ones are among them
     first_command = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
     assert lines.index("#SBATCH --exclusive") < first_command
+    plain = hpml("render", "seed_study", "--site", "greene", "--results", str(tmp_path / "plain"))
+    assert plain.returncode == 0 and "--exclusive" not in (tmp_path / "plain" / "seed_study" / "single-r0" /
+                                                           "job.sbatch").read_text()
 
 
 @pytest.mark.parametrize("item,says", [
     ("partition=a b", "--set: partition: 'a b' must be letters, digits"),
     ("sbatch_extra=[\"--time=9:00:00\"]", "--set: sbatch_extra: '--time=9:00:00': hpml sets --time itself"),
+    ("sbatch_extra=[\"--exclusive\"]", "'--exclusive': hpml sets --exclusive itself (from the profile's exclusive: true)"),
+    ("max_concurrent=0", "--set: max_concurrent: Input should be greater than or equal to 1"),
     ("sbatch_extra=[\"--comment=x;touch /tmp/pwned\"]", "--set: sbatch_extra: '--comment=x;touch /tmp/pwned' must be a "
                                                          "plain --name or --name=value"),
     ("sbatch_extra=[\"--comment=a\\nb\"]", "must be a plain --name or --name=value"),
@@ -52,6 +57,19 @@ def test_a_bad_override_exits_2_naming_the_key_and_writes_nothing(tmp_path, item
     assert done.returncode == 2 and done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1 and says in done.stderr, done.stderr
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--max-concurrent", "0"], "argument --max-concurrent: must be a whole number from 1 (got '0')"),
+    (["--max-concurrent", "two"], "argument --max-concurrent: must be a whole number from 1 (got 'two')"),
+    (["--site", "local", "--max-concurrent", "2"], "--max-concurrent: local runs one run at a time on this machine"),
+])
+def test_a_bad_max_concurrent_exits_2_and_runs_nothing(tmp_path, args, says):
+    results = REPO / "results" / "tiny_study"
+    before = snapshot(results) if results.exists() else None
+    done = hpml("submit", "tiny_study", *args)
+    assert done.returncode == 2 and says in done.stderr.strip().splitlines()[-1], done.stderr  # after argparse's usage
+    assert (snapshot(results) if results.exists() else None) == before
 
 
 def test_user_profiles_add_to_and_shadow_the_shipped_ones(tmp_path):

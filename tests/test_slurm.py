@@ -404,7 +404,7 @@ sleep 120
 """)
     (shims / "sbatch").chmod(0o755)
     exp, folder = experiment(slurm_site, "hanging", "- {name: one, mode: single, gpus: 1, batch_size: 4}")
-    name = render.array_job_name("hanging", "1x1-00h10m00s")
+    name = render.array_job_name("hanging", "1x1-00h10m00s", 1)
     earlier = jobs_named(name)  # of earlier test sessions, on this cluster's long memory
 
     started = time.monotonic()
@@ -495,7 +495,7 @@ def test_a_24_run_grid_is_one_throttled_array_and_a_stopped_task_is_requeued(slu
     def sample() -> None:
         while sampling:
             out = subprocess.run(["squeue", "--me", "--noheader", "--array", "--states=RUNNING",
-                                  f"--name={render.array_job_name('grid', '1x1-00h10m00s')}", "--format=%i"],
+                                  f"--name={render.array_job_name('grid', '1x1-00h10m00s', 1)}", "--format=%i"],
                                  capture_output=True, text=True).stdout
             running.append(len(out.split()))
             time.sleep(0.3)
