@@ -469,9 +469,10 @@ def test_a_job_stopped_within_its_last_warm_up_steps_is_requeued_and_completes(s
 
 def test_a_24_run_grid_is_one_throttled_array_and_a_stopped_task_is_requeued(slurm_site, tmp_path):
     """24 runs of one shape (1 GPU, 10 minutes): one ``sbatch`` (counted by a PATH shim around the
-    real one), never more than --max-concurrent 2 tasks running (squeue sampled throughout),
-    every run completes; the first task, stopped by USR1 as before a time limit, is requeued
-    alone and completes from its checkpoint."""
+    real one), never more than --max-concurrent 2 tasks running (squeue sampled throughout);
+    the first task, stopped by USR1 as before a time limit, is requeued alone and completes from
+    its checkpoint; the last, cancelled while it waits its turn, is CANCELLED alone, and
+    --only-failed sends it again, as a new array of one; every run completes."""
     shims, calls = tmp_path / "bin", tmp_path / "sbatch-calls.txt"
     shims.mkdir()
     (shims / "sbatch").write_text(f'#!/bin/bash\necho "$*" >> {calls}\nexec {shutil.which("sbatch")} "$@"\n')
@@ -511,7 +512,10 @@ def test_a_24_run_grid_is_one_throttled_array_and_a_stopped_task_is_requeued(slu
         entries = ledger(folder)
         array_job = entries[names[0]]["job_id"].split("_")[0]
         assert [entries[name]["job_id"] for name in names] == [f"{array_job}_{task}" for task in range(24)]
-        first = entries[names[0]]["job_id"]
+        first, last = entries[names[0]]["job_id"], names[-1]
+        cancelled = hpml("cancel", str(exp), "--site", str(slurm_site), "--run", last)
+        assert cancelled.returncode == 0 and f"{last}: cancelled job {array_job}_23\n" in cancelled.stdout
+        assert status_rows(str(exp), slurm_site)[last][0] == "CANCELLED"
         stop_and_requeue(first, folder / names[0], steps=300)
         watch = hpml("status", str(exp), "--site", str(slurm_site), "--watch", "3", timeout=900)
         assert watch.returncode == 0, watch.stderr
@@ -519,12 +523,20 @@ def test_a_24_run_grid_is_one_throttled_array_and_a_stopped_task_is_requeued(slu
         sampling = False
         sampler.join()
     assert max(running) == 2, running  # the throttle was reached, and never passed
+    assert {state for state, _ in status_rows(str(exp), slurm_site).values()} == {COMPLETED, "CANCELLED"}
+    again = hpml("submit", str(exp), "--site", str(slurm_site), "--only-failed", path=f"{shims}:{os.environ['PATH']}")
+    assert again.returncode == 0 and "1 to run, 23 skipped (not failed)" in again.stdout, again.stdout + again.stderr
+    assert len([line for line in calls.read_text().splitlines() if not line.startswith("--test-only")]) == 2
+    resent = ledger(folder)[last]["job_id"]
+    assert resent.endswith("_0") and resent != f"{array_job}_23" and wait_finished(resent) == COMPLETED
+    assert {state for state, _ in status_rows(str(exp), slurm_site).values()} == {COMPLETED}  # recorded, too
     entries = ledger(folder)
     assert {entries[name]["state"] for name in names} == {COMPLETED}, entries
-    assert all(entry["attempts"] == 1 for entry in entries.values())
+    assert [entry["attempts"] for entry in entries.values()] == [1] * 23 + [2]
     for task, name in enumerate(names):
         files = rank_files(folder / name)
-        assert sorted(files) == [0] and files[0]["status"] == "completed" and slurm_job(files[0]) == f"{array_job}_{task}"
+        job = resent if name == last else f"{array_job}_{task}"
+        assert sorted(files) == [0] and files[0]["status"] == "completed" and slurm_job(files[0]) == job
     assert attempts.attempt_numbers(folder / names[0]) == [1, 2]
     resumed = rank_files(folder / names[0])[0]
     assert resumed["slurm"]["restart_count"] == 1 and 20 <= resumed["resumed_from_step"] < 300
