@@ -501,6 +501,12 @@ def test_a_24_run_grid_is_one_throttled_array_and_a_stopped_task_is_requeued(slu
             running.append(len(out.split()))
             time.sleep(0.3)
 
+    dry = hpml("submit", str(exp), "--site", str(slurm_site), "--max-concurrent", "2", "--dry-run",
+               path=f"{shims}:{os.environ['PATH']}")
+    assert dry.returncode == 0 and "would submit one array of 24 run(s), 1 node(s) x 1 GPUs, 00:10:00, at most 2 " \
+        "at once: g-seed-1-steps-300, g-seed-2-steps-3," in dry.stdout, dry.stdout + dry.stderr
+    assert calls.read_text().splitlines() == ["--test-only"] and not folder.exists()  # checked, nothing submitted
+
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
