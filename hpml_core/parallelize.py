@@ -35,10 +35,8 @@ from hpml_core.mesh import Mesh
 from hpml_core.model import GPT, next_token_loss
 from hpml_core.spec.config import TrainConfig
 from hpml_core.spec.precision import regime
-from hpml_core.stepper import DeepSpeedStepper, Stepper, TorchStepper, build_optimizer
+from hpml_core.stepper import TORCH_DTYPES, DeepSpeedStepper, Stepper, TorchStepper, build_optimizer
 
-# The dtype each rank's weights are filled in: the precision regime's (ZeRO-3 casts the model itself).
-WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def apply_activation_checkpointing(model: GPT) -> None:
@@ -63,7 +61,7 @@ def parallelize(model: GPT, mesh: Mesh, config: TrainConfig, device: torch.devic
     # reads them for weight decay; a partitioned parameter is an empty tensor).
     optimizer = build_optimizer(model, config, device) if zero3 else None
     materialize(model, shapes, model.dims.n_layer, config.seed, device,
-                WEIGHT_DTYPES[regime(config.mode, config.precision).weights_dtype],
+                TORCH_DTYPES[regime(config.mode, config.precision).weights_dtype],  # the regime's weights
                 then=zero.partitioner(config, mesh) if zero3 else None)
     if config.grad_ckpt:
         apply_activation_checkpointing(model)

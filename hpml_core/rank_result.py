@@ -124,15 +124,12 @@ def model_state_record(plan, measured: dict) -> rf.ModelState:
     return rf.ModelState(**measured, total_bytes=total, expected_bytes=expected, expectation=how)
 
 
-MODEL_STATE_LINES = ("parameters", "gradients", "optimizer states")  # what model_state.total_bytes measures
-
-
 def prediction_record(plan, device_type: str) -> rf.MemoryPrediction:
     """The memory model's prediction for this rank, as the engine resolved the run."""
     predicted = memory_model.predict(plan.config, plan.dims, plan.layout, device_type)
     return rf.MemoryPrediction(
         device_type=device_type, total_bytes=predicted.total_bytes, allocated_bytes=predicted.allocated_bytes,
-        model_state_bytes=sum(line.bytes for line in predicted.lines if line.name in MODEL_STATE_LINES),
+        model_state_bytes=predicted.model_state_bytes,
         lines=[rf.PredictionLine(name=line.name, bytes=line.bytes, formula=line.formula, in_allocated=line.in_allocated)
                for line in predicted.lines])
 

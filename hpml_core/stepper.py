@@ -31,7 +31,8 @@ from hpml_core.spec.atomic import atomic_write
 from hpml_core.spec.config import TrainConfig
 from hpml_core.spec.errors import UsageError
 
-AUTOCAST_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# hpml's precision names as torch dtypes, for the weights (parallelize) and for autocast (here).
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MicroBatches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -56,8 +57,8 @@ class TorchStepper:
         self.loss_fn, self.config, self.mesh = loss_fn, config, mesh
         self.optimizer = build_optimizer(model, config, device)
         self.scaler = DynamicLossScaler(enabled=config.precision == "fp16")
-        dtype = AUTOCAST_DTYPES[config.precision]
-        self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+        self.autocast = (nullcontext() if config.precision == "fp32"
+                         else torch.autocast(device.type, dtype=TORCH_DTYPES[config.precision]))
         self.model_state: dict | None = None
 
     def step(self, micro_batches: MicroBatches, measure: bool = False) -> torch.Tensor:

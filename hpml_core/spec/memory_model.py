@@ -133,6 +133,10 @@ ZERO3_MAX_REUSE_DISTANCE = 1_000_000_000  # DeepSpeed's default stage3_max_reuse
 DDP_BUCKET_BYTES = 25 * MIB  # torch DDP's bucket_cap_mb default
 
 
+# The lines of the model state (parameters, gradients, optimizer states), in that order.
+MODEL_STATE_LINES = ("parameters", "gradients", "optimizer states")
+
+
 @dataclass(frozen=True)
 class Line:
     name: str
@@ -153,6 +157,11 @@ class Prediction:
     def allocated_bytes(self) -> int:
         """What ``torch.cuda.max_memory_allocated`` should show: the lines inside PyTorch's allocator."""
         return sum(line.bytes for line in self.lines if line.in_allocated)
+
+    @property
+    def model_state_bytes(self) -> int:
+        """The model state's lines: what the engine measures as the rank file's model_state.total_bytes."""
+        return sum(line.bytes for line in self.lines if line.name in MODEL_STATE_LINES)
 
     def line(self, name: str) -> Line:
         for line in self.lines:
@@ -312,9 +321,10 @@ def _model_state_lines(config: TrainConfig, dims: ModelDims, layout: Layout) -> 
     low = DTYPE_BYTES[config.precision] if zero3 else 4
     moments = 8 if config.optimizer == "adamw" else 0
     optimizer = f"{4 + moments if zero3 else moments} B" + (" (fp32 master 4 + moments)" if zero3 else " (moments)")
-    lines = [Line("parameters", state.params, f"{low} B x {per}"),
-             Line("gradients", state.grads, f"{low} B x {per}"),
-             Line("optimizer states", state.optimizer, f"{optimizer} x {per}")]
+    params, grads, optimizer_states = MODEL_STATE_LINES
+    lines = [Line(params, state.params, f"{low} B x {per}"),
+             Line(grads, state.grads, f"{low} B x {per}"),
+             Line(optimizer_states, state.optimizer, f"{optimizer} x {per}")]
     tensors = list(state.tensor_bytes)
     if state.persistent:
         lines.append(Line("ZeRO-3 persistent parameters", state.persistent,
