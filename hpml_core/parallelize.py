@@ -38,7 +38,6 @@ from hpml_core.spec.precision import regime
 from hpml_core.stepper import TORCH_DTYPES, DeepSpeedStepper, Stepper, TorchStepper, build_optimizer
 
 
-
 def apply_activation_checkpointing(model: GPT) -> None:
     """Recompute each block's activations in the backward pass instead of keeping them.
 
