@@ -95,6 +95,15 @@ def study_hours_line(exp: experiment.Experiment, speeds: dict[str, RunSpeed], pe
             f"{performance.describe()}; step = compute + communication, not overlapped (hpml_core.spec.step_time)")
 
 
+def arrays_line(exp: experiment.Experiment, profile: site.Site) -> str:
+    """How ``hpml submit`` would send the study: one job array per resource shape."""
+    groups = render.group_by_shape(exp.runs)
+    shapes = ", ".join(f"{render.shape_label(group[0])} ({len(group)} runs)" for group in groups)
+    limit = (f"at most {profile.max_concurrent} tasks of each at once (max_concurrent)" if profile.max_concurrent
+             else "no limit on the tasks running at once (--max-concurrent M, or max_concurrent)")
+    return f"submit: {len(groups)} job array(s), one sbatch each: {shapes}; {limit}"
+
+
 def gib(n_bytes: int) -> str:
     return f"{n_bytes / GIB:.1f}"
 
@@ -245,6 +254,8 @@ def run_command(args: argparse.Namespace) -> int:
             print("\n".join(explain_lines(exp, memory, speeds)))
         print(gpu_line(gpu))
         print(study_hours_line(exp, speeds, profile.performance(), unit))
+        if profile.scheduler == "slurm":
+            print(arrays_line(exp, profile))
         print(data_line(exp))
         return 0
     if args.command == "render":

@@ -206,6 +206,9 @@ def test_plan_on_greene_predicts_memory_per_gpu_and_the_largest_batch_on_an_a100
     # the five layouts each have a largest batch on one A100 40 GB
     layouts = ("single-r0", "ddp-4-r0", "zero3-4-r0", "dp2xtp2-b8-r0", "dp2xtp2-b32-r0")
     assert all(rows[name][-4].isdigit() for name in layouts)
+    # how submit would send it: one job array per shape (1 and 4 GPUs, 2 hours)
+    assert ("submit: 2 job array(s), one sbatch each: 1x1-02h00m00s (18 runs), 1x4-02h00m00s (12 runs); no limit "
+            "on the tasks running at once (--max-concurrent M, or max_concurrent)") in proc.stdout.splitlines()
 
 
 def test_plan_on_a_site_without_a_gpu_predicts_memory_but_judges_no_fit():
@@ -215,6 +218,7 @@ def test_plan_on_a_site_without_a_gpu_predicts_memory_but_judges_no_fit():
     assert all(row[-5:-3] == ["n/a", "n/a"] and float(row[-6]) >= 0 for row in plan_rows(proc.stdout).values())
     assert ("GPU: n/a: site local names no GPU (gpu_model in its profile): GiB/GPU is predicted for a CUDA GPU; "
             "the fit is not judged") in proc.stdout.splitlines()
+    assert "submit: " not in proc.stdout  # the local site runs them one after another: no arrays
 
 
 def test_plan_explain_prints_each_prediction_line_by_line_with_its_formula():
