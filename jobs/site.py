@@ -18,14 +18,14 @@ Profiles are found by name in ``$HPML_SITES`` (a folder; default ``~/.config/hpm
 a user keeps their own (their account, a copy of a shipped profile for another GPU), then among
 the shipped ones in ``jobs/sites/``: a user's profile of the same name shadows the shipped one.
 ``--set KEY=VALUE`` on a command changes one field for that command (dotted keys reach into
-``container``; the value is read as YAML, so ``'sbatch_extra=["--exclusive"]'`` is a list), and
-is validated exactly as the profile's own value, an error naming ``--set`` and the key.
+``container``; the value is read as YAML, so ``'sbatch_extra=["--constraint=a100_80"]'`` is a
+list), and is validated exactly as the profile's own value, an error naming ``--set`` and the key.
 
 A site may add ``#SBATCH`` options hpml does not set itself (``sbatch_extra``: a constraint, a
 reservation), each a plain ``--name`` or ``--name=value``; say that its runs may take whole nodes
-(``exclusive``: every script then asks for ``--exclusive``, for timings no other job shares); and cap how many
-tasks of each job array run at once (``max_concurrent``: ``hpml submit`` sends the runs of one
-resource shape as one array, ``jobs.render``).
+(``exclusive``: every script then asks for ``--exclusive``, for timings no other job shares);
+and cap how many tasks of each job array run at once (``max_concurrent``: ``hpml submit`` sends
+the runs of one resource shape as one array, ``jobs.render``).
 
 A site also states how fast its hardware runs, for the plan's predicted step time
 (``hpml_core.spec.step_time``): ``compute_efficiency`` (the MFU assumed: 0.40 by default,
@@ -116,7 +116,7 @@ class Site(_Strict):
     # How long sbatch may take to answer: a controller under load can be slow, but hpml submit
     # must not hang on one that never answers.
     submit_timeout_s: int = Field(60, ge=1)
-    sbatch_extra: list[str] = []  # further #SBATCH options: --constraint=a100_80, --exclusive, --reservation=x
+    sbatch_extra: list[str] = []  # further #SBATCH options: --constraint=a100_80, --reservation=x
     # Runs take their nodes whole (#SBATCH --exclusive), so no other job's traffic is in their
     # timings: set it where the site allows whole-node jobs (and mind that it may charge the node).
     exclusive: bool = False
