@@ -89,10 +89,10 @@ bench-cli: demo
 test: venv
 	$(PY) -m pytest -q
 
-# Regenerate the JSON Schema of the rank files (hpml_core/spec/schemas/) after changing
-# hpml_core/spec/rank_file.py.
+# Regenerate the JSON Schema of the rank files (hpml_core/contract/schemas/) after changing
+# hpml_core/contract/rank_file.py.
 schema: venv
-	$(PY) -m hpml_core.spec.rank_file
+	$(PY) -m hpml_core.contract.rank_file
 
 # A real Slurm on this machine (root, Debian): NODES=2 make slurm-up emulates two nodes;
 # then make submit-all SITE=local-slurm.

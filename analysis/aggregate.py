@@ -19,22 +19,22 @@ an earlier one, and says so in ``throughput_note``):
 - model state per GPU: the parameter, gradient and optimizer bytes a rank holds, measured from
   its tensors (``model_state``), of the rank holding the most (its parts are that rank's, so
   they add up), in MiB; taken from the last attempt whose ranks all recorded it.
-- precision regime: the rank files' (``hpml_core.spec.precision``; derived from mode and
+- precision regime: the rank files' (``hpml_core.contract.precision``; derived from mode and
   precision for files written before the engine recorded it).
 - final loss: the last step's loss (rank 0's: the mean over data-parallel ranks), of the loss
   curve assembled from all attempts (``analysis.collect``).
 - attempts: how many the run had, and each one's Slurm job id and node list.
 - predicted against measured memory: each rank file records the memory model's prediction for
-  it (``hpml_core.spec.memory_model``, ``RankFile.prediction``). Model state: the predicted
+  it (``hpml_core.contract.memory_model``, ``RankFile.prediction``). Model state: the predicted
   parameter + gradient + optimizer bytes of the rank whose measured model state is counted
   above, against that measurement, on every device; error % = 100 × (predicted − measured) /
   measured. Training peak (GPUs only): the predicted allocated bytes (every line inside
   ``max_memory_allocated``), maximum over the ranks, against the measured training peak; on a
   CPU it is n/a (the prediction is for a GPU's allocator; a CPU's resident set is mostly the
   interpreter), as for files without a prediction or a training peak (``prediction_note`` says why).
-- predicted against measured tokens/s: the step-time model (``hpml_core.spec.step_time``) for
+- predicted against measured tokens/s: the step-time model (``hpml_core.contract.step_time``) for
   the measured attempt's configuration, layout, nodes (distinct Slurm nodes, else hostnames) and
-  device (its peak from ``hpml_core.spec.gpus`` by name; a CPU takes the site's
+  device (its peak from ``hpml_core.contract.gpus`` by name; a CPU takes the site's
   ``device_tflops``), at the speed the report's site profile states; error % as above. The
   prediction is made when the report is, from the site profile as it is then.
 - device hours (GPU-hours; process-hours on a CPU): every Slurm job of the run that Slurm knows
@@ -83,13 +83,13 @@ from collections.abc import Callable
 import pandas as pd
 
 from analysis.collect import Attempt, RunResult
-from hpml_core.spec import gpus
-from hpml_core.spec.layout import Layout
-from hpml_core.spec.models import model_dims
-from hpml_core.spec.precision import regime
-from hpml_core.spec.rank_file import RankFile
-from hpml_core.spec.run_states import COMPLETED
-from hpml_core.spec.step_time import Performance, predict_step
+from hpml_core.contract import gpus
+from hpml_core.contract.layout import Layout
+from hpml_core.contract.models import model_dims
+from hpml_core.contract.precision import regime
+from hpml_core.contract.rank_file import RankFile
+from hpml_core.contract.run_states import COMPLETED
+from hpml_core.contract.step_time import Performance, predict_step
 
 GIB = 1024**3
 MIB = 1024**2
@@ -107,7 +107,7 @@ SPREAD = ("tokens_per_s", "samples_per_s", "tokens_per_s_per_gpu", "mfu", "peak_
 DESCRIBED = ("mode", "nodes", "world_size", "dp_size", "tp_size", "model", "seq_len", "batch_per_gpu", "grad_accum",
              "global_batch", "precision", "regime", "regime_key", "optimizer", "grad_ckpt", "attn", "compile", "device")
 COUNTS = {"nodes", "world_size", "dp_size", "tp_size", "seq_len", "batch_per_gpu", "grad_accum", "global_batch"}
-# How a layout is named in the tables (hpml_core.spec.config.MODES); rank files written with the
+# How a layout is named in the tables (hpml_core.contract.config.MODES); rank files written with the
 # seed's names (baseline, hybrid) are read as ddp and zero3.
 MODE_WORDS = {"single": "single", "ddp": "DDP", "zero3": "ZeRO-3"}
 WITHIN, BEYOND, NO_SPREAD = "within noise", "beyond noise", "no spread: 1 repeat"

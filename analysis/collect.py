@@ -1,8 +1,8 @@
 """Read what an experiment left on disk and assemble each run's record from all its attempts.
 
 Sources, per run folder: the rank files of every attempt (``<run>/attempts/<n>/rank-<k>.json``,
-``hpml_core.spec.attempts``; each validated against the schema of ``hpml_core.spec.rank_file``)
-and the run's state and why, decided by ``jobs.run_state`` exactly as for ``hpml status``: Slurm
+``hpml_core.contract.attempts``; each validated against the schema of ``hpml_core.contract.rank_file``)
+and the run's state and why, decided by ``jobs.observe`` exactly as for ``hpml status``: Slurm
 is asked, with the same timeout, and when it does not answer the states are as last recorded,
 which the report's notes then say.
 
@@ -28,11 +28,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from hpml_core.spec import attempts as attempt_files
-from hpml_core.spec import rank_file
-from hpml_core.spec.rank_file import RankFile
-from hpml_core.spec.run_states import COMPLETED
-from jobs import run_state, slurm_query
+from hpml_core.contract import attempts as attempt_files
+from hpml_core.contract import rank_file
+from hpml_core.contract.rank_file import RankFile
+from hpml_core.contract.run_states import COMPLETED
+from jobs import observe, slurm_query
 
 REPEAT_SUFFIX = re.compile(r"-r\d+$")
 
@@ -71,7 +71,7 @@ class Attempt:
 class RunResult:
     name: str
     configuration: str  # the name without its repeat suffix: repeats of one configuration share it
-    status: str  # a state of hpml_core.spec.run_states
+    status: str  # a state of hpml_core.contract.run_states
     reason: str | None
     world_size: int
     attempts: list[Attempt] = field(default_factory=list)  # oldest first
@@ -152,7 +152,7 @@ def collect(folder: Path, runs: Mapping[str, int], repeated: bool) -> tuple[list
             raise ValueError(f"{path}: not a valid rank file")
         return read[path]
 
-    states, note = run_state.current(runs, folder, already_read)
+    states, note = observe.current(runs, folder, already_read)
     jobs = {name: _job_ids(attempts[name], states[name].entry) for name in runs}
     elapsed = _slurm_elapsed(sorted({job for ids in jobs.values() for job in ids}))
     results = [RunResult(name, configuration_of(name, repeated), states[name].state, states[name].reason or None,

@@ -8,7 +8,7 @@ import html
 from pathlib import Path
 
 from analysis.tables import HEADERS
-from hpml_core.spec.run_states import COMPLETED
+from hpml_core.contract.run_states import COMPLETED
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }

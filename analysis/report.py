@@ -4,7 +4,7 @@ attempt of an experiment's runs, validated, aggregated and written to
 summary.tex, figures (PNG and SVG) and report.html. It also prints the summary table and the
 paths it wrote.
 
-The runs' states are decided as ``hpml status`` decides them (``jobs.run_state``: Slurm asked,
+The runs' states are decided as ``hpml status`` decides them (``jobs.observe``: Slurm asked,
 with the same timeout, and the decisions recorded in the ledger), so a job killed hard shows as
 what it is, not as running; when Slurm does not answer (or is not there: a laptop holding a copy
 of the results folder), the notes say that the states are as last recorded. It can run while
@@ -26,8 +26,8 @@ from rich.text import Text
 
 from analysis import aggregate, figures, html, tables
 from analysis.collect import collect
-from hpml_core.spec.errors import EXIT_USAGE, UsageError
-from hpml_core.spec.step_time import Performance
+from hpml_core.contract.errors import EXIT_USAGE, UsageError
+from hpml_core.contract.step_time import Performance
 from jobs import experiment, site
 
 OUTPUTS = ("summary.csv", "runs.csv", "loss.csv", "step_times.csv", "summary.md", "summary.tex", "report.html")

@@ -1,5 +1,5 @@
 """Schema-built rank files with chosen numbers, for the report's tests (tests/test_report.py) and
-``make bench-report``: built from the rank-file schema (hpml_core.spec.rank_file), so they are the
+``make bench-report``: built from the rank-file schema (hpml_core.contract.rank_file), so they are the
 files the engine writes, with numbers from which every figure of the report can be computed by
 hand. Part of the package, not of the tests, because the benchmark runs from an install.
 
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hpml_core.spec import rank_file as rf
-from hpml_core.spec.config import TrainConfig
-from hpml_core.spec.flops import lookup_peak
-from hpml_core.spec.precision import regime
+from hpml_core.contract import rank_file as rf
+from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.flops import lookup_peak
+from hpml_core.contract.precision import regime
 
 GIB = 1024**3
 FLOPS_PER_TOKEN = 5_000_000_000
@@ -28,7 +28,7 @@ DECOY = 1.0
 
 def model_state_bytes(mode: str, dp: int, tp: int) -> tuple[int, int, int]:
     """(parameter, gradient, optimizer) bytes a rank holds with AdamW in bf16, as the engine
-    measures them (hpml_core.spec.model_state, with every parameter sharded by TP): the PyTorch
+    measures them (hpml_core.contract.model_state, with every parameter sharded by TP): the PyTorch
     path keeps fp32 weights and gradients and two fp32 moments (4 + 4 + 8 bytes per element);
     ZeRO-3 bf16 partitions and an fp32 master beside the moments (2 + 2 + 12), over DP."""
     elements = PARAMS // tp

@@ -124,7 +124,7 @@ def _prediction_notes(configs: pd.DataFrame) -> list[str]:
     """What the prediction column compares, and why a comparison is missing."""
     if "model_state_error_pct_median" not in configs:
         return []
-    lines = ["Predicted − measured: the memory model's prediction (hpml_core/spec/memory_model.py, recorded in each "
+    lines = ["Predicted − measured: the memory model's prediction (hpml_core/contract/memory_model.py, recorded in each "
              "rank file) against the measurement, in percent of the measurement, median over the completed repeats: "
              "model state (parameters + gradients + optimizer, the rank holding the most), and on GPUs the training "
              "peak (predicted bytes inside max_memory_allocated, maximum over the ranks, against the measured "
@@ -139,7 +139,7 @@ def _speed_prediction_notes(configs: pd.DataFrame, speed_assumed: str | None) ->
     """What the predicted tokens/s assumed, and where there is none."""
     if speed_assumed is None:
         return []
-    lines = [f"Predicted tokens/s: the step-time model (hpml_core/spec/step_time.py: model FLOPs at a stated rate, "
+    lines = [f"Predicted tokens/s: the step-time model (hpml_core/contract/step_time.py: model FLOPs at a stated rate, "
              f"plus the bytes each layout sends over stated bandwidths, not overlapped), at {speed_assumed}."]
     if "speed_prediction_note" in configs:
         for note, group in configs.dropna(subset=["speed_prediction_note"]).groupby("speed_prediction_note", sort=False):

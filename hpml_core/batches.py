@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hpml_core.spec.data_meta import TOKENS_FILE, DataMeta
-from hpml_core.spec.layout import Layout
+from hpml_core.contract.data_meta import TOKENS_FILE, DataMeta
+from hpml_core.contract.layout import Layout
 
 
 @dataclass(frozen=True)

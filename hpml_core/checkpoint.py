@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from hpml_core.spec.atomic import atomic_write_json
-from hpml_core.spec.config import TrainConfig, flag
-from hpml_core.spec.data_meta import DataMeta
-from hpml_core.spec.errors import UsageError
+from hpml_core.contract.atomic import atomic_write_json
+from hpml_core.contract.config import TrainConfig, flag
+from hpml_core.contract.data_meta import DataMeta
+from hpml_core.contract.errors import UsageError
 
 LATEST = "latest.json"
 # The config fields that change the trajectory, in the order a mismatch is reported; the data's

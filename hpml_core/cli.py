@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from hpml_core.spec.errors import EXIT_USAGE, UsageError
+from hpml_core.contract.errors import EXIT_USAGE, UsageError
 
 USAGE = """usage: hpml COMMAND [ARGS...]
 

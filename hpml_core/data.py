@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hpml_core.spec.atomic import atomic_write, atomic_write_json
-from hpml_core.spec.data_meta import FORMAT_VERSION, META_FILE, TOKENIZER_FILE, TOKENS_FILE
-from hpml_core.spec.errors import EXIT_USAGE, UsageError
+from hpml_core.contract.atomic import atomic_write, atomic_write_json
+from hpml_core.contract.data_meta import FORMAT_VERSION, META_FILE, TOKENIZER_FILE, TOKENS_FILE
+from hpml_core.contract.errors import EXIT_USAGE, UsageError
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer

@@ -10,7 +10,7 @@ import torch
 
 from hpml_core import tensor_parallel
 from hpml_core.mesh import Mesh
-from hpml_core.spec.atomic import atomic_write
+from hpml_core.contract.atomic import atomic_write
 
 MODEL_FILE = "model.pt"
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from hpml_core.spec import rank_file as rf
+from hpml_core.contract import rank_file as rf
 
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")

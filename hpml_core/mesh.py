@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch.distributed as dist
 
-from hpml_core.spec.layout import Layout
+from hpml_core.contract.layout import Layout
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ The model knows nothing about ranks, devices or precision: data parallelism, act
 checkpointing and compilation are applied from outside (``hpml_core.parallelize``), as in
 picotron and torchtitan. The architecture is GPT-2's (pre-LayerNorm blocks, tanh-GELU MLP,
 learned positions, LM head tied to the token embedding); the sizes come from the contract
-(``hpml_core.spec.models``: transformers' ``GPT2Config`` presets, written out). Dropout is not modelled:
+(``hpml_core.contract.models``: transformers' ``GPT2Config`` presets, written out). Dropout is not modelled:
 throughput studies train with it off, and it would make runs with different rank layouts
 draw different masks.
 
@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hpml_core.spec.models import PRESETS, ModelDims, model_dims  # noqa: F401 - the sizes a GPT is built from
+from hpml_core.contract.models import PRESETS, ModelDims, model_dims  # noqa: F401 - the sizes a GPT is built from
 
 
 class CausalSelfAttention(nn.Module):

@@ -1,6 +1,6 @@
 """Model-state memory a rank holds, measured from its tensors: parameters, gradients and
 optimizer state (master weights included). The rank file sets it against the analytic
-expectation for the run's mode (``hpml_core.spec.model_state``).
+expectation for the run's mode (``hpml_core.contract.model_state``).
 
 Measured bytes count each storage once, so views into DeepSpeed's flat buffers are not added
 twice. With ``--zero-persistence-threshold`` above 0, ZeRO-3 keeps small parameters whole on

@@ -33,8 +33,8 @@ from hpml_core import tensor_parallel, zero
 from hpml_core.materialize import materialize, parameter_shapes
 from hpml_core.mesh import Mesh
 from hpml_core.model import GPT, next_token_loss
-from hpml_core.spec.config import TrainConfig
-from hpml_core.spec.precision import regime
+from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.precision import regime
 from hpml_core.stepper import TORCH_DTYPES, DeepSpeedStepper, Stepper, TorchStepper, build_optimizer
 
 

@@ -18,9 +18,9 @@ import torch
 import torch.distributed as dist
 
 from hpml_core.memory import PhasePeaks
-from hpml_core.spec import flops, memory_model, model_state
-from hpml_core.spec import rank_file as rf
-from hpml_core.spec.precision import regime
+from hpml_core.contract import flops, memory_model, model_state
+from hpml_core.contract import rank_file as rf
+from hpml_core.contract.precision import regime
 from hpml_core.timing import StepTimer
 
 

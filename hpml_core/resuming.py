@@ -11,7 +11,7 @@ so every launch must end well whatever state the run is in:
 
 These decisions are made before any process group exists, from files every rank reads alike,
 so all ranks make the same one. Each launch that trains gets its own attempt folder
-(``hpml_core.spec.attempts``), so nothing an earlier attempt wrote is overwritten.
+(``hpml_core.contract.attempts``), so nothing an earlier attempt wrote is overwritten.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pathlib import Path
 import torch.distributed as dist
 
 from hpml_core import checkpoint
-from hpml_core.spec import attempts
-from hpml_core.spec import rank_file as rf
-from hpml_core.spec.config import TrainConfig
-from hpml_core.spec.data_meta import DataMeta
-from hpml_core.spec.errors import UsageError
+from hpml_core.contract import attempts
+from hpml_core.contract import rank_file as rf
+from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.data_meta import DataMeta
+from hpml_core.contract.errors import UsageError
 
 
 class AlreadyCompleted(Exception):

@@ -27,9 +27,9 @@ from hpml_core import checkpoint, model_state_memory, tensor_parallel
 from hpml_core.loss_scaling import DynamicLossScaler
 from hpml_core.mesh import Mesh
 from hpml_core.model import GPT
-from hpml_core.spec.atomic import atomic_write
-from hpml_core.spec.config import TrainConfig
-from hpml_core.spec.errors import UsageError
+from hpml_core.contract.atomic import atomic_write
+from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.errors import UsageError
 
 # hpml's precision names as torch dtypes, for the weights (parallelize) and for autocast (here).
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

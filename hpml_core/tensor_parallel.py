@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from hpml_core.mesh import Mesh
 from hpml_core.model import GPT
 # What this file leaves whole on every TP rank, counted from the dimensions (the contract's rule).
-from hpml_core.spec.model_state import replicated_param_count  # noqa: F401
+from hpml_core.contract.model_state import replicated_param_count  # noqa: F401
 
 
 class _CopyToTP(torch.autograd.Function):

@@ -42,14 +42,14 @@ from hpml_core.mesh import Mesh, build_mesh
 from hpml_core.model import GPT
 from hpml_core.parallelize import parallelize
 from hpml_core.rank_result import Measured, build_rank_file, cpu_name, throughput
-from hpml_core.spec import rank_file as rf
-from hpml_core.spec.attempts import attempt_folder
-from hpml_core.spec.checks import resolve
-from hpml_core.spec.config import ConfigSource, TrainConfig, parse_args
-from hpml_core.spec.errors import EXIT_FAILED, EXIT_OOM, EXIT_STOPPED, EXIT_USAGE, UsageError
-from hpml_core.spec.layout import Layout
-from hpml_core.spec.models import ModelDims
-from hpml_core.spec.status_file import Progress
+from hpml_core.contract import rank_file as rf
+from hpml_core.contract.attempts import attempt_folder
+from hpml_core.contract.checks import resolve
+from hpml_core.contract.config import ConfigSource, TrainConfig, parse_args
+from hpml_core.contract.errors import EXIT_FAILED, EXIT_OOM, EXIT_STOPPED, EXIT_USAGE, UsageError
+from hpml_core.contract.layout import Layout
+from hpml_core.contract.models import ModelDims
+from hpml_core.contract.status_file import Progress
 from hpml_core.stepper import Stepper
 from hpml_core.stopping import StopRequest
 from hpml_core.timing import StepTimer

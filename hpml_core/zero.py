@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from hpml_core.spec.atomic import atomic_write_json
-from hpml_core.spec.config import TrainConfig
+from hpml_core.contract.atomic import atomic_write_json
+from hpml_core.contract.config import TrainConfig
 from hpml_core.mesh import DeepSpeedMPU, Mesh
 
 CONFIG_FILE = "deepspeed_config.json"

@@ -10,7 +10,7 @@ median over the runs (min and max beside it). The commands are ``hpml --help``, 
 Why: these commands run on a cluster's login node, often from a Python environment on a parallel
 file system, where each imported module costs file-system round trips. Importing the training
 stack (torch, transformers, DeepSpeed) there took seconds per command; the login side imports
-only ``hpml_core.spec`` from the engine's package. Target on this project's machine: ``plan`` and
+only ``hpml_core.contract`` from the engine's package. Target on this project's machine: ``plan`` and
 ``status`` under 0.5 s. A missed target is printed, not an error (this is a benchmark); a command
 that fails exits non-zero.
 

@@ -5,11 +5,11 @@ resuming from that checkpoint."""
 
 from __future__ import annotations
 
-from hpml_core.spec.errors import UsageError
-from hpml_core.spec.run_states import CANCELLED, PENDING, RUNNING
+from hpml_core.contract.errors import UsageError
+from hpml_core.contract.run_states import CANCELLED, PENDING, RUNNING
 from jobs import ledger, slurm
 from jobs.experiment import Experiment
-from jobs.run_state import refresh
+from jobs.observe import refresh
 from jobs.site import Site
 
 

@@ -5,7 +5,7 @@ GPU-hours at the site's stated speed),
 ``hpml status`` (where each run stands) and ``hpml cancel`` (cancel its Slurm jobs).
 
 Nothing here imports torch: these run on a login node, and take the contract
-(``hpml_core.spec``) from the engine's package, nothing else."""
+(``hpml_core.contract``) from the engine's package, nothing else."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from hpml_core.spec import fit, run_states
-from hpml_core.spec.errors import EXIT_USAGE, UsageError
-from hpml_core.spec.gpus import GIB, GpuMemory
-from hpml_core.spec.memory_model import Prediction, predict
-from hpml_core.spec.models import GPT2_VOCAB
-from hpml_core.spec.step_time import Performance, StepPrediction, predict_step
+from hpml_core.contract import fit, run_states
+from hpml_core.contract.errors import EXIT_USAGE, UsageError
+from hpml_core.contract.gpus import GIB, GpuMemory
+from hpml_core.contract.memory_model import Prediction, predict
+from hpml_core.contract.models import GPT2_VOCAB
+from hpml_core.contract.step_time import Performance, StepPrediction, predict_step
 from jobs import experiment, render, site
 
 
@@ -92,7 +92,7 @@ def study_hours_line(exp: experiment.Experiment, speeds: dict[str, RunSpeed], pe
     if missing:
         total += f" ({missing} runs without a prediction: see --explain)"
     return (f"study: {total}: training steps only (setup, compilation and queueing not counted); speed assumed: "
-            f"{performance.describe()}; step = compute + communication, not overlapped (hpml_core.spec.step_time)")
+            f"{performance.describe()}; step = compute + communication, not overlapped (hpml_core.contract.step_time)")
 
 
 def arrays_line(exp: experiment.Experiment, profile: site.Site) -> str:

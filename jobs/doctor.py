@@ -26,9 +26,9 @@ from pathlib import Path
 
 import yaml
 
-from hpml_core.spec.data_meta import DataMeta
-from hpml_core.spec.run_states import COMPLETED
-from jobs import experiment, render, run_state, slurm_query
+from hpml_core.contract.data_meta import DataMeta
+from hpml_core.contract.run_states import COMPLETED
+from jobs import experiment, observe, render, slurm_query
 from jobs.site import Site, expand_path
 
 PYTHON_TIMEOUT_S = 180  # a container's first start can be slow
@@ -164,7 +164,7 @@ def smoke(site: Site, dataset: str) -> Check:
     folder = site.experiment_folder(name)
     deadline = time.monotonic() + SMOKE_TIMEOUT_S
     while True:
-        state = run_state.refresh({"smoke": 1}, folder)["smoke"]
+        state = observe.refresh({"smoke": 1}, folder)["smoke"]
         if not state.active or time.monotonic() > deadline:
             break
         time.sleep(2)

@@ -3,11 +3,11 @@
 An experiment file (YAML) names the study, the prepared dataset it trains on, shared
 ``defaults``, and the runs: explicit ``runs`` entries, each crossed with the cartesian product
 of ``grid`` and with the paired values of ``zip``, all repeated ``repeats`` times. A run entry
-holds training flags (the fields of ``hpml_core.spec.config.TrainConfig``: ``mode``,
+holds training flags (the fields of ``hpml_core.contract.config.TrainConfig``: ``mode``,
 ``tp_size``, ``batch_size``...) and job fields: ``name``, ``nodes``, ``gpus`` (processes per
 node: one per GPU, or CPU processes on a machine without one) and ``time_limit``.
 
-Every expanded run goes through ``hpml_core.spec.checks.resolve``, the function the engine
+Every expanded run goes through ``hpml_core.contract.checks.resolve``, the function the engine
 calls at launch, for its nodes × GPUs, so a study that plans cleanly launches cleanly and a
 refusal reads the same in both places. When the dataset is prepared under the ``data_root``
 given to ``load``, the runs are checked against its real vocabulary and size; otherwise
@@ -16,7 +16,7 @@ that ``hpml plan`` can say so. An error names the run and the field; nothing dow
 invalid run.
 
 ``batch_size: max`` lets the planner choose: the largest batch per GPU the memory model predicts
-to fit the site's GPU (``hpml_core.spec.fit.largest_batch``, every other setting as written), so
+to fit the site's GPU (``hpml_core.contract.fit.largest_batch``, every other setting as written), so
 ``load`` needs that GPU (``gpu``) for such a run; the run records the batch chosen and that it
 was chosen (``Run.batch_chosen``).
 """
@@ -31,12 +31,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hpml_core.spec import fit
-from hpml_core.spec.checks import Resolved, resolve
-from hpml_core.spec.config import TrainConfig, field_of, first_error
-from hpml_core.spec.data_meta import DataMeta
-from hpml_core.spec.errors import UsageError
-from hpml_core.spec.gpus import GpuMemory
+from hpml_core.contract import fit
+from hpml_core.contract.checks import Resolved, resolve
+from hpml_core.contract.config import TrainConfig, field_of, first_error
+from hpml_core.contract.data_meta import DataMeta
+from hpml_core.contract.errors import UsageError
+from hpml_core.contract.gpus import GpuMemory
 
 EXPERIMENTS = Path(__file__).parent / "experiments"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -119,7 +119,7 @@ class Experiment(BaseModel):
 
     @property
     def world_sizes(self) -> dict[str, int]:
-        """Each run's processes, by run name: all ``jobs.run_state`` needs to judge its rank files."""
+        """Each run's processes, by run name: all ``jobs.observe`` needs to judge its rank files."""
         return {run.name: run.world_size for run in self.runs}
 
     def resolved(self, run: Run) -> Resolved:

@@ -4,7 +4,7 @@ exclusive lock on ``ledger.lock``, and the file is replaced atomically, so two `
 calls at once neither lose an entry nor leave half a file.
 
 A run's entry holds: ``backend`` (slurm or local); ``state`` and ``why`` (the last decision of
-``jobs.run_state``, in ``hpml_core.spec.run_states``' words); ``job_id`` (the current Slurm job)
+``jobs.observe``, in ``hpml_core.contract.run_states``' words); ``job_id`` (the current Slurm job)
 and ``job_ids`` (every job the run had, oldest first); ``attempts`` (how many times it was
 submitted: a Slurm requeue is the same submission); ``first_attempt`` (the attempt folder the
 current submission started at: only its attempts are evidence about it); ``pid``, ``host`` and
@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hpml_core.spec.atomic import atomic_write_json
-from hpml_core.spec.errors import UsageError
+from hpml_core.contract.atomic import atomic_write_json
+from hpml_core.contract.errors import UsageError
 
 LEDGER = "ledger.json"
 

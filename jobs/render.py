@@ -9,7 +9,7 @@ writes its output to that run's folder as a run's own script does. ``hpml render
 run's script alone (no array), to read or to ``sbatch`` by hand.
 
 The run's configuration reaches the engine as one file, ``<run>/run.json`` (``run_config``
-builds it, ``hpml_core.spec.config.write_run_spec`` writes it), and the script starts the engine
+builds it, ``hpml_core.contract.config.write_run_spec`` writes it), and the script starts the engine
 with ``--config <run>/run.json``: no command line is encoded here and parsed again there. Paths
 are the job's: the script changes directory to the site's project_dir, so the data and run
 folders are written as the site profile gives them.
@@ -29,8 +29,8 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from hpml_core.spec.atomic import atomic_write
-from hpml_core.spec.config import RUN_SPEC_FILE, TrainConfig, write_run_spec
+from hpml_core.contract.atomic import atomic_write
+from hpml_core.contract.config import RUN_SPEC_FILE, TrainConfig, write_run_spec
 from jobs.experiment import Experiment, Run
 from jobs.site import Site, expand_path
 

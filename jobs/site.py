@@ -9,7 +9,7 @@ text is quoted by the template's ``shquote`` filter, so no value can run a comma
 A site also says which GPU its jobs get, so that ``hpml plan`` and ``hpml submit`` can judge
 what fits (``gpu_memory``). ``gpu_type`` is Slurm's gres name for it, chosen by the cluster's
 admins ("a100" in ``--gres=gpu:a100:4``), which need not say which part (A100 40 GB or 80 GB):
-``gpu_model`` names it by a key of the table of known GPUs (``hpml_core.spec.gpus``), and
+``gpu_model`` names it by a key of the table of known GPUs (``hpml_core.contract.gpus``), and
 ``gpu_memory_gib`` overrides that row's memory (or gives the memory of a GPU not in the table).
 Without either, a ``gpu_type`` that is itself a key of the table names the GPU; any other site
 has no GPU to judge against, and says why.
@@ -28,7 +28,7 @@ and cap how many tasks of each job array run at once (``max_concurrent``: ``hpml
 the runs of one resource shape as one array, ``jobs.render``).
 
 A site also states how fast its hardware runs, for the plan's predicted step time
-(``hpml_core.spec.step_time``): ``compute_efficiency`` (the MFU assumed: 0.40 by default,
+(``hpml_core.contract.step_time``): ``compute_efficiency`` (the MFU assumed: 0.40 by default,
 between the 0.38 and 0.50 hpml measured for GPT-2 Large on one H200), ``intra_node_gb_per_s``
 and ``inter_node_gb_per_s`` (bus bandwidths as nccl-tests' all_reduce_perf reports them; the
 defaults, 100 and 10 GB/s, are round assumptions, not measurements: set your cluster's), and
@@ -45,10 +45,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hpml_core.spec import gpus
-from hpml_core.spec.errors import UsageError
-from hpml_core.spec.gpus import GpuMemory
-from hpml_core.spec.step_time import Performance
+from hpml_core.contract import gpus
+from hpml_core.contract.errors import UsageError
+from hpml_core.contract.gpus import GpuMemory
+from hpml_core.contract.step_time import Performance
 from jobs.experiment import SAFE_NAME, ExperimentError
 
 SITES = Path(__file__).parent / "sites"
@@ -102,7 +102,7 @@ class Site(_Strict):
     qos: str | None = None
     gpu_request: Literal["gres", "gpus-per-node"] = "gres"
     gpu_type: str | None = None  # Slurm's gres name for the GPU, as in --gres=gpu:<gpu_type>:<n>
-    gpu_model: str | None = None  # which GPU that is: a key of hpml_core.spec.gpus.GPUS
+    gpu_model: str | None = None  # which GPU that is: a key of hpml_core.contract.gpus.GPUS
     gpu_memory_gib: float | None = Field(None, gt=0)  # its memory as torch reports it, if not the table's
     cpus_per_gpu: int = 4
     mem_per_gpu: str | None = None
@@ -176,7 +176,7 @@ class Site(_Strict):
         if self.gpu_memory_gib is not None:
             return GpuMemory(label, round(self.gpu_memory_gib * gpus.GIB), f"gpu_memory_gib in site {self.name}")
         return GpuMemory(label, gpu.memory_mib * gpus.MIB,
-                         f"gpu_model {gpu.key}: {gpu.memory_mib} MiB as torch reports it, hpml_core.spec.gpus")
+                         f"gpu_model {gpu.key}: {gpu.memory_mib} MiB as torch reports it, hpml_core.contract.gpus")
 
     @field_validator("gpu_model")
     @classmethod

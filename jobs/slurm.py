@@ -23,7 +23,7 @@ from pathlib import Path
 from submitit import SlurmExecutor
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-from hpml_core.spec.errors import UsageError
+from hpml_core.contract.errors import UsageError
 from jobs.slurm_query import SlurmError, SlurmTimeout, run
 
 SUBMIT_TIMEOUT_S = 60

@@ -1,4 +1,4 @@
-"""``hpml status``: one table of an experiment's runs: each run's state, as ``jobs.run_state``
+"""``hpml status``: one table of an experiment's runs: each run's state, as ``jobs.observe``
 decides it for every command (Slurm's word through sacct or squeue, the rank files of the last
 attempt, the ledger), the engine's own progress from ``status.json`` (running, step k of n),
 elapsed time, size, nodes and attempts; below it, why each run that ended otherwise than
@@ -15,9 +15,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from hpml_core.spec.run_states import COMPLETED
+from hpml_core.contract.run_states import COMPLETED
 from jobs.experiment import Experiment
-from jobs.run_state import RunState, current
+from jobs.observe import RunState, current
 
 COLUMNS = ("run", "job", "state", "progress", "elapsed", "size", "nodes", "attempts")
 

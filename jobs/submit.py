@@ -1,7 +1,7 @@
 """``hpml submit``: submit every run of an experiment that has not completed, and keep the ledger.
 
-What is submitted follows each run's state (``jobs.run_state``, in the words of
-``hpml_core.spec.run_states``), decided just before: an active run (SUBMITTING, PENDING,
+What is submitted follows each run's state (``jobs.observe``, in the words of
+``hpml_core.contract.run_states``), decided just before: an active run (SUBMITTING, PENDING,
 RUNNING) is never submitted again, not even with ``--force``; by default every run that is not
 COMPLETED is; ``--only-failed`` narrows to the runs that ENDED_BADLY; ``--force`` takes every run
 that is not active and starts it afresh: everything in its folder (attempts, checkpoints,
@@ -9,7 +9,7 @@ status, spec, logs) is first moved into ``<run>/previous-<n>/``, so nothing is r
 nothing is lost. ``--dry-run`` only says what would happen. Each run is claimed in the ledger
 under its lock before it is started, so two ``hpml submit`` calls at once never start the same run.
 
-A run predicted not to fit in the memory of the site's GPU (``hpml_core.spec.fit``) is
+A run predicted not to fit in the memory of the site's GPU (``hpml_core.contract.fit``) is
 refused before anything is written or submitted, dry run or not: every chosen run is checked,
 and the refusal names the first with its predicted and available GiB, and the others, so that
 one round of fixes covers them all. ``--no-fit-check`` submits them all the same (a prediction
@@ -49,16 +49,16 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from hpml_core.spec import attempts, fit
-from hpml_core.spec.atomic import atomic_write
-from hpml_core.spec.config import RUN_SPEC_FILE, write_run_spec
-from hpml_core.spec.data_meta import DataMeta
-from hpml_core.spec.errors import UsageError
-from hpml_core.spec.gpus import GIB
-from hpml_core.spec.memory_model import predict
-from hpml_core.spec.run_states import (ACTIVE, COMPLETED, ENDED_BADLY, FAILED, PENDING, RUNNING, SUBMIT_FAILED,
+from hpml_core.contract import attempts, fit
+from hpml_core.contract.atomic import atomic_write
+from hpml_core.contract.config import RUN_SPEC_FILE, write_run_spec
+from hpml_core.contract.data_meta import DataMeta
+from hpml_core.contract.errors import UsageError
+from hpml_core.contract.gpus import GIB
+from hpml_core.contract.memory_model import predict
+from hpml_core.contract.run_states import (ACTIVE, COMPLETED, ENDED_BADLY, FAILED, PENDING, RUNNING, SUBMIT_FAILED,
                                        SUBMITTING, from_slurm)
-from jobs import ledger, render, run_state, slurm, slurm_query
+from jobs import ledger, observe, render, slurm, slurm_query
 from jobs.experiment import Experiment, ExperimentError, Run
 from jobs.site import Site, expand_path
 
@@ -74,7 +74,7 @@ def local_command(run: Run, run_spec: Path) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={run.gpus}", *engine]
 
 
-def select(experiment: Experiment, states: dict[str, run_state.RunState], only_failed: bool,
+def select(experiment: Experiment, states: dict[str, observe.RunState], only_failed: bool,
            force: bool) -> list[Run]:
     chosen = []
     for run in experiment.runs:
@@ -169,7 +169,7 @@ def submit(experiment: Experiment, site: Site, only_failed: bool, force: bool, d
         multi_node = [run.name for run in experiment.runs if run.nodes > 1]
         if multi_node:
             raise ExperimentError(f"run {multi_node[0]!r}", "nodes", "--site local runs on this one machine (nodes: 1)")
-    states = run_state.refresh(experiment.world_sizes, folder)
+    states = observe.refresh(experiment.world_sizes, folder)
     runs = select(experiment, states, only_failed, force)
     if fit_check:
         check_fit(experiment, site, runs)
@@ -239,7 +239,7 @@ def _new_array_script(folder: Path, label: str) -> tuple[Path, int]:
 
 
 def _submit_to_slurm(experiment: Experiment, site: Site, folder: Path, runs: list[Run],
-                     states: dict[str, run_state.RunState], force: bool, dry_run: bool,
+                     states: dict[str, observe.RunState], force: bool, dry_run: bool,
                      max_concurrent: int | None) -> int:
     slurm.require_slurm(site.name)
     adopted = {run.name: job for run in runs if states[run.name].state == SUBMIT_FAILED
@@ -375,7 +375,7 @@ def _exit_words(code: int) -> str:
 
 
 def _run_locally(experiment: Experiment, site: Site, folder: Path, runs: list[Run],
-                 states: dict[str, run_state.RunState], force: bool, dry_run: bool) -> int:
+                 states: dict[str, observe.RunState], force: bool, dry_run: bool) -> int:
     project_dir = expand_path(site.project_dir)  # where a job starts: the run spec's paths are relative to it
     if dry_run:
         for run in runs:
@@ -403,7 +403,7 @@ def _run_locally(experiment: Experiment, site: Site, folder: Path, runs: list[Ru
         started = time.perf_counter()
         code, interrupted = run_processes(local_command(run, run_spec), project_dir, log)
         ended = (COMPLETED if code == 0 else FAILED, _exit_words(code))
-        state, why = run_state.judge(ledger.read(folder)[run.name], run_dir, run.world_size, ended=ended)
+        state, why = observe.judge(ledger.read(folder)[run.name], run_dir, run.world_size, ended=ended)
         ledger.update(folder, run.name, state=state, why=why, exit_code=code)
         print(f" {state} in {time.perf_counter() - started:.0f} s"
               + ("" if state == COMPLETED else f" ({why}; log: {log})"))

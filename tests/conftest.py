@@ -55,7 +55,7 @@ def engine(args: list[str], nproc: int = 1, env: dict | None = None, check: bool
 
 def rank_files(out: Path, attempt: int | None = None) -> dict[int, dict]:
     """The rank files of one attempt of the run in ``out`` (default: its latest), by rank."""
-    from hpml_core.spec import attempts
+    from hpml_core.contract import attempts
 
     paths = attempts.latest_rank_files(out) if attempt is None else attempts.rank_files(out, attempt)
     return {rank: json.loads(path.read_text()) for rank, path in paths.items()}

@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from hpml_core.spec.config import write_run_spec
+from hpml_core.contract.config import write_run_spec
 from jobs.submit import free_log
 from tests.conftest import REPO
 
@@ -56,7 +56,7 @@ def test_a_local_log_is_never_overwritten(tmp_path):
 
 
 def test_test_defaults_cannot_be_mixed_into_a_run_spec(tmp_path):
-    from hpml_core.spec.config import TrainConfig
+    from hpml_core.contract.config import TrainConfig
 
     spec = tmp_path / "run.json"
     write_run_spec(spec, TrainConfig(data=tmp_path))

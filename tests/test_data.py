@@ -11,8 +11,8 @@ from tokenizers import Tokenizer
 
 from hpml_core import data
 from hpml_core.batches import TokenBatches, TokenData
-from hpml_core.spec.errors import UsageError
-from hpml_core.spec.layout import Layout
+from hpml_core.contract.errors import UsageError
+from hpml_core.contract.layout import Layout
 
 
 def test_prepare_writes_tokens_that_decode_back_to_the_text(token_data, wikitext_valid):

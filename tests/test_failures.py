@@ -10,8 +10,8 @@ import torch
 
 from hpml_core import train
 from hpml_core.model import GPT
-from hpml_core.spec import rank_file
-from hpml_core.spec.errors import EXIT_FAILED, EXIT_OOM
+from hpml_core.contract import rank_file
+from hpml_core.contract.errors import EXIT_FAILED, EXIT_OOM
 
 
 def failing_forward(exc: Exception, at_call: int):

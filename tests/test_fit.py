@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hpml_core.spec import fit, gpus, memory_model
-from hpml_core.spec.checks import resolve
-from hpml_core.spec.config import TrainConfig
-from hpml_core.spec.data_meta import DataMeta
-from hpml_core.spec.gpus import GIB, GpuMemory
+from hpml_core.contract import fit, gpus, memory_model
+from hpml_core.contract.checks import resolve
+from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.data_meta import DataMeta
+from hpml_core.contract.gpus import GIB, GpuMemory
 from jobs import site
 from tests.conftest import REPO
 

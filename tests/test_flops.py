@@ -3,8 +3,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hpml_core.model import GPT, model_dims, next_token_loss
-from hpml_core.spec.flops import lookup_peak, training_flops_per_token
-from hpml_core.spec.gpus import by_device_name
+from hpml_core.contract.flops import lookup_peak, training_flops_per_token
+from hpml_core.contract.gpus import by_device_name
 
 
 @pytest.mark.parametrize("batch,seq_len", [(2, 64), (3, 40)])
@@ -49,7 +49,7 @@ def test_unknown_gpu_or_cpu_gives_no_peak_and_a_reason(device_type, name):
 
 
 def test_peaks_come_from_the_one_table_of_known_gpus():
-    """The engine's MFU and the plan know a GPU the same way: its row of hpml_core.spec.gpus."""
+    """The engine's MFU and the plan know a GPU the same way: its row of hpml_core.contract.gpus."""
     gpu = by_device_name("NVIDIA A100-SXM4-40GB")
     found = lookup_peak("cuda", "NVIDIA A100-SXM4-40GB", "bf16")
     assert (found.tflops, found.source) == (gpu.tensor_16bit_tflops, "NVIDIA A100 dense bf16 tensor core")

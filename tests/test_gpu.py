@@ -43,7 +43,7 @@ def assert_measured_on_the_gpu(record: dict) -> None:
     assert "CUDA events" in record["throughput"]["timing"]
     assert record["memory"]["training"]["cuda_max_allocated_bytes"] > 0
     flops = record["flops"]
-    if flops["peak_tflops_per_s"] is None:  # a GPU missing from hpml_core/spec/gpus.py: said, not guessed
+    if flops["peak_tflops_per_s"] is None:  # a GPU missing from hpml_core/contract/gpus.py: said, not guessed
         assert flops["mfu"] is None and flops["mfu_missing_reason"]
     else:
         assert 0 < flops["mfu"] < 1
@@ -72,8 +72,8 @@ def test_zero3_compiled_on_cuda(tmp_path, token_data):
 def test_fused_adamw_and_pinned_batches(token_data):
     from hpml_core.batches import TokenBatches, TokenData
     from hpml_core.model import GPT, model_dims
-    from hpml_core.spec.config import TrainConfig
-    from hpml_core.spec.layout import Layout
+    from hpml_core.contract.config import TrainConfig
+    from hpml_core.contract.layout import Layout
     from hpml_core.stepper import build_optimizer
 
     device = torch.device("cuda", 0)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hpml_core.spec.config import TrainConfig
-from hpml_core.spec.errors import UsageError
+from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.errors import UsageError
 from jobs import experiment, render, site
 from jobs.experiment import JOB_FIELDS, MANAGED_FIELDS, ExperimentFile
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from hpml_core.launch import detect, first_host
-from hpml_core.spec.config import parse_args
+from hpml_core.contract.config import parse_args
 from tests.conftest import REPO, losses, rank_files
 
 

@@ -111,22 +111,22 @@ def sources(*folders: str) -> list[Path]:
 
 
 # What the report may never import: what submits and cancels. It may decide states as status does
-# (jobs.run_state, jobs.slurm_query: read-only), and read the study, the site and the ledger.
+# (jobs.observe, jobs.slurm_query: read-only), and read the study, the site and the ledger.
 SUBMITTER = ("jobs.cli", "jobs.submit", "jobs.slurm", "jobs.status", "jobs.cancel")
 
 
 def test_import_rules():
-    """jobs/ and analysis/ take from hpml_core only the contract (hpml_core.spec) and never import
+    """jobs/ and analysis/ take from hpml_core only the contract (hpml_core.contract) and never import
     the training stack; analysis/ may read the study and the ledger but never imports the submitter;
-    hpml_core/spec/ imports nothing of the engine and nothing heavy; no installed module imports
+    hpml_core/contract/ imports nothing of the engine and nothing heavy; no installed module imports
     the tests (they are not installed)."""
     broken = []
     for path in sources("jobs", "analysis", "hpml_core"):
         where = path.relative_to(REPO).as_posix()
         for name in sorted(imported(path)):
-            login_side = where.startswith(("jobs/", "analysis/", "hpml_core/spec/"))
-            if login_side and under(name, "hpml_core") and not under(name, "hpml_core.spec"):
-                broken.append(f"{where} imports {name}: only hpml_core.spec is allowed")
+            login_side = where.startswith(("jobs/", "analysis/", "hpml_core/contract/"))
+            if login_side and under(name, "hpml_core") and not under(name, "hpml_core.contract"):
+                broken.append(f"{where} imports {name}: only hpml_core.contract is allowed")
             if login_side and under(name, *HEAVY):
                 broken.append(f"{where} imports {name}: the login side never imports {', '.join(HEAVY)}")
             if where.startswith("analysis/") and under(name, *SUBMITTER):
@@ -138,9 +138,9 @@ def test_import_rules():
 
 def test_import_rules_see_imports():
     """The reader above finds the imports it must judge (a rule that reads nothing passes vacuously)."""
-    assert {"hpml_core.spec.errors", "hpml_core.train", "jobs.cli", "sys"} <= imported(REPO / "hpml_core" / "cli.py")
+    assert {"hpml_core.contract.errors", "hpml_core.train", "jobs.cli", "sys"} <= imported(REPO / "hpml_core" / "cli.py")
     assert "torch" in imported(REPO / "hpml_core" / "train.py")
-    assert "jobs.run_state" in imported(REPO / "analysis" / "collect.py")
+    assert "jobs.observe" in imported(REPO / "analysis" / "collect.py")
     assert not under("jobs.slurm_query", *SUBMITTER) and under("jobs.slurm", *SUBMITTER)
 
 

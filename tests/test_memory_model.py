@@ -1,4 +1,4 @@
-"""The memory model (``hpml_core.spec.memory_model``) predicts what the engine holds.
+"""The memory model (``hpml_core.contract.memory_model``) predicts what the engine holds.
 
 Two kinds of evidence, both from the engine's own code on the CPU with gloo:
 
@@ -35,11 +35,11 @@ from pathlib import Path
 
 import pytest
 
-from hpml_core.spec.config import TrainConfig
-from hpml_core.spec.layout import Layout
-from hpml_core.spec.memory_model import predict, saved_for_backward, zero3_gathered_elements
-from hpml_core.spec.model_state import rank_model_state
-from hpml_core.spec.models import model_dims
+from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.layout import Layout
+from hpml_core.contract.memory_model import predict, saved_for_backward, zero3_gathered_elements
+from hpml_core.contract.model_state import rank_model_state
+from hpml_core.contract.models import model_dims
 
 VOCAB = 512  # the test tokenizer's (tests/conftest.py token_data)
 SIZES = {
@@ -316,7 +316,7 @@ def test_ddp_buckets_hold_a_copy_of_every_gradient(measured):
 
 def test_zero3_bucket_sizes_are_the_generated_deepspeed_configs():
     from hpml_core import zero
-    from hpml_core.spec import memory_model
+    from hpml_core.contract import memory_model
 
     class _Mesh:
         layout = Layout(2, 1)
@@ -371,7 +371,7 @@ ENGINE_RUNS = {
     "dp2xtp2-allreduce": ("tiny", "bf16", ["--grad-ckpt"]),
     "dp2xtp2-zero3": ("odd", "bf16", []),
 }
-ODD_PRESET = "from hpml_core.spec import models\nmodels.PRESETS['tiny'] = {sizes!r}\n"
+ODD_PRESET = "from hpml_core.contract import models\nmodels.PRESETS['tiny'] = {sizes!r}\n"
 
 
 @pytest.fixture(scope="module")

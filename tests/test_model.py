@@ -5,7 +5,7 @@ from transformers import GPT2Config
 from hpml_core.materialize import materialize, parameter_shapes
 from hpml_core.mesh import Mesh
 from hpml_core.model import GPT, PRESETS, model_dims, next_token_loss
-from hpml_core.spec.layout import Layout
+from hpml_core.contract.layout import Layout
 from hpml_core.tensor_parallel import apply_tensor_parallel
 
 
@@ -29,7 +29,7 @@ def test_gpt2_large_is_the_774m_model():
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_the_contract_writes_out_transformers_gpt2_configs(name):
-    """hpml_core.spec.models spells the presets out so that planning needs no transformers;
+    """hpml_core.contract.models spells the presets out so that planning needs no transformers;
     the engine's models must still be transformers' GPT2Config sizes."""
     dims = model_dims(name, 50257)
     config = GPT2Config(**PRESETS[name], vocab_size=dims.vocab_size)

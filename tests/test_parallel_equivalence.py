@@ -81,7 +81,7 @@ def test_model_state_is_measured_as_expected_in_every_layout(trained):
         for record in rank_files(trained("adamw", layout)).values():
             state = record["model_state"]
             assert state["total_bytes"] == state["params_bytes"] + state["grads_bytes"] + state["optimizer_bytes"]
-            # exact, DeepSpeed's padding of each partition included (hpml_core.spec.model_state)
+            # exact, DeepSpeed's padding of each partition included (hpml_core.contract.model_state)
             assert state["total_bytes"] == state["expected_bytes"], state["expectation"]
 
 

@@ -9,9 +9,9 @@ import textwrap
 
 import pytest
 
-from hpml_core.spec import fit, memory_model
-from hpml_core.spec.data_meta import DataMeta
-from hpml_core.spec.gpus import GIB
+from hpml_core.contract import fit, memory_model
+from hpml_core.contract.data_meta import DataMeta
+from hpml_core.contract.gpus import GIB
 from jobs import experiment, site
 from jobs.experiment import EXPERIMENTS
 from tests.conftest import REPO

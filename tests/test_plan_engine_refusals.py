@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from hpml_core.launch import ProcessEnv
-from hpml_core.spec.config import field_of
-from hpml_core.spec.errors import UsageError
+from hpml_core.contract.config import field_of
+from hpml_core.contract.errors import UsageError
 from hpml_core.train import make_plan
 from jobs import cli, experiment
 

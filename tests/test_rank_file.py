@@ -2,13 +2,13 @@ import json
 
 import pytest
 
-from hpml_core.spec import rank_file
-from hpml_core.spec.atomic import atomic_write
+from hpml_core.contract import rank_file
+from hpml_core.contract.atomic import atomic_write
 
 
 def test_committed_json_schema_matches_the_typed_model():
     assert json.loads(rank_file.SCHEMA_PATH.read_text()) == rank_file.json_schema(), \
-        "regenerate it: python -m hpml_core.spec.rank_file (make schema)"
+        "regenerate it: python -m hpml_core.contract.rank_file (make schema)"
 
 
 def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path):

@@ -16,9 +16,9 @@ import pytest
 
 from analysis.report import main
 from analysis.sample_rank_files import A100, A100_BF16_PEAK, FLOPS_PER_TOKEN, H100, model_state_bytes, write_run
-from hpml_core.spec.flops import training_flops_per_token
-from hpml_core.spec.model_state import param_numels
-from hpml_core.spec.models import model_dims
+from hpml_core.contract.flops import training_flops_per_token
+from hpml_core.contract.model_state import param_numels
+from hpml_core.contract.models import model_dims
 from jobs import slurm_query
 
 SEQ = 1024
@@ -332,7 +332,7 @@ def test_predicted_memory_and_the_hours_spent_match_a_hand_computation(study):
     # The table: model state's error; the training peak's; tokens/s'.
     assert f"| 11,810.3 | +0.0%; −10.0%; +{single_error:.1f}% |" in markdown  # single
     assert f"| +{100 * (state // 20) / state:.1f}%; +{400 / 21:.1f}%; +" in markdown  # zero3-4
-    assert "- Predicted tokens/s: the step-time model (hpml_core/spec/step_time.py" in markdown
+    assert "- Predicted tokens/s: the step-time model (hpml_core/contract/step_time.py" in markdown
     assert "- Predicted − measured: the memory model's prediction" in markdown
     assert (folder / "report" / "predicted_vs_measured.png").stat().st_size > 0
     assert (folder / "report" / "predicted_vs_measured.svg").stat().st_size > 0

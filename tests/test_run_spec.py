@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hpml_core.spec.config import TrainConfig, parse_args, write_run_spec
-from hpml_core.spec.errors import UsageError
+from hpml_core.contract.config import TrainConfig, parse_args, write_run_spec
+from hpml_core.contract.errors import UsageError
 from jobs.cli import main
 from jobs.experiment import EXPERIMENTS, load
 from tests.conftest import REPO

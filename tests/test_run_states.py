@@ -1,4 +1,4 @@
-"""The one state machine (hpml_core/spec/run_states.py), walked transition by transition: every
+"""The one state machine (hpml_core/contract/run_states.py), walked transition by transition: every
 rule of ``decide`` (with the reason it gives), every ending ``from_rank_files`` reads, and
 Slurm's words ``from_slurm`` translates. Each row is the evidence and what must be decided."""
 
@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from hpml_core.spec import run_states as rs
-from hpml_core.spec.run_states import (ACTIVE, CANCELLED, COMPLETED, ENDED_BADLY, FAILED, INTERRUPTED, NODE_FAIL,
+from hpml_core.contract import run_states as rs
+from hpml_core.contract.run_states import (ACTIVE, CANCELLED, COMPLETED, ENDED_BADLY, FAILED, INTERRUPTED, NODE_FAIL,
                                        NOT_SUBMITTED, OUT_OF_MEMORY, PENDING, PREEMPTED, RUNNING, STATES, STOPPED,
                                        SUBMIT_FAILED, SUBMITTING, TIMEOUT, decide, from_rank_files, from_slurm)
 

@@ -29,9 +29,9 @@ import pytest
 import torch
 
 from hpml_core import memory
-from hpml_core.spec import rank_file as rf
-from hpml_core.spec.models import model_dims
-from hpml_core.spec.precision import regime
+from hpml_core.contract import rank_file as rf
+from hpml_core.contract.models import model_dims
+from hpml_core.contract.precision import regime
 from tests.conftest import engine, losses, rank_files
 
 FOLLOW_LIVE_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}

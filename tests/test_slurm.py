@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from analysis import collect
-from hpml_core.spec import attempts
-from hpml_core.spec.run_states import COMPLETED
+from hpml_core.contract import attempts
+from hpml_core.contract.run_states import COMPLETED
 from jobs import experiment as experiment_module
 from jobs import render, slurm_query
 from tests.conftest import REPO, rank_files

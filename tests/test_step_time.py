@@ -1,4 +1,4 @@
-"""The step-time model (hpml_core/spec/step_time.py) against hand computations, and `hpml plan`'s
+"""The step-time model (hpml_core/contract/step_time.py) against hand computations, and `hpml plan`'s
 step, tokens/s and GPU-hours columns and study total from it."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from hpml_core.spec.config import TrainConfig
-from hpml_core.spec.flops import training_flops_per_token
-from hpml_core.spec.gpus import BY_KEY
-from hpml_core.spec.layout import Layout
-from hpml_core.spec.model_state import param_numels
-from hpml_core.spec.models import model_dims
-from hpml_core.spec.step_time import Performance, predict_step
+from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.flops import training_flops_per_token
+from hpml_core.contract.gpus import BY_KEY
+from hpml_core.contract.layout import Layout
+from hpml_core.contract.model_state import param_numels
+from hpml_core.contract.models import model_dims
+from hpml_core.contract.step_time import Performance, predict_step
 from jobs import experiment
 from tests.conftest import REPO
 from tests.test_plan import plan_rows

@@ -9,7 +9,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from hpml_core.spec import rank_file
+from hpml_core.contract import rank_file
 from tests.conftest import REPO, engine, losses, rank_files
 
 # fp32 AdamW; 8 steps of which 2 warm-up; a global batch of 4 sequences of 64 tokens.
@@ -93,7 +93,7 @@ def test_ddp_counts_each_token_once(ddp_run):
 def test_a_run_spec_trains_what_it_says_and_the_rank_file_names_the_overrides(tmp_path, token_data, single_run):
     """The job's way in: --config <run>/run.json. The single run's own recorded config, written
     as a run spec, trains the same losses; a flag next to it wins and is recorded."""
-    from hpml_core.spec.config import TrainConfig, write_run_spec
+    from hpml_core.contract.config import TrainConfig, write_run_spec
 
     recorded = TrainConfig.model_validate(rank_files(single_run)[0]["config"])
     spec = tmp_path / "run.json"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hpml_core.spec.models import PRESETS
+from hpml_core.contract.models import PRESETS
 
 
 def common_arguments(parser: argparse.ArgumentParser, out: Path | None, steps: int, warmup_steps: int) -> None:

@@ -27,10 +27,10 @@ from rich.console import Console
 from rich.table import Table
 
 from hpml_core.bench import common_arguments
-from hpml_core.spec import rank_file
-from hpml_core.spec.attempts import latest_rank_files
-from hpml_core.spec.atomic import atomic_write_json
-from hpml_core.spec.errors import EXIT_USAGE
+from hpml_core.contract import rank_file
+from hpml_core.contract.attempts import latest_rank_files
+from hpml_core.contract.atomic import atomic_write_json
+from hpml_core.contract.errors import EXIT_USAGE
 
 
 DEFAULT_ENGINE_ARGS = "--precision bf16 --compile"

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from hpml_core.bench.__main__ import nvidia_driver
-from hpml_core.spec.atomic import atomic_write, atomic_write_json
+from hpml_core.contract.atomic import atomic_write, atomic_write_json
 
 REPO = Path(__file__).resolve().parents[2]
 GIB = 1024**3
@@ -259,7 +259,7 @@ def _gib(value: int | None) -> str:
 
 def _bench_lines(bench: dict) -> list[str]:
     lines = [f"On {bench['device']} (driver {bench['driver']}); tokens/s from the median step time after warm-up; "
-             "MFU by the PaLM formula against the dense peak of hpml_core/spec/gpus.py.", "",
+             "MFU by the PaLM formula against the dense peak of hpml_core/contract/gpus.py.", "",
              "| variant | batch | precision | tokens/s | TFLOP/s | MFU | peak memory (GiB) | × original |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for result in (bench["original"], *bench["engines"]):

@@ -22,9 +22,9 @@ from rich.console import Console
 from rich.table import Table
 
 from hpml_core.bench import common_arguments
-from hpml_core.spec import rank_file
-from hpml_core.spec.attempts import latest_rank_files
-from hpml_core.spec.atomic import atomic_write_json
+from hpml_core.contract import rank_file
+from hpml_core.contract.attempts import latest_rank_files
+from hpml_core.contract.atomic import atomic_write_json
 
 GIB = 1024**3
 # name, engine flags, processes, the original study's reported peak memory per GPU (GB)
@@ -62,7 +62,7 @@ def command(flags: list[str], processes: int, args: argparse.Namespace, out: Pat
 
 def layout_row(name: str, run: list[str], files: list[rank_file.RankFile], reported_gb: float | None) -> dict:
     """One layout's measured peaks and model state per rank, beside the memory model's
-    prediction of each (hpml_core.spec.memory_model, recorded in the rank file): on a GPU the
+    prediction of each (hpml_core.contract.memory_model, recorded in the rank file): on a GPU the
     training peak is set against the predicted allocated bytes, both being what PyTorch's
     allocator holds; on a CPU the resident set also holds the interpreter and its libraries,
     which the model does not predict, so only the model state is compared there."""

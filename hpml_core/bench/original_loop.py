@@ -24,10 +24,10 @@ from hpml_core.batches import TokenBatches, TokenData
 from hpml_core.bench import common_arguments
 from hpml_core.memory import PhasePeaks
 from hpml_core.rank_result import cpu_name
-from hpml_core.spec.atomic import atomic_write_json
-from hpml_core.spec.flops import FORMULA, lookup_peak, palm_flops_per_token
-from hpml_core.spec.layout import Layout
-from hpml_core.spec.models import PRESETS
+from hpml_core.contract.atomic import atomic_write_json
+from hpml_core.contract.flops import FORMULA, lookup_peak, palm_flops_per_token
+from hpml_core.contract.layout import Layout
+from hpml_core.contract.models import PRESETS
 
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
 

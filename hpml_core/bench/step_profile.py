@@ -24,7 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from hpml_core import launch
 from hpml_core.mesh import build_mesh
-from hpml_core.spec.atomic import atomic_write, atomic_write_json
+from hpml_core.contract.atomic import atomic_write, atomic_write_json
 from hpml_core.train import build, make_plan
 
 # Kernel and operator names by kind of work, first match wins. The names are cuBLAS's,

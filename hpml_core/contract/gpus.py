@@ -1,6 +1,6 @@
 """The GPUs hpml knows, in one table: what each is called, how much memory it has, the names
 torch reports for it, and its dense peak throughput. The engine finds its GPU here by the name
-torch reports (MFU's peak, ``hpml_core.spec.flops``); a site profile names its GPU by the
+torch reports (MFU's peak, ``hpml_core.contract.flops``); a site profile names its GPU by the
 table's key (``gpu_model``), and ``hpml plan`` and ``hpml submit`` judge what fits against it.
 
 Memory is what CUDA reports as the device's total (``torch.cuda.get_device_properties(d)
@@ -14,7 +14,7 @@ Peaks are dense (no sparsity) TFLOP/s from the vendor's data sheet, never guesse
 missing here has no peak, and its MFU is reported missing with the reason.
 
 ``GpuMemory`` is what a site's jobs get (``jobs.site.Site.gpu_memory``): a GPU's label and
-memory, or why the site does not say, which ``hpml_core.spec.fit`` judges runs against.
+memory, or why the site does not say, which ``hpml_core.contract.fit`` judges runs against.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hpml_core.spec.errors import UsageError
+from hpml_core.contract.errors import UsageError
 
 
 @dataclass(frozen=True)

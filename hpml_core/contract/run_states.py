@@ -1,13 +1,13 @@
 """A run's state: one vocabulary, and one function that decides it, for the ledger, ``hpml
 submit``, ``hpml status``, ``hpml cancel`` and ``hpml report`` alike.
 
-Pure (no I/O) and torch-free: ``jobs.run_state`` gathers the evidence (the ledger, Slurm, the
+Pure (no I/O) and torch-free: ``jobs.observe`` gathers the evidence (the ledger, Slurm, the
 rank files of the current submission's last attempt, whether the local ``hpml submit`` lives)
 and asks ``decide``. Three sources say where a run stands, weighed in this order:
 
 1. the scheduler, about the current attempt: a job Slurm still queues or runs is PENDING or
    RUNNING whatever older files say (likewise a local run whose ``hpml submit`` is alive);
-2. the rank files of the last attempt (``hpml_core.spec.attempts``), which say how the engine
+2. the rank files of the last attempt (``hpml_core.contract.attempts``), which say how the engine
    ended: COMPLETED only when every rank says so; OUT_OF_MEMORY, FAILED or STOPPED when any
    rank says so, or FAILED when a rank left none (it was killed before it could write one);
 3. how the scheduler ended the job when that says more than the files (killed at its time
@@ -59,7 +59,7 @@ SLURM_STATES: Mapping[str, str] = {
 # The engine's outcomes (rank files, status.json), in this vocabulary.
 ENGINE_OUTCOMES: Mapping[str, str] = {"completed": COMPLETED, "failed": FAILED, "oom": OUT_OF_MEMORY,
                                       "stopped": STOPPED}
-# What ``jobs.run_state`` passes for a rank file that is there but cannot be read or validated.
+# What ``jobs.observe`` passes for a rank file that is there but cannot be read or validated.
 UNREADABLE = "unreadable"
 
 

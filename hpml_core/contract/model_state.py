@@ -1,7 +1,7 @@
 """The model-state memory a rank holds (parameters, gradients, optimizer state), from the run's
 config and the model's dimensions alone, to the byte: what the engine's measurement
 (``hpml_core.model_state_memory``, each storage counted once) is checked against, and the
-model-state lines of the memory model (``hpml_core.spec.memory_model``).
+model-state lines of the memory model (``hpml_core.contract.memory_model``).
 
 The rank's parameters (``param_numels``) are the GPT's tensors, the tied embedding/LM head
 once; under tensor parallelism the column-parallel weights and biases, the row-parallel weights
@@ -32,8 +32,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hpml_core.spec.config import TrainConfig
-from hpml_core.spec.models import ModelDims
+from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.models import ModelDims
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 

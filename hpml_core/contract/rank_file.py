@@ -2,8 +2,8 @@
 
 Every process of a run writes one, whether the run completed, failed or ran out of memory,
 so a report can tell "slow" from "broken" from "never ran". The pydantic model below is the
-schema; ``hpml_core/spec/schemas/rank_file.schema.json`` is its JSON Schema export for other tools
-(``python -m hpml_core.spec.rank_file``, ``make schema``, regenerates it, and a test keeps the two in step).
+schema; ``hpml_core/contract/schemas/rank_file.schema.json`` is its JSON Schema export for other tools
+(``python -m hpml_core.contract.rank_file``, ``make schema``, regenerates it, and a test keeps the two in step).
 
 Throughput counts every token once: the tokens of one data-parallel replica are shared by its
 tensor-parallel ranks, so a rank's share is (batch × seq_len) / tp_size, and the run's figure
@@ -19,11 +19,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hpml_core.spec.atomic import atomic_write, atomic_write_json
-from hpml_core.spec.attempts import rank_file_path
-from hpml_core.spec.config import ConfigSource, Mode, TrainConfig
-from hpml_core.spec.precision import PrecisionRegime
-from hpml_core.spec.status_file import Outcome
+from hpml_core.contract.atomic import atomic_write, atomic_write_json
+from hpml_core.contract.attempts import rank_file_path
+from hpml_core.contract.config import ConfigSource, Mode, TrainConfig
+from hpml_core.contract.precision import PrecisionRegime
+from hpml_core.contract.status_file import Outcome
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "rank_file.schema.json"
@@ -140,7 +140,7 @@ class Memory(_Strict):
 
 
 class ModelState(_Strict):
-    """Parameters, gradients and optimizer state this rank holds (measured by hpml_core.model_state_memory, expected by hpml_core.spec.model_state)."""
+    """Parameters, gradients and optimizer state this rank holds (measured by hpml_core.model_state_memory, expected by hpml_core.contract.model_state)."""
 
     param_elements_local: int = Field(description="parameter elements this rank stores (its TP shard, its ZeRO partition)")
     full_params_resident: int = Field(description="parameters held whole outside forward/backward (0 under ZeRO-3)")
@@ -160,7 +160,7 @@ class PredictionLine(_Strict):
 
 
 class MemoryPrediction(_Strict):
-    """The memory model's prediction for this rank (hpml_core.spec.memory_model.predict with the run's
+    """The memory model's prediction for this rank (hpml_core.contract.memory_model.predict with the run's
     resolved config, model and layout, for this rank's device), recorded so the report can set it
     against what was measured."""
 
@@ -185,7 +185,7 @@ class RankFile(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     run_id: str
     attempt: int = Field(1, ge=1, description="which attempt of the run wrote it: <run>/attempts/<attempt>/ "
-                                              "(hpml_core.spec.attempts)")
+                                              "(hpml_core.contract.attempts)")
     status: Outcome = Field(
         description="stopped: a signal (time limit near, preemption) stopped it after a checkpoint; resume with --resume")
     error: str | None = Field(description="what went wrong, or what stopped it, when status is not completed")
@@ -219,7 +219,7 @@ class RankFile(_Strict):
                                                   "completed (e.g. every step it had left was warm-up)")
     flops: Flops | None
     precision: PrecisionRegime | None = Field(None, description="how this rank held and computed in the run's "
-                                              "precision (hpml_core.spec.precision); null in files written before")
+                                              "precision (hpml_core.contract.precision); null in files written before")
     memory: Memory
     model_state: ModelState | None = Field(description="null unless the run completed")
     prediction: MemoryPrediction | None = Field(None, description="the memory model's prediction for this rank; "

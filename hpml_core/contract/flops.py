@@ -9,15 +9,15 @@ MFU does not reward it. ``tests/test_flops.py`` checks the formula against PyTor
 FLOP counter.
 
 A peak is only ever looked up, never guessed, in the one table of known GPUs
-(``hpml_core.spec.gpus``): a CPU, or a GPU missing there, gives MFU ``None`` with the reason.
+(``hpml_core.contract.gpus``): a CPU, or a GPU missing there, gives MFU ``None`` with the reason.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hpml_core.spec.gpus import by_device_name
-from hpml_core.spec.models import ModelDims
+from hpml_core.contract.gpus import by_device_name
+from hpml_core.contract.models import ModelDims
 
 FORMULA = (
     "PaLM appendix B: 6N + 12*L*H*Q*T FLOPs per token (forward+backward, model FLOPs: "
@@ -46,7 +46,7 @@ def lookup_peak(device_type: str, device_name: str, precision: str) -> PeakLooku
         return PeakLookup(None, None, f"device is {device_type} ({device_name}): MFU is only defined against a GPU's peak")
     gpu = by_device_name(device_name)
     if gpu is None:
-        return PeakLookup(None, None, f"no peak on record for GPU {device_name!r}; add it to hpml_core.spec.gpus.GPUS")
+        return PeakLookup(None, None, f"no peak on record for GPU {device_name!r}; add it to hpml_core.contract.gpus.GPUS")
     if precision == "fp32":
         return PeakLookup(gpu.fp32_tflops, f"{gpu.datasheet} dense fp32 (no TF32)", None)
     return PeakLookup(gpu.tensor_16bit_tflops, f"{gpu.datasheet} dense {precision} tensor core", None)

@@ -25,9 +25,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from hpml_core.spec.atomic import atomic_write_json
-from hpml_core.spec.errors import UsageError
-from hpml_core.spec.models import PRESETS
+from hpml_core.contract.atomic import atomic_write_json
+from hpml_core.contract.errors import UsageError
+from hpml_core.contract.models import PRESETS
 
 MODES = ("single", "ddp", "zero3")
 MODE_ALIASES = {"baseline": "ddp", "hybrid": "zero3"}

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpml_core.spec.errors import UsageError
+from hpml_core.contract.errors import UsageError
 
 FORMAT_VERSION = 1
 TOKENS_FILE = "tokens.bin"

@@ -11,7 +11,7 @@ residual stream (4 on the PyTorch path, whose weights stay fp32 under autocast; 
 which casts the model); n_i the elements of the rank's parameter tensor i.
 
 Model state (exact: equal to the bytes ``hpml_core.model_state_memory`` measures from the
-tensors, see ``hpml_core.spec.model_state``):
+tensors, see ``hpml_core.contract.model_state``):
 
 - ``parameters``: PyTorch path 4·Σn_i (fp32 in every precision); ZeRO-3 a·P with
   P = Σ ceil(n_i / dp), its flat buffer of partitions.
@@ -117,10 +117,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hpml_core.spec.config import TrainConfig
-from hpml_core.spec.layout import Layout
-from hpml_core.spec.model_state import DTYPE_BYTES, is_persistent, param_numels, rank_model_state
-from hpml_core.spec.models import ModelDims
+from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.layout import Layout
+from hpml_core.contract.model_state import DTYPE_BYTES, is_persistent, param_numels, rank_model_state
+from hpml_core.contract.models import ModelDims
 
 MIB = 1024**2
 ALLOCATOR_BLOCK = 512  # the CUDA caching allocator's smallest unit (kMinBlockSize)

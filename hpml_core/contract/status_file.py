@@ -6,7 +6,7 @@ least every 30 s) and at the end, atomically and from the host only: it never wa
 The engine's words for where a run stands: ``starting`` and ``running`` while it trains, then
 one ``Outcome``, the same word its rank files carry. The file is the run's, not an attempt's:
 each attempt overwrites it, and says which attempt it is (``attempt``, as in
-``hpml_core.spec.attempts``)."""
+``hpml_core.contract.attempts``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from hpml_core.spec.atomic import atomic_write_json
+from hpml_core.contract.atomic import atomic_write_json
 
 STATUS_FILE = "status.json"
 # How a process ended: completed; failed; oom (out of memory); stopped (by a signal, after a

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hpml_core.spec.config import TrainConfig
-from hpml_core.spec.data_meta import DataMeta
-from hpml_core.spec.errors import UsageError
-from hpml_core.spec.layout import Layout
-from hpml_core.spec.models import GPT2_VOCAB, ModelDims, model_dims
+from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.data_meta import DataMeta
+from hpml_core.contract.errors import UsageError
+from hpml_core.contract.layout import Layout
+from hpml_core.contract.models import GPT2_VOCAB, ModelDims, model_dims
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""What fits on a GPU: a run's predicted memory per GPU (``hpml_core.spec.memory_model``)
+"""What fits on a GPU: a run's predicted memory per GPU (``hpml_core.contract.memory_model``)
 against the memory of the GPU its site gives it, and the largest batch per GPU that fits.
 
-The GPU's memory is its total as torch reports it (``total_memory``: ``hpml_core.spec.gpus``,
+The GPU's memory is its total as torch reports it (``total_memory``: ``hpml_core.contract.gpus``,
 or the site's ``gpu_memory_gib``), and a prediction's total counts everything a rank holds on
 its GPU, inside PyTorch's allocator and outside it (the memory model's "CUDA context" line), so
 a run fits when its predicted total is at most the GPU's total. The comparison adds no margin of
@@ -15,11 +15,11 @@ Torch-free and cheap: ``hpml plan`` judges every run of a study, and ``largest_b
 
 from __future__ import annotations
 
-from hpml_core.spec.config import TrainConfig
-from hpml_core.spec.gpus import GpuMemory
-from hpml_core.spec.layout import Layout
-from hpml_core.spec.memory_model import Prediction, predict
-from hpml_core.spec.models import ModelDims
+from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.gpus import GpuMemory
+from hpml_core.contract.layout import Layout
+from hpml_core.contract.memory_model import Prediction, predict
+from hpml_core.contract.models import ModelDims
 
 # largest_batch stops doubling here: a batch per GPU beyond this is no plan (and a model whose
 # prediction did not grow with the batch would otherwise never stop).

@@ -3,12 +3,12 @@ the bytes its layout moves, at the efficiency and bandwidths its site states.
 
 **Compute** = the FLOPs one rank does in a step ÷ (the GPU's peak × the site's efficiency):
 
-- the model FLOPs per token of PaLM's formula (``hpml_core.spec.flops``, what MFU is measured
+- the model FLOPs per token of PaLM's formula (``hpml_core.contract.flops``, what MFU is measured
   against) × the tokens of the rank's replica in a step (batch × sequence × accumulation) ÷ the
   TP size, since TP ranks split each matrix product;
 - × 4/3 with activation checkpointing: each block's forward runs again in the backward pass
   (the formula's 6N is 2N forward and 4N backward);
-- the peak is the GPU's dense peak at the run's matrix precision (``hpml_core.spec.gpus``); the
+- the peak is the GPU's dense peak at the run's matrix precision (``hpml_core.contract.gpus``); the
   efficiency is an MFU the site states (``compute_efficiency``; hpml measured 0.38 to 0.50 for
   GPT-2 Large on one H200, ``hpml_core/bench/RESULTS.md``). A device with no peak (a CPU) is
   given the site's ``device_tflops`` (model TFLOP/s per rank) instead, or has no prediction.
@@ -43,13 +43,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hpml_core.spec.config import TrainConfig
-from hpml_core.spec.flops import training_flops_per_token
-from hpml_core.spec.gpus import Gpu
-from hpml_core.spec.layout import Layout
-from hpml_core.spec.model_state import is_persistent, param_numels
-from hpml_core.spec.models import ModelDims
-from hpml_core.spec.precision import regime
+from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.flops import training_flops_per_token
+from hpml_core.contract.gpus import Gpu
+from hpml_core.contract.layout import Layout
+from hpml_core.contract.model_state import is_persistent, param_numels
+from hpml_core.contract.models import ModelDims
+from hpml_core.contract.precision import regime
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 

@@ -1,11 +1,11 @@
 """Where each run of an experiment stands now: the evidence is gathered here, the decision is
-``hpml_core.spec.run_states.decide``'s, and ``hpml submit``, ``status``, ``cancel`` and
+``hpml_core.contract.run_states.decide``'s, and ``hpml submit``, ``status``, ``cancel`` and
 ``report`` all take it from here.
 
 The evidence: the ledger (what ``hpml submit`` did: backend, job id, the state last decided, the
 first attempt of the current submission, the ``hpml submit`` holding the run); Slurm (through
 ``jobs.slurm_query``, with its timeout); the rank files of the current submission's last attempt
-(``hpml_core.spec.attempts``: an earlier submission's attempts say nothing about this one); and
+(``hpml_core.contract.attempts``: an earlier submission's attempts say nothing about this one); and
 whether a local run's ``hpml submit`` still lives. ``refresh`` records each decision in the
 ledger, as it is the next decision's "recorded" state: a job Slurm has since forgotten keeps the
 ending Slurm last gave it.
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from hpml_core.spec import attempts, rank_file, run_states
-from hpml_core.spec.run_states import ACTIVE, COMPLETED, NOT_SUBMITTED, PENDING, RUNNING, SUBMITTING
-from hpml_core.spec.status_file import ACTIVE_STATES, read_status
+from hpml_core.contract import attempts, rank_file, run_states
+from hpml_core.contract.run_states import ACTIVE, COMPLETED, NOT_SUBMITTED, PENDING, RUNNING, SUBMITTING
+from hpml_core.contract.status_file import ACTIVE_STATES, read_status
 from jobs import ledger, slurm_query
 
 Reader = Callable[[Path], rank_file.RankFile]  # a rank file's record; OSError or ValueError if it has none

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hpml_core.spec.config import Mode, Precision
+from hpml_core.contract.config import Mode, Precision
 
 
 class PrecisionRegime(BaseModel):
