@@ -83,16 +83,16 @@ from collections.abc import Callable
 import pandas as pd
 
 from analysis.collect import Attempt, RunResult
-from hpml_core.contract import gpus
+from hpml_core.contract import gpus, metrics
 from hpml_core.contract.layout import Layout
 from hpml_core.contract.models import model_dims
 from hpml_core.contract.precision import regime
 from hpml_core.contract.rank_file import RankFile
 from hpml_core.contract.run_states import COMPLETED
 from hpml_core.contract.step_time import Performance, predict_step
+from hpml_core.contract.units import GIB, MIB
 
-GIB = 1024**3
-MIB = 1024**2
+
 # What a baseline must share with the configuration (besides being one process): the settings
 # that change a GPU's own speed and memory, and the device itself.
 SHARED_KEY = ("model", "seq_len", "regime_key", "optimizer", "grad_ckpt", "attn", "compile", "device_name")
@@ -275,15 +275,15 @@ def run_row(result: RunResult, performance: Performance | None = None) -> dict:
     slowest = max(f.throughput.step_time_median_s for f in files)
     # The global batch (batch per DP rank × DP × accumulation) is all the run trains on per step:
     # tensor-parallel ranks share their replica's samples, so their tokens count once.
-    tokens_per_s = first.global_batch * first.model.seq_len / slowest
-    achieved = first.flops.flops_per_token * tokens_per_s / first.world_size / 1e12
+    tokens_per_s = metrics.tokens_per_s(first.global_batch * first.model.seq_len, slowest)
+    achieved = metrics.achieved_tflops_per_device(first.flops.flops_per_token, tokens_per_s, first.world_size)
     peak = first.flops.peak_tflops_per_s
     row.update(
         timed_steps=first.throughput.timed_steps, slowest_step_time_median_s=slowest,
         tokens_per_s=tokens_per_s, samples_per_s=first.global_batch / slowest,
         tokens_per_s_per_gpu=tokens_per_s / first.world_size, flops_per_token=first.flops.flops_per_token,
         achieved_tflops_per_gpu=achieved, peak_tflops_per_gpu=peak, peak_source=first.flops.peak_source,
-        mfu=achieved / peak if peak else None, mfu_missing_reason=None if peak else first.flops.mfu_missing_reason,
+        mfu=metrics.mfu(achieved, peak), mfu_missing_reason=None if peak else first.flops.mfu_missing_reason,
         timing=first.throughput.timing, **_memory_columns(files), **_peak_prediction_columns(files),
         **_speed_prediction_columns(files, tokens_per_s, performance),
     )

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from hpml_core.contract import rank_file as rf
 from hpml_core.contract.config import TrainConfig
-from hpml_core.contract.flops import lookup_peak
+from hpml_core.contract.metrics import lookup_peak
 from hpml_core.contract.precision import regime
+from hpml_core.contract.units import GIB
 
-GIB = 1024**3
 FLOPS_PER_TOKEN = 5_000_000_000
 A100_BF16_PEAK = 312.0
 A100 = "NVIDIA A100-SXM4-80GB"

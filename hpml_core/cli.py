@@ -49,7 +49,7 @@ def _site_data_folder(rest: list[str]) -> list[str]:
     import argparse
 
     from jobs import site
-    from jobs.experiment import SAFE_NAME
+    from hpml_core.contract.names import SAFE_NAME
 
     parser = argparse.ArgumentParser(prog="hpml data prepare", add_help=False)
     parser.add_argument("--site")

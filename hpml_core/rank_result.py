@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from hpml_core.memory import PhasePeaks
-from hpml_core.contract import flops, memory_model, model_state
+from hpml_core.contract import memory_model, metrics, model_state
 from hpml_core.contract import rank_file as rf
 from hpml_core.contract.precision import regime
 from hpml_core.timing import StepTimer
@@ -100,21 +100,21 @@ def throughput(plan, timer: StepTimer, device: torch.device) -> rf.Throughput:
         run_step_time_median_s=run_median,
         tokens_per_step=global_batch * config.seq_len,
         samples_per_step=global_batch,
-        rank_tokens_per_s=replica_samples * config.seq_len / tp / median,
+        rank_tokens_per_s=metrics.tokens_per_s(replica_samples * config.seq_len / tp, median),
         rank_samples_per_s=replica_samples / tp / median,
-        run_tokens_per_s=global_batch * config.seq_len / run_median,
+        run_tokens_per_s=metrics.tokens_per_s(global_batch * config.seq_len, run_median),
         run_samples_per_s=global_batch / run_median,
     )
 
 
 def flops_record(plan, device_type: str, device_name: str, run_tokens_per_s: float) -> rf.Flops:
-    per_token = flops.training_flops_per_token(plan.dims, plan.config.seq_len)
-    achieved = per_token * run_tokens_per_s / plan.env.world_size / 1e12
-    peak = flops.lookup_peak(device_type, device_name, plan.config.precision)
+    per_token = metrics.training_flops_per_token(plan.dims, plan.config.seq_len)
+    achieved = metrics.achieved_tflops_per_device(per_token, run_tokens_per_s, plan.env.world_size)
+    peak = metrics.lookup_peak(device_type, device_name, plan.config.precision)
     return rf.Flops(
-        formula=flops.FORMULA, n_params=plan.dims.params_matmul, flops_per_token=per_token,
+        formula=metrics.FORMULA, n_params=plan.dims.params_matmul, flops_per_token=per_token,
         achieved_tflops_per_s=achieved, peak_tflops_per_s=peak.tflops, peak_source=peak.source,
-        mfu=achieved / peak.tflops if peak.tflops else None, mfu_missing_reason=peak.missing_reason,
+        mfu=metrics.mfu(achieved, peak.tflops), mfu_missing_reason=peak.missing_reason,
     )
 
 

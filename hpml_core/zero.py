@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from hpml_core.contract import buckets
 from hpml_core.contract.atomic import atomic_write_json
 from hpml_core.contract.config import TrainConfig
 from hpml_core.mesh import DeepSpeedMPU, Mesh
@@ -52,8 +53,8 @@ def deepspeed_config(config: TrainConfig, mesh: Mesh) -> dict:
             "stage3_param_persistence_threshold": config.zero_persistence_threshold,
             "overlap_comm": True,
             "contiguous_gradients": True,
-            "reduce_bucket_size": 50_000_000,
-            "stage3_prefetch_bucket_size": 50_000_000,
+            "reduce_bucket_size": buckets.ZERO3_REDUCE_BUCKET,
+            "stage3_prefetch_bucket_size": buckets.ZERO3_PREFETCH_BUCKET,
         },
         "zero_allow_untested_optimizer": True,  # torch's AdamW: nothing to compile
         "steps_per_print": 1_000_000_000,  # hpml does its own logging

@@ -19,7 +19,8 @@ from rich.table import Table
 
 from hpml_core.contract import fit, run_states
 from hpml_core.contract.errors import EXIT_USAGE, UsageError
-from hpml_core.contract.gpus import GIB, GpuMemory
+from hpml_core.contract.gpus import GpuMemory
+from hpml_core.contract.units import GIB
 from hpml_core.contract.memory_model import Prediction, predict
 from hpml_core.contract.models import GPT2_VOCAB
 from hpml_core.contract.step_time import Performance, StepPrediction, predict_step

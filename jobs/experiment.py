@@ -37,9 +37,9 @@ from hpml_core.contract.config import TrainConfig, field_of, first_error
 from hpml_core.contract.data_meta import DataMeta
 from hpml_core.contract.errors import UsageError
 from hpml_core.contract.gpus import GpuMemory
+from hpml_core.contract.names import SAFE_NAME
 
 EXPERIMENTS = Path(__file__).parent / "experiments"
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 TIME_LIMIT = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")
 JOB_FIELDS = {"name", "nodes", "gpus", "time_limit"}
 # Set per run by the jobs layer, never by an experiment file.

@@ -49,7 +49,8 @@ from hpml_core.contract import gpus
 from hpml_core.contract.errors import UsageError
 from hpml_core.contract.gpus import GpuMemory
 from hpml_core.contract.step_time import Performance
-from jobs.experiment import SAFE_NAME, ExperimentError
+from hpml_core.contract.names import SAFE_NAME
+from jobs.experiment import ExperimentError
 
 SITES = Path(__file__).parent / "sites"
 SBATCH_VALUE = re.compile(r"^[A-Za-z0-9._:+-]+$")  # partition, account, gpu type, memory

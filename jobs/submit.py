@@ -54,7 +54,7 @@ from hpml_core.contract.atomic import atomic_write
 from hpml_core.contract.config import RUN_SPEC_FILE, write_run_spec
 from hpml_core.contract.data_meta import DataMeta
 from hpml_core.contract.errors import UsageError
-from hpml_core.contract.gpus import GIB
+from hpml_core.contract.units import GIB
 from hpml_core.contract.memory_model import predict
 from hpml_core.contract.run_states import (ACTIVE, COMPLETED, ENDED_BADLY, FAILED, PENDING, RUNNING, SUBMIT_FAILED,
                                        SUBMITTING, from_slurm)

@@ -17,7 +17,8 @@ from hpml_core.contract import fit, gpus, memory_model
 from hpml_core.contract.checks import resolve
 from hpml_core.contract.config import TrainConfig
 from hpml_core.contract.data_meta import DataMeta
-from hpml_core.contract.gpus import GIB, GpuMemory
+from hpml_core.contract.gpus import GpuMemory
+from hpml_core.contract.units import GIB, MIB
 from jobs import site
 from tests.conftest import REPO
 
@@ -40,7 +41,7 @@ def resolved(model: str = "gpt2-large", mode: str = "single", world: int = 1, da
     return resolve(config, world, world, data)
 
 
-A100_40 = GpuMemory("A100 40GB", gpus.BY_KEY["a100-40gb"].memory_mib * gpus.MIB, "test")
+A100_40 = GpuMemory("A100 40GB", gpus.BY_KEY["a100-40gb"].memory_mib * MIB, "test")
 
 
 # --- the table of known GPUs ---
@@ -61,7 +62,7 @@ def test_the_table_holds_the_gpus_of_the_issue_with_their_memory():
                     "h200": 141, "h200-nvl": 141, "l40s": 48, "a10": 24}
     assert set(gpus.BY_KEY) == set(datasheet_gb)
     for key, gb in datasheet_gb.items():
-        assert 0.9 * gb * 1e9 < gpus.BY_KEY[key].memory_mib * gpus.MIB <= gb * GIB, key
+        assert 0.9 * gb * 1e9 < gpus.BY_KEY[key].memory_mib * MIB <= gb * GIB, key
     assert gpus.by_device_name("Tesla T4") is None and gpus.by_device_name("NVIDIA A10G") is None
 
 
@@ -118,13 +119,13 @@ def test_largest_batch_fits_and_one_more_does_not(mode, world, tp):
 
     assert all(fits(batch) for batch in range(1, largest + 1))
     assert not fits(largest + 1) and not fits(2 * largest + 1)
-    bigger = GpuMemory("A100 80GB", gpus.BY_KEY["a100-80gb"].memory_mib * gpus.MIB, "test")
+    bigger = GpuMemory("A100 80GB", gpus.BY_KEY["a100-80gb"].memory_mib * MIB, "test")
     assert fit.largest_batch(run.config, run.dims, run.layout, bigger) >= largest
 
 
 def test_largest_batch_is_none_when_not_even_one_fits_and_costs_few_predictions(monkeypatch):
     xl = resolved(model="gpt2-xl", precision="fp32")
-    a10 = GpuMemory("A10", gpus.BY_KEY["a10"].memory_mib * gpus.MIB, "test")
+    a10 = GpuMemory("A10", gpus.BY_KEY["a10"].memory_mib * MIB, "test")
     assert fit.largest_batch(xl.config, xl.dims, xl.layout, a10) is None
     calls = []
     real = fit.predict

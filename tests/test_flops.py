@@ -3,7 +3,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hpml_core.model import GPT, model_dims, next_token_loss
-from hpml_core.contract.flops import lookup_peak, training_flops_per_token
+from hpml_core.contract.metrics import lookup_peak, training_flops_per_token
 from hpml_core.contract.gpus import by_device_name
 
 

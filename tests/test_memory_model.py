@@ -35,6 +35,7 @@ from pathlib import Path
 
 import pytest
 
+from hpml_core.contract import buckets
 from hpml_core.contract.config import TrainConfig
 from hpml_core.contract.layout import Layout
 from hpml_core.contract.memory_model import predict, saved_for_backward, zero3_gathered_elements
@@ -323,8 +324,8 @@ def test_zero3_bucket_sizes_are_the_generated_deepspeed_configs():
 
     settings = zero.deepspeed_config(case_config(dict(layout="zero3-2", precision="bf16", attn="sdpa",
                                                       grad_ckpt=False)), _Mesh())["zero_optimization"]
-    assert settings["reduce_bucket_size"] == memory_model.ZERO3_REDUCE_BUCKET
-    assert settings["stage3_prefetch_bucket_size"] == memory_model.ZERO3_PREFETCH_BUCKET
+    assert settings["reduce_bucket_size"] == buckets.ZERO3_REDUCE_BUCKET
+    assert settings["stage3_prefetch_bucket_size"] == buckets.ZERO3_PREFETCH_BUCKET
     assert settings["contiguous_gradients"]  # what preallocates the reduce bucket
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from hpml_core.contract import fit, memory_model
 from hpml_core.contract.data_meta import DataMeta
-from hpml_core.contract.gpus import GIB
+from hpml_core.contract.units import GIB
 from jobs import experiment, site
 from jobs.experiment import EXPERIMENTS
 from tests.conftest import REPO

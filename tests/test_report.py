@@ -16,13 +16,13 @@ import pytest
 
 from analysis.report import main
 from analysis.sample_rank_files import A100, A100_BF16_PEAK, FLOPS_PER_TOKEN, H100, model_state_bytes, write_run
-from hpml_core.contract.flops import training_flops_per_token
+from hpml_core.contract.metrics import training_flops_per_token
 from hpml_core.contract.model_state import param_numels
 from hpml_core.contract.models import model_dims
+from hpml_core.contract.units import MIB
 from jobs import slurm_query
 
 SEQ = 1024
-MIB = 1024**2
 
 
 @pytest.fixture

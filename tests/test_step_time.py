@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hpml_core.contract.config import TrainConfig
-from hpml_core.contract.flops import training_flops_per_token
+from hpml_core.contract.metrics import training_flops_per_token
 from hpml_core.contract.gpus import BY_KEY
 from hpml_core.contract.layout import Layout
 from hpml_core.contract.model_state import param_numels

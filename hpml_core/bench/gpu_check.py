@@ -41,9 +41,9 @@ import torch
 
 from hpml_core.bench.__main__ import nvidia_driver
 from hpml_core.contract.atomic import atomic_write, atomic_write_json
+from hpml_core.contract.units import GIB
 
 REPO = Path(__file__).resolve().parents[2]
-GIB = 1024**3
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from hpml_core.bench import common_arguments
 from hpml_core.contract import rank_file
 from hpml_core.contract.attempts import latest_rank_files
 from hpml_core.contract.atomic import atomic_write_json
+from hpml_core.contract.units import GIB
 
-GIB = 1024**3
 # name, engine flags, processes, the original study's reported peak memory per GPU (GB)
 LAYOUTS = (
     ("single", ["--mode", "single"], 1, 21.0),

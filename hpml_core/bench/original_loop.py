@@ -25,7 +25,8 @@ from hpml_core.bench import common_arguments
 from hpml_core.memory import PhasePeaks
 from hpml_core.rank_result import cpu_name
 from hpml_core.contract.atomic import atomic_write_json
-from hpml_core.contract.flops import FORMULA, lookup_peak, palm_flops_per_token
+from hpml_core.contract import metrics
+from hpml_core.contract.metrics import FORMULA, lookup_peak, palm_flops_per_token
 from hpml_core.contract.layout import Layout
 from hpml_core.contract.models import PRESETS
 
@@ -101,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     memory.end_training()
     timed = times[args.warmup_steps:]
     median = statistics.median(timed)
-    tokens_per_s = args.batch_size * args.seq_len / median
+    tokens_per_s = metrics.tokens_per_s(args.batch_size * args.seq_len, median)
     n = matmul_weights(model)
     flops_per_token = palm_flops_per_token(n, config.n_layer, config.n_head, config.n_embd // config.n_head, args.seq_len)
-    achieved = flops_per_token * tokens_per_s / 1e12
+    achieved = metrics.achieved_tflops_per_device(flops_per_token, tokens_per_s, devices=1)
     peak = lookup_peak(device.type, device_name, args.precision)
     peak_bytes, metric = memory.record().peak()
     result = {
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "achieved_tflops_per_s": achieved,
         "peak_tflops_per_s": peak.tflops,
         "peak_source": peak.source,
-        "mfu": achieved / peak.tflops if peak.tflops else None,
+        "mfu": metrics.mfu(achieved, peak.tflops),
         "mfu_missing_reason": peak.missing_reason,
         "peak_memory_bytes": peak_bytes,
         "memory_metric": metric,

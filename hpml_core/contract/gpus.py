@@ -1,6 +1,6 @@
 """The GPUs hpml knows, in one table: what each is called, how much memory it has, the names
 torch reports for it, and its dense peak throughput. The engine finds its GPU here by the name
-torch reports (MFU's peak, ``hpml_core.contract.flops``); a site profile names its GPU by the
+torch reports (MFU's peak, ``hpml_core.contract.metrics``); a site profile names its GPU by the
 table's key (``gpu_model``), and ``hpml plan`` and ``hpml submit`` judge what fits against it.
 
 Memory is what CUDA reports as the device's total (``torch.cuda.get_device_properties(d)
@@ -22,8 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-GIB = 2**30
-MIB = 2**20
+from hpml_core.contract.units import GIB, MIB
 
 
 @dataclass(frozen=True)

@@ -117,20 +117,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hpml_core.contract.buckets import DDP_BUCKET_BYTES, ZERO3_MAX_REUSE_DISTANCE, ZERO3_PREFETCH_BUCKET, ZERO3_REDUCE_BUCKET
 from hpml_core.contract.config import TrainConfig
 from hpml_core.contract.layout import Layout
 from hpml_core.contract.model_state import DTYPE_BYTES, is_persistent, param_numels, rank_model_state
 from hpml_core.contract.models import ModelDims
+from hpml_core.contract.units import MIB
 
-MIB = 1024**2
 ALLOCATOR_BLOCK = 512  # the CUDA caching allocator's smallest unit (kMinBlockSize)
 CUDA_CONTEXT_BYTES = 500 * MIB
 CUBLAS_WORKSPACE_BYTES = 4096 * 1024 * 8  # PyTorch's default CUBLAS_WORKSPACE_CONFIG on sm90
-# hpml_core.zero.deepspeed_config's bucket sizes, in elements (tests/test_memory_model.py holds them equal)
-ZERO3_REDUCE_BUCKET = 50_000_000
-ZERO3_PREFETCH_BUCKET = 50_000_000
-ZERO3_MAX_REUSE_DISTANCE = 1_000_000_000  # DeepSpeed's default stage3_max_reuse_distance, which hpml leaves
-DDP_BUCKET_BYTES = 25 * MIB  # torch DDP's bucket_cap_mb default
 
 
 # The lines of the model state (parameters, gradients, optimizer states), in that order.

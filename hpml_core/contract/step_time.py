@@ -3,7 +3,7 @@ the bytes its layout moves, at the efficiency and bandwidths its site states.
 
 **Compute** = the FLOPs one rank does in a step ÷ (the GPU's peak × the site's efficiency):
 
-- the model FLOPs per token of PaLM's formula (``hpml_core.contract.flops``, what MFU is measured
+- the model FLOPs per token of PaLM's formula (``hpml_core.contract.metrics``, what MFU is measured
   against) × the tokens of the rank's replica in a step (batch × sequence × accumulation) ÷ the
   TP size, since TP ranks split each matrix product;
 - × 4/3 with activation checkpointing: each block's forward runs again in the backward pass
@@ -44,7 +44,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hpml_core.contract.config import TrainConfig
-from hpml_core.contract.flops import training_flops_per_token
+from hpml_core.contract.metrics import training_flops_per_token
 from hpml_core.contract.gpus import Gpu
 from hpml_core.contract.layout import Layout
 from hpml_core.contract.model_state import is_persistent, param_numels

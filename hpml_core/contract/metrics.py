@@ -1,4 +1,11 @@
-"""Model FLOPs per token, GPU peak throughput, and MFU.
+"""The throughput figures every layer reports, defined once: tokens/s, achieved TFLOP/s per
+device and MFU, with the model FLOPs per token and the peak they rest on. The engine's rank
+files, the report and the bench all call these functions, so a figure means the same wherever
+it is printed.
+
+Tokens are counted once per optimizer step: the global batch's tokens (B × DP × G × T), not
+B × world × T, so tensor-parallel ranks sharing a batch do not count it twice (torchtitan's
+rule). A run's figure divides them by the slowest rank's median step time.
 
 MFU (model FLOPs utilisation) = achieved model FLOP/s per device ÷ the device's dense peak for
 the precision used. Model FLOPs are the PaLM paper's (Chowdhery et al. 2022, appendix B):
@@ -50,3 +57,22 @@ def lookup_peak(device_type: str, device_name: str, precision: str) -> PeakLooku
     if precision == "fp32":
         return PeakLookup(gpu.fp32_tflops, f"{gpu.datasheet} dense fp32 (no TF32)", None)
     return PeakLookup(gpu.tensor_16bit_tflops, f"{gpu.datasheet} dense {precision} tensor core", None)
+
+
+def tokens_per_s(tokens: float, seconds: float) -> float:
+    """Tokens over the time they took: a run's global batch tokens over its slowest rank's median
+    step, or a rank's own share (its replica's tokens ÷ TP size) over its own median step."""
+    return tokens / seconds
+
+
+def achieved_tflops_per_device(flops_per_token: int, tokens_per_second: float, devices: int) -> float:
+    """Model TFLOP/s each device achieves: the run's model FLOP/s (per-token FLOPs of
+    ``training_flops_per_token`` × the run's tokens/s) spread over all its devices (the world
+    size), whatever the layout, so recomputation and replicated work earn nothing."""
+    return flops_per_token * tokens_per_second / devices / 1e12
+
+
+def mfu(achieved_tflops: float, peak_tflops: float | None) -> float | None:
+    """Model FLOPs utilisation: achieved TFLOP/s per device over the device's dense peak for the
+    precision used (``lookup_peak``); ``None`` where no peak is on record (a CPU, an unknown GPU)."""
+    return achieved_tflops / peak_tflops if peak_tflops else None
