@@ -4,12 +4,8 @@ Layout under the checkpoint folder: ``step-<n>/`` holds the state after ``n`` co
 and ``latest.json`` names the newest complete one together with the run's fingerprint; it is
 replaced only after every rank's state is on disk, and older states are then removed.
 
-- PyTorch runs: ``state-tp<r>.pt`` per tensor-parallel rank (model shard, optimizer and loss
-  scaler), written by the first data-parallel replica (the others are identical);
-- ZeRO-3 runs: DeepSpeed's own checkpoint of the partitioned state, every rank writing its
-  partition (``engine.save_checkpoint``), under the same step folder name as its tag.
-
-Each stepper (``hpml_core.stepper``) writes and restores its own state; this module owns the
+What a step folder holds is the stepper's (``hpml_core.stepper``: its own files for a PyTorch
+run, DeepSpeed's for ZeRO-3), which writes, reads and loads its own state; this module owns the
 folder layout, the fingerprint and the moment a checkpoint becomes the latest.
 
 The data order is a function of (seed, step), so the step number is all the loader needs to
@@ -24,10 +20,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import torch.distributed as dist
 
 from hpml_core.contract.atomic import atomic_write_json
@@ -35,7 +32,12 @@ from hpml_core.contract.config import TrainConfig, flag
 from hpml_core.contract.data_meta import DataMeta
 from hpml_core.contract.errors import UsageError
 
+if TYPE_CHECKING:  # the stepper loads a ``Resume``, so it imports this module
+    from hpml_core.stepper import Stepper
+
 LATEST = "latest.json"
+# What a stepper reads of its state, from the checkpoint folder and a step's tag, before training.
+StateReader = Callable[[Path, str], dict | None]
 # The config fields that change the trajectory, in the order a mismatch is reported; the data's
 # identity and the data-parallel size (which the world size sets) are added by ``fingerprint``.
 MUST_MATCH = ("model", "mode", "tp_size", "batch_size", "grad_accum", "seq_len", "seed", "precision", "optimizer",
@@ -54,7 +56,8 @@ def _tag(step: int) -> str:
 
 @dataclass(frozen=True)
 class Resume:
-    """The checkpoint a run continues from; ``state`` is loaded already for PyTorch runs."""
+    """The checkpoint a run continues from; ``state``: what the stepper's reader loaded ahead
+    (``hpml_core.stepper.state_reader``), None where its backend reads its files itself."""
 
     folder: Path
     step: int
@@ -62,7 +65,7 @@ class Resume:
     state: dict | None
 
 
-def save(folder: Path, step: int, stepper, rank: int, made_by: dict) -> None:
+def save(folder: Path, step: int, stepper: Stepper, rank: int, made_by: dict) -> None:
     """Collective: every rank calls it. ``latest.json`` moves only once every rank's state is written."""
     tag = _tag(step)
     stepper.save_state(folder, tag)
@@ -75,18 +78,16 @@ def save(folder: Path, step: int, stepper, rank: int, made_by: dict) -> None:
                 shutil.rmtree(old, ignore_errors=True)
 
 
-def find(folder: Path, expected: dict, tp_rank: int, zero3: bool) -> Resume | None:
-    """The newest checkpoint, None when there is none yet; refuses a corrupt or foreign one."""
+def find(folder: Path, expected: dict, read_state: StateReader) -> Resume | None:
+    """The newest checkpoint, None when there is none yet; refuses a corrupt or foreign one.
+    ``read_state`` reads this rank's part of it, so that a corrupt file is refused here too."""
     latest = folder / LATEST
     if not latest.exists():
         return None
     try:
         meta = json.loads(latest.read_text())
         step, tag, made_by = int(meta["step"]), meta["tag"], meta["fingerprint"]
-        state = None
-        if not zero3:  # DeepSpeed reads its own files, once the engine exists
-            state = torch.load(folder / tag / f"state-tp{tp_rank}.pt", map_location="cpu", weights_only=True, mmap=True)
-            state["model"], state["optimizer"], state["scaler"]  # noqa: B018 - all three must be there
+        state = read_state(folder, tag)
     except Exception as exc:
         raise UsageError("--resume", f"checkpoint in {folder} is unreadable ({type(exc).__name__}: {exc})") from None
     for key, value in expected.items():

@@ -8,19 +8,15 @@ from pathlib import Path
 
 import torch
 
-from hpml_core import tensor_parallel
-from hpml_core.mesh import Mesh
 from hpml_core.contract.atomic import atomic_write
+from hpml_core.stepper import Stepper
 
 MODEL_FILE = "model.pt"
 
 
-def save_full_model(stepper, mesh: Mesh, out: Path, rank: int) -> Path:
+def save_full_model(stepper: Stepper, out: Path, rank: int) -> Path:
     """Collective: every rank calls it; global rank 0 writes."""
-    with stepper.gathered():  # ZeRO-3 partitions gathered whole for the duration
-        model = stepper.model
-        state = tensor_parallel.full_state_dict(model, mesh) if mesh.tp_size > 1 else model.state_dict()
-        state = {name: tensor.detach().float().cpu().clone() for name, tensor in state.items()}
+    state = stepper.full_state_dict()
     path = out / MODEL_FILE
     if rank == 0:
         atomic_write(path, lambda f: torch.save(state, f))

@@ -1,7 +1,12 @@
-"""The process groups of one launch, built from the contract's ``Layout`` (which alone decides
-which ranks form a tensor-parallel group and which a data-parallel one), plus the same groups
-in the ``mpu`` interface Megatron defined, which DeepSpeed asks for when the model is split, so
-ZeRO-3 shards over the DP group only and clips gradients knowing TP.
+"""Where this rank sits in the launch's DP×TP grid, and the process groups that connect it.
+
+``Position`` is the rank's place in the contract's ``Layout`` (which alone decides which ranks
+form a tensor-parallel group and which a data-parallel one): it is known before any process
+group exists, so the plan, the data loader and the checkpoint reader take their dp/tp rank from
+it. ``Mesh`` is the same position once the groups are built; every collective uses its groups.
+``DeepSpeedMPU`` offers the same groups in the ``mpu`` interface Megatron defined, which
+DeepSpeed asks for when the model is split, so ZeRO-3 shards over the DP group only and clips
+gradients knowing TP.
 """
 
 from __future__ import annotations
@@ -14,11 +19,11 @@ from hpml_core.contract.layout import Layout
 
 
 @dataclass(frozen=True)
-class Mesh:
+class Position:
+    """A global rank's (dp_rank, tp_rank) in the layout: the one place the engine reads them from."""
+
     layout: Layout
     rank: int
-    dp_group: dist.ProcessGroup | None  # None in a single process
-    tp_group: dist.ProcessGroup | None
 
     @property
     def dp_size(self) -> int:
@@ -35,6 +40,14 @@ class Mesh:
     @property
     def tp_rank(self) -> int:
         return self.layout.position(self.rank)[1]
+
+
+@dataclass(frozen=True)
+class Mesh(Position):
+    """The rank's position with its process groups: they exist once the process group is initialized."""
+
+    dp_group: dist.ProcessGroup | None  # None in a single process
+    tp_group: dist.ProcessGroup | None
 
 
 def build_mesh(layout: Layout, rank: int) -> Mesh:

@@ -67,7 +67,7 @@ def parallelize(model: GPT, mesh: Mesh, config: TrainConfig, device: torch.devic
     if config.compile and mesh.tp_size == 1:  # the vocabulary-parallel loss has collectives: left eager
         loss_fn = torch.compile(loss_fn)
     if zero3:
-        return DeepSpeedStepper(model, zero.initialize(model, optimizer, config, mesh, record_dir), loss_fn)
+        return DeepSpeedStepper(model, zero.initialize(model, optimizer, config, mesh, record_dir), loss_fn, mesh)
     trained: nn.Module = torch.compile(model) if config.compile else model
     if config.mode == "ddp" and mesh.dp_size > 1:  # gradients all-reduced over the DP group only
         trained = DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None,

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from hpml_core.memory import PhasePeaks
+from hpml_core.plan import Plan
 from hpml_core.contract import memory_model, metrics, model_state
 from hpml_core.contract import rank_file as rf
 from hpml_core.contract.precision import regime
@@ -78,7 +79,7 @@ def loss_values(losses: list[torch.Tensor], ranks_alive: bool) -> list[float]:
     return values.cpu().tolist()
 
 
-def throughput(plan, timer: StepTimer, device: torch.device) -> rf.Throughput:
+def throughput(plan: Plan, timer: StepTimer, device: torch.device) -> rf.Throughput:
     """Collective. Every token counted once: a rank's share is its replica's tokens / TP size,
     the run's figure the global batch's tokens over the slowest rank's median step time."""
     times = timer.step_times_s()
@@ -107,7 +108,7 @@ def throughput(plan, timer: StepTimer, device: torch.device) -> rf.Throughput:
     )
 
 
-def flops_record(plan, device_type: str, device_name: str, run_tokens_per_s: float) -> rf.Flops:
+def flops_record(plan: Plan, device_type: str, device_name: str, run_tokens_per_s: float) -> rf.Flops:
     per_token = metrics.training_flops_per_token(plan.dims, plan.config.seq_len)
     achieved = metrics.achieved_tflops_per_device(per_token, run_tokens_per_s, plan.env.world_size)
     peak = metrics.lookup_peak(device_type, device_name, plan.config.precision)
@@ -118,13 +119,13 @@ def flops_record(plan, device_type: str, device_name: str, run_tokens_per_s: flo
     )
 
 
-def model_state_record(plan, measured: dict) -> rf.ModelState:
+def model_state_record(plan: Plan, measured: dict) -> rf.ModelState:
     expected, how = model_state.expected_bytes(plan.config, plan.dims, plan.layout.tp_size, plan.layout.dp_size)
     total = measured["params_bytes"] + measured["grads_bytes"] + measured["optimizer_bytes"]
     return rf.ModelState(**measured, total_bytes=total, expected_bytes=expected, expectation=how)
 
 
-def prediction_record(plan, device_type: str) -> rf.MemoryPrediction:
+def prediction_record(plan: Plan, device_type: str) -> rf.MemoryPrediction:
     """The memory model's prediction for this rank, as the engine resolved the run."""
     predicted = memory_model.predict(plan.config, plan.dims, plan.layout, device_type)
     return rf.MemoryPrediction(
@@ -134,7 +135,8 @@ def prediction_record(plan, device_type: str) -> rf.MemoryPrediction:
                for line in predicted.lines])
 
 
-def throughput_missing_reason(plan, start_step: int, status: str, run_throughput: rf.Throughput | None) -> str | None:
+def throughput_missing_reason(plan: Plan, start_step: int, status: str,
+                              run_throughput: rf.Throughput | None) -> str | None:
     """Why an attempt that completed has no throughput: it had no step left past its warm-up.
     A resumed attempt trains whatever remains, so its run's figure comes from earlier attempts."""
     if status != "completed" or run_throughput is not None:
@@ -148,18 +150,18 @@ def throughput_missing_reason(plan, start_step: int, status: str, run_throughput
     return f"the {left} steps left after resuming at step {start_step} were all warm-up; {earlier}"
 
 
-def build_rank_file(plan, measured: Measured, run_id: str, attempt: int, status: str, error: str | None,
+def build_rank_file(plan: Plan, measured: Measured, run_id: str, attempt: int, status: str, error: str | None,
                     run_throughput: rf.Throughput | None, device: torch.device, device_name: str,
                     started_at: datetime, wall_time_s: float) -> rf.RankFile:
     """Collective when the run completed or stopped (the losses are averaged over ranks)."""
-    config, layout = plan.config, plan.layout
+    config, layout, position = plan.config, plan.layout, plan.position
     alive = status in ("completed", "stopped")  # every rank reached the same step: collectives are safe
     losses = loss_values(measured.losses, ranks_alive=alive)
     start_step = measured.start_step
     return rf.RankFile(
         run_id=run_id, attempt=attempt, status=status, error=error, config=config, config_source=plan.source,
         mode=config.mode, world_size=plan.env.world_size, dp_size=layout.dp_size, tp_size=layout.tp_size,
-        rank=plan.env.rank, local_rank=plan.env.local_rank, dp_rank=plan.dp_rank, tp_rank=plan.tp_rank,
+        rank=plan.env.rank, local_rank=plan.env.local_rank, dp_rank=position.dp_rank, tp_rank=position.tp_rank,
         launcher=plan.env.launcher, hostname=socket.gethostname(), device_type=device.type, device_name=device_name,
         versions=rf.Versions(python=platform.python_version(), torch=torch.__version__, deepspeed=_version("deepspeed"),
                              transformers=_version("transformers"), cuda=torch.version.cuda),

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch.distributed as dist
 
 from hpml_core import checkpoint
+from hpml_core.mesh import Position
+from hpml_core.stepper import state_reader
 from hpml_core.contract import attempts
 from hpml_core.contract import rank_file as rf
 from hpml_core.contract.config import TrainConfig
@@ -36,7 +38,7 @@ def checkpoint_dir(config: TrainConfig, out: Path) -> Path:
     return config.checkpoint_dir or out / "checkpoints"
 
 
-def resume_point(config: TrainConfig, total_steps: int, dp_size: int, tp_rank: int,
+def resume_point(config: TrainConfig, total_steps: int, position: Position,
                  data: DataMeta) -> checkpoint.Resume | None:
     """The checkpoint a ``--resume`` continues from (None: none yet, start at step 0). Raises
     ``UsageError`` for a checkpoint this run cannot continue (checked first: a completed run
@@ -44,8 +46,8 @@ def resume_point(config: TrainConfig, total_steps: int, dp_size: int, tp_rank: i
     ``AlreadyCompleted`` when the latest attempt trained every step."""
     if config.out is None:
         raise UsageError("--resume", "needs --out, the run folder to resume in")
-    found = checkpoint.find(checkpoint_dir(config, config.out), checkpoint.fingerprint(config, dp_size, data),
-                            tp_rank=tp_rank, zero3=config.mode == "zero3")
+    found = checkpoint.find(checkpoint_dir(config, config.out), checkpoint.fingerprint(config, position.dp_size, data),
+                            state_reader(config.mode, position))
     done = completed_attempt(config.out, total_steps)
     if done is not None:
         raise AlreadyCompleted(f"run {config.run_id or config.out.name} already completed in attempt {done}; "

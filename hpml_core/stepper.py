@@ -1,5 +1,6 @@
-"""One optimizer step, for each of the two ways hpml trains a model, behind one interface, so
-the training loop (``hpml_core.train``) never asks which backend it runs:
+"""Everything that depends on how a model is trained, behind one interface (``Stepper``), so the
+training loop (``hpml_core.train``), the checkpoints (``hpml_core.checkpoint``) and the export
+(``hpml_core.export``) never ask which backend a run has. There are two:
 
 - ``TorchStepper``: plain PyTorch (one process, DDP, tensor parallelism, DP×TP with DDP over
   the DP group). Weights stay fp32 under autocast; fp16 adds a dynamic loss scaler whose
@@ -9,23 +10,33 @@ the training loop (``hpml_core.train``) never asks which backend it runs:
 - ``DeepSpeedStepper``: DeepSpeed's ZeRO-3 engine, which casts the model to bf16/fp16 itself,
   keeps fp32 master weights, scales the loss for accumulation, clips and updates.
 
-Each also knows how to checkpoint its state, restore it, gather the whole model for export,
-and measure the model state it holds (while the gradients still exist).
+Each also writes its checkpointed state and loads it again, gathers the whole model for export,
+and measures the model state it holds (``hpml_core.measure_model_state``, while the gradients
+still exist). What a step folder of a checkpoint holds is therefore the stepper's:
+
+- PyTorch: ``state-tp<r>.pt`` per tensor-parallel rank (model shard, optimizer and loss scaler),
+  written by the first data-parallel replica (the others hold the same), and read back before
+  training starts (``state_reader``), so a corrupt one is refused before any process group exists;
+- ZeRO-3: DeepSpeed's own checkpoint of the partitioned state, every rank writing its partition,
+  the step folder's name as its tag; read by the engine once it exists.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from hpml_core import checkpoint, model_state_memory, tensor_parallel
+from hpml_core import model_state_memory, tensor_parallel
+from hpml_core.checkpoint import Resume, StateReader
 from hpml_core.loss_scaling import DynamicLossScaler
-from hpml_core.mesh import Mesh
+from hpml_core.mesh import Mesh, Position
 from hpml_core.model import GPT
 from hpml_core.contract.atomic import atomic_write
 from hpml_core.contract.config import TrainConfig
@@ -35,6 +46,49 @@ from hpml_core.contract.errors import UsageError
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MicroBatches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+class Stepper(Protocol):
+    """What the training loop, the checkpoints and the export ask of a backend."""
+
+    model_state: dict | None  # the model state held at the last step measured (``step(measure=True)``)
+
+    def step(self, micro_batches: MicroBatches, measure: bool = False) -> torch.Tensor:
+        """One optimizer step over the accumulation's micro-batches; returns their mean loss. With
+        ``measure``, also measures the model state this rank holds, while the gradients exist."""
+        ...
+
+    def save_state(self, folder: Path, tag: str) -> None:
+        """Collective: the state a resumed run needs (model, optimizer, loss scaler) under ``folder/tag``."""
+        ...
+
+    def load_state(self, resume: Resume) -> None:
+        """Continue from the checkpoint ``resume``: the state as ``save_state`` wrote it."""
+        ...
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Collective: the whole model, gathered from its shards and partitions, as a plain GPT's
+        state dict in fp32 on the CPU, on every rank."""
+        ...
+
+
+def state_reader(mode: str, position: Position) -> StateReader:
+    """What reads this rank's checkpointed state before the stepper exists (and before any
+    process group): a PyTorch run's own file; nothing for ZeRO-3, whose engine reads DeepSpeed's
+    files itself once it exists."""
+    if mode == "zero3":
+        return lambda folder, tag: None
+    return partial(TorchStepper.read_state, tp_rank=position.tp_rank)
+
+
+def _state_file(folder: Path, tag: str, tp_rank: int) -> Path:
+    return folder / tag / f"state-tp{tp_rank}.pt"
+
+
+def _whole_cpu_state(model: GPT, mesh: Mesh) -> dict[str, torch.Tensor]:
+    """The plain GPT's state dict from this rank's (TP-sharded) model, in fp32 on the CPU."""
+    state = tensor_parallel.full_state_dict(model, mesh) if mesh.tp_size > 1 else model.state_dict()
+    return {name: tensor.detach().float().cpu().clone() for name, tensor in state.items()}
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -98,23 +152,29 @@ class TorchStepper:
         if self.mesh.dp_rank == 0:
             state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "scaler": self.scaler.state_dict()}
-            atomic_write(folder / tag / f"state-tp{self.mesh.tp_rank}.pt", lambda f: torch.save(state, f))
+            atomic_write(_state_file(folder, tag, self.mesh.tp_rank), lambda f: torch.save(state, f))
 
-    def restore(self, resume: checkpoint.Resume) -> int:
+    @staticmethod
+    def read_state(folder: Path, tag: str, tp_rank: int) -> dict:
+        """This TP rank's file, memory-mapped; raises if it is unreadable or lacks a part."""
+        state = torch.load(_state_file(folder, tag, tp_rank), map_location="cpu", weights_only=True, mmap=True)
+        state["model"], state["optimizer"], state["scaler"]  # noqa: B018 - all three must be there
+        return state
+
+    def load_state(self, resume: Resume) -> None:
         self.model.load_state_dict(resume.state["model"])
         self.optimizer.load_state_dict(resume.state["optimizer"])
         self.scaler.load_state_dict(resume.state["scaler"])
-        return resume.step
 
-    def gathered(self):
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Every parameter is already whole on its rank (or its TP shard)."""
-        return nullcontext()
+        return _whole_cpu_state(self.model, self.mesh)
 
 
 class DeepSpeedStepper:
-    def __init__(self, model: GPT, engine, loss_fn: LossFn):
+    def __init__(self, model: GPT, engine, loss_fn: LossFn, mesh: Mesh):
         self.model = model  # the plain module inside the engine; its parameters are ZeRO-3 partitions
-        self.engine, self.loss_fn = engine, loss_fn
+        self.engine, self.loss_fn, self.mesh = engine, loss_fn, mesh
         self.model_state: dict | None = None
 
     def step(self, micro_batches: MicroBatches, measure: bool = False) -> torch.Tensor:
@@ -133,17 +193,14 @@ class DeepSpeedStepper:
         """Collective: every rank writes its own partition, in DeepSpeed's format."""
         self.engine.save_checkpoint(str(folder), tag=tag)
 
-    def restore(self, resume: checkpoint.Resume) -> int:
+    def load_state(self, resume: Resume) -> None:
         path, _ = self.engine.load_checkpoint(str(resume.folder), tag=resume.tag)
         if path is None:
             raise UsageError("--resume", f"DeepSpeed found no checkpoint {resume.tag} in {resume.folder}")
-        return resume.step
 
-    def gathered(self):
-        """Parameters gathered whole from their partitions for the duration of the block."""
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The parameters gathered whole from their partitions while their copy is taken."""
         import deepspeed
 
-        return deepspeed.zero.GatheredParameters(list(self.model.parameters()))
-
-
-Stepper = TorchStepper | DeepSpeedStepper
+        with deepspeed.zero.GatheredParameters(list(self.model.parameters())):
+            return _whole_cpu_state(self.model, self.mesh)

@@ -2,7 +2,7 @@
 
 Runs alone, under torchrun, under the deepspeed launcher, or as srun tasks (see
 ``hpml_core.launch``). Every bad input is refused before a process group exists, with one
-line naming the flag and exit status 2 (``make_plan``, through the contract's checks). Then:
+line naming the flag and exit status 2 (``hpml_core.plan``, through the contract's checks). Then:
 build the model on the meta device, parallelize it (``hpml_core.parallelize``: TP, each rank's
 part of the weights, checkpointing, compile, DDP or ZeRO-3, returning the stepper that trains
 it), restore a checkpoint, and run the loop below, which reads like nanoGPT's: get the batch,
@@ -28,7 +28,7 @@ if __name__ == "__main__":
     stopping.install()
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,19 +36,16 @@ import torch
 import torch.distributed as dist
 
 from hpml_core import checkpoint, export, launch, resuming, stopping
-from hpml_core.batches import TokenBatches, TokenData
 from hpml_core.memory import PhasePeaks
 from hpml_core.mesh import Mesh, build_mesh
 from hpml_core.model import GPT
 from hpml_core.parallelize import parallelize
+from hpml_core.plan import Plan, make_plan
 from hpml_core.rank_result import Measured, build_rank_file, cpu_name, throughput
 from hpml_core.contract import rank_file as rf
 from hpml_core.contract.attempts import attempt_folder
-from hpml_core.contract.checks import resolve
-from hpml_core.contract.config import ConfigSource, TrainConfig, parse_args
+from hpml_core.contract.config import TrainConfig
 from hpml_core.contract.errors import EXIT_FAILED, EXIT_OOM, EXIT_STOPPED, EXIT_USAGE, UsageError
-from hpml_core.contract.layout import Layout
-from hpml_core.contract.models import ModelDims
 from hpml_core.contract.status_file import Progress
 from hpml_core.stepper import Stepper
 from hpml_core.stopping import StopRequest
@@ -56,46 +53,6 @@ from hpml_core.timing import StepTimer
 
 # A progress line (and status.json) every tenth of the run, and at least this often.
 REPORT_SECONDS = 30
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything decided before training starts; validated, so the rest can trust it."""
-
-    config: TrainConfig
-    source: ConfigSource
-    env: launch.ProcessEnv
-    dims: ModelDims
-    layout: Layout
-    batches: TokenBatches
-    total_steps: int
-    resume_state: checkpoint.Resume | None
-
-    @property
-    def dp_rank(self) -> int:
-        return self.layout.position(self.env.rank)[0]
-
-    @property
-    def tp_rank(self) -> int:
-        return self.layout.position(self.env.rank)[1]
-
-
-def make_plan(argv: list[str] | None, env: launch.ProcessEnv) -> Plan:
-    """The run this process is part of, or a ``UsageError``: the contract's checks (the same
-    ``hpml plan`` makes), then what only the job can know (a GPU for NCCL, a checkpoint).
-    Raises ``resuming.AlreadyCompleted`` when a ``--resume`` finds nothing left to train."""
-    config, source = parse_args(argv)
-    data = TokenData.open(config.data)
-    run = resolve(config, env.world_size, env.local_world_size, data.meta)
-    config, layout = run.config, run.layout
-    if config.dist_backend == "nccl" and not torch.cuda.is_available():
-        raise UsageError("--dist-backend", "nccl needs GPUs, and this machine has none (allowed here: gloo)")
-    dp_rank, tp_rank = layout.position(env.rank)
-    batches = TokenBatches(data, config.seq_len, config.batch_size, layout, dp_rank, config.seed, config.grad_accum)
-    resume_state = None
-    if config.resume:
-        resume_state = resuming.resume_point(config, run.total_steps, layout.dp_size, tp_rank, data.meta)
-    return Plan(config, source, env, run.dims, layout, batches, run.total_steps, resume_state)
 
 
 def run_identity(config: TrainConfig, env: launch.ProcessEnv) -> tuple[str, Path]:
@@ -198,13 +155,14 @@ def train(plan: Plan, stop: StopRequest) -> int:
     try:
         stepper = build(plan, device, mesh, attempt_folder(out, attempt))
         if plan.resume_state:
-            measured.start_step = stepper.restore(plan.resume_state)
+            stepper.load_state(plan.resume_state)
+            measured.start_step = plan.resume_state.step
         measured.memory.end_setup()
         if not train_steps(plan, stepper, measured, device, out, stop, progress):
             status, error = "stopped", f"stopped by {stop.signal_name}; checkpoint saved"
         run_throughput = throughput(plan, measured.timer, device) if measured.timer.timed_steps else None
         if config.save_model and status == "completed":
-            export.save_full_model(stepper, mesh, out, plan.env.rank)
+            export.save_full_model(stepper, out, plan.env.rank)
     except Exception as exc:  # recorded in the rank file; the exit status says it failed
         status = "oom" if is_out_of_memory(exc) else "failed"
         error = f"{type(exc).__name__}: {exc}".strip()

@@ -1,5 +1,5 @@
 """`hpml plan` refuses what the engine refuses, in the same words: each bad configuration goes
-through the engine's own launch check (``hpml_core.train.make_plan``, in process, as rank 0 of
+through the engine's own launch check (``hpml_core.plan.make_plan``, in process, as rank 0 of
 the launch the run asks for) and through ``jobs.experiment.load`` (an experiment file whose
 dataset is this session's prepared WikiText-2, with its real 512-token vocabulary), and both
 must name the same field (``--tp-size`` is ``tp_size``) with the identical message."""
@@ -14,7 +14,7 @@ import pytest
 from hpml_core.launch import ProcessEnv
 from hpml_core.contract.config import field_of
 from hpml_core.contract.errors import UsageError
-from hpml_core.train import make_plan
+from hpml_core.plan import make_plan
 from jobs import cli, experiment
 
 BASE = {"model": "tiny", "seq_len": 64, "steps": 10, "warmup_steps": 2}
