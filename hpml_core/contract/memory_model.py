@@ -1,116 +1,16 @@
 """The memory model: per GPU, the peak memory of any hpml run, line by line, from the run's
-config, the model's dimensions and the layout alone (no torch): what ``hpml plan`` checks a run
-against before it spends GPU hours.
+config, the model's dimensions and the layout alone (no torch).
 
-``predict`` returns the lines of the rank holding the most (every rank of an hpml run holds the
-same: TP shards are equal and ZeRO-3 pads every partition to the same size). Each line says how
-it was computed, with the numbers. Notation: B the batch per DP rank (``--batch-size``), T the
-sequence length, d the width, H the heads, V the padded vocabulary, L the layers, tp and dp the
-layout's sizes; a = bytes of the matmul dtype (4 in fp32, 2 in bf16/fp16); r = bytes of the
-residual stream (4 on the PyTorch path, whose weights stay fp32 under autocast; a under ZeRO-3,
-which casts the model); n_i the elements of the rank's parameter tensor i.
+Why: a run that does not fit should be refused by ``hpml plan`` and ``hpml submit`` on the login
+node, before it spends GPU hours, and the report should be able to say how far each measured peak
+is from what was expected. So every line (model state, activations, buffers, CUDA framework) is
+a formula with its numbers, and ``predict`` returns the lines of the rank holding the most
+(every rank of an hpml run holds the same: TP shards are equal and ZeRO-3 pads every partition
+to the same size).
 
-Model state (exact: equal to the bytes ``hpml_core.model_state_memory`` measures from the
-tensors, see ``hpml_core.contract.model_state``):
-
-- ``parameters``: PyTorch path 4·Σn_i (fp32 in every precision); ZeRO-3 a·P with
-  P = Σ ceil(n_i / dp), its flat buffer of partitions.
-- ``gradients``: 4·Σn_i; ZeRO-3 a·P (the flat gradient partitions, in the run's precision).
-- ``optimizer states``: AdamW's two fp32 moments 8·Σn_i (SGD 0); ZeRO-3 (4 + 8)·P: an fp32
-  master partition, always a separate copy, and the moments (SGD: the master alone).
-- ``ZeRO-3 persistent parameters`` (when some parameter has at most
-  ``--zero-persistence-threshold`` elements, and dp > 1): a·Σ ceil(n_i / dp)·dp over them:
-  DeepSpeed gathers them once and keeps them whole on every rank, beside their partitions.
-
-Activations, what the forward pass saves for backward (on the CPU, equal to the bytes
-``torch.autograd.graph.saved_tensors_hooks`` sees on a forward of the model the engine builds,
-each storage once, for every layout, both attentions, fp32 and bf16, with and without
-checkpointing, at two model sizes: ``tests/test_memory_model.py``, which allows 5%; the three
-CUDA differences named below, from PyTorch's CUDA autocast lists and kernels, are not checked):
-
-- ``activations``: per block, the two LayerNorms' inputs 2·r·BTd and statistics 4·4·BT (mean
-  and rstd, fp32; on the CPU a cast model keeps them in a), the normed inputs of the QKV and MLP
-  up-projections 2·a·BTd (column-parallel layers see the whole activation), q, k and v
-  3·a·BTd/tp (one storage with SDPA; three contiguous copies made by eager attention's matmuls),
-  the attention output that enters the projection a·BTd/tp, the MLP's up-projection output
-  (GELU input) and GELU output 2·4·a·BTd/tp; with SDPA its log-sum-exp 4·B·(H/tp)·T (fp32; on
-  CUDA in fp32 the memory-efficient kernel pads T to a multiple of 32); with eager attention the
-  causal mask T² (bool) and the attention probabilities a·B·(H/tp)·T² (under CUDA autocast,
-  softmax runs in fp32, so 4·B·(H/tp)·T² plus their a-byte copy for the matmul). With
-  activation checkpointing a block keeps only its input, r·BTd. Outside the blocks: the token
-  ids 8·BT (TP: this rank's local ids 8·BT and the out-of-shard mask BT) and positions 8·T, the
-  final LayerNorm's input r·BTd and statistics 2·4·BT, and the LM head's input a·BTd.
-- ``logits and loss``: the fp32 log-probabilities of the cross-entropy 4·B·T·V, the targets
-  8·BT and its total weight 4; TP's vocabulary-parallel loss keeps instead its shifted fp32
-  logit slice (autograd's gather keeps its input) and that slice's exp, 2·4·B·T·V/tp, the
-  gather index 8·BT, the in-shard mask BT and the sum of exps 4·BT.
-- ``autocast weight copies`` (PyTorch path, bf16/fp16, without checkpointing): autocast casts
-  each fp32 weight to a once per forward, caches the cast, and the matmul saves it:
-  a·(12·L·d² + V·d)/tp. With checkpointing the blocks' casts are dropped after the forward and
-  only the LM head's a·V·d/tp stays.
-- ``logits gradients``: a transient at the start of the backward: the cross-entropy's backward
-  holds the gradient of the log-probabilities and its own gradient of the logits, both fp32,
-  2·4·B·T·V/tp, while the saved log-probabilities still exist.
-- ``recomputed block`` (with checkpointing): the backward recomputes one block at a time, so
-  while it runs one block's full activations (and, under autocast, its weight copies) exist
-  again; by then the loss's saved tensors and the logits' gradients are freed. So with
-  checkpointing the peak is one of two moments, and the lines are those of the larger: the
-  start of the backward (``logits and loss`` + ``logits gradients``) or a block's recomputation
-  (``recomputed block``). ``saved_for_backward`` gives the forward's saved bytes whatever the
-  moment.
-
-Buffers:
-
-- ``DDP gradient buckets`` (``--mode ddp`` with dp > 1): the Reducer copies every gradient into
-  flat bucket tensors (25 MiB each, the first 1 MiB) for the all-reduce; without
-  ``gradient_as_bucket_view``, which hpml leaves off, that is a second copy of the gradients,
-  4·Σn_i, allocated once and held for the whole run.
-- ``ZeRO-3 reduce bucket``: with ``contiguous_gradients`` DeepSpeed preallocates one buffer of
-  ``reduce_bucket_size`` elements of the gradient dtype: a·50,000,000 however small the model.
-- ``ZeRO-3 gathered parameters`` (dp > 1; with dp 1 a "gathered" parameter is a view of its
-  partition): whole parameters (a·ceil(n_i / dp)·dp each) held when the backward starts. From
-  the second step on, DeepSpeed releases a module's parameters after its forward only if they
-  are not used again within ``stage3_max_reuse_distance`` (1,000,000,000, its default) elements
-  of parameters in the step's trace (the forward, then the backward in reverse): for GPT-2 up
-  to about 500M parameters of the rank's shard, every non-persistent parameter stays gathered
-  through the forward. The formula names these kept elements (``zero3_gathered_elements``,
-  exact on the CPU with prefetching off, tested) and the released ones, and counts both: the
-  prefetcher walks ahead through the trace at every module's fetch, up to
-  ``stage3_prefetch_bucket_size`` (50,000,000) elements each time, into the backward's
-  released parameters (with a 20,000-element bucket on the tiny model, 86% of the released
-  elements were gathered again when the backward started), so all of them is the bound:
-  a·Σ ceil(n_i / dp)·dp over the non-persistent parameters.
-
-Framework (CUDA only; ``device_type="cpu"`` leaves them out):
-
-- ``CUDA context`` (outside ``max_memory_allocated``): the driver's context, loaded kernels
-  and the CUDA libraries' own allocations, about 500 MiB with CUDA 12's lazy module loading on
-  A100/H100; it shows in nvidia-smi, not in PyTorch's allocator statistics.
-- ``cuBLAS workspace`` (inside it): PyTorch allocates cuBLAS's workspace through its caching
-  allocator, one per handle and stream (hpml's training uses one compute stream): the default
-  CUBLAS_WORKSPACE_CONFIG gives 4096 KiB × 8 = 32 MiB on Hopper (sm90: H100, H200), the GPUs
-  this is written for (8 MiB + 128 KiB on older GPUs).
-- ``allocator rounding`` (inside it): the caching allocator hands out blocks in multiples of
-  512 bytes and its statistics count the block, so each tensor of the model-state and
-  activation lines adds ceil(b / 512)·512 − b (the buffers' few large tensors add under 512
-  bytes each and are left out).
-
-``total_bytes`` adds every line: the peak of a training step, in the backward (the optimizer
-step's transients come after the activations are freed and are smaller for GPT-2 training),
-with the gradients counted whole (as from the second micro-step of an accumulation on; on the
-first micro-step the PyTorch path allocates them during the backward, as it frees activations,
-so there the total is an upper bound by at most the ``gradients`` line; checkpointing's
-``autocast weight copies`` and outside-block activations are likewise kept whole at a block's
-recomputation). ``allocated_bytes`` adds the lines inside ``torch.cuda.max_memory_allocated``,
-the figure the rank files report; ``CUDA context`` is the one line outside it.
-
-What the model cannot know: the caching allocator's fragmentation and the segments it reserves
-but has not handed out (``max_memory_reserved`` above ``max_memory_allocated``); NCCL's own
-buffers (per-peer channel buffers, NCCL_BUFFSIZE, outside PyTorch's allocator); kernels'
-transient workspaces (flash attention's, cuDNN's); ``torch.compile``'s fused kernels, which
-save fewer tensors; the optimizer step's transients (DeepSpeed's fp32 copy of a sub-group's
-gradients, AdamW's foreach temporaries), which come after the activations are freed; and the
-CUDA-only lines above, which no CPU test can check.
+The manual, with every line's formula, its source and what the model cannot know, is
+docs/memory-model.md (its notation, B, T, d, H, V, L, tp, dp, a and r, is the one the code below
+uses); where it was measured and how far off it is, docs/studies.md.
 """
 
 from __future__ import annotations
