@@ -5,18 +5,17 @@ resuming from that checkpoint."""
 
 from __future__ import annotations
 
+import argparse
+
 from hpml_core.contract.errors import UsageError
 from hpml_core.contract.run_states import CANCELLED, PENDING, RUNNING
-from jobs import ledger, slurm
+from jobs import backend, cli, ledger
 from jobs.experiment import Experiment
 from jobs.observe import refresh
 from jobs.site import Site
 
 
 def cancel(experiment: Experiment, site: Site, only: list[str] | None) -> int:
-    if site.scheduler != "slurm":
-        raise UsageError("--site", f"{site.name} runs without Slurm: its runs belong to the `hpml submit` that "
-                         "runs them (stop it with Ctrl-C); cancel is for Slurm sites")
     names = [run.name for run in experiment.runs]
     unknown = sorted(set(only or []) - set(names))
     if unknown:
@@ -26,7 +25,7 @@ def cancel(experiment: Experiment, site: Site, only: list[str] | None) -> int:
     states = refresh(experiment.world_sizes, folder)
     chosen = {name: states[name].entry["job_id"] for name in (only or names)
               if states[name].state in (PENDING, RUNNING) and states[name].entry.get("job_id")}
-    slurm.cancel(sorted(chosen.values()))
+    backend.for_site(site).cancel(sorted(chosen.values()))
     # Recorded before Slurm is asked again: a task scancel took from a pending array is forgotten
     # at once (neither squeue nor sacct lists it), and a forgotten job keeps the ending recorded.
     # A job Slurm still knows gets Slurm's word on the refresh, as always.
@@ -37,3 +36,22 @@ def cancel(experiment: Experiment, site: Site, only: list[str] | None) -> int:
         print(f"{name}: cancelled job {job_id}")
     print(f"{experiment.name}: {len(chosen)} job(s) cancelled" + ("" if chosen else " (none was pending or running)"))
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.command_parser("cancel", __doc__)
+    cli.add_experiment(parser)
+    cli.add_site(parser)
+    parser.add_argument("--run", action="append", dest="runs", metavar="NAME",
+                        help="only this run (repeat for several); default: every run")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        profile, exp = cli.load_study(args, checked=False)
+        return cancel(exp, profile, args.runs)
+
+    return cli.run("cancel", body)

@@ -14,6 +14,7 @@ check fails, since it would fail for the same reason.
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import shutil
 import subprocess
@@ -28,7 +29,7 @@ import yaml
 
 from hpml_core.contract.data_meta import DataMeta
 from hpml_core.contract.run_states import COMPLETED
-from jobs import experiment, observe, render, slurm_query
+from jobs import cli, experiment, observe, render, slurm_query
 from jobs.site import Site, expand_path
 
 PYTHON_TIMEOUT_S = 180  # a container's first start can be slow
@@ -188,3 +189,16 @@ def doctor(site: Site, run_smoke: bool, dataset: str | None) -> int:
         print(final.line(), flush=True)
         failed = failed or final.status == "FAIL"
     return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.command_parser("doctor", __doc__)
+    cli.add_site(parser)
+    parser.add_argument("--smoke", action="store_true", help="submit one tiny 1-GPU run and wait for its rank file")
+    parser.add_argument("--dataset", help="the prepared dataset to check (and train the smoke run on)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return cli.run("doctor", lambda: doctor(cli.load_site(args), args.smoke, args.dataset))

@@ -23,6 +23,7 @@ experiment loaders, since sbatch reads those lines without a shell.
 
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
 from pathlib import Path
@@ -31,6 +32,8 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from hpml_core.contract.atomic import atomic_write
 from hpml_core.contract.config import RUN_SPEC_FILE, TrainConfig, write_run_spec
+from hpml_core.contract.errors import UsageError
+from jobs import cli
 from jobs.experiment import Experiment, Run
 from jobs.site import Site, expand_path
 
@@ -174,3 +177,25 @@ def render(experiment: Experiment, site: Site, results: Path) -> list[Path]:
         atomic_write(path, lambda f, text=text: f.write(text.encode()))
         paths.append(path)
     return paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.command_parser("render", __doc__)
+    cli.add_experiment(parser)
+    cli.add_site(parser, required=True)
+    parser.add_argument("--results", type=Path, default=Path("results"), help="where the scripts go")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        profile, exp = cli.load_study(args, checked=True)
+        if profile.scheduler != "slurm":
+            raise UsageError("--site", f"{args.site} runs without Slurm: it has no job scripts (use hpml submit)")
+        paths = render(exp, profile, args.results)
+        print(f"wrote {len(paths)} job scripts under {args.results / exp.name}/")
+        return 0
+
+    return cli.run("render", body)

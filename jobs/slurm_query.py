@@ -17,8 +17,6 @@ import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from submitit.slurm.slurm import SlurmInfoWatcher
-
 QUERY_TIMEOUT_S = 30
 # sacct without -j lists only today's jobs: find_jobs searches from here unless given a start.
 EARLIEST = datetime(2000, 1, 1).astimezone()
@@ -83,6 +81,9 @@ def _submitted_since(submitted: str, since: datetime | None) -> bool:
 
 
 def _sacct(selection: list[str], since: datetime | None = None) -> dict[str, JobInfo]:
+    # Imported here, not above: every command may catch a SlurmError, few ask Slurm anything.
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
     # -X: allocations only, not steps (and a requeued job's latest run only).
     output = run(["sacct", "-X", "--parsable2", "--format=JobID,State,Elapsed,NodeList,Submit", *selection])
     found = SlurmInfoWatcher().read_info(output)  # submitit's parser of sacct's table

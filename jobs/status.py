@@ -7,6 +7,7 @@ COMPLETED ended so, and, when Slurm did not answer, that the states are as last 
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hpml_core.contract.run_states import COMPLETED
+from jobs import cli
 from jobs.experiment import Experiment
 from jobs.observe import RunState, current
 
@@ -68,3 +70,21 @@ def show(experiment: Experiment, folder: Path, watch: float | None) -> int:
             table, active = render_table(experiment, folder)
             live.update(table, refresh=True)
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.command_parser("status", __doc__)
+    cli.add_experiment(parser)
+    cli.add_site(parser)
+    parser.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until no run is active")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        profile, exp = cli.load_study(args, checked=False)
+        return show(exp, profile.experiment_folder(exp.name), args.watch)
+
+    return cli.run("status", body)

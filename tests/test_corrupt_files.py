@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from hpml_core.contract.config import write_run_spec
-from jobs.submit import free_log
+from jobs.local_backend import free_log
 from tests.conftest import REPO
 
 

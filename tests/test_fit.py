@@ -25,7 +25,7 @@ from tests.conftest import REPO
 
 def hpml(*args: str) -> subprocess.CompletedProcess:
     """An hpml command as a user types it ($USER set: greene's paths use it)."""
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "hpml_core.cli", *args], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "USER": os.environ.get("USER", "alice")}, timeout=120)
 
 

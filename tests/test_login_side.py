@@ -84,10 +84,12 @@ def _is_module(name: str) -> bool:
     return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
-def imported(path: Path) -> set[str]:
+def imported(path: Path, where: str | None = None) -> set[str]:
     """Every module a file imports, anywhere in it (functions and TYPE_CHECKING blocks too):
-    ``from a import b`` counts as ``a.b`` when that is a module of this repository, else as ``a``."""
-    package = ".".join(path.relative_to(REPO).parts[:-1])
+    ``from a import b`` counts as ``a.b`` when that is a module of this repository, else as ``a``.
+    ``where``: the file's place in the repository (default: where it is), for relative imports."""
+    where = where or path.relative_to(REPO).as_posix()
+    package = ".".join(where.split("/")[:-1])
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -110,38 +112,116 @@ def sources(*folders: str) -> list[Path]:
     return sorted(path for folder in folders for path in (REPO / folder).rglob("*.py"))
 
 
-# What the report may never import: what submits and cancels. It may decide states as status does
-# (jobs.observe, jobs.slurm_query: read-only), and read the study, the site and the ledger.
-SUBMITTER = ("jobs.cli", "jobs.submit", "jobs.slurm", "jobs.status", "jobs.cancel")
+ENTRY_POINT = "hpml_core/cli.py"
+# What the report may take from the jobs layer: the study, the site, the ledger and where each run
+# stands (read-only: jobs.observe, jobs.slurm_query). Never a command: what submits, cancels,
+# renders or parses a command line.
+REPORT_READS = ("jobs.experiment", "jobs.site", "jobs.ledger", "jobs.observe", "jobs.slurm_query")
+
+
+def layer(name: str) -> str | None:
+    """The layer of a module of this repository (None: not one of ours)."""
+    if name == "hpml_core.cli":
+        return "entry point"
+    if under(name, "hpml_core.contract"):
+        return "contract"
+    for package, layer_name in (("hpml_core", "engine"), ("jobs", "jobs"), ("analysis", "report")):
+        if under(name, package):
+            return layer_name
+    return None
+
+
+def violations(where: str, names: set[str]) -> list[str]:
+    """How the imports ``names`` of the file at ``where`` (its path in the repository) break the
+    layers' one-way arrows."""
+    module = where.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+    own, broken = layer(module), []
+    for name in sorted(names):
+        if own in ("engine", "contract") and layer(name) in ("jobs", "report"):
+            broken.append(f"{where} imports {name}: the engine never imports the jobs layer or the report")
+        if own in ("jobs", "report", "contract") and layer(name) in ("engine", "entry point"):
+            broken.append(f"{where} imports {name}: only hpml_core.contract is allowed")
+        if own in ("jobs", "report", "contract") and under(name, *HEAVY):
+            broken.append(f"{where} imports {name}: the login side never imports {', '.join(HEAVY)}")
+        if own == "jobs" and layer(name) == "report":
+            broken.append(f"{where} imports {name}: the jobs layer never imports the report")
+        if own == "report" and layer(name) == "jobs" and not under(name, *REPORT_READS):
+            broken.append(f"{where} imports {name}: the report reads only {', '.join(REPORT_READS)} of the "
+                          "jobs layer, never its commands")
+        if under(name, "tests"):
+            broken.append(f"{where} imports {name}: tests are not installed")
+    if where != ENTRY_POINT and {"engine", "jobs", "report"} <= {layer(name) for name in names}:
+        broken.append(f"{where} imports every layer: only {ENTRY_POINT} does")
+    return broken
+
+
+def entry_point_imports() -> set[str]:
+    """What ``hpml`` imports: its own imports, and the module of each command in its table."""
+    from hpml_core.cli import COMMANDS
+
+    return imported(REPO / ENTRY_POINT) | {command.module for command in COMMANDS.values()}
 
 
 def test_import_rules():
-    """jobs/ and analysis/ take from hpml_core only the contract (hpml_core.contract) and never import
-    the training stack; analysis/ may read the study and the ledger but never imports the submitter;
-    hpml_core/contract/ imports nothing of the engine and nothing heavy; no installed module imports
-    the tests (they are not installed)."""
+    """The engine (hpml_core/ but its contract and the entry point) never imports jobs/ or
+    analysis/; jobs/ and analysis/ take from hpml_core only the contract (hpml_core.contract) and
+    never import the training stack; jobs/ never imports analysis/, and analysis/ reads the study,
+    the site, the ledger and the runs' states but imports none of jobs/' commands; hpml_core/contract/
+    imports nothing of the engine and nothing heavy; hpml_core/cli.py, the ``hpml`` entry point, is
+    the one module that imports every layer; no installed module imports the tests (they are not
+    installed)."""
     broken = []
     for path in sources("jobs", "analysis", "hpml_core"):
         where = path.relative_to(REPO).as_posix()
-        for name in sorted(imported(path)):
-            login_side = where.startswith(("jobs/", "analysis/", "hpml_core/contract/"))
-            if login_side and under(name, "hpml_core") and not under(name, "hpml_core.contract"):
-                broken.append(f"{where} imports {name}: only hpml_core.contract is allowed")
-            if login_side and under(name, *HEAVY):
-                broken.append(f"{where} imports {name}: the login side never imports {', '.join(HEAVY)}")
-            if where.startswith("analysis/") and under(name, *SUBMITTER):
-                broken.append(f"{where} imports {name}: the report never imports the submitter")
-            if under(name, "tests"):
-                broken.append(f"{where} imports {name}: tests are not installed")
+        broken += violations(where, entry_point_imports() if where == ENTRY_POINT else imported(path))
     assert not broken, "\n".join(broken)
+
+
+def test_the_entry_point_reaches_every_layer_and_each_command_has_a_main():
+    from hpml_core.cli import COMMANDS
+
+    assert {"engine", "jobs", "report"} <= {layer(name) for name in entry_point_imports()}
+    for name, command in COMMANDS.items():
+        path = REPO.joinpath(*command.module.split(".")).with_suffix(".py")
+        tree = ast.parse(path.read_text())
+        assert any(isinstance(node, ast.FunctionDef) and node.name == "main" for node in tree.body), name
 
 
 def test_import_rules_see_imports():
     """The reader above finds the imports it must judge (a rule that reads nothing passes vacuously)."""
-    assert {"hpml_core.contract.errors", "hpml_core.train", "jobs.cli", "sys"} <= imported(REPO / "hpml_core" / "cli.py")
+    assert {"hpml_core.contract.errors", "hpml_core.stopping", "jobs.site", "sys"} <= imported(REPO / ENTRY_POINT)
+    assert {"hpml_core.train", "jobs.plan", "analysis.report"} <= entry_point_imports()
     assert "torch" in imported(REPO / "hpml_core" / "train.py")
     assert "jobs.observe" in imported(REPO / "analysis" / "collect.py")
-    assert not under("jobs.slurm_query", *SUBMITTER) and under("jobs.slurm", *SUBMITTER)
+    assert under("jobs.slurm_query", *REPORT_READS) and not under("jobs.slurm", *REPORT_READS)
+
+
+@pytest.mark.parametrize("where,source,says", [
+    ("hpml_core/model.py", "from jobs import submit\n", "the engine never imports the jobs layer or the report"),
+    ("hpml_core/model.py", "def f():\n    import analysis.report\n", "the engine never imports"),
+    ("hpml_core/contract/x.py", "from hpml_core import model\n", "only hpml_core.contract is allowed"),
+    ("jobs/x.py", "from hpml_core.train import main\n", "only hpml_core.contract is allowed"),
+    ("jobs/x.py", "from hpml_core import cli\n", "only hpml_core.contract is allowed"),
+    ("jobs/x.py", "import torch.nn\n", "the login side never imports torch"),
+    ("jobs/x.py", "from analysis.collect import collect\n", "the jobs layer never imports the report"),
+    ("analysis/x.py", "from jobs import submit\n", "the report reads only"),
+    ("analysis/x.py", "from ..jobs import cli\n", "the report reads only"),
+    ("analysis/x.py", "from tests.conftest import REPO\n", "tests are not installed"),
+    ("hpml_core/bench/x.py", "import hpml_core.train, jobs.site, analysis.report\n", "imports every layer"),
+])
+def test_the_import_rules_report_a_file_that_breaks_them(tmp_path, where, source, says):
+    """A negative control: the checker, run on a file that breaks a rule, says so."""
+    path = tmp_path / "x.py"
+    path.write_text(source)
+    broken = violations(where, imported(path, where))
+    assert any(says in line for line in broken), broken
+
+
+def test_the_import_rules_let_the_allowed_imports_pass(tmp_path):
+    path = tmp_path / "x.py"
+    path.write_text("from hpml_core.contract import run_states\nfrom jobs import observe, slurm_query\n")
+    assert imported(path, "analysis/x.py") == {"hpml_core.contract.run_states", "jobs.observe", "jobs.slurm_query"}
+    assert violations("analysis/x.py", imported(path, "analysis/x.py")) == []
 
 
 # --- (c) a light install: pip install . with no extras, in a fresh venv ---

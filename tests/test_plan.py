@@ -117,7 +117,7 @@ def test_the_seed_names_are_aliases_and_the_plan_shows_the_new_ones(tmp_path):
         runs: [{name: a, mode: baseline, gpus: 2}, {name: b, mode: hybrid, gpus: 2}]
     """)
     assert [r.mode for r in experiment.load(path).runs] == ["ddp", "zero3"]
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", str(path)], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "hpml_core.cli", "plan", str(path)], cwd=REPO, capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr
     rows = [line.split("│")[1:3] for line in proc.stdout.splitlines() if line.startswith("│")]
@@ -140,7 +140,7 @@ def test_plan_checks_the_prepared_data_of_the_site_and_says_so(tmp_path, token_d
     site = tmp_path / "site.yaml"
     site.write_text(f"name: here\nscheduler: local\nproject_dir: .\nresults_root: {tmp_path}\n"
                     f"data_root: {token_data.parent}\n")
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", str(path), "--site", str(site)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "hpml_core.cli", "plan", str(path), "--site", str(site)], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == (f"data: {token_data}: {meta.num_tokens} tokens, vocabulary "
@@ -150,7 +150,7 @@ def test_plan_checks_the_prepared_data_of_the_site_and_says_so(tmp_path, token_d
     unprepared = experiment.load(path, data_root=tmp_path)
     assert unprepared.data is None and unprepared.runs[0].steps is None
     site.write_text(site.read_text().replace(str(token_data.parent), str(tmp_path)))
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", str(path), "--site", str(site)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "hpml_core.cli", "plan", str(path), "--site", str(site)], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "1 epoch" in proc.stdout
     assert proc.stdout.splitlines()[-1] == (f"data: not prepared at {tmp_path / token_data.name}: vocabulary "
@@ -168,10 +168,10 @@ def test_a_corrupt_data_folder_is_refused_naming_the_dataset(tmp_path, token_dat
 
 
 def test_plan_command_prints_the_table_or_one_error_line(tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", "seed_study"], cwd=REPO, capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-m", "hpml_core.cli", "plan", "seed_study"], cwd=REPO, capture_output=True, text=True)
     assert ok.returncode == 0 and "dp2xtp2-b32" in ok.stdout and "625" in ok.stdout
     bad = write(tmp_path, "name: b\ndataset: w\nruns: [{name: x, mode: zero3, tp_size: 3, gpus: 4}]\n")
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", str(bad)], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "hpml_core.cli", "plan", str(bad)], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
         "hpml plan: error: run 'x': tp_size: 3 does not divide the world size 4"]
@@ -186,7 +186,7 @@ def plan_rows(stdout: str) -> dict[str, list[str]]:
 def test_plan_on_greene_predicts_memory_per_gpu_and_the_largest_batch_on_an_a100_40gb():
     """The issue's acceptance: for GPT-2 Large, each layout's predicted GiB per GPU, whether it
     fits an A100 40 GB (Greene's profile says so) and the largest batch per GPU that does."""
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", "seed_study", "--site", "greene"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "hpml_core.cli", "plan", "seed_study", "--site", "greene"], cwd=REPO,
                           capture_output=True, text=True, env={**os.environ, "USER": "alice"})
     assert proc.returncode == 0, proc.stderr
     gpu = site.load("greene").gpu_memory()
@@ -212,7 +212,7 @@ def test_plan_on_greene_predicts_memory_per_gpu_and_the_largest_batch_on_an_a100
 
 
 def test_plan_on_a_site_without_a_gpu_predicts_memory_but_judges_no_fit():
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", "tiny_study"], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "hpml_core.cli", "plan", "tiny_study"], cwd=REPO, capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr
     assert all(row[-5:-3] == ["n/a", "n/a"] and float(row[-6]) >= 0 for row in plan_rows(proc.stdout).values())
@@ -222,7 +222,7 @@ def test_plan_on_a_site_without_a_gpu_predicts_memory_but_judges_no_fit():
 
 
 def test_plan_explain_prints_each_prediction_line_by_line_with_its_formula():
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", "seed_study", "--site", "greene", "--explain"],
+    proc = subprocess.run([sys.executable, "-m", "hpml_core.cli", "plan", "seed_study", "--site", "greene", "--explain"],
                           cwd=REPO, capture_output=True, text=True, env={**os.environ, "USER": "alice"})
     assert proc.returncode == 0, proc.stderr
     exp = experiment.load(EXPERIMENTS / "seed_study.yaml")
@@ -259,7 +259,7 @@ def test_batch_size_max_is_the_largest_batch_predicted_to_fit_the_sites_gpu(tmp_
                                                                                 resolved.layout, gpu)
         assert fit.fits(memory_model.predict(resolved.config, resolved.dims, resolved.layout), gpu)
     assert exp.runs[1].train["batch_size"] > exp.runs[0].train["batch_size"]  # DP×TP holds a quarter of the state
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", str(path), "--site", "greene"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "hpml_core.cli", "plan", str(path), "--site", "greene"], cwd=REPO,
                           capture_output=True, text=True, env={**os.environ, "USER": "alice"})
     assert proc.returncode == 0, proc.stderr
     assert plan_rows(proc.stdout)["single-max"][5] == f"{exp.runs[0].train['batch_size']} (max)"
@@ -267,7 +267,7 @@ def test_batch_size_max_is_the_largest_batch_predicted_to_fit_the_sites_gpu(tmp_
 
 def test_batch_size_max_without_a_gpu_or_room_for_one_sample_is_refused_in_one_line(tmp_path):
     path = write(tmp_path, MAX_BATCH_STUDY)
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", str(path), "--site", "local"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "hpml_core.cli", "plan", str(path), "--site", "local"], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
@@ -276,7 +276,7 @@ def test_batch_size_max_without_a_gpu_or_room_for_one_sample_is_refused_in_one_l
     small = tmp_path / "small.yaml"
     small.write_text("name: small\nscheduler: slurm\nproject_dir: .\nresults_root: r\ndata_root: d\n"
                      "gpu_type: a10\ngpu_memory_gib: 4\n")
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", str(path), "--site", str(small)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "hpml_core.cli", "plan", str(path), "--site", str(small)], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "hpml plan: error: run 'single-max': batch_size: max: not even a batch of 1 is predicted to fit the 4.0 GiB "

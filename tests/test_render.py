@@ -14,7 +14,7 @@ import yaml
 
 from hpml_core import launch
 from jobs import experiment, render, site, slurm, slurm_query
-from jobs.cli import main
+from hpml_core.cli import main
 from jobs.experiment import EXPERIMENTS
 from jobs.experiment import ExperimentError
 
@@ -32,7 +32,7 @@ def rendered(tmp_path, monkeypatch, exp_path: Path) -> dict[str, str]:
 def test_greene_scripts_match_the_golden_files(tmp_path, monkeypatch, exp_path):
     """To accept a deliberate change: run the render below and copy the scripts over the golden ones.
     Repeats are pinned by their first (``-r0``): the others differ from it in the run's name only.
-    USER=alice python -m jobs.cli render EXP --site greene --results /tmp/g, then for each RUN (of a
+    USER=alice python -m hpml_core.cli render EXP --site greene --results /tmp/g, then for each RUN (of a
     repeated study, each -r0 run): cp /tmp/g/EXP/RUN/job.sbatch tests/golden/greene/RUN.sbatch"""
     scripts = rendered(tmp_path, monkeypatch, exp_path)
     assert scripts
@@ -90,7 +90,7 @@ def write_site(tmp_path, fields: dict) -> Path:
 
 
 def test_unknown_site_is_named_with_the_known_ones(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "render", "seed_study", "--site", "nowhere",
+    proc = subprocess.run([sys.executable, "-m", "hpml_core.cli", "render", "seed_study", "--site", "nowhere",
                            "--results", str(tmp_path)], capture_output=True, text=True,
                           cwd=Path(__file__).parents[1])
     assert proc.returncode == 2 and "nowhere" in proc.stderr and "greene" in proc.stderr

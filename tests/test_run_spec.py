@@ -13,7 +13,7 @@ import pytest
 
 from hpml_core.contract.config import TrainConfig, parse_args, write_run_spec
 from hpml_core.contract.errors import UsageError
-from jobs.cli import main
+from hpml_core.cli import main
 from jobs.experiment import EXPERIMENTS, load
 from tests.conftest import REPO
 

@@ -89,7 +89,7 @@ def test_a_device_without_a_peak_needs_the_sites_stated_rate():
 
 
 def test_plan_prints_each_runs_step_tokens_and_gpu_hours_and_the_study_total():
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "plan", "seed_study", "--site", "greene"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "hpml_core.cli", "plan", "seed_study", "--site", "greene"], cwd=REPO,
                           capture_output=True, text=True, env={**os.environ, "USER": "alice"})
     assert proc.returncode == 0, proc.stderr
     rows = plan_rows(proc.stdout)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.cli import main
+from hpml_core.cli import main
 from tests.conftest import REPO, rank_files
 
 
@@ -248,7 +248,7 @@ def engine_processes(run_spec) -> dict[int, dict]:
 
 def start_submit(exp, site) -> subprocess.Popen:
     """`hpml submit` of a local study, in the background, its output captured."""
-    return subprocess.Popen([sys.executable, "-m", "jobs.cli", "submit", str(exp), "--site", str(site)],
+    return subprocess.Popen([sys.executable, "-m", "hpml_core.cli", "submit", str(exp), "--site", str(site)],
                             cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
