@@ -14,9 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from analysis import aggregate
+from analysis.baselines import summarize
 from analysis.collect import collect
+from analysis.configurations import configuration_rows
 from analysis.report import write_report
+from analysis.runs import run_rows
 from analysis.sample_rank_files import write_run
 from jobs import experiment
 
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         files = len(list(folder.glob("*/attempts/*/rank-*.json")))
         started = time.perf_counter()
         results, problems, _ = collect(folder, exp.world_sizes, repeated=True)
-        configs = aggregate.configurations_table(aggregate.runs_table(results))
+        configs = summarize(configuration_rows(run_rows(results)))
         aggregated = time.perf_counter() - started
         assert len(results) == args.runs and not problems and len(configs) == len(LAYOUTS)
         started = time.perf_counter()

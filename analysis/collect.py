@@ -4,7 +4,8 @@ Sources, per run folder: the rank files of every attempt (``<run>/attempts/<n>/r
 ``hpml_core.contract.attempts``; each validated against the schema of ``hpml_core.contract.rank_file``)
 and the run's state and why, decided by ``jobs.observe`` exactly as for ``hpml status``: Slurm
 is asked, with the same timeout, and when it does not answer the states are as last recorded,
-which the report's notes then say.
+which the report's notes then say. The decisions are used, never recorded: the report writes
+nothing but its own folder, so it can run on a results folder it may only read.
 
 A run's record holds each attempt (its number, its rank files, its Slurm job and nodes); the
 loss curve from step 0 to the end, rank 0's losses of each attempt placed at their steps, a
@@ -152,7 +153,7 @@ def collect(folder: Path, runs: Mapping[str, int], repeated: bool) -> tuple[list
             raise ValueError(f"{path}: not a valid rank file")
         return read[path]
 
-    states, note = observe.current(runs, folder, already_read)
+    states, note = observe.current(runs, folder, already_read, record=False)
     jobs = {name: _job_ids(attempts[name], states[name].entry) for name in runs}
     elapsed = _slurm_elapsed(sorted({job for ids in jobs.values() for job in ids}))
     results = [RunResult(name, configuration_of(name, repeated), states[name].state, states[name].reason or None,

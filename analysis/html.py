@@ -1,62 +1,113 @@
-"""``report.html``: one self-contained page (tables, notes, and the figures embedded as PNG data
-URIs), so it opens offline, from a mail attachment or a copied results folder. No scripts."""
+"""``report.html``: one self-contained page (figures embedded as PNG data URIs, no scripts), so
+it opens offline, from a mail attachment or a copied results folder. It reads like a paper's
+results section: the figures and one results table first, the predictions against the
+measurements in a table of their own after, then the runs; each table's notes are numbered
+right under it, so a reader finds why a cell is n/a where the cell is."""
 
 from __future__ import annotations
 
 import base64
-import html
 from pathlib import Path
 
-from analysis.tables import HEADERS
+from jinja2 import Environment
+
+from analysis import tables
+from analysis.baselines import SummaryRow
+from analysis.notes import Notes
 from hpml_core.contract.run_states import COMPLETED
 
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.35em 0.7em; text-align: right; }
-th:nth-child(-n+2), td:nth-child(-n+2), td:last-child, th:last-child { text-align: left; }
-figure { margin: 1.5em 0; } img { max-width: 100%; border: 1px solid #eee; }
+# What each figure shows, for its caption; the predictions' figure goes with their table.
+CAPTIONS = {
+    "throughput": "Throughput per configuration, and the weak and strong scaling efficiency of those compared "
+                  "with a 1-process baseline other than themselves.",
+    "memory": "Peak memory per GPU (training and setup) and the model state per GPU.",
+    "mfu_vs_batch": "MFU against the batch per GPU, per layout.",
+    "loss": "Training loss from step 0, over every attempt.",
+    "predicted_vs_measured": "The memory model's and the step-time model's predictions against the measurements.",
+}
+PREDICTION_FIGURES = ("predicted_vs_measured",)
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; line-height: 1.4; }
+table { border-collapse: collapse; margin: 1em 0 0.5em; font-size: 0.9em; }
+caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom: 0.4em; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.35em 0.7em; text-align: right; vertical-align: top; }
+th:first-child, td:first-child, table.runs td, table.runs th { text-align: left; }
+.description { color: #666; font-size: 0.85em; }
+.figures { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; }
+figure { margin: 0; } figure.wide { grid-column: 1 / -1; }
+img { max-width: 100%; border: 1px solid #eee; } figcaption { font-size: 0.85em; color: #444; }
+ol.notes { font-size: 0.85em; color: #333; margin-top: 0; }
 .bad { color: #b22; }
-"""
-
-
-def _table(headers, rows, bad_column: int | None = None) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = []
-    for row in rows:
-        cells = []
-        for index, cell in enumerate(row):
-            bad = bad_column is not None and index == bad_column and cell != COMPLETED
-            attribute = ' class="bad"' if bad else ""
-            cells.append(f"<td{attribute}>{html.escape(str(cell))}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def page(title: str, summary_rows: list[list[str]], run_rows: list[list[str]], notes: list[str],
-         figures: list[Path], written: list[str]) -> str:
-    images = []
-    for path in figures:
-        if path.suffix != ".png":
-            continue
-        data = base64.b64encode(path.read_bytes()).decode()
-        images.append(f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
-                      f"<figcaption>{html.escape(path.stem)} ({html.escape(path.name)}, "
-                      f"{html.escape(path.with_suffix('.svg').name)})</figcaption></figure>")
-    notes_html = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
-    files = ", ".join(html.escape(name) for name in written)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>{STYLE}</style></head>
+</style></head>
 <body>
-<h1>{html.escape(title)}</h1>
-<h2>Summary</h2>
-{_table(HEADERS, summary_rows, bad_column=len(HEADERS) - 1)}
-<ul>{notes_html}</ul>
-<h2>Figures</h2>
-{''.join(images)}
-<h2>Runs</h2>
-{_table(("Run", "Configuration", "Status", "Reason"), run_rows, bad_column=2)}
-<p>Files: {files}</p>
+<h1>{{ title }}</h1>
+{% for section in sections %}
+<section id="{{ section.id }}">
+<h2>{{ section.heading }}</h2>
+<div class="figures">
+{% for figure in section.figures %}
+<figure class="{{ figure.size }}"><img alt="{{ figure.stem }}" src="data:image/png;base64,{{ figure.data }}">
+<figcaption>Figure {{ figure.number }}: {{ figure.caption }} ({{ figure.files }})</figcaption></figure>
+{% endfor %}
+</div>
+<table id="{{ section.id }}-table" class="{{ section.id }}">
+<caption>Table {{ loop.index }}: {{ section.caption }}</caption>
+<thead><tr>{% for header in section.headers %}<th>{{ header }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for row in section.rows %}<tr>{% for cell in row %}<td{% if cell.bad %} class="bad"{% endif %}>{{ cell.text }}
+{%- if cell.description %}<br><span class="description">{{ cell.description }}</span>{% endif %}</td>{% endfor %}</tr>
+{% endfor %}
+</tbody></table>
+{% if section.notes %}<ol class="notes" id="{{ section.id }}-notes">
+{% for note in section.notes %}<li>{{ note }}</li>
+{% endfor %}</ol>{% endif %}
+</section>
+{% endfor %}
+<p>Files: {{ written | join(", ") }}</p>
 </body></html>
 """
+TEMPLATE = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True).from_string(PAGE)
+
+
+def _cell(text: str, bad: bool = False, description: str | None = None) -> dict:
+    return {"text": text, "bad": bad, "description": description}
+
+
+def _figures(paths: list[Path], first_number: int) -> list[dict]:
+    figures = []
+    for number, path in enumerate(paths, start=first_number):
+        figures.append({"stem": path.stem, "number": number, "caption": CAPTIONS.get(path.stem, path.stem),
+                        "files": f"{path.name}, {path.with_suffix('.svg').name}",
+                        "size": "wide" if path.stem in ("throughput", "memory", "predicted_vs_measured") else "",
+                        "data": base64.b64encode(path.read_bytes()).decode()})
+    return figures
+
+
+def page(title: str, rows: list[SummaryRow], run_rows: list[list[str]], notes: Notes, drawn: list[Path],
+         written: list[str]) -> str:
+    """``run_rows``: (run, configuration, status, reason) of every run; ``drawn``: the figures'
+    files (their PNGs are embedded); ``written``: every file of the report, named at the end."""
+    pngs = [path for path in drawn if path.suffix == ".png"]
+    measured = [path for path in pngs if path.stem not in PREDICTION_FIGURES]
+    predicted = [path for path in pngs if path.stem in PREDICTION_FIGURES]
+    results = [[_cell(label, description=description),
+                _cell(cells[0], bad=row.figures.runs_completed < row.figures.runs_total), *map(_cell, cells[1:])]
+               for row, (label, description, cells) in zip(rows, tables.result_rows(rows))]
+    sections = [
+        {"id": "results", "heading": "Results", "figures": _figures(measured, 1), "headers": tables.RESULT_HEADERS,
+         "caption": "Each configuration's figures: the median over its completed repeats, [min–max] beside it.",
+         "rows": results, "notes": notes.results},
+        {"id": "predictions", "heading": "Predicted against measured", "figures": _figures(predicted, len(measured) + 1),
+         "headers": tables.PREDICTION_HEADERS,
+         "caption": "The memory model's and the step-time model's predictions beside the measurements; error in "
+                    "percent of the measurement.",
+         "rows": [list(map(_cell, row)) for row in tables.prediction_rows(rows)], "notes": notes.predictions},
+        {"id": "runs", "heading": "Runs", "figures": [], "headers": ("Run", "Configuration", "Status", "Reason"),
+         "caption": "Every run of the experiment, with its state and why.",
+         "rows": [[_cell(run), _cell(configuration), _cell(status, bad=status != COMPLETED), _cell(reason)]
+                  for run, configuration, status, reason in run_rows], "notes": notes.runs},
+    ]
+    return TEMPLATE.render(title=title, sections=sections, written=written)

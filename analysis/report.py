@@ -5,16 +5,21 @@ summary.tex, figures (PNG and SVG) and report.html. It also prints the summary t
 paths it wrote.
 
 The runs' states are decided as ``hpml status`` decides them (``jobs.observe``: Slurm asked,
-with the same timeout, and the decisions recorded in the ledger), so a job killed hard shows as
-what it is, not as running; when Slurm does not answer (or is not there: a laptop holding a copy
-of the results folder), the notes say that the states are as last recorded. It can run while
-jobs still run (their rows say "RUNNING; running, step k/n"). The new report replaces the old
-one only once it is complete.
+with the same timeout), but never recorded: the report writes nothing outside its own folder, so
+it runs on a results folder it may only read (a teammate's, a copy) as long as ``report/`` can
+be written. A job killed hard shows as what it is, not as running; when Slurm does not answer
+(or is not there: a laptop holding a copy of the results folder), the notes say that the states
+are as last recorded. It can run while jobs still run (their rows say "RUNNING; running, step
+k/n"). The new report is written beside the old one, inside ``report/``, and each file replaces
+its old one (atomically) only once all are written. Exit status: 0; 2 for bad input (an
+unknown experiment, an unreadable ledger); 1, with one line naming the path, when a file cannot
+be read or written (``report/`` not writable).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -24,54 +29,63 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from analysis import aggregate, figures, html, tables
+from analysis import curves, figures, html, tables
+from analysis.baselines import summarize
 from analysis.collect import collect
-from hpml_core.contract.errors import EXIT_USAGE, UsageError
+from analysis.columns import frame
+from analysis.configurations import configuration_rows
+from analysis.notes import notes as notes_of
+from analysis.runs import run_rows
+from hpml_core.contract.errors import EXIT_FAILED, EXIT_USAGE, UsageError
 from hpml_core.contract.step_time import Performance
 from jobs import experiment, site
 
 OUTPUTS = ("summary.csv", "runs.csv", "loss.csv", "step_times.csv", "summary.md", "summary.tex", "report.html")
 
 
+def _replace_contents(target: Path, staging: Path, names: list[str]) -> None:
+    """Move the staged files into ``target``, each over its old one, and remove whatever else
+    the old report held."""
+    for name in names:
+        os.replace(staging / name, target / name)
+    for old in target.iterdir():
+        if old.name not in names and old != staging:
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+    staging.rmdir()
+
+
 def write_report(exp: experiment.Experiment, folder: Path, performance: Performance | None = None) -> tuple[list[Path], Table]:
-    """Write ``folder/report/`` for the experiment whose results are in ``folder``;
-    ``performance``: the site's stated speed, for the predicted tokens/s."""
+    """Write ``folder/report/`` for the experiment whose results are in ``folder``, and nothing
+    else; ``performance``: the site's stated speed, for the predicted tokens/s."""
     repeated = any(run.repeat > 0 for run in exp.runs)
     results, problems, state_note = collect(folder, exp.world_sizes, repeated)
-    runs = aggregate.runs_table(results, performance)
-    configs = aggregate.configurations_table(runs)
-    notes = tables.notes(configs, problems, state_note, performance.describe() if performance else None)
+    runs = run_rows(results, performance)
+    rows = summarize(configuration_rows(runs))
+    notes = notes_of(rows, problems, state_note, performance.describe() if performance else None)
     title = f"{exp.name}: {exp.description or exp.dataset}"
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=folder))
+    target = folder / "report"
+    target.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target))
     try:
-        configs.to_csv(staging / "summary.csv", index=False)
-        runs.to_csv(staging / "runs.csv", index=False)
-        aggregate.loss_table(results).to_csv(staging / "loss.csv", index=False)
-        aggregate.step_times_table(results).to_csv(staging / "step_times.csv", index=False)
-        (staging / "summary.md").write_text(tables.markdown(configs, notes, title))
-        (staging / "summary.tex").write_text(tables.latex(configs, title))
-        drawn = figures.draw_all(configs, results, staging)
-        run_rows = [[r.name, r.configuration, r.status, r.reason or ""] for r in results]
+        frame(rows).to_csv(staging / "summary.csv", index=False)
+        frame(runs).to_csv(staging / "runs.csv", index=False)
+        curves.loss_table(results).to_csv(staging / "loss.csv", index=False)
+        curves.step_times_table(results).to_csv(staging / "step_times.csv", index=False)
+        (staging / "summary.md").write_text(tables.markdown(rows, notes, title))
+        (staging / "summary.tex").write_text(tables.latex(rows, title))
+        drawn = figures.draw_all(rows, results, staging)
+        run_cells = [[r.name, r.configuration, r.status, r.reason or ""] for r in results]
         written = [*OUTPUTS, *(path.name for path in drawn)]
-        (staging / "report.html").write_text(html.page(title, tables.display_rows(configs), run_rows,
-                                                       notes, drawn, written))
-        target = folder / "report"
-        if target.exists():
-            old = folder / f".report-old-{staging.name}"
-            target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old)
-        else:
-            staging.rename(target)
+        (staging / "report.html").write_text(html.page(title, rows, run_cells, notes, drawn, written))
+        _replace_contents(target, staging, written)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     # Text, not markup: reasons may hold brackets ("[/pytorch/.../pair.cc:553]").
-    terminal = Table(title=Text(title), caption=Text("\n".join(notes)), caption_justify="left")
+    terminal = Table(title=Text(title), caption=Text("\n".join(notes.all)), caption_justify="left")
     for header in tables.HEADERS:
         terminal.add_column(header, justify="left" if header in ("Configuration", "Description", "Status") else "right")
-    for row in tables.display_rows(configs):
+    for row in tables.display_rows(rows):
         terminal.add_row(*map(Text, row))
     return [target / name for name in written], terminal
 
@@ -106,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         except UsageError as exc:  # an unreadable ledger
             print(f"hpml report: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        except OSError as exc:  # report/ not writable, a folder not readable
+            print(f"hpml report: error: {exc.filename or profile.experiment_folder(exp.name)}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return EXIT_FAILED
         console.print(table)
         console.print(f"wrote {paths[0].parent}/: " + ", ".join(path.name for path in paths))
     return 0

@@ -8,7 +8,8 @@ first attempt of the current submission, the ``hpml submit`` holding the run); S
 (``hpml_core.contract.attempts``: an earlier submission's attempts say nothing about this one); and
 whether a local run's ``hpml submit`` still lives. ``refresh`` records each decision in the
 ledger, as it is the next decision's "recorded" state: a job Slurm has since forgotten keeps the
-ending Slurm last gave it.
+ending Slurm last gave it. With ``record=False`` (``hpml report``, which writes only its report
+folder) the decisions are the same and the ledger is left as it is.
 
 When Slurm does not answer, ``current`` decides without it and says so: the runs Slurm was
 queueing or running stay as last recorded, while the rank files still count.
@@ -162,31 +163,33 @@ def _decide_all(worlds: Mapping[str, int], folder: Path, entries: dict[str, dict
     return found
 
 
-def _decide(worlds: Mapping[str, int], folder: Path, ask_slurm: bool, read: Reader) -> dict[str, RunState]:
+def _decide(worlds: Mapping[str, int], folder: Path, ask_slurm: bool, read: Reader,
+            record: bool) -> dict[str, RunState]:
     recorded = ledger.read(folder)
     job_ids = sorted({e["job_id"] for e in recorded.values() if e.get("backend") == "slurm" and e.get("job_id")})
     infos = slurm_query.query(job_ids) if ask_slurm and job_ids else {}
     asked = set(job_ids) if ask_slurm else set()
     # Nothing submitted yet: nothing to record. A results folder this user may only read (a
-    # teammate's): decide all the same, without recording.
-    if not recorded or not os.access(folder, os.W_OK):
+    # teammate's), or a caller that must not write it: decide all the same, without recording.
+    if not record or not recorded or not os.access(folder, os.W_OK):
         return _decide_all(worlds, folder, recorded, infos, asked, read)
     with ledger.locked(folder) as entries:  # decided on the entries as they are now, then recorded
         return _decide_all(worlds, folder, entries, infos, asked, read)
 
 
-def refresh(worlds: Mapping[str, int], folder: Path, read: Reader = rank_file.read) -> dict[str, RunState]:
+def refresh(worlds: Mapping[str, int], folder: Path, read: Reader = rank_file.read, *,
+            record: bool = True) -> dict[str, RunState]:
     """Every run's state (``worlds``: run name -> world size), decided with Slurm's word on its
-    job, and recorded in the ledger. Raises SlurmError when Slurm does not answer: what submit
-    and cancel need before they act."""
-    return _decide(worlds, folder, True, read)
+    job, and recorded in the ledger unless ``record`` is False. Raises SlurmError when Slurm does
+    not answer: what submit and cancel need before they act."""
+    return _decide(worlds, folder, True, read, record)
 
 
-def current(worlds: Mapping[str, int], folder: Path,
-            read: Reader = rank_file.read) -> tuple[dict[str, RunState], str | None]:
+def current(worlds: Mapping[str, int], folder: Path, read: Reader = rank_file.read, *,
+            record: bool = True) -> tuple[dict[str, RunState], str | None]:
     """As ``refresh``, but when Slurm does not answer, decided without it (its jobs as last
     recorded), with a note that says so: what status and report show."""
     try:
-        return refresh(worlds, folder, read), None
+        return refresh(worlds, folder, read, record=record), None
     except slurm_query.SlurmError as exc:
-        return _decide(worlds, folder, False, read), f"Slurm did not answer ({exc}): states as last recorded"
+        return _decide(worlds, folder, False, read, record), f"Slurm did not answer ({exc}): states as last recorded"

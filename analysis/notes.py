@@ -1,0 +1,196 @@
+"""The report's notes: what each figure of a table is, measured how, against which baseline, and
+why any is missing. A figure is printed as "n/a" rather than 0 or a guess, so every n/a needs a
+reason a reader can act on; the notes are where it is. They are grouped by the table they
+explain, so the page can number them under it.
+
+Every figure's definition: docs/report.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+
+from analysis.baselines import BEYOND, NO_SPREAD, WITHIN, SummaryRow
+from analysis.collect import Problem
+from analysis.runs import NO_PREDICTION
+
+WHOLE_PROCESS = ("cpu_peak_rss", "cuda_max_allocated_process")
+
+
+@dataclass(frozen=True)
+class Notes:
+    results: list[str]  # under the results table: the measurements and the comparisons
+    predictions: list[str]  # under the predicted-against-measured table
+    runs: list[str]  # under the runs: how their states were decided, files that could not be read
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.results, *self.predictions, *self.runs]
+
+
+def _grouped(rows: Iterable[SummaryRow], key: Callable[[SummaryRow], Hashable]) -> dict[Hashable, list[SummaryRow]]:
+    """The rows by ``key``, in the order each value first appears; rows whose key is or holds
+    None left out."""
+    groups: dict[Hashable, list[SummaryRow]] = {}
+    for row in rows:
+        value = key(row)
+        if value is not None and not (isinstance(value, tuple) and None in value):
+            groups.setdefault(value, []).append(row)
+    return groups
+
+
+def _labels(rows: list[SummaryRow]) -> str:
+    return ", ".join(row.label for row in rows)
+
+
+def _memory_notes(rows: list[SummaryRow]) -> list[str]:
+    """What the memory column measured, and which configurations fell back to the whole process."""
+    metrics = _grouped(rows, lambda r: r.figures.memory_metric)
+    lines = []
+    if "cuda_max_allocated" in metrics:
+        lines.append("Memory: training peak, CUDA max_memory_allocated from the first timed step to the last, "
+                     "maximum over the ranks; setup: the same from process start to the end of setup (model built, "
+                     "parallelized, checkpoint restored).")
+    if "cpu_rss_hwm" in metrics:
+        lines.append("Memory (CPU runs): training peak, each process's resident-set high-water mark from the first "
+                     "timed step to the last, maximum over the ranks; setup: the same up to the end of setup. On a CPU "
+                     "it is mostly the interpreter and libraries: model state is what tells the layouts apart.")
+    for metric in (m for m in WHOLE_PROCESS if m in metrics):
+        what = "CUDA max_memory_allocated" if metric.startswith("cuda") else "peak RSS"
+        lines.append(f"Memory of {_labels(metrics[metric])}: the whole process's peak ({what}), setup included, "
+                     "and no setup figure: their rank files have no training/setup split (written before hpml "
+                     "measured phases).")
+    return lines
+
+
+def _prediction_notes(rows: list[SummaryRow], speed_assumed: str | None) -> list[str]:
+    """What the prediction table compares, and why a comparison is missing."""
+    lines = ["Predicted − measured: the memory model's prediction (hpml_core/contract/memory_model.py, recorded in each "
+             "rank file) against the measurement, in percent of the measurement, median over the completed repeats: "
+             "model state (parameters + gradients + optimizer, the rank holding the most), and on GPUs the training "
+             "peak (predicted bytes inside max_memory_allocated, maximum over the ranks, against the measured "
+             "training peak). Figure predicted_vs_measured."]
+    for note, group in _grouped(rows, lambda r: r.figures.prediction_note).items():
+        what = "Prediction" if note == NO_PREDICTION else "Predicted peak"
+        lines.append(f"{what} n/a for {_labels(group)}: {note}.")
+    if speed_assumed is not None:
+        lines.append(f"Predicted tokens/s: the step-time model (hpml_core/contract/step_time.py: model FLOPs at a "
+                     f"stated rate, plus the bytes each layout sends over stated bandwidths, not overlapped), at "
+                     f"{speed_assumed}.")
+        for note, group in _grouped(rows, lambda r: r.figures.speed_prediction_note).items():
+            lines.append(f"Predicted tokens/s n/a for {_labels(group)}: {note}.")
+    return lines
+
+
+def _hours_notes(rows: list[SummaryRow]) -> list[str]:
+    """Device hours spent, per configuration and for the study."""
+    spent = [row for row in rows if row.figures.device_hours_total is not None]
+    if not spent:
+        return []
+    units = _grouped(spent, lambda r: r.figures.device_hours_unit)
+    per = "; ".join(f"{row.label} {row.figures.device_hours_total:.3g}"
+                    + (f" {row.figures.device_hours_unit}" if len(units) > 1 else "") for row in spent)
+    totals = ", ".join(f"{sum(r.figures.device_hours_total for r in group):.3g} {unit}"
+                       for unit, group in units.items())
+    sources = {row.figures.device_hours_source for row in rows if row.figures.device_hours_source}
+    how = []
+    if any("Slurm" in source for source in sources):
+        how.append("each Slurm job, failed, out-of-memory and killed ones included: Slurm's elapsed time (sacct, "
+                   "start-up included) × the run's GPUs")
+    if any("wall time" in source for source in sources):
+        how.append("each other attempt that wrote a rank file (runs without Slurm, a requeued job's earlier runs): "
+                   "its slowest rank's wall time (from the engine's start of setup to its rank file) × its world "
+                   "size; an attempt without Slurm that wrote no rank file is not counted")
+    return [f"Spent: {totals} in all ({per}); process-hours for CPU runs; " + "; ".join(how) + "."]
+
+
+def _most_repeats(rows: list[SummaryRow]) -> int:
+    return max((row.figures.runs_completed for row in rows), default=0)
+
+
+def _spread_note(rows: list[SummaryRow]) -> str:
+    most = _most_repeats(rows)
+    if most < 2:
+        return "No spread: 1 repeat per configuration; no comparison can be called within noise or beyond it."
+    return ("Spread: each figure is the median over a configuration's completed repeats on one device "
+            f"(n up to {most}), [min–max] beside it; min–max rather than a 95% interval, which with 3 repeats would be "
+            "±4.3·s/√3, wider than the data, and assume a normality 3 points cannot show. A comparison is within "
+            "noise when the configuration's min–max range overlaps its baseline's (its interval, from the two "
+            "ranges, holds 1 for a speedup, 100% for an efficiency, 0 for a reduction).")
+
+
+def _baseline_notes(rows: list[SummaryRow]) -> list[str]:
+    """Each baseline, named with its device, and the configurations compared with it."""
+    lines = []
+    for view, base, same in (
+            ("weak", lambda r: r.scaling.baseline, "same batch per GPU and accumulation; speedup T_N / T_1 and memory "
+                                                   "and model-state reductions 1 − M_N / M_1 against it too"),
+            ("strong", lambda r: r.scaling.baseline_strong, "same global batch, by accumulation; speedup T_N / T_1 "
+                                                            "too")):
+        compared = [row for row in rows if base(row).label not in (None, row.label)]  # not itself
+        for (label, device), group in _grouped(compared, lambda r: (base(r).label, base(r).device)).items():
+            lines.append(f"Scaling efficiency ({view}) T_N / (N × T_1) against {label!r} on {device} (1 process, "
+                         f"{same}) for: {_labels(group)}.")
+    return lines
+
+
+def _noise_notes(rows: list[SummaryRow]) -> list[str]:
+    """Which comparisons are within noise, each with its baseline and device."""
+    if _most_repeats(rows) < 2:
+        return []
+    within, marks = [], []
+    for row in rows:
+        s = row.scaling
+        for words, comparison, base in (
+                ("speedup", s.speedup, s.baseline), ("weak scaling efficiency", s.scaling_efficiency, s.baseline),
+                ("memory reduction", s.memory_reduction, s.baseline),
+                ("model-state reduction", s.model_state_reduction, s.baseline),
+                ("strong speedup", s.speedup_strong, s.baseline_strong),
+                ("strong scaling efficiency", s.scaling_efficiency_strong, s.baseline_strong)):
+            marks.append(comparison.noise)
+            if comparison.noise == WITHIN:
+                within.append(f"{words} of {row.label} against {base.label!r} on {base.device}")
+    counts = (f"{marks.count(BEYOND)} beyond noise, {marks.count(NO_SPREAD)} with a single completed repeat on one "
+              "side (no spread)")
+    if not within:
+        return [f"No comparison is within noise ({counts})."]
+    return [f"Within noise (the two ranges overlap): {'; '.join(within)}. Others: {counts}."]
+
+
+def _result_notes(rows: list[SummaryRow]) -> list[str]:
+    lines = [_spread_note(rows), *_memory_notes(rows),
+             "Model state: parameter + gradient + optimizer bytes held by the rank holding the most, measured from "
+             "its tensors; (−x%): its reduction 1 − S_N / S_1 against the weak-scaling baseline.",
+             *_hours_notes(rows),
+             "MFU: model FLOP/s per GPU (PaLM: 6N + 12·L·H·Q·T per token) over the GPU's dense peak for the "
+             "precision. Tokens/s: each token once, over the slowest rank's median step time."]
+    for (source, tflops), group in _grouped(rows, lambda r: (r.figures.peak_source, r.figures.peak_tflops_per_gpu)).items():
+        lines.append(f"Peak used for MFU: {source}, {tflops:g} TFLOP/s ({_labels(group)}).")
+    lines += [f"Step time: {timing}." for timing in sorted({r.figures.timing for r in rows if r.figures.timing})]
+    lines += [f"MFU n/a: {reason}" for reason in sorted({r.figures.mfu_missing_reason for r in rows
+                                                         if r.figures.mfu_missing_reason})]
+    for key, group in _grouped(rows, lambda r: r.figures.setting.regime_key).items():
+        lines.append(f"Precision regime {group[0].figures.setting.regime!r} ({key}): {_labels(group)}.")
+    lines += _baseline_notes(rows)
+    lines += _noise_notes(rows)
+    for row in rows:
+        for note, view in ((row.scaling.baseline_note, "weak"), (row.scaling.baseline_strong_note, "strong")):
+            if note is not None and row.figures.tokens_per_s.known:
+                lines.append(f"{row.label}: scaling efficiency ({view}) n/a: {note}.")
+        if row.figures.throughput_note:
+            lines.append(f"{row.figures.throughput_note}.")  # run by run, named
+        if row.figures.reason:
+            lines.append(f"{row.label}: {row.figures.reason}")
+    return lines
+
+
+def notes(rows: list[SummaryRow], problems: list[Problem], state_note: str | None = None,
+          speed_assumed: str | None = None) -> Notes:
+    """``state_note``: how the states were decided, when not with Slurm's word (it did not
+    answer); ``speed_assumed``: the site's stated speed the predicted tokens/s were made at."""
+    runs = [f"States: {state_note}."] if state_note else []
+    runs += [f"Unreadable: {problem.path}: {problem.reason}" for problem in problems]
+    if not rows:
+        return Notes([], [], runs)
+    return Notes(_result_notes(rows), _prediction_notes(rows, speed_assumed), runs)
