@@ -33,7 +33,7 @@ class Measured:
     memory: PhasePeaks
     start_step: int = 0
     losses: list[torch.Tensor] = field(default_factory=list)  # one per step, still on the device
-    model_state: dict | None = None  # measured at the last step (hpml_core.model_state_memory)
+    model_state: dict | None = None  # measured at the last step (hpml_core.measure_model_state)
 
 
 def _version(package: str) -> str | None:

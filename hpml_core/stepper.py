@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from hpml_core import model_state_memory, tensor_parallel
+from hpml_core import measure_model_state, tensor_parallel
 from hpml_core.checkpoint import Resume, StateReader
 from hpml_core.loss_scaling import DynamicLossScaler
 from hpml_core.mesh import Mesh, Position
@@ -130,7 +130,7 @@ class TorchStepper:
         self.scaler.step(self.optimizer)  # skipped on every rank, or on none
         self.scaler.update()
         if measure:  # while the gradients still exist
-            self.model_state = model_state_memory.measure_torch(self.model, self.optimizer)
+            self.model_state = measure_model_state.torch_model(self.model, self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         return torch.stack(losses).mean()
 
@@ -186,7 +186,7 @@ class DeepSpeedStepper:
             self.engine.step()
             losses.append(loss.detach())
         if measure:
-            self.model_state = model_state_memory.measure_zero3(self.engine)
+            self.model_state = measure_model_state.zero3_engine(self.engine)
         return torch.stack(losses).mean()
 
     def save_state(self, folder: Path, tag: str) -> None:

@@ -22,7 +22,6 @@ leaves them as they are.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -96,7 +95,7 @@ def initialize(model: nn.Module, optimizer: torch.optim.Optimizer, config: Train
 
     _quiet_deprecations()
     settings = deepspeed_config(config, mesh)
-    if int(os.environ.get("RANK", 0)) == 0:
+    if mesh.rank == 0:
         atomic_write_json(record_dir / CONFIG_FILE, settings)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=settings, mpu=_mpu(mesh))
     if config.compile:

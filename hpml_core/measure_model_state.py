@@ -1,6 +1,8 @@
-"""Model-state memory a rank holds, measured from its tensors: parameters, gradients and
-optimizer state (master weights included). The rank file sets it against the analytic
-expectation for the run's mode (``hpml_core.contract.model_state``).
+"""Measure the model state a rank holds, from its tensors: the bytes of its parameters,
+gradients and optimizer state (master weights included). Each stepper (``hpml_core.stepper``)
+calls the function for its backend at the last step; the rank file sets the figure against the
+analytic expectation for the run's mode (``hpml_core.contract.model_state``), and the memory
+model (``hpml_core.contract.memory_model``) predicts the same bytes.
 
 Measured bytes count each storage once, so views into DeepSpeed's flat buffers are not added
 twice. With ``--zero-persistence-threshold`` above 0, ZeRO-3 keeps small parameters whole on
@@ -37,7 +39,7 @@ def _state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
             if isinstance(v, torch.Tensor) and v.dim() > 0]  # not the scalar step counters
 
 
-def measure_torch(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+def torch_model(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """For a model trained by plain PyTorch; call while gradients exist (before zero_grad)."""
     params = list(model.parameters())
     measured = _bytes_by_category({
@@ -46,7 +48,7 @@ def measure_torch(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     return {"param_elements_local": sum(p.numel() for p in params), "full_params_resident": len(params), **measured}
 
 
-def measure_zero3(engine) -> dict:
+def zero3_engine(engine) -> dict:
     """For a DeepSpeed ZeRO-3 engine, outside forward and backward."""
     params = list(engine.module.parameters())
     zero = engine.optimizer  # DeepSpeedZeroOptimizer_Stage3
