@@ -5,9 +5,10 @@ calls at once neither lose an entry nor leave half a file.
 
 A run's entry holds: ``backend`` (slurm or local); ``state`` and ``why`` (the last decision of
 ``jobs.observe``, in ``hpml_core.contract.run_states``' words); ``job_id`` (the current Slurm job)
-and ``job_ids`` (every job the run had, oldest first); ``attempts`` (how many times it was
-submitted: a Slurm requeue is the same submission); ``first_attempt`` (the attempt folder the
-current submission started at: only its attempts are evidence about it); ``pid``, ``host`` and
+and ``job_ids`` (every job the run had, oldest first); ``submissions`` (how many times it was
+submitted: a Slurm requeue is the same submission, and one submission may make several
+attempts, each a launch with its folder); ``first_attempt`` (the attempt folder the current
+submission started at: only its attempts are evidence about it); ``pid``, ``host`` and
 ``claimed_at`` (the ``hpml submit`` that holds it, and since when); ``job_name`` and
 ``array_task`` (the job array that carries it, and its task there: a Slurm run's job id is
 ``<array job id>_<task>``); ``log``, ``script``,
@@ -16,6 +17,9 @@ current submission started at: only its attempts are evidence about it); ``pid``
 The ledger also names the site the experiment's runs were submitted to (``site``): results
 never cross sites, so ``hpml submit`` and ``hpml cancel`` with another site's profile are
 refused (``check_site``) rather than taking its completed runs for their own.
+
+A ledger written before ``submissions`` had its name calls it ``attempts``: it is read as
+``submissions``, and written back under the new name with the next change.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from hpml_core.contract.atomic import atomic_write_json
 from hpml_core.contract.errors import UsageError
 
 LEDGER = "ledger.json"
+OLD_SUBMISSIONS = "attempts"  # the name of an entry's count of submissions in ledgers of earlier versions
 
 
 def now() -> str:
@@ -49,6 +54,12 @@ def _document(folder: Path) -> dict:
             raise TypeError("its runs are not a table of entries")
         if not isinstance(document.get("site", ""), str):
             raise TypeError("its site is not a name")
+        for entry in runs.values():
+            if OLD_SUBMISSIONS in entry and "submissions" not in entry:
+                entry["submissions"] = entry.pop(OLD_SUBMISSIONS)
+            count = entry.get("submissions", 0)
+            if not isinstance(count, int) or isinstance(count, bool):
+                raise TypeError(f"a run's submissions is not a count ({count!r})")
         return document
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(str(path), f"unreadable ledger ({type(exc).__name__}: {exc}); move it aside to start "
@@ -112,13 +123,13 @@ def claim_many(folder: Path, busy: dict, *, submission: bool = True, **fields) -
     claimed = {}
     with locked(folder) as runs:
         for run, is_busy in busy.items():
-            entry = runs.setdefault(run, {"attempts": 0})
+            entry = runs.setdefault(run, {"submissions": 0})
             if is_busy(entry):
                 continue
             entry.update(fields, updated_at=now())
             if submission:
-                entry.update(attempts=entry["attempts"] + 1, claimed_at=entry["updated_at"])
-            claimed[run] = entry["attempts"]
+                entry.update(submissions=entry.get("submissions", 0) + 1, claimed_at=entry["updated_at"])
+            claimed[run] = entry["submissions"]
     return claimed
 
 
@@ -132,4 +143,4 @@ def update_many(folder: Path, changes: dict[str, dict]) -> None:
     array's runs are recorded together."""
     with locked(folder) as runs:
         for run, fields in changes.items():
-            runs.setdefault(run, {"attempts": 0}).update(fields, updated_at=now())
+            runs.setdefault(run, {"submissions": 0}).update(fields, updated_at=now())

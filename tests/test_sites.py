@@ -110,7 +110,7 @@ def test_results_never_cross_sites(tmp_path):
     ledger.check_site(folder, "local-slurm", record=True)
     assert json.loads((folder / "ledger.json").read_text()) == {"site": "local-slurm", "runs": {}}
     with ledger.locked(folder) as runs:  # entries written later keep it
-        runs["single"] = {"attempts": 1}
+        runs["single"] = {"submissions": 1}
     assert json.loads((folder / "ledger.json").read_text())["site"] == "local-slurm"
     before = snapshot(tmp_path)
     done = hpml("submit", "tiny_study", "--site", "local", "--set", f"results_root={tmp_path}", "--dry-run")

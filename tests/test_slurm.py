@@ -170,7 +170,7 @@ def test_make_submit_all_runs_the_tiny_study_once_even_when_submitted_twice_at_o
     folder = slurm_site.parent / "results" / "tiny_study"
     submitted = [line for out in outputs for line in out.splitlines() if line.startswith("[") and ": job " in line]
     assert sorted(line.split("] ")[1].split(":")[0] for line in submitted) == sorted(ledger(folder)) == sorted(worlds)
-    assert all(entry["attempts"] == 1 for entry in ledger(folder).values())
+    assert all(entry["submissions"] == 1 for entry in ledger(folder).values())
 
     watch = hpml("status", "tiny_study", "--site", str(slurm_site), "--watch", "5", timeout=1800)
     assert watch.returncode == 0, watch.stderr
@@ -245,7 +245,7 @@ def test_a_failed_run_shows_failed_and_only_failed_submits_just_that_one(slurm_s
     entries = ledger(folder)
     assert entries["fine"]["job_id"] == jobs["fine"] and entries["broken"]["job_id"] != jobs["broken"]
     assert wait_finished(entries["broken"]["job_id"]) == "COMPLETED"
-    assert (entries["broken"]["attempts"], entries["fine"]["attempts"]) == (2, 1)
+    assert (entries["broken"]["submissions"], entries["fine"]["submissions"]) == (2, 1)
 
 
 def test_scancel_and_hpml_cancel_show_cancelled(slurm_site):
@@ -289,7 +289,7 @@ def test_a_stop_signal_requeues_the_job_which_resumes_to_the_uninterrupted_loss(
     assert resumed[0]["slurm"]["restart_count"] == 1 and 20 <= resumed[0]["resumed_from_step"] < 300
     assert resumed[0]["steps_completed"] == reference[0]["steps_completed"] == 300
     assert abs(resumed[0]["loss"]["values"][-1] - reference[0]["loss"]["values"][-1]) <= 1e-6
-    assert ledger(folder)["interrupted"]["attempts"] == 1  # one submission: Slurm restarted it
+    assert ledger(folder)["interrupted"]["submissions"] == 1  # one submission: Slurm restarted it
 
 
 def test_a_two_node_job_meets_through_the_rendezvous_and_survives_a_requeue(slurm_site, nodes):
@@ -538,7 +538,7 @@ def test_a_24_run_grid_is_one_throttled_array_and_a_stopped_task_is_requeued(slu
     assert {state for state, _ in status_rows(str(exp), slurm_site).values()} == {COMPLETED}  # recorded, too
     entries = ledger(folder)
     assert {entries[name]["state"] for name in names} == {COMPLETED}, entries
-    assert [entry["attempts"] for entry in entries.values()] == [1] * 23 + [2]
+    assert [entry["submissions"] for entry in entries.values()] == [1] * 23 + [2]
     for task, name in enumerate(names):
         files = rank_files(folder / name)
         job = resent if name == last else f"{array_job}_{task}"

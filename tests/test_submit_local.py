@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from hpml_core.cli import main
+from hpml_core.contract.errors import UsageError
 from tests.conftest import REPO, rank_files
 
 
@@ -59,7 +60,7 @@ def test_submit_runs_what_has_not_completed_and_only_that(study, capsys):
 
     assert main(["submit", str(exp), "--site", str(site)]) == 0  # again: nothing to do
     assert "0 to run, 2 skipped" in capsys.readouterr().out
-    assert all(entry["attempts"] == 1 for entry in ledger(folder).values())
+    assert all(entry["submissions"] == 1 for entry in ledger(folder).values())
 
     # A run whose rank file is gone is no longer COMPLETED; made to fail (its checkpoint is
     # corrupt, and job commands --resume): FAILED, in the words of its exit, and --only-failed
@@ -75,7 +76,7 @@ def test_submit_runs_what_has_not_completed_and_only_that(study, capsys):
     assert main(["submit", str(exp), "--site", str(site), "--only-failed"]) == 0
     assert "1 to run, 1 skipped" in capsys.readouterr().out
     runs = ledger(folder)
-    assert (runs["single"]["state"], runs["single"]["attempts"], runs["ddp-2"]["attempts"]) == ("COMPLETED", 3, 1)
+    assert (runs["single"]["state"], runs["single"]["submissions"], runs["ddp-2"]["submissions"]) == ("COMPLETED", 3, 1)
     assert sorted(rank_files(folder / "single", attempt=2)) == [0] and runs["single"]["first_attempt"] == 2
 
 
@@ -118,7 +119,22 @@ def test_concurrent_claims_never_start_a_run_twice_nor_lose_an_entry(tmp_path):
         p.join(timeout=60)
     assert [sum(won) for won in zip(*claimed)] == [1] * len(runs)
     entries = ledger(tmp_path)
-    assert sorted(entries) == sorted(runs) and all(e["attempts"] == 1 for e in entries.values())
+    assert sorted(entries) == sorted(runs) and all(e["submissions"] == 1 for e in entries.values())
+
+
+def test_a_ledger_of_the_old_version_counts_its_submissions_on(tmp_path, capsys):
+    """A ledger written before the count of submissions had its name calls it ``attempts``: it is
+    read as ``submissions``, the next claim counts on from it, and a count that is not one makes
+    it an unreadable ledger (a usage error naming the file), not a traceback."""
+    from jobs import ledger as ledger_module
+
+    (tmp_path / "ledger.json").write_text(json.dumps({"runs": {"single": {"state": "FAILED", "attempts": 2}}}))
+    assert ledger_module.read(tmp_path)["single"]["submissions"] == 2
+    assert ledger_module.claim(tmp_path, "single", lambda entry: False, state="RUNNING") == 3
+    assert ledger(tmp_path)["single"]["submissions"] == 3 and "attempts" not in ledger(tmp_path)["single"]
+    (tmp_path / "ledger.json").write_text(json.dumps({"runs": {"single": {"attempts": "two"}}}))
+    with pytest.raises(UsageError, match="unreadable ledger .*submissions is not a count"):
+        ledger_module.read(tmp_path)
 
 
 def one_run(tmp_path, token_data, run: str, **defaults):
@@ -173,7 +189,7 @@ def test_force_starts_from_step_0_and_keeps_the_old_run_aside(tmp_path, token_da
     assert fresh[0]["loss"]["values"][0] == first[0]["loss"]["values"][0]
     assert fresh[0]["loss"]["values"] == pytest.approx(first[0]["loss"]["values"], abs=1e-6)
     entry = ledger(folder)["ddp-2"]
-    assert (entry["state"], entry["attempts"], entry["first_attempt"]) == ("COMPLETED", 2, 1)
+    assert (entry["state"], entry["submissions"], entry["first_attempt"]) == ("COMPLETED", 2, 1)
 
     assert main(["submit", str(exp), "--site", str(site), "--force"]) == 0  # again: previous-2, previous-1 kept
     assert sorted(p.name for p in run.iterdir() if p.name.startswith("previous-")) == ["previous-1", "previous-2"]
