@@ -99,11 +99,16 @@ def _mark_within_noise(ax, rows: list[SummaryRow], figures: list[Callable[[Summa
                         ha="center", va="bottom", fontsize=12, fontweight="bold")
 
 
+def efficiency_rows(rows: list[SummaryRow]) -> list[SummaryRow]:
+    """The configurations the efficiency panel shows: those with a baseline other than themselves."""
+    return [row for row in rows if row.compared]
+
+
 def throughput(rows: list[SummaryRow], folder: Path) -> list[Path]:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     _bars(left, rows, [(lambda r: r.figures.tokens_per_s, "tokens/s", "#4c72b0")], f"tokens/s ({_spread_label(rows)})")
     left.set_title("Throughput")
-    compared = [row for row in rows if row.compared]
+    compared = efficiency_rows(rows)
     right.set_title("Scaling efficiency (bars: interval from min–max; ≈ within noise)")
     if not compared:
         _nothing(right, "no configuration has a 1-process baseline other than itself")

@@ -10,6 +10,7 @@ import base64
 from pathlib import Path
 
 from jinja2 import Environment
+from markupsafe import Markup
 
 from analysis import tables
 from analysis.baselines import SummaryRow
@@ -35,6 +36,8 @@ table { border-collapse: collapse; margin: 1em 0 0.5em; font-size: 0.9em; }
 caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom: 0.4em; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.35em 0.7em; text-align: right; vertical-align: top; }
 th:first-child, td:first-child, table.runs td, table.runs th { text-align: left; }
+table.results td:first-child { min-width: 14em; } th.group { text-align: center; border-bottom: 1px solid #999; }
+td:not(:first-child) { white-space: nowrap; } table.runs td:last-child { white-space: normal; }
 .description { color: #666; font-size: 0.85em; }
 .figures { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; }
 figure { margin: 0; } figure.wide { grid-column: 1 / -1; }
@@ -47,17 +50,22 @@ ol.notes { font-size: 0.85em; color: #333; margin-top: 0; }
 {% for section in sections %}
 <section id="{{ section.id }}">
 <h2>{{ section.heading }}</h2>
+{% if section.figures %}
 <div class="figures">
 {% for figure in section.figures %}
 <figure class="{{ figure.size }}"><img alt="{{ figure.stem }}" src="data:image/png;base64,{{ figure.data }}">
 <figcaption>Figure {{ figure.number }}: {{ figure.caption }} ({{ figure.files }})</figcaption></figure>
 {% endfor %}
 </div>
+{% endif %}
 <table id="{{ section.id }}-table" class="{{ section.id }}">
 <caption>Table {{ loop.index }}: {{ section.caption }}</caption>
-<thead><tr>{% for header in section.headers %}<th>{{ header }}</th>{% endfor %}</tr></thead>
+<thead>
+{% if section.groups %}<tr>{% for group, span in section.groups %}<th colspan="{{ span }}"{% if group %} class="group"{% endif %}>{{ group }}</th>{% endfor %}</tr>{% endif %}
+<tr>{% for header in section.headers %}<th>{{ header }}</th>{% endfor %}</tr></thead>
 <tbody>
-{% for row in section.rows %}<tr>{% for cell in row %}<td{% if cell.bad %} class="bad"{% endif %}>{{ cell.text }}
+{% for row in section.rows %}<tr>{% for cell in row %}<td{% if cell.bad %} class="bad"{% endif %}>
+{{- cell.lines | join(markup("<br>")) }}
 {%- if cell.description %}<br><span class="description">{{ cell.description }}</span>{% endif %}</td>{% endfor %}</tr>
 {% endfor %}
 </tbody></table>
@@ -69,11 +77,17 @@ ol.notes { font-size: 0.85em; color: #333; margin-top: 0; }
 <p>Files: {{ written | join(", ") }}</p>
 </body></html>
 """
-TEMPLATE = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True).from_string(PAGE)
+TEMPLATE = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True).from_string(PAGE, globals={"markup": Markup})
 
 
 def _cell(text: str, bad: bool = False, description: str | None = None) -> dict:
-    return {"text": text, "bad": bad, "description": description}
+    return {"lines": [text], "bad": bad, "description": description}
+
+
+def _figure_cell(text: str) -> dict:
+    """A figure, its range and a second figure beside it ("21.00 [20.00–22.00]; setup 10.50")
+    each on a line of its own, so that no number wraps."""
+    return {"lines": text.replace(" [", "; [").split("; "), "bad": False, "description": None}
 
 
 def _figures(paths: list[Path], first_number: int) -> list[dict]:
@@ -94,17 +108,19 @@ def page(title: str, rows: list[SummaryRow], run_rows: list[list[str]], notes: N
     measured = [path for path in pngs if path.stem not in PREDICTION_FIGURES]
     predicted = [path for path in pngs if path.stem in PREDICTION_FIGURES]
     results = [[_cell(label, description=description),
-                _cell(cells[0], bad=row.figures.runs_completed < row.figures.runs_total), *map(_cell, cells[1:])]
+                _cell(cells[0], bad=row.figures.runs_completed < row.figures.runs_total), *map(_figure_cell, cells[1:])]
                for row, (label, description, cells) in zip(rows, tables.result_rows(rows))]
     sections = [
         {"id": "results", "heading": "Results", "figures": _figures(measured, 1), "headers": tables.RESULT_HEADERS,
          "caption": "Each configuration's figures: the median over its completed repeats, [min–max] beside it.",
          "rows": results, "notes": notes.results},
         {"id": "predictions", "heading": "Predicted against measured", "figures": _figures(predicted, len(measured) + 1),
-         "headers": tables.PREDICTION_HEADERS,
+         "groups": [(group, len(columns)) for group, columns in tables.PREDICTION_HEADERS],
+         "headers": [column for _, columns in tables.PREDICTION_HEADERS for column in columns],
          "caption": "The memory model's and the step-time model's predictions beside the measurements; error in "
                     "percent of the measurement.",
-         "rows": [list(map(_cell, row)) for row in tables.prediction_rows(rows)], "notes": notes.predictions},
+         "rows": [[_cell(label), *map(_figure_cell, cells)] for label, *cells in tables.prediction_rows(rows)],
+         "notes": notes.predictions},
         {"id": "runs", "heading": "Runs", "figures": [], "headers": ("Run", "Configuration", "Status", "Reason"),
          "caption": "Every run of the experiment, with its state and why.",
          "rows": [[_cell(run), _cell(configuration), _cell(status, bad=status != COMPLETED), _cell(reason)]

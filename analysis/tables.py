@@ -16,8 +16,9 @@ HEADERS = ("Configuration", "Description", "Memory (GiB/GPU)", "Model state (MiB
            "Weak scaling eff.", "Strong scaling eff.", "Status")
 RESULT_HEADERS = ("Configuration", "Repeats", "Tokens/s", "MFU", "Memory (GiB/GPU)", "Model state (MiB/GPU)",
                   "Weak scaling eff.", "Strong scaling eff.")
-PREDICTION_HEADERS = ("Configuration", "Model state (MiB/GPU)", "predicted", "error", "Training peak (GiB/GPU)",
-                      "predicted", "error", "Tokens/s", "predicted", "error")
+# Each measurement beside its prediction and the error: (group, its columns).
+PREDICTION_HEADERS = (("", ("Configuration",)), *((group, ("measured", "predicted", "error")) for group in (
+    "Model state (MiB/GPU)", "Training peak (GiB/GPU)", "Tokens/s")))
 
 
 def _spread(spread: Spread, repeats: int, digits: int = 0, percent: bool = False) -> str:

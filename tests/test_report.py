@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import pwd
 import shutil
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -572,31 +574,23 @@ def test_unknown_experiment_is_a_usage_error(tmp_path, capsys):
     assert "nope.yaml" in capsys.readouterr().err
 
 
-def _chromium() -> str | None:
-    return next((path for path in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if path), None)
-
-
-def test_report_html_opens_in_headless_chromium_with_every_figure_drawn(study):
+def test_report_html_opens_in_headless_chromium_with_every_figure_drawn(study, tmp_path):
     """Every figure embedded, decoded and not blank (pixels drawn into a canvas differ), and no
-    console error: the page is read offline, from the file."""
-    browser, driver_path = _chromium(), shutil.which("chromedriver")
-    if not (browser and driver_path):
+    console error: the page is read offline, from the file. It reads like a results section:
+    the measured figures above the results table, the results table above the predicted-against-
+    measured table (its figure right above it), the runs last, and each table's numbered notes
+    right under it. A screenshot of the page as loaded is saved in the test's folder
+    (report-page.png)."""
+    from analysis import screenshot
+
+    if screenshot.browser_paths() is None:
         message = "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
         if os.environ.get("HPML_CI"):
             pytest.fail(message)
         pytest.skip(message)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     exp, site, folder = study
     assert main([str(exp), "--site", str(site)]) == 0
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    try:
+    with screenshot.headless() as driver:
         driver.get((folder / "report" / "report.html").as_uri())
         images = driver.execute_script("""
             return Array.from(document.images).map(img => {
@@ -609,13 +603,174 @@ def test_report_html_opens_in_headless_chromium_with_every_figure_drawn(study):
                 for (let i = 0; i < pixels.length && colours.size < 10; i += 4 * 97) colours.add(pixels.slice(i, i + 4).join());
                 return {alt: img.alt, complete: img.complete, width: img.naturalWidth, colours: colours.size};
             });""")
+        layout = driver.execute_script("""
+            const box = el => { const r = el.getBoundingClientRect();
+                                return {top: r.top + window.scrollY, bottom: r.bottom + window.scrollY}; };
+            const out = {figures: {}, tables: {}, notes: {}, next: {}, items: {}};
+            for (const img of document.images) out.figures[img.alt] = box(img.closest('figure'));
+            for (const id of ['results', 'predictions', 'runs']) {
+                const table = document.getElementById(id + '-table'), notes = document.getElementById(id + '-notes');
+                out.tables[id] = box(table);
+                out.notes[id] = notes ? box(notes) : null;
+                out.next[id] = table.nextElementSibling ? table.nextElementSibling.id : null;
+                out.items[id] = notes ? notes.tagName + ':' + notes.children.length : null;
+            }
+            out.headers = Array.from(document.querySelectorAll('#results-table th')).map(th => th.textContent);
+            return out;""")
+        page_png = screenshot.full_page_png(driver)
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
-    finally:
-        driver.quit()
+    (tmp_path / "report-page.png").write_bytes(page_png)
+    assert page_png.startswith(b"\x89PNG") and len(page_png) > 10_000
     assert sorted(image["alt"] for image in images) == ["loss", "memory", "mfu_vs_batch", "predicted_vs_measured",
                                                         "throughput"]
     assert all(image["complete"] and image["width"] > 100 and image["colours"] > 2 for image in images), images
     assert errors == []
+
+    figures, tables, notes = layout["figures"], layout["tables"], layout["notes"]
+    for name in ("throughput", "memory", "mfu_vs_batch", "loss"):
+        assert figures[name]["bottom"] <= tables["results"]["top"], name
+    assert tables["results"]["bottom"] <= notes["results"]["top"] <= tables["predictions"]["top"]
+    assert tables["results"]["bottom"] <= figures["predicted_vs_measured"]["top"]
+    assert figures["predicted_vs_measured"]["bottom"] <= tables["predictions"]["top"]
+    assert tables["predictions"]["bottom"] <= notes["predictions"]["top"] <= tables["runs"]["top"]
+    assert tables["runs"]["bottom"] <= notes["runs"]["top"]
+    assert layout["next"] == {"results": "results-notes", "predictions": "predictions-notes", "runs": "runs-notes"}
+    assert layout["items"]["results"].startswith("OL:") and int(layout["items"]["results"][3:]) > 5  # numbered
+    assert layout["headers"] == ["Configuration", "Repeats", "Tokens/s", "MFU", "Memory (GiB/GPU)",
+                                 "Model state (MiB/GPU)", "Weak scaling eff.", "Strong scaling eff."]
+
+
+def test_the_efficiency_figure_shows_only_the_configurations_with_a_baseline(study):
+    """A 1-process configuration is its own baseline: its 100 % is no result, and a
+    configuration without a baseline has nothing to show."""
+    from analysis.baselines import summarize
+    from analysis.collect import collect
+    from analysis.configurations import configuration_rows
+    from analysis.figures import efficiency_rows
+    from analysis.runs import run_rows
+    from jobs import experiment
+
+    exp, _, folder = study
+    study_ = experiment.load(exp)
+    results, _, _ = collect(folder, study_.world_sizes, repeated=True)
+    rows = summarize(configuration_rows(run_rows(results)))
+    assert [row.label for row in efficiency_rows(rows)] == ["ddp-4", "zero3-4", "dp2xtp2-b8"]
+    assert {row.label for row in rows} - {row.label for row in efficiency_rows(rows)} == {
+        "single", "big", "zero3-1", "single-b32", "dp2xtp2-b32"}
+
+
+def _unprivileged(argv: list[str], stderr: Path) -> int:
+    """``main(argv)`` in a forked child that cannot write what ``chmod a-w`` protects: as root,
+    whom file modes do not stop, the child first becomes ``nobody``. The child inherits the
+    test's Slurm answers (``slurm_says``). Its stderr goes to ``stderr``; an exception out of
+    main is printed there as the interpreter would print it (a traceback). Returns its exit status."""
+    import sys
+    import traceback
+
+    fd = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 70
+        try:
+            os.dup2(fd, 2)
+            sys.stderr = open(2, "w", closefd=False)
+            if os.geteuid() == 0:
+                nobody = pwd.getpwnam("nobody")
+                os.setgroups([])
+                os.setgid(nobody.pw_gid)
+                os.setuid(nobody.pw_uid)
+            code = main(argv)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@pytest.fixture
+def read_only_copy(study):
+    """A copy of the finished study where nothing can be written (files 444, folders 555), in a
+    folder ``nobody`` can enter (pytest's own are 700), with its own site profile."""
+    import tempfile
+
+    exp, _, folder = study
+    root = Path(tempfile.mkdtemp(prefix="hpml-read-only-"))
+    os.chmod(root, 0o755)
+    shutil.copytree(folder, root / "results" / "study")
+    shutil.copy(exp, root / "study.yaml")
+    local_site(root)
+    for path in [root, *root.rglob("*")]:
+        os.chmod(path, 0o555 if path.is_dir() else 0o444)
+    try:
+        yield root
+    finally:
+        for path in [root, *root.rglob("*")]:
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        shutil.rmtree(root)
+
+
+def _may_write(path: Path) -> None:
+    """Let the report's child write ``path`` (a folder), and nothing else."""
+    os.chmod(path, 0o755)
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+
+
+def test_a_report_writes_nothing_outside_its_folder(read_only_copy, slurm_says, tmp_path):
+    """On a finished study that may only be read, except its report/ folder: the report is
+    written, with the states Slurm gives (TIMEOUT for a run the ledger records as RUNNING), and
+    nothing else changed, the ledger included. What this proves: the report, run by a user who
+    cannot write anything but report/ (enforced by the OS, not by the test's good will), still
+    succeeds; so it needs no write elsewhere, and the snapshot shows none happened."""
+    from tests.conftest import snapshot
+
+    folder = read_only_copy / "results" / "study"
+    report = folder / "report"
+    os.chmod(folder, 0o755)
+    report.mkdir()
+    os.chmod(folder, 0o555)
+    _may_write(report)
+    before = snapshot(folder)
+    code = _unprivileged([str(read_only_copy / "study.yaml"), "--site", str(read_only_copy / "site.yaml")],
+                         tmp_path / "stderr")
+    assert code == 0, (tmp_path / "stderr").read_text()
+    after = snapshot(folder)
+    assert {k: v for k, v in after.items() if not k.startswith("report")} == {
+        k: v for k, v in before.items() if not k.startswith("report")}
+    assert {"summary.csv", "runs.csv", "summary.md", "report.html", "throughput.png"} <= {
+        k.removeprefix("report/") for k in after if k.startswith("report/")}
+    assert not [k for k in after if k.startswith("report/.staging")]
+    runs = pd.read_csv(report / "runs.csv").set_index("run")
+    assert runs.loc["dp2xtp2-b32-r1", "status"] == "TIMEOUT"  # Slurm's word, used
+    assert json.loads((folder / "ledger.json").read_text())["runs"]["dp2xtp2-b32-r1"]["state"] == "RUNNING"
+
+
+@pytest.mark.parametrize("report_folder", ["read-only", "missing"])
+def test_a_report_folder_that_cannot_be_written_is_one_line_and_exit_1(read_only_copy, slurm_says, tmp_path,
+                                                                       report_folder):
+    """report/ there but read-only, or missing in a folder that may only be read: exit status 1
+    (the command failed; 2 is kept for bad input), one line on stderr naming the path, no
+    traceback, and nothing written."""
+    from tests.conftest import snapshot
+
+    folder = read_only_copy / "results" / "study"
+    if report_folder == "read-only":
+        os.chmod(folder, 0o755)
+        (folder / "report").mkdir()
+        os.chmod(folder / "report", 0o555)
+        os.chmod(folder, 0o555)
+    before = snapshot(read_only_copy)
+    code = _unprivileged([str(read_only_copy / "study.yaml"), "--site", str(read_only_copy / "site.yaml")],
+                         tmp_path / "stderr")
+    stderr = (tmp_path / "stderr").read_text()
+    assert code == 1, stderr
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    assert stderr.startswith("hpml report: error: ") and str(folder / "report") in stderr
+    assert "Permission denied" in stderr
+    assert snapshot(read_only_copy) == before
 
 
 def test_the_current_attempt_wins_over_the_rank_files_of_the_last(tmp_path, slurm_says):
