@@ -61,7 +61,9 @@ ol.notes { font-size: 0.85em; color: #333; margin-top: 0; }
 <table id="{{ section.id }}-table" class="{{ section.id }}">
 <caption>Table {{ loop.index }}: {{ section.caption }}</caption>
 <thead>
-{% if section.groups %}<tr>{% for group, span in section.groups %}<th colspan="{{ span }}"{% if group %} class="group"{% endif %}>{{ group }}</th>{% endfor %}</tr>{% endif %}
+{% if section.groups %}<tr>
+{%- for group, span in section.groups %}<th colspan="{{ span }}"{% if group %} class="group"{% endif %}>{{ group }}</th>
+{%- endfor %}</tr>{% endif %}
 <tr>{% for header in section.headers %}<th>{{ header }}</th>{% endfor %}</tr></thead>
 <tbody>
 {% for row in section.rows %}<tr>{% for cell in row %}<td{% if cell.bad %} class="bad"{% endif %}>
@@ -77,7 +79,8 @@ ol.notes { font-size: 0.85em; color: #333; margin-top: 0; }
 <p>Files: {{ written | join(", ") }}</p>
 </body></html>
 """
-TEMPLATE = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True).from_string(PAGE, globals={"markup": Markup})
+TEMPLATE = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True).from_string(
+    PAGE, globals={"markup": Markup})
 
 
 def _cell(text: str, bad: bool = False, description: str | None = None) -> dict:
@@ -114,7 +117,8 @@ def page(title: str, rows: list[SummaryRow], run_rows: list[list[str]], notes: N
         {"id": "results", "heading": "Results", "figures": _figures(measured, 1), "headers": tables.RESULT_HEADERS,
          "caption": "Each configuration's figures: the median over its completed repeats, [min–max] beside it.",
          "rows": results, "notes": notes.results},
-        {"id": "predictions", "heading": "Predicted against measured", "figures": _figures(predicted, len(measured) + 1),
+        {"id": "predictions", "heading": "Predicted against measured",
+         "figures": _figures(predicted, len(measured) + 1),
          "groups": [(group, len(columns)) for group, columns in tables.PREDICTION_HEADERS],
          "headers": [column for _, columns in tables.PREDICTION_HEADERS for column in columns],
          "caption": "The memory model's and the step-time model's predictions beside the measurements; error in "

@@ -66,11 +66,11 @@ def _memory_notes(rows: list[SummaryRow]) -> list[str]:
 
 def _prediction_notes(rows: list[SummaryRow], speed_assumed: str | None) -> list[str]:
     """What the prediction table compares, and why a comparison is missing."""
-    lines = ["Predicted − measured: the memory model's prediction (hpml_core/contract/memory_model.py, recorded in each "
-             "rank file) against the measurement, in percent of the measurement, median over the completed repeats: "
-             "model state (parameters + gradients + optimizer, the rank holding the most), and on GPUs the training "
-             "peak (predicted bytes inside max_memory_allocated, maximum over the ranks, against the measured "
-             "training peak). Figure predicted_vs_measured."]
+    lines = ["Predicted − measured: the memory model's prediction (hpml_core/contract/memory_model.py, recorded in "
+             "each rank file) against the measurement, in percent of the measurement, median over the completed "
+             "repeats: model state (parameters + gradients + optimizer, the rank holding the most), and on GPUs the "
+             "training peak (predicted bytes inside max_memory_allocated, maximum over the ranks, against the "
+             "measured training peak). Figure predicted_vs_measured."]
     for note, group in _grouped(rows, lambda r: r.figures.prediction_note).items():
         what = "Prediction" if note == NO_PREDICTION else "Predicted peak"
         lines.append(f"{what} n/a for {_labels(group)}: {note}.")
@@ -165,7 +165,8 @@ def _result_notes(rows: list[SummaryRow]) -> list[str]:
              *_hours_notes(rows),
              "MFU: model FLOP/s per GPU (PaLM: 6N + 12·L·H·Q·T per token) over the GPU's dense peak for the "
              "precision. Tokens/s: each token once, over the slowest rank's median step time."]
-    for (source, tflops), group in _grouped(rows, lambda r: (r.figures.peak_source, r.figures.peak_tflops_per_gpu)).items():
+    peaks = _grouped(rows, lambda r: (r.figures.peak_source, r.figures.peak_tflops_per_gpu))
+    for (source, tflops), group in peaks.items():
         lines.append(f"Peak used for MFU: {source}, {tflops:g} TFLOP/s ({_labels(group)}).")
     lines += [f"Step time: {timing}." for timing in sorted({r.figures.timing for r in rows if r.figures.timing})]
     lines += [f"MFU n/a: {reason}" for reason in sorted({r.figures.mfu_missing_reason for r in rows

@@ -54,7 +54,8 @@ def _replace_contents(target: Path, staging: Path, names: list[str]) -> None:
     staging.rmdir()
 
 
-def write_report(exp: experiment.Experiment, folder: Path, performance: Performance | None = None) -> tuple[list[Path], Table]:
+def write_report(exp: experiment.Experiment, folder: Path,
+                 performance: Performance | None = None) -> tuple[list[Path], Table]:
     """Write ``folder/report/`` for the experiment whose results are in ``folder``, and nothing
     else; ``performance``: the site's stated speed, for the predicted tokens/s."""
     repeated = any(run.repeat > 0 for run in exp.runs)
