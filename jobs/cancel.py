@@ -22,16 +22,17 @@ def cancel(experiment: Experiment, site: Site, only: list[str] | None) -> int:
         raise UsageError("--run", f"{unknown[0]!r} is not a run of {experiment.name} (runs: {', '.join(names)})")
     folder = site.experiment_folder(experiment.name)
     ledger.check_site(folder, site.name, record=False)
-    states = refresh(experiment.world_sizes, folder)
+    runner = backend.for_site(site)
+    states = refresh(experiment.world_sizes, folder, query=runner.query)
     chosen = {name: states[name].entry["job_id"] for name in (only or names)
               if states[name].state in (PENDING, RUNNING) and states[name].entry.get("job_id")}
-    backend.for_site(site).cancel(sorted(chosen.values()))
+    runner.cancel(sorted(chosen.values()))
     # Recorded before Slurm is asked again: a task scancel took from a pending array is forgotten
     # at once (neither squeue nor sacct lists it), and a forgotten job keeps the ending recorded.
     # A job Slurm still knows gets Slurm's word on the refresh, as always.
     ledger.update_many(folder, {name: {"state": CANCELLED, "why": f"hpml cancel: scancel {job_id}"}
                                 for name, job_id in chosen.items()})
-    refresh(experiment.world_sizes, folder)
+    refresh(experiment.world_sizes, folder, query=runner.query)
     for name, job_id in chosen.items():
         print(f"{name}: cancelled job {job_id}")
     print(f"{experiment.name}: {len(chosen)} job(s) cancelled" + ("" if chosen else " (none was pending or running)"))

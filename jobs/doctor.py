@@ -94,8 +94,8 @@ def container_check(site: Site) -> Check:
                                           "container.kind to the runtime the cluster has")
     for what, value in (("image", box.image), ("overlay", box.overlay)):
         if value and not Path(expand_path(value)).exists():
-            return Check("container", "FAIL", f"no {what} {expand_path(value)}: build it as README's 'Job environment' "
-                                              f"says, or set container.{what}")
+            return Check("container", "FAIL", f"no {what} {expand_path(value)}: build it as docs/cluster.md's 'The job "
+                                              f"environment' says, or set container.{what}")
     return Check("container", "ok", f"{box.kind}, {expand_path(box.image)}"
                                     + (f" with {expand_path(box.overlay)}" if box.overlay else ""))
 
@@ -112,7 +112,7 @@ def python_check(site: Site) -> Check:
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return Check("python", "FAIL", f"{last}: install the engine where jobs run it (pip install '.[engine]' in "
-                                       "the job environment, README's 'Job environment')")
+                                       "the job environment, docs/cluster.md's 'The job environment')")
     torch_version, cuda, deepspeed_version = done.stdout.split()[-3:]
     if site.gpu() is not None and cuda == "cpu-only":
         return Check("python", "FAIL", f"torch {torch_version} is a CPU build, and {site.name}'s jobs get GPUs: "
@@ -133,7 +133,7 @@ def data_check(site: Site, dataset: str | None) -> tuple[Check, str | None]:
                      f"--dataset {dataset}`"), dataset if ok else None
     if not prepared:
         return Check("data", "FAIL", f"nothing prepared under {folder}: `hpml data prepare ... --site {site.name} "
-                                     "--dataset NAME` (README, Data)"), None
+                                     "--dataset NAME` (docs/cluster.md#data)"), None
     return Check("data", "ok", f"{folder}: {', '.join(prepared)}"), prepared[0]
 
 
@@ -150,7 +150,7 @@ def results_check(site: Site) -> Check:
 
 def smoke(site: Site, dataset: str) -> Check:
     """One tiny run through ``hpml submit`` and the real template; waits for its rank file."""
-    from jobs import submit  # Slurm's side (submitit): only for the smoke run
+    from jobs import backend, submit  # Slurm's side (submitit): only for the smoke run
 
     name = f"hpml-doctor-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     spec = {"name": name, "dataset": dataset, "defaults": {"model": "tiny", "seq_len": 64, "precision": "fp32",
@@ -165,7 +165,7 @@ def smoke(site: Site, dataset: str) -> Check:
     folder = site.experiment_folder(name)
     deadline = time.monotonic() + SMOKE_TIMEOUT_S
     while True:
-        state = observe.refresh({"smoke": 1}, folder)["smoke"]
+        state = observe.refresh({"smoke": 1}, folder, query=backend.for_site(site).query)["smoke"]
         if not state.active or time.monotonic() > deadline:
             break
         time.sleep(2)

@@ -3,7 +3,8 @@
 One after another, from the site's project_dir (as a job would), each run's processes started by
 torchrun in a session of their own, output in ``<run>/local-<attempt>.out``. A run's state comes
 from its rank files, as for Slurm (torchrun reports an engine's exit status 3, out of memory, or
-4, stopped, as 1). Its ``hpml submit`` is its job: there is nothing to cancel but that process.
+4, stopped, as 1). Its ``hpml submit`` is its job: there is nothing to cancel but that process,
+and no scheduler to ask how a job stands.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from hpml_core.contract.run_states import COMPLETED, FAILED, RUNNING
 from jobs import ledger, observe
 from jobs.experiment import Experiment, ExperimentError, Run
 from jobs.site import Site, expand_path
+from jobs.slurm_query import JobInfo, SlurmError
 from jobs.submission import Submission, claim
 
 
@@ -57,6 +59,12 @@ class LocalBackend:
     def cancel(self, job_ids: list[str]) -> None:
         raise UsageError("--site", f"{self.site.name} runs without Slurm: its runs belong to the `hpml submit` that "
                          "runs them (stop it with Ctrl-C); cancel is for Slurm sites")
+
+    def query(self, job_ids: list[str]) -> dict[str, JobInfo]:
+        """Local runs have no job, so this is asked only of a Slurm site's jobs in a results folder
+        looked at through this site (a copy on a laptop): no scheduler here can say how they stand,
+        and "none known" would call them lost, so it does not answer and they stay as recorded."""
+        raise SlurmError(f"site {self.site.name} has no scheduler to ask about the ledger's Slurm jobs")
 
 
 def local_command(run: Run, run_spec: Path) -> list[str]:

@@ -3,10 +3,11 @@
 ``report`` all take it from here.
 
 The evidence: the ledger (what ``hpml submit`` did: backend, job id, the state last decided, the
-first attempt of the current submission, the ``hpml submit`` holding the run); Slurm (through
-``jobs.slurm_query``, with its timeout); the rank files of the current submission's last attempt
-(``hpml_core.contract.attempts``: an earlier submission's attempts say nothing about this one); and
-whether a local run's ``hpml submit`` still lives. ``refresh`` records each decision in the
+first attempt of the current submission, the ``hpml submit`` holding the run); the scheduler's
+word on the ledger's Slurm jobs (the site's backend's ``query``, ``jobs.backend``: on a Slurm
+site ``jobs.slurm_query``, with its timeout); the rank files of the current submission's last
+attempt (``hpml_core.contract.attempts``: an earlier submission's attempts say nothing about this
+one); and whether a local run's ``hpml submit`` still lives. ``refresh`` records each decision in the
 ledger, as it is the next decision's "recorded" state: a job Slurm has since forgotten keeps the
 ending Slurm last gave it. With ``record=False`` (``hpml report``, which writes only its report
 folder) the decisions are the same and the ledger is left as it is.
@@ -31,6 +32,8 @@ from hpml_core.contract.status_file import ACTIVE_STATES, read_status
 from jobs import ledger, slurm_query
 
 Reader = Callable[[Path], rank_file.RankFile]  # a rank file's record; OSError or ValueError if it has none
+# A backend's query (jobs.backend.Backend.query): its scheduler's word on these jobs; SlurmError if it cannot answer.
+Query = Callable[[list[str]], Mapping[str, slurm_query.JobInfo]]
 # An `hpml submit` that claimed a run and is calling sbatch; older than this, it hangs or died doing so.
 SUBMITTING_STALE_S = 600
 
@@ -163,12 +166,13 @@ def _decide_all(worlds: Mapping[str, int], folder: Path, entries: dict[str, dict
     return found
 
 
-def _decide(worlds: Mapping[str, int], folder: Path, ask_slurm: bool, read: Reader,
+def _decide(worlds: Mapping[str, int], folder: Path, query: Query | None, read: Reader,
             record: bool) -> dict[str, RunState]:
+    """``query``: whom to ask about the ledger's Slurm jobs; None: no one (it did not answer)."""
     recorded = ledger.read(folder)
     job_ids = sorted({e["job_id"] for e in recorded.values() if e.get("backend") == "slurm" and e.get("job_id")})
-    infos = slurm_query.query(job_ids) if ask_slurm and job_ids else {}
-    asked = set(job_ids) if ask_slurm else set()
+    infos = query(job_ids) if query and job_ids else {}
+    asked = set(job_ids) if query else set()
     # Nothing submitted yet: nothing to record. A results folder this user may only read (a
     # teammate's), or a caller that must not write it: decide all the same, without recording.
     if not record or not recorded or not os.access(folder, os.W_OK):
@@ -178,18 +182,20 @@ def _decide(worlds: Mapping[str, int], folder: Path, ask_slurm: bool, read: Read
 
 
 def refresh(worlds: Mapping[str, int], folder: Path, read: Reader = rank_file.read, *,
-            record: bool = True) -> dict[str, RunState]:
-    """Every run's state (``worlds``: run name -> world size), decided with Slurm's word on its
-    job, and recorded in the ledger unless ``record`` is False. Raises SlurmError when Slurm does
-    not answer: what submit and cancel need before they act."""
-    return _decide(worlds, folder, True, read, record)
+            record: bool = True, query: Query | None = None) -> dict[str, RunState]:
+    """Every run's state (``worlds``: run name -> world size), decided with the scheduler's word
+    on its job, and recorded in the ledger unless ``record`` is False. ``query``: the site's
+    backend's (``backend.for_site(site).query``); without one, Slurm's (``slurm_query.query``).
+    Raises SlurmError when the scheduler does not answer: what submit and cancel need before
+    they act."""
+    return _decide(worlds, folder, query or slurm_query.query, read, record)
 
 
 def current(worlds: Mapping[str, int], folder: Path, read: Reader = rank_file.read, *,
-            record: bool = True) -> tuple[dict[str, RunState], str | None]:
-    """As ``refresh``, but when Slurm does not answer, decided without it (its jobs as last
-    recorded), with a note that says so: what status and report show."""
+            record: bool = True, query: Query | None = None) -> tuple[dict[str, RunState], str | None]:
+    """As ``refresh``, but when the scheduler does not answer, decided without it (its jobs as
+    last recorded), with a note that says so: what status and report show."""
     try:
-        return refresh(worlds, folder, read, record=record), None
+        return refresh(worlds, folder, read, record=record, query=query), None
     except slurm_query.SlurmError as exc:
-        return _decide(worlds, folder, False, read, record), f"Slurm did not answer ({exc}): states as last recorded"
+        return _decide(worlds, folder, None, read, record), f"Slurm did not answer ({exc}): states as last recorded"

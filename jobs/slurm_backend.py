@@ -49,6 +49,9 @@ class SlurmBackend:
     def cancel(self, job_ids: list[str]) -> None:
         slurm.cancel(job_ids)
 
+    def query(self, job_ids: list[str]) -> dict[str, slurm_query.JobInfo]:
+        return slurm_query.query(job_ids)
+
 
 def queued_after_all(experiment: Experiment, run: Run, entry: dict) -> slurm_query.JobInfo | None:
     """The job Slurm queued for a submission whose sbatch failed or timed out: this user's newest

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
@@ -17,9 +16,10 @@ from rich.table import Table
 from rich.text import Text
 
 from hpml_core.contract.run_states import COMPLETED
-from jobs import cli
+from jobs import backend, cli
 from jobs.experiment import Experiment
 from jobs.observe import RunState, current
+from jobs.site import Site
 
 COLUMNS = ("run", "job", "state", "progress", "elapsed", "size", "nodes", "attempts")
 
@@ -41,9 +41,10 @@ def row(run_size: str, found: RunState) -> dict:
             "size": run_size, "nodes": nodes, "attempts": str(len(found.attempts))}
 
 
-def render_table(experiment: Experiment, folder: Path) -> tuple[Table, bool]:
+def render_table(experiment: Experiment, site: Site) -> tuple[Table, bool]:
     """The table, and whether any run is still active (submitting, pending or running)."""
-    states, note = current(experiment.world_sizes, folder)
+    folder = site.experiment_folder(experiment.name)
+    states, note = current(experiment.world_sizes, folder, query=backend.for_site(site).query)
     whys = [f"{name}: {found.state}: {found.why}" for name, found in states.items()
             if found.why and found.state != COMPLETED and not found.active]
     # Text, not markup: an error's words may hold brackets ("[/pytorch/.../pair.cc:553]").
@@ -58,16 +59,16 @@ def render_table(experiment: Experiment, folder: Path) -> tuple[Table, bool]:
     return table, any(found.active for found in states.values())
 
 
-def show(experiment: Experiment, folder: Path, watch: float | None) -> int:
+def show(experiment: Experiment, site: Site, watch: float | None) -> int:
     console = Console(width=160)
-    table, active = render_table(experiment, folder)
+    table, active = render_table(experiment, site)
     if not watch:
         console.print(table)
         return 0
     with Live(table, console=console, auto_refresh=False) as live:
         while active:
             time.sleep(watch)
-            table, active = render_table(experiment, folder)
+            table, active = render_table(experiment, site)
             live.update(table, refresh=True)
     return 0
 
@@ -85,6 +86,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         profile, exp = cli.load_study(args, checked=False)
-        return show(exp, profile.experiment_folder(exp.name), args.watch)
+        return show(exp, profile, args.watch)
 
     return cli.run("status", body)

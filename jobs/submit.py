@@ -86,9 +86,9 @@ def submit(experiment: Experiment, site: Site, only_failed: bool, force: bool, d
     ledger.check_site(folder, site.name, record=False)
     data = site.dataset_folder(experiment.dataset)
     if not DataMeta.exists(data):
-        raise UsageError("dataset", f"{data} holds no prepared data (no meta.json): prepare it first, "
-                         f"`hpml data prepare ... --site {site.name} --dataset {experiment.dataset}` (README, Data)")
-    states = observe.refresh(experiment.world_sizes, folder)
+        raise UsageError("dataset", f"{data} holds no prepared data (no meta.json): prepare it first, `hpml data "
+                         f"prepare ... --site {site.name} --dataset {experiment.dataset}` (docs/cluster.md#data)")
+    states = observe.refresh(experiment.world_sizes, folder, query=runner.query)
     runs = select(experiment, states, only_failed, force)
     if fit_check:
         check_fit(experiment, site, runs)
