@@ -1,1 +1,1 @@
-"""hpml's jobs layer: experiment files expanded into validated runs (see README.md, "Studies")."""
+"""hpml's jobs layer: experiment files expanded into validated runs (see docs/studies.md)."""

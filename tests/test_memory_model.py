@@ -12,7 +12,7 @@ Two kinds of evidence, both from the engine's own code on the CPU with gloo:
   checkpointing on or off (both act in the forward alone, so they are switched on the built
   model), under ``torch.autograd.graph.saved_tensors_hooks``, counting the bytes of every
   storage the pass saves for backward once (parameters, model state, left out); then it trains
-  one step and measures the model state with the engine's ``hpml_core.model_state_memory``
+  one step and measures the model state with the engine's ``hpml_core.measure_model_state``
   (the same for every variant of a build), DDP's bucket sizes as its Reducer reports them, and
   ZeRO-3's whole parameters, persistent and gathered at the start of a later step's backward.
   The activation lines must be within 5% of the saved bytes (they are exact on the CPU), the
@@ -22,7 +22,7 @@ Two kinds of evidence, both from the engine's own code on the CPU with gloo:
   persistence threshold on one ZeRO-3 run.
 
 The CUDA-only lines (context, cuBLAS workspace, allocator rounding) and the communication
-buffers cannot be checked on the CPU; their formulas and sources are in the module's docstring.
+buffers cannot be checked on the CPU; their formulas and sources are in docs/memory-model.md.
 """
 
 from __future__ import annotations

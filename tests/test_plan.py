@@ -24,9 +24,10 @@ def write(tmp_path, text: str):
 
 
 def test_seed_study_is_the_original_five_configurations_and_their_baselines_three_times():
-    """The study's five layouts, the 1-process runs they are compared with (README, "The
-    report": ZeRO-3 on 1 GPU for the ZeRO-3 layouts' weak scaling; each multi-GPU run's global
-    batch in one process, by accumulation, for strong scaling), each repeated 3 times."""
+    """The study's five layouts, the 1-process runs they are compared with
+    (docs/report.md#baselines: ZeRO-3 on 1 GPU for the ZeRO-3 layouts' weak scaling; each
+    multi-GPU run's global batch in one process, by accumulation, for strong scaling), each
+    repeated 3 times."""
     exp = experiment.load(EXPERIMENTS / "seed_study.yaml")
     table = {r.name: (r.train["mode"], r.nodes * r.gpus, r.dp_size, r.tp_size, r.train["batch_size"],
                       r.setting("grad_accum"), r.global_batch, r.steps) for r in exp.runs}

@@ -187,7 +187,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, ConfigSource
     base = read_run_spec(spec_file) if spec_file else {}
     values = {**base, **given}
     if "data" not in values:
-        raise UsageError("--data", "required: a folder made by `hpml data prepare` (see README)")
+        raise UsageError("--data", "required: a folder made by `hpml data prepare` (see docs/cluster.md#data)")
     if values.get("test"):
         values = {**TEST_DEFAULTS, **values}
     source = ConfigSource(file=str(spec_file) if spec_file else None,

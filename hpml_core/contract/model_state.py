@@ -1,6 +1,6 @@
 """The model-state memory a rank holds (parameters, gradients, optimizer state), from the run's
 config and the model's dimensions alone, to the byte: what the engine's measurement
-(``hpml_core.model_state_memory``, each storage counted once) is checked against, and the
+(``hpml_core.measure_model_state``, each storage counted once) is checked against, and the
 model-state lines of the memory model (``hpml_core.contract.memory_model``).
 
 The rank's parameters (``param_numels``) are the GPT's tensors, the tied embedding/LM head
