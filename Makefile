@@ -86,8 +86,12 @@ bench-report: venv
 bench-cli: demo
 	$(PY) -m jobs.bench_cli --hpml $(HPML)
 
+# The suite on both cores (pytest-xdist: one file per worker at a time), then its 15 slowest
+# tests. TEST_ARGS="tests/test_report.py -x" picks tests; TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+TEST_ARGS ?=
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 $(TEST_ARGS)
 
 # Regenerate the JSON Schema of the rank files (hpml_core/contract/schemas/) after changing
 # hpml_core/contract/rank_file.py.

@@ -18,6 +18,16 @@ SHARED = Path(os.environ.get("HPML_SHARED", REPO.parent / "shared"))
 WIKITEXT = SHARED / "data" / "wikitext-2"
 
 
+# `make test` runs the suite on two workers (pytest-xdist, --dist loadfile: each file on one
+# worker, so a file's module fixtures are built once). The real-Slurm file starts first: it is
+# the longest, and mostly waits on the scheduler, so the other worker's CPU-bound files fill it.
+FIRST = ("test_slurm.py", "test_setup_memory.py", "test_memory_model.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: FIRST.index(item.path.name) if item.path.name in FIRST else len(FIRST))
+
+
 @pytest.fixture(scope="session")
 def wikitext_valid() -> Path:
     path = WIKITEXT / "valid.txt"

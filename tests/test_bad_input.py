@@ -1,12 +1,22 @@
-"""Bad input: one line naming the flag or file, exit status 2, and no rank file written."""
+"""Bad input: one line naming the flag or file, exit status 2, and no rank file written.
+
+Two refusals go through a real ``python -m hpml_core.train`` process, to show the exit status
+and the one line a user sees; the others call the same entry point (``hpml_core.train.main``)
+in this process: it refuses before it opens a process group or writes a file, so a process
+each would only add seconds of imports."""
+
+import signal
 
 import pytest
 import torch
 
+from hpml_core import stopping
+from hpml_core.train import main
 from tests.conftest import engine, snapshot
 
 
 def refused(args, tmp_path, env=None):
+    """The engine as a process: exit status 2, one line on stderr, nothing written."""
     out = tmp_path / "run"
     proc = engine([*args, "--out", str(out)], env=env, check=False)
     assert proc.returncode == 2, proc.stderr
@@ -14,6 +24,42 @@ def refused(args, tmp_path, env=None):
     assert len(lines) == 1, proc.stderr
     assert not out.exists()  # refused before anything is written
     return lines[0]
+
+
+@pytest.fixture
+def refused_here(tmp_path, capsys, monkeypatch):
+    """The engine's entry point in this process, under the launcher's variables ``env``: the same
+    checks as ``refused``. The stop handlers it installs are put back afterwards."""
+    def run(args, env=None):
+        for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        handlers = {sig: signal.getsignal(sig) for sig in stopping.STOP_SIGNALS}
+        out = tmp_path / "run"
+        try:
+            code = main([*args, "--out", str(out)])
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        err = capsys.readouterr().err
+        assert code == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        assert not out.exists()
+        return lines[0]
+
+    return run
+
+
+def test_a_refused_flag_exits_2_with_one_line(tmp_path, token_data):
+    assert "--batch-size" in refused(["--test", "--data", str(token_data), "--batch-size", "0"], tmp_path)
+
+
+def test_a_refused_layout_exits_2_with_one_line_before_any_process_group(tmp_path, token_data):
+    line = refused(["--test", "--data", str(token_data), "--mode", "zero3", "--tp-size", "3"], tmp_path,
+                   launched(4, 4))
+    assert all(word in line for word in ["--tp-size", "3", "world size 4"]), line
 
 
 @pytest.mark.parametrize("args,flag", [
@@ -26,8 +72,8 @@ def refused(args, tmp_path, env=None):
     pytest.param(["--dist-backend", "nccl"], "--dist-backend",  # NCCL without a GPU
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
 ])
-def test_bad_flag_values_are_refused(args, flag, tmp_path, token_data):
-    line = refused(["--test", "--data", str(token_data), *args], tmp_path)
+def test_bad_flag_values_are_refused(args, flag, refused_here, token_data):
+    line = refused_here(["--test", "--data", str(token_data), *args])
     assert flag in line
 
 
@@ -46,18 +92,19 @@ def launched(world: int, per_node: int) -> dict:
     (["--mode", "ddp", "--zero-stage", "3"], 4, 4, ["--zero-stage", "zero3"]),
     (["--mode", "single"], 2, 2, ["--mode", "2 were launched"]),
 ])
-def test_layouts_that_cannot_work_are_refused_before_any_process_group(args, world, per_node, words, tmp_path, token_data):
-    line = refused(["--test", "--data", str(token_data), *args], tmp_path, launched(world, per_node))
+def test_layouts_that_cannot_work_are_refused_before_any_process_group(args, world, per_node, words, refused_here,
+                                                                      token_data):
+    line = refused_here(["--test", "--data", str(token_data), *args], launched(world, per_node))
     assert all(word in line for word in words), line
 
 
-def test_missing_data_folder_is_named(tmp_path):
-    line = refused(["--test", "--data", str(tmp_path / "no-such-data")], tmp_path)
+def test_missing_data_folder_is_named(tmp_path, refused_here):
+    line = refused_here(["--test", "--data", str(tmp_path / "no-such-data")])
     assert "--data" in line and "no-such-data" in line
 
 
-def test_missing_data_flag_is_named(tmp_path):
-    assert "--data" in refused(["--test"], tmp_path)
+def test_missing_data_flag_is_named(refused_here):
+    assert "--data" in refused_here(["--test"])
 
 
 def test_corrupt_checkpoint_is_refused_and_the_run_folder_is_left_alone(tmp_path, token_data):

@@ -11,6 +11,11 @@ from hpml_core.launch import detect, first_host
 from hpml_core.contract.config import parse_args
 from tests.conftest import REPO, losses, rank_files
 
+# The srun-style launch takes its rendezvous port from the job id (20000 + id % 20000). The real
+# Slurm's jobs, which test_slurm.py runs at the same time on the other test worker, are numbered
+# from 1 on a fresh cluster: an id this high keeps this test's port clear of theirs.
+JOB_ID = 9770
+
 
 @pytest.mark.parametrize("nodelist,host", [
     ("gr001", "gr001"), ("gr[012-015,020]", "gr012"), ("gpu[7,9],cpu1", "gpu7"), ("a-b[03-04]", "a-b03"),
@@ -51,7 +56,7 @@ def test_two_tasks_launched_like_srun_train_together(mode, tmp_path, token_data)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "MASTER_"))}
     procs = [
         subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={
-            **base, "OMP_NUM_THREADS": "1", "SLURM_JOB_ID": str(770 + len(mode)), "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
+            **base, "OMP_NUM_THREADS": "1", "SLURM_JOB_ID": str(JOB_ID + len(mode)), "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
             "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_JOB_NODELIST": "localhost", "SLURM_STEP_NODELIST": "localhost"})
         for rank in range(2)
     ]
@@ -59,5 +64,5 @@ def test_two_tasks_launched_like_srun_train_together(mode, tmp_path, token_data)
     assert [p.returncode for p in procs] == [0, 0], outputs
     files = rank_files(out)
     assert sorted(files) == [0, 1]
-    assert all(f["launcher"] == "srun" and f["slurm"]["job_id"] == str(770 + len(mode)) for f in files.values())
+    assert all(f["launcher"] == "srun" and f["slurm"]["job_id"] == str(JOB_ID + len(mode)) for f in files.values())
     assert losses(out, 0) == losses(out, 1)

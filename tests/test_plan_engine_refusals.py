@@ -15,7 +15,7 @@ from hpml_core.launch import ProcessEnv
 from hpml_core.contract.config import field_of
 from hpml_core.contract.errors import UsageError
 from hpml_core.plan import make_plan
-from jobs import cli, experiment
+from jobs import experiment, plan
 
 BASE = {"model": "tiny", "seq_len": 64, "steps": 10, "warmup_steps": 2}
 JOB = ("nodes", "gpus")
@@ -98,11 +98,11 @@ def test_without_prepared_data_the_plan_validates_with_gpt2s_vocabulary_and_says
     exp = experiment.load(path, data_root=tmp_path / "nothing-here")
     assert exp.data is None and exp.data_folder == tmp_path / "nothing-here" / token_data.name
     assert (exp.runs[0].dp_size, exp.runs[0].global_batch, exp.runs[0].steps) == (2, 16, 10)
-    assert cli.data_line(exp) == (f"data: not prepared at {exp.data_folder}: vocabulary assumed GPT-2's 50257, "
+    assert plan.data_line(exp) == (f"data: not prepared at {exp.data_folder}: vocabulary assumed GPT-2's 50257, "
                                   "data size not checked")
     with_data = experiment.load(path, data_root=token_data.parent)
     assert with_data.data is not None and with_data.data.vocab_size == 512
-    assert cli.data_line(with_data).endswith("(checked: vocabulary, size)")
+    assert plan.data_line(with_data).endswith("(checked: vocabulary, size)")
 
 
 def test_vocab_size_widens_the_model_beyond_the_data(token_data):

@@ -876,7 +876,7 @@ def test_without_an_experiment_every_one_with_results_is_reported_even_before_an
     assert main(["--site", str(site)]) == 0
     report = tmp_path / "results" / "tiny_study" / "report"
     runs = pd.read_csv(report / "runs.csv")
-    assert len(runs) == 30 and set(runs["status"]) == {"NOT_SUBMITTED"}  # 10 configurations × 3 repeats
+    assert len(runs) == 20 and set(runs["status"]) == {"NOT_SUBMITTED"}  # 10 configurations × 2 repeats
     assert {p.name for p in report.glob("*.png")} == {"throughput.png", "memory.png", "mfu_vs_batch.png", "loss.png",
                                                       "predicted_vs_measured.png"}
     assert not (tmp_path / "results" / "seed_study").exists()  # no results, no report

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import yaml
 
 from analysis import collect
 from hpml_core.contract import attempts
@@ -154,15 +155,25 @@ def stop_and_requeue(job: str, run_dir: Path, steps: int, after: int = 20) -> No
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
 
 
+# The tiny study's layouts, each twice: all that two concurrent submissions, Slurm's arrays and
+# the report's spreads need, in 10 runs instead of the whole study's 20.
+LAYOUTS = ("single", "ddp-4", "zero3-4", "dp2xtp2-b8", "zero3-1")
+
+
 def test_make_submit_all_runs_the_tiny_study_once_even_when_submitted_twice_at_once(slurm_site):
-    """Two `make submit-all` at once submit each of the tiny study's 30 runs (10 configurations,
-    3 repeats) exactly once; every run completes with all its rank files; a third submits
-    nothing; and the study's report shows each figure with its spread over the repeats, and
-    says of every comparison whether it is within noise."""
-    make = ["make", "--no-print-directory", "submit-all", "EXP=tiny_study", f"SITE={slurm_site}"]
+    """Two `make submit-all` at once submit each run of the tiny study's layouts (single, DDP on
+    4, ZeRO-3 on 4 and on 1, DP 2 x TP 2; 2 repeats: 10 runs) exactly once; every run completes
+    with all its rank files; a third submits nothing; and the study's report shows each figure
+    with its spread over the repeats, and says of every comparison whether it is within noise."""
+    study = yaml.safe_load(experiment_module.experiment_path("tiny_study").read_text())
+    study.update(runs=[run for run in study["runs"] if run["name"] in LAYOUTS], repeats=2)
+    path = slurm_site.parent / "tiny_study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    steps = study["defaults"]["steps"]
+    make = ["make", "--no-print-directory", "submit-all", f"EXP={path}", f"SITE={slurm_site}"]
     assert subprocess.run(["make", "--no-print-directory", "data"], cwd=REPO, capture_output=True).returncode == 0
-    worlds = experiment_module.load(experiment_module.experiment_path("tiny_study")).world_sizes
-    assert len(worlds) == 30
+    worlds = experiment_module.load(path).world_sizes
+    assert len(worlds) == 10
     first, second = (subprocess.Popen(make, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                      for _ in range(2))
     outputs = [proc.communicate(timeout=600)[0] for proc in (first, second)]
@@ -172,7 +183,7 @@ def test_make_submit_all_runs_the_tiny_study_once_even_when_submitted_twice_at_o
     assert sorted(line.split("] ")[1].split(":")[0] for line in submitted) == sorted(ledger(folder)) == sorted(worlds)
     assert all(entry["submissions"] == 1 for entry in ledger(folder).values())
 
-    watch = hpml("status", "tiny_study", "--site", str(slurm_site), "--watch", "5", timeout=1800)
+    watch = hpml("status", str(path), "--site", str(slurm_site), "--watch", "5", timeout=1800)
     assert watch.returncode == 0, watch.stderr
     entries = ledger(folder)
     assert {entry["state"] for entry in entries.values()} == {"COMPLETED"}, entries
@@ -187,13 +198,13 @@ def test_make_submit_all_runs_the_tiny_study_once_even_when_submitted_twice_at_o
             json.dumps({"file": str(folder / name / "run.json"), "overrides": []})}
 
     again = subprocess.run(make, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0 and "0 to run, 30 skipped (completed), 0 pending or running" in again.stdout
-    assert status_rows("tiny_study", slurm_site) == {name: ("COMPLETED", "completed, step 30/30") for name in worlds}
+    assert again.returncode == 0 and "0 to run, 10 skipped (completed), 0 pending or running" in again.stdout
+    assert status_rows(str(path), slurm_site) == {name: ("COMPLETED", f"completed, step {steps}/{steps}") for name in worlds}
 
-    report = hpml("report", "tiny_study", "--site", str(slurm_site))
+    report = hpml("report", str(path), "--site", str(slurm_site))
     assert report.returncode == 0, report.stderr
     summary = list(csv.DictReader((folder / "report" / "summary.csv").open()))
-    assert len(summary) == 10 and {row["runs_completed"] for row in summary} == {"3"}
+    assert len(summary) == len(LAYOUTS) and {row["runs_completed"] for row in summary} == {"2"}
     assert all(float(row["tokens_per_s_min"]) <= float(row["tokens_per_s_median"]) <= float(row["tokens_per_s_max"])
                for row in summary)
     # Hours spent: Slurm's elapsed time of each run's job (sacct) × its processes.
