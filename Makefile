@@ -9,6 +9,10 @@ DEMO_DATA := results/data/wikitext-2
 # The study and the site for submit-all, status and cancel: make submit-all EXP=seed_study SITE=greene
 EXP ?= tiny_study
 SITE ?= local
+# Each configuration REPEATS times instead of the experiment file's repeats (make demo REPEATS=3;
+# give the same REPEATS to status and report).
+REPEATS ?=
+STUDY = $(EXP) --site $(SITE) $(if $(REPEATS),--repeats $(REPEATS))
 
 .PHONY: venv data demo submit-all status cancel report bench bench-memory bench-report bench-cli gpu-check gpu-wheels test schema slurm-up slurm-down
 
@@ -23,38 +27,38 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Real English text for the demo: WikiText-2 from ../shared, with a BPE tokenizer trained on it
-# (nothing is downloaded). On a cluster, prepare WikiText-103 instead (README, "Data").
+# (nothing is downloaded). On a cluster, prepare WikiText-103 instead (docs/cluster.md#data).
 data: $(DEMO_DATA)/meta.json
 $(DEMO_DATA)/meta.json: | venv
-	@test -f $(SHARED)/data/wikitext-2/valid.txt || { echo "make data: no $(SHARED)/data/wikitext-2/valid.txt; set SHARED=... or see README, Data" >&2; exit 2; }
+	@test -f $(SHARED)/data/wikitext-2/valid.txt || { echo "make data: no $(SHARED)/data/wikitext-2/valid.txt; set SHARED=... or see docs/cluster.md#data" >&2; exit 2; }
 	$(HPML) data prepare --files $(SHARED)/data/wikitext-2/valid.txt --tokenizer train --vocab-size 4096 --out $(DEMO_DATA)
 
-# The seed study's five layouts on the tiny GPT-2 (jobs/experiments/tiny_study.yaml), run on this
-# machine without Slurm: CPU processes with gloo, one rank file per process. Running it again
-# runs only what has not completed.
+# The seed study's five layouts and their baselines on the tiny GPT-2 (jobs/experiments/tiny_study.yaml),
+# twice each, run on this machine without Slurm: CPU processes with gloo, one rank file per process.
+# Running it again runs only what has not completed; REPEATS=3 adds a third repeat of each.
 demo: venv data
-	$(HPML) submit tiny_study --site local
+	$(HPML) submit tiny_study --site local $(if $(REPEATS),--repeats $(REPEATS))
 	@echo "tables, figures and report.html: make report"
 
 # Submit every run of $(EXP) that has not completed to $(SITE) (or, with SITE=local, run it here);
 # again after failures, it submits only what did not complete. ARGS="--only-failed" and friends pass through.
 # The tiny study trains on the demo data, prepared first.
 submit-all: venv $(if $(filter tiny_study,$(EXP)),data)
-	$(HPML) submit $(EXP) --site $(SITE) $(ARGS)
+	$(HPML) submit $(STUDY) $(ARGS)
 
 status: venv
-	$(HPML) status $(EXP) --site $(SITE) $(ARGS)
+	$(HPML) status $(STUDY) $(ARGS)
 
 cancel: venv
-	$(HPML) cancel $(EXP) --site $(SITE) $(ARGS)
+	$(HPML) cancel $(STUDY) $(ARGS)
 
 # Tables (CSV, Markdown, LaTeX), figures (PNG, SVG) and report.html in results/$(EXP)/report/;
 # works while jobs still run.
 report: venv
-	$(HPML) report $(EXP) --site $(SITE) $(ARGS)
+	$(HPML) report $(STUDY) $(ARGS)
 
 # On one GPU: the original study's loop against the engine (tokens/s, TFLOP/s, MFU, memory, ratio),
-# written to results/bench/bench.json. BENCH_ARGS="--data DIR --engine-batch 16"; on a CPU, see README.
+# written to results/bench/bench.json. BENCH_ARGS="--data DIR --engine-batch 16"; on a CPU it runs too (MFU n/a): docs/speed.md.
 BENCH_ARGS ?= --data $(DEMO_DATA)
 bench: venv
 	$(PY) -m hpml_core.bench $(BENCH_ARGS)

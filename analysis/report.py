@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
                         help="experiment files or names in jobs/experiments/ (default: every one with results)")
     parser.add_argument("--site", default="local", help="the site profile whose results_root holds the results")
+    experiment.add_repeats(parser)
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                         help="change one field of the site profile for this command (as hpml plan --set)")
     args = parser.parse_args(argv)
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         profile = site.load(args.site, args.overrides)
         if args.experiments:
-            chosen = [experiment.load(experiment.experiment_path(name), gpu=profile.gpu_memory())
+            chosen = [experiment.load(experiment.experiment_path(name), gpu=profile.gpu_memory(), repeats=args.repeats)
                       for name in args.experiments]
         else:
             known = [experiment.load(path, gpu=profile.gpu_memory())
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_FAILED
         console.print(table)
         console.print(f"wrote {paths[0].parent}/: " + ", ".join(path.name for path in paths))
+        print(f"open {(paths[0].parent / 'report.html').resolve()}")  # plain print: a path rich does not wrap
     return 0
 
 

@@ -27,6 +27,7 @@ def command_parser(command: str, doc: str) -> argparse.ArgumentParser:
 
 def add_experiment(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("experiment", help="an experiment file, or the name of one in jobs/experiments/")
+    experiment.add_repeats(parser)
 
 
 def add_site(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -57,7 +58,7 @@ def load_study(args: argparse.Namespace, checked: bool) -> tuple[site.Site, expe
     site's prepared data too (what the commands that start runs, or show what would, need)."""
     profile = load_site(args)
     exp = experiment.load(experiment.experiment_path(args.experiment), profile.data_folder() if checked else None,
-                          profile.gpu_memory())
+                          profile.gpu_memory(), args.repeats)
     return profile, exp
 
 

@@ -23,6 +23,7 @@ was chosen (``Run.batch_chosen``).
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import re
 from pathlib import Path
@@ -210,10 +211,20 @@ def _read_data(path: Path, folder: Path | None) -> DataMeta | None:
         raise ExperimentError(f"experiment {path.name}", "dataset", str(exc).removeprefix(f"{exc.field}: ")) from None
 
 
-def load(path: Path, data_root: Path | None = None, gpu: GpuMemory | None = None) -> Experiment:
+def add_repeats(parser: argparse.ArgumentParser) -> None:
+    """``--repeats N``, which every command that reads an experiment takes (``load`` checks it), so
+    that ``make demo REPEATS=3`` and ``make report REPEATS=3`` mean the same runs."""
+    parser.add_argument("--repeats", type=int, metavar="N",
+                        help="each configuration N times instead of the experiment file's repeats (runs -r0 to "
+                             "-r<N-1>; the runs already made are kept)")
+
+
+def load(path: Path, data_root: Path | None = None, gpu: GpuMemory | None = None,
+         repeats: int | None = None) -> Experiment:
     """The experiment in ``path``, every run validated; against the prepared data in
     ``data_root / dataset`` when it is there (``Experiment.data`` says whether it was), and
-    ``batch_size: max`` fitted to ``gpu``, the site's."""
+    ``batch_size: max`` fitted to ``gpu``, the site's. ``repeats`` (``--repeats``) stands in for
+    the file's: more repeats add runs ``-r<n>`` beside the ones already run, fewer leave them out."""
     if not path.is_file():
         raise ExperimentError("experiment", str(path), "no such file")
     try:
@@ -225,6 +236,10 @@ def load(path: Path, data_root: Path | None = None, gpu: GpuMemory | None = None
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "file"
         raise ExperimentError(f"experiment {path.name}", field, first["msg"]) from None
+    if repeats is not None:
+        if repeats < 1:
+            raise UsageError("--repeats", f"{repeats}: must be a whole number from 1")
+        spec = spec.model_copy(update={"repeats": repeats})
     if not SAFE_NAME.match(spec.name):
         raise ExperimentError(f"experiment {path.name}", "name", "use letters, digits, '.', '_' and '-'")
     if not SAFE_NAME.match(spec.dataset):

@@ -53,7 +53,8 @@ def test_seed_study_is_the_original_five_configurations_and_their_baselines_thre
 def test_tiny_study_has_the_seed_study_layouts():
     seed, tiny = (experiment.load(EXPERIMENTS / f"{n}.yaml") for n in ("seed_study", "tiny_study"))
     layout = lambda r: (r.name, r.train["mode"], r.gpus, r.tp_size, r.train["batch_size"], r.setting("grad_accum"))  # noqa: E731
-    assert [layout(r) for r in tiny.runs] == [layout(r) for r in seed.runs]
+    first = lambda exp: [layout(r) for r in exp.runs if r.repeat == 0]  # noqa: E731 (the tiny study has fewer repeats)
+    assert first(tiny) == first(seed)
     assert all(r.train["model"] == "tiny" for r in tiny.runs)
 
 
@@ -282,3 +283,20 @@ def test_batch_size_max_without_a_gpu_or_room_for_one_sample_is_refused_in_one_l
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "hpml plan: error: run 'single-max': batch_size: max: not even a batch of 1 is predicted to fit the 4.0 GiB "
         "of A10"]
+
+
+def test_repeats_on_the_command_line_stand_in_for_the_files(capsys):
+    """``--repeats N`` (``make demo REPEATS=3``): N runs of each configuration, the first ones
+    named as the file's own repeats, so a third repeat adds to the two already run; below 1 it is
+    refused in one line naming the option."""
+    from hpml_core.cli import main
+
+    file_runs = [run.name for run in experiment.load(EXPERIMENTS / "tiny_study.yaml").runs]
+    three = [run.name for run in experiment.load(EXPERIMENTS / "tiny_study.yaml", repeats=3).runs]
+    assert len(three) == len(file_runs) // 2 * 3 and set(file_runs) < set(three)
+    assert {name.rsplit("-", 1)[1] for name in three} == {"r0", "r1", "r2"}
+    assert main(["plan", "tiny_study", "--repeats", "3"]) == 0
+    assert set(three) <= set(plan_rows(capsys.readouterr().out))
+    assert main(["plan", "tiny_study", "--repeats", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["hpml plan: error: --repeats: 0: must be a whole number from 1"]
