@@ -140,7 +140,7 @@ class Memory(_Strict):
 
 
 class ModelState(_Strict):
-    """Parameters, gradients and optimizer state this rank holds (measured by hpml_core.model_state_memory, expected by hpml_core.contract.model_state)."""
+    """Parameters, gradients and optimizer state this rank holds (measured by hpml_core.measure_model_state, expected by hpml_core.contract.model_state)."""
 
     param_elements_local: int = Field(description="parameter elements this rank stores (its TP shard, its ZeRO partition)")
     full_params_resident: int = Field(description="parameters held whole outside forward/backward (0 under ZeRO-3)")
