@@ -19,9 +19,12 @@ WIKITEXT = SHARED / "data" / "wikitext-2"
 
 
 # `make test` runs the suite on two workers (pytest-xdist, --dist loadfile: each file on one
-# worker, so a file's module fixtures are built once). The real-Slurm file starts first: it is
-# the longest, and mostly waits on the scheduler, so the other worker's CPU-bound files fill it.
-FIRST = ("test_slurm.py", "test_setup_memory.py", "test_memory_model.py")
+# worker, so a file's module fixtures are built once). The longest files start first, so that
+# the short ones fill the end and both workers finish together: the real-Slurm file first (it
+# also waits on the scheduler, while the other worker's CPU-bound files run), then the others
+# by their time in CI.
+FIRST = ("test_slurm.py", "test_setup_memory.py", "test_memory_model.py", "test_train.py",
+         "test_parallel_equivalence.py", "test_resume.py", "test_bench.py", "test_submit_local.py")
 
 
 def pytest_collection_modifyitems(config, items):
