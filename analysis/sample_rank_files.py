@@ -16,6 +16,7 @@ from hpml_core.contract import rank_file as rf
 from hpml_core.contract.config import TrainConfig
 from hpml_core.contract.metrics import lookup_peak
 from hpml_core.contract.precision import regime
+from hpml_core.contract.run_states import COMPLETED
 from hpml_core.contract.units import GIB
 
 FLOPS_PER_TOKEN = 5_000_000_000
@@ -54,7 +55,7 @@ def _memory(device: str, training_gib: float, setup_gib: float | None, phases: b
 
 
 def rank_file(*, run: str, rank: int, mode: str, world: int, tp: int, batch: int, seq_len: int = 1024,
-              status: str = "completed", step_median: float = 0.5, memory_gib: float = 10.0,
+              status: str = COMPLETED, step_median: float = 0.5, memory_gib: float = 10.0,
               losses: tuple[float, ...] = (9.0, 8.0, 7.0), error: str | None = None, device: str = "cuda",
               node: str = "n1", attempt: int = 1, start_step: int = 0, timed: int | None = None,
               job_id: str | None = "1", node_list: str = "n1", device_name: str | None = None, grad_accum: int = 1,
@@ -73,7 +74,7 @@ def rank_file(*, run: str, rank: int, mode: str, world: int, tp: int, batch: int
     prediction; otherwise it predicts ``predicted_state`` bytes of model state (default: the
     measured total, exact) and ``predicted_gib`` allocated (default: 0.9 × ``memory_gib``, 10 % under)."""
     dp = world // tp
-    completed = status == "completed"
+    completed = status == COMPLETED
     timed = (5 if completed else 0) if timed is None else timed
     global_batch = batch * dp * grad_accum
     steps_done = start_step + len(losses)

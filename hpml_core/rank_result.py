@@ -22,6 +22,7 @@ from hpml_core.plan import Plan
 from hpml_core.contract import memory_model, metrics, model_state
 from hpml_core.contract import rank_file as rf
 from hpml_core.contract.precision import regime
+from hpml_core.contract.run_states import COMPLETED, STOPPED
 from hpml_core.timing import StepTimer
 
 
@@ -139,7 +140,7 @@ def throughput_missing_reason(plan: Plan, start_step: int, status: str,
                               run_throughput: rf.Throughput | None) -> str | None:
     """Why an attempt that completed has no throughput: it had no step left past its warm-up.
     A resumed attempt trains whatever remains, so its run's figure comes from earlier attempts."""
-    if status != "completed" or run_throughput is not None:
+    if status != COMPLETED or run_throughput is not None:
         return None
     left, warmup = plan.total_steps - start_step, plan.config.warmup_steps
     if not plan.resume_state:
@@ -155,7 +156,7 @@ def build_rank_file(plan: Plan, measured: Measured, run_id: str, attempt: int, s
                     started_at: datetime, wall_time_s: float) -> rf.RankFile:
     """Collective when the run completed or stopped (the losses are averaged over ranks)."""
     config, layout, position = plan.config, plan.layout, plan.position
-    alive = status in ("completed", "stopped")  # every rank reached the same step: collectives are safe
+    alive = status in (COMPLETED, STOPPED)  # every rank reached the same step: collectives are safe
     losses = loss_values(measured.losses, ranks_alive=alive)
     start_step = measured.start_step
     return rf.RankFile(
@@ -180,7 +181,7 @@ def build_rank_file(plan: Plan, measured: Measured, run_id: str, attempt: int, s
         precision=regime(config.mode, config.precision),
         memory=measured.memory.record(),
         model_state=model_state_record(plan, measured.model_state)
-        if status == "completed" and measured.model_state else None,
+        if status == COMPLETED and measured.model_state else None,
         prediction=prediction_record(plan, device.type),
         loss=rf.Loss(start_step=start_step, values=losses, averaged_over_dp=alive),
     )

@@ -28,6 +28,7 @@ from hpml_core.contract import rank_file as rf
 from hpml_core.contract.config import TrainConfig
 from hpml_core.contract.data_meta import DataMeta
 from hpml_core.contract.errors import UsageError
+from hpml_core.contract.run_states import COMPLETED
 
 
 class AlreadyCompleted(Exception):
@@ -70,7 +71,7 @@ def completed_attempt(run_dir: Path, total_steps: int) -> int | None:
         return None
     if not records or sorted(paths) != list(range(records[0].world_size)):
         return None
-    if all(r.status == "completed" and r.steps_completed == total_steps for r in records):
+    if all(r.status == COMPLETED and r.steps_completed == total_steps for r in records):
         return latest
     return None
 

@@ -10,9 +10,9 @@ step, time it, log, checkpoint, stop when asked. Memory peaks are recorded for t
 for the training, from the first timed step (``hpml_core.memory``).
 
 Each launch that trains is one attempt of the run (``hpml_core.resuming``): every rank writes
-``<run>/attempts/<n>/rank-<k>.json`` at the end, also when training failed (status "failed",
-exit 1), ran out of memory ("oom", exit 3) or was stopped by a signal after a checkpoint
-("stopped", exit 4). A ``--resume`` of a run whose latest attempt completed does nothing and
+``<run>/attempts/<n>/rank-<k>.json`` at the end, also when training failed (status FAILED,
+exit 1), ran out of memory (OUT_OF_MEMORY, exit 3) or was stopped by a signal after a checkpoint
+(STOPPED, exit 4). A ``--resume`` of a run whose latest attempt completed does nothing and
 exits 0.
 """
 
@@ -46,6 +46,7 @@ from hpml_core.contract import rank_file as rf
 from hpml_core.contract.attempts import attempt_folder
 from hpml_core.contract.config import TrainConfig
 from hpml_core.contract.errors import EXIT_FAILED, EXIT_OOM, EXIT_STOPPED, EXIT_USAGE, UsageError
+from hpml_core.contract.run_states import COMPLETED, FAILED, OUT_OF_MEMORY, RUNNING, STARTING, STOPPED
 from hpml_core.contract.status_file import Progress
 from hpml_core.stepper import Stepper
 from hpml_core.stopping import StopRequest
@@ -120,7 +121,7 @@ def train_steps(plan: Plan, stepper: Stepper, measured: Measured, device: torch.
             now = time.perf_counter()  # the host's clock: no wait for the device
             if done % report_every == 0 or done == total or now - last_report >= REPORT_SECONDS:
                 _log(plan, f"step {done}/{total}  {now - started:.1f} s")
-                progress.update("running", done)
+                progress.update(RUNNING, done)
                 last_report = now
             if done < total and stop.agreed():
                 if not saved:
@@ -144,13 +145,13 @@ def train(plan: Plan, stop: StopRequest) -> int:
     config = plan.config.model_copy(update={"run_id": run_id, "out": out, "steps": plan.total_steps})
     plan = replace(plan, config=config)
     progress = Progress(out, plan.total_steps, attempt, enabled=plan.env.rank == 0)
-    progress.update("starting", plan.resume_state.step if plan.resume_state else 0)
+    progress.update(STARTING, plan.resume_state.step if plan.resume_state else 0)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     _log(plan, f"run {run_id}, attempt {attempt}: {config.mode}, {config.model}, world {plan.env.world_size} "
                f"(dp {plan.layout.dp_size} x tp {plan.layout.tp_size}), batch {config.batch_size}/rank, "
                f"{plan.total_steps} steps, {config.precision}, on {device_name}")
 
-    status, error, run_throughput = "completed", None, None
+    status, error, run_throughput = COMPLETED, None, None
     measured = Measured(StepTimer(device), PhasePeaks(device))
     try:
         stepper = build(plan, device, mesh, attempt_folder(out, attempt))
@@ -159,14 +160,14 @@ def train(plan: Plan, stop: StopRequest) -> int:
             measured.start_step = plan.resume_state.step
         measured.memory.end_setup()
         if not train_steps(plan, stepper, measured, device, out, stop, progress):
-            status, error = "stopped", f"stopped by {stop.signal_name}; checkpoint saved"
+            status, error = STOPPED, f"stopped by {stop.signal_name}; checkpoint saved"
         run_throughput = throughput(plan, measured.timer, device) if measured.timer.timed_steps else None
-        if config.save_model and status == "completed":
+        if config.save_model and status == COMPLETED:
             export.save_full_model(stepper, out, plan.env.rank)
     except Exception as exc:  # recorded in the rank file; the exit status says it failed
-        status = "oom" if is_out_of_memory(exc) else "failed"
+        status = OUT_OF_MEMORY if is_out_of_memory(exc) else FAILED
         error = f"{type(exc).__name__}: {exc}".strip()
-        if status == "oom":
+        if status == OUT_OF_MEMORY:
             error = f"out of memory at batch size {config.batch_size} per rank: {error}"
         print(f"[hpml] rank {plan.env.rank}: {status}: {error}", file=sys.stderr, flush=True)
 
@@ -174,14 +175,14 @@ def train(plan: Plan, stop: StopRequest) -> int:
                              started_at, time.perf_counter() - t0)
     path = rf.write(out, record)
     progress.update(status, record.steps_completed, error)
-    if status == "stopped" and dist.is_initialized():
+    if status == STOPPED and dist.is_initialized():
         # Every rank stopped at the agreed step and is healthy: wait until all have written their
         # checkpoint and rank file, so that the first rank to exit (which makes srun or torchrun
         # end the others) cannot cut another's files short.
         dist.barrier()
         dist.destroy_process_group()
-    if status != "completed":
-        return {"oom": EXIT_OOM, "stopped": EXIT_STOPPED}.get(status, EXIT_FAILED)
+    if status != COMPLETED:
+        return {OUT_OF_MEMORY: EXIT_OOM, STOPPED: EXIT_STOPPED}.get(status, EXIT_FAILED)
     _log(plan, summary(record))
     _log(plan, f"results: {path.parent}")
     if dist.is_initialized():

@@ -27,8 +27,9 @@ from datetime import datetime
 from pathlib import Path
 
 from hpml_core.contract import attempts, rank_file, run_states
-from hpml_core.contract.run_states import ACTIVE, COMPLETED, NOT_SUBMITTED, PENDING, RUNNING, SUBMITTING
-from hpml_core.contract.status_file import ACTIVE_STATES, read_status
+from hpml_core.contract.run_states import (ACTIVE, COMPLETED, ENGINE_ACTIVE, NOT_SUBMITTED, PENDING, RUNNING,
+                                           SUBMITTING)
+from hpml_core.contract.status_file import read_status
 from jobs import ledger, slurm_query
 
 Reader = Callable[[Path], rank_file.RankFile]  # a rank file's record; OSError or ValueError if it has none
@@ -39,17 +40,19 @@ SUBMITTING_STALE_S = 600
 
 
 def progress(own: dict | None, state: str) -> str:
-    """The engine's own words from ``status.json``, next to the state: "running, step 120/625",
-    "stopped, step 162/600"; "ended at step k/n" when the job ended under a running engine
+    """The engine's own word from ``status.json``, next to the state, in lower case so that it
+    reads as prose beside the state column: "running, step 120/625", "stopped, step 162/600",
+    "out of memory, step 2/4"; "ended at step k/n" when the job ended under a running engine
     (killed, cancelled); "last attempt: ..." while the next one waits."""
     if own is None:
         return "starting" if state == RUNNING else "waiting" if state in ACTIVE else "-"
     at = f"step {own['step']}/{own['total_steps']}"
+    said = own["state"].lower().replace("_", " ")
     if state in (PENDING, SUBMITTING):
-        return f"last attempt: {own['state']}, {at}"
-    if own["state"] in ACTIVE_STATES and state not in ACTIVE:
+        return f"last attempt: {said}, {at}"
+    if own["state"] in ENGINE_ACTIVE and state not in ACTIVE:
         return f"ended at {at}"
-    return f"{own['state']}, {at}"
+    return f"{said}, {at}"
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ class RunState:
     def reason(self) -> str:
         """Why, with the engine's progress where it says more: the step an active run is at, or
         the step at which its job ended under an engine that could not say so itself."""
-        ended_under_it = self.own is not None and self.own["state"] in ACTIVE_STATES
+        ended_under_it = self.own is not None and self.own["state"] in ENGINE_ACTIVE
         if not (self.active or (ended_under_it and self.state not in (COMPLETED, NOT_SUBMITTED))):
             return self.why
         return "; ".join(part for part in (self.why, self.progress) if part and part != "-")

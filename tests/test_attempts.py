@@ -46,9 +46,9 @@ def test_a_resume_whose_steps_left_are_all_warm_up_completes_untimed(resumed, wh
     out, _ = resumed
     assert sorted(p.name for p in (out / "attempts").iterdir()) == ["1", "2"]
     first, second = rank_files(out, attempt=1)[0], rank_files(out, attempt=2)[0]
-    assert (first["attempt"], first["status"], first["steps_completed"]) == (1, "completed", 8)
+    assert (first["attempt"], first["status"], first["steps_completed"]) == (1, "COMPLETED", 8)
     assert first["throughput"]["timed_steps"] == 3 and first["throughput_missing_reason"] is None
-    assert (second["attempt"], second["status"], second["resumed_from_step"]) == (2, "completed", 8)
+    assert (second["attempt"], second["status"], second["resumed_from_step"]) == (2, "COMPLETED", 8)
     assert second["steps_completed"] == second["total_steps"] == 10
     assert second["throughput"] is None and second["flops"] is None
     assert second["throughput_missing_reason"] == LEFT_IN_WARMUP
@@ -56,7 +56,7 @@ def test_a_resume_whose_steps_left_are_all_warm_up_completes_untimed(resumed, wh
     # The attempts together trained exactly the uninterrupted run.
     assert losses(out, attempt=1) + losses(out, attempt=2) == losses(whole)
     status = json.loads((out / "status.json").read_text())
-    assert (status["state"], status["attempt"], status["step"]) == ("completed", 2, 10)
+    assert (status["state"], status["attempt"], status["step"]) == ("COMPLETED", 2, 10)
 
 
 def test_an_attempt_never_overwrites_an_earlier_attempts_files(resumed):
@@ -141,12 +141,12 @@ def test_a_stop_signal_during_start_up_stops_the_run_cleanly(tmp_path, token_dat
     assert not data_opened_before_the_signal
     assert proc.returncode == 4, output
     record = rank_files(out, attempt=1)[0]
-    assert (record["status"], record["steps_completed"]) == ("stopped", 1) and "SIGTERM" in record["error"]
+    assert (record["status"], record["steps_completed"]) == ("STOPPED", 1) and "SIGTERM" in record["error"]
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 1
 
     engine([*args, "--resume"])
     record = rank_files(out, attempt=2)[0]
-    assert (record["status"], record["resumed_from_step"], record["steps_completed"]) == ("completed", 1, 10)
+    assert (record["status"], record["resumed_from_step"], record["steps_completed"]) == ("COMPLETED", 1, 10)
     assert record["throughput"] is None and "the 9 steps left after resuming at step 1 were all warm-up" in \
         record["throughput_missing_reason"]
     assert losses(out, attempt=1) + losses(out, attempt=2) == losses(whole)

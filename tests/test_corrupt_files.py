@@ -28,7 +28,7 @@ def site(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("text", ["{}", "[1]", '{"state": "running"}', "not json"])
+@pytest.mark.parametrize("text", ["{}", "[1]", '{"state": "RUNNING"}', "not json"])
 def test_a_status_file_that_is_not_one_counts_as_none(tmp_path, site, text):
     run = tmp_path / "results" / "tiny_study" / "single-r0"
     run.mkdir(parents=True)

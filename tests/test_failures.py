@@ -28,9 +28,9 @@ def failing_forward(exc: Exception, at_call: int):
 
 
 @pytest.mark.parametrize("exc,status,code", [
-    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "oom", EXIT_OOM),
-    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99 bytes"), "oom", EXIT_OOM),
-    (ValueError("something else broke"), "failed", EXIT_FAILED),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "OUT_OF_MEMORY", EXIT_OOM),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99 bytes"), "OUT_OF_MEMORY", EXIT_OOM),
+    (ValueError("something else broke"), "FAILED", EXIT_FAILED),
 ])
 def test_failure_is_recorded_in_the_rank_file(exc, status, code, tmp_path, token_data, monkeypatch):
     monkeypatch.setattr(GPT, "forward", failing_forward(exc, at_call=3))
@@ -39,7 +39,7 @@ def test_failure_is_recorded_in_the_rank_file(exc, status, code, tmp_path, token
     record = rank_file.read(out / "attempts" / "1" / "rank-0.json")
     assert record.status == status
     assert str(exc) in record.error
-    if status == "oom":
+    if status == "OUT_OF_MEMORY":
         assert "batch size 5" in record.error
     assert record.steps_completed == 2 and len(record.loss.values) == 2 and not record.loss.averaged_over_dp
     assert record.throughput is None and record.flops is None and record.throughput_missing_reason is None

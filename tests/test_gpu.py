@@ -33,7 +33,7 @@ def short_run(tmp_path, token_data, *flags: str, nproc: int = 1) -> dict:
     engine(["--test", "--steps", "8", "--warmup-steps", "3", "--data", str(token_data), "--out", str(out), *flags],
            nproc=nproc)
     record = rank_files(out)[0]
-    assert record["status"] == "completed", record.get("error")
+    assert record["status"] == "COMPLETED", record.get("error")
     assert all(math.isfinite(value) for value in record["loss"]["values"])
     return record
 

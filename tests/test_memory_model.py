@@ -406,7 +406,7 @@ def test_rank_files_model_state_is_predicted_exactly(layout, engine_runs):
     files = rank_files(engine_runs[layout])
     assert sorted(files) == list(range(LAYOUTS[layout][0]))
     for rank, record in files.items():
-        assert record["status"] == "completed"
+        assert record["status"] == "COMPLETED"
         config = TrainConfig.model_validate(record["config"])
         prediction = predict(config, SIZES[size], Layout(record["world_size"], config.tp_size))
         state = record["model_state"]

@@ -148,7 +148,7 @@ def test_layout_trains_like_one_process_in_16_bits(layout, precision, run):
     out, single = run(precision, layout), run(precision, "single")
     files = rank_files(out)
     assert sorted(files) == list(range(LAYOUTS[layout][0]))
-    assert all(record["status"] == "completed" for record in files.values())
+    assert all(record["status"] == "COMPLETED" for record in files.values())
     assert_ranks_agree(out)
     # the same steps skipped and the same loss scales as the single process (no scaling in bf16)
     assert probes(out)[0]["history"] == probes(single)[0]["history"]

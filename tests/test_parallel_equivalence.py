@@ -45,7 +45,7 @@ def test_layout_trains_exactly_like_one_process(layout, optimizer, trained):
     nproc, mode, tp, batch, accum = LAYOUTS[layout]
     assert sorted(files) == list(range(nproc))
     for rank, record in files.items():
-        assert record["status"] == "completed"
+        assert record["status"] == "COMPLETED"
         assert (record["dp_rank"], record["tp_rank"]) == (rank // tp, rank % tp)  # TP groups are adjacent ranks
         assert record["global_batch"] == 4
         # each token once: the run's figure is the global batch's, a TP rank's share is 1/tp of its replica's

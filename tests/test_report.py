@@ -85,16 +85,16 @@ def study(tmp_path, slurm_says):
     write_run(folder, "dp2xtp2-b8-r1", step_medians=[0.34, 0.3, 0.3, 0.3], memory_gib=[6, 6, 6, 6], **dp_tp)
     (folder / "dp2xtp2-b32-r0").mkdir(parents=True)
     (folder / "dp2xtp2-b32-r0" / "status.json").write_text(json.dumps(
-        {"state": "running", "step": 4, "total_steps": 10, "error": None, "started_at": 0, "updated_at": 1}))
+        {"state": "RUNNING", "step": 4, "total_steps": 10, "error": None, "started_at": 0, "updated_at": 1}))
     (folder / "dp2xtp2-b32-r1").mkdir(parents=True)
     (folder / "dp2xtp2-b32-r1" / "status.json").write_text(json.dumps(
-        {"state": "running", "step": 7, "total_steps": 10, "error": None, "started_at": 0, "updated_at": 1}))
+        {"state": "RUNNING", "step": 7, "total_steps": 10, "error": None, "started_at": 0, "updated_at": 1}))
     (folder / "ledger.json").write_text(json.dumps({"runs": {
         "dp2xtp2-b32-r0": {"backend": "slurm", "job_id": "7", "state": "RUNNING", "attempts": 1},
         "dp2xtp2-b32-r1": {"backend": "slurm", "job_id": "8", "state": "RUNNING", "attempts": 1},
     }}))
     slurm_says.update({"7": "RUNNING", "8": "TIMEOUT"})
-    write_run(folder, "big-r0", status="oom", mode="single", world=1, tp=1, batch=64,
+    write_run(folder, "big-r0", status="OUT_OF_MEMORY", mode="single", world=1, tp=1, batch=64,
               error="out of memory at batch size 64 per rank: CUDA out of memory")
     # big-r1: never submitted, no files at all
     z1 = dict(mode="zero3", world=1, tp=1, batch=8)
@@ -778,10 +778,10 @@ def test_the_current_attempt_wins_over_the_rank_files_of_the_last(tmp_path, slur
     its previous attempt's ending."""
     from analysis.collect import collect
 
-    write_run(tmp_path, "again", status="failed", error="RuntimeError: boom", mode="single", world=1, tp=1, batch=8)
-    write_run(tmp_path, "requeued", status="stopped", error="stopped by SIGUSR1; checkpoint saved", mode="single",
+    write_run(tmp_path, "again", status="FAILED", error="RuntimeError: boom", mode="single", world=1, tp=1, batch=8)
+    write_run(tmp_path, "requeued", status="STOPPED", error="stopped by SIGUSR1; checkpoint saved", mode="single",
               world=1, tp=1, batch=8)
-    for run, state in (("again", "running"), ("requeued", "stopped")):
+    for run, state in (("again", "RUNNING"), ("requeued", "STOPPED")):
         (tmp_path / run / "status.json").write_text(json.dumps(
             {"state": state, "attempt": 1, "step": 3, "total_steps": 10, "error": None, "started_at": 0,
              "updated_at": 1}))
@@ -826,13 +826,13 @@ def test_a_run_is_assembled_from_all_its_attempts(tmp_path, slurm_says):
                    "runs: [{name: resumed, mode: ddp, gpus: 2, batch_size: 8}, {name: gapped, mode: single}]\n")
     folder = tmp_path / "results" / "attempts"
     two = dict(mode="ddp", world=2, tp=1, batch=8)
-    write_run(folder, "resumed", attempt=1, status="stopped", error="stopped by SIGUSR1; checkpoint saved",
+    write_run(folder, "resumed", attempt=1, status="STOPPED", error="stopped by SIGUSR1; checkpoint saved",
               losses=(9.0, 8.0, 7.0, 6.0, 5.0, 4.5, 4.0, 3.5), timed=3, step_medians=[0.5, 0.6],
               memory_gib=[12.0, 11.0], job_id="101", node_list="n1", **two)
     write_run(folder, "resumed", attempt=2, start_step=6, losses=(4.1, 3.6, 3.2, 3.0), timed=0,
               memory_gib=[13.0, 13.0], job_id="102", node_list="n2", **two)
     one = dict(mode="single", world=1, tp=1, batch=8, job_id=None)
-    write_run(folder, "gapped", attempt=1, status="failed", error="RuntimeError: boom", losses=(9.0, 8.0, 7.0), **one)
+    write_run(folder, "gapped", attempt=1, status="FAILED", error="RuntimeError: boom", losses=(9.0, 8.0, 7.0), **one)
     write_run(folder, "gapped", attempt=2, start_step=5, losses=(5.0, 4.0, 3.0, 2.0, 1.0), step_medians=[0.25], **one)
     assert main([str(exp), "--site", str(site)]) == 0
     report = folder / "report"

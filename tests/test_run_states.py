@@ -119,19 +119,19 @@ def test_active_and_ended_badly_split_the_vocabulary():
 # (outcomes by rank, errors by rank, world size, expected)
 RANK_FILES = [
     ({}, {}, 2, NONE),
-    ({0: "completed", 1: "completed"}, {}, 2, DONE),
-    ({0: "failed", 1: "oom"}, {1: "out of memory at batch size 8"}, 2, OOM),
-    ({1: "oom"}, {}, 2, (OUT_OF_MEMORY, "rank 1: out of memory")),  # the other was killed: still OOM
-    ({0: "failed", 1: "completed"}, {0: "RuntimeError: boom"}, 2, BROKEN),
-    ({0: "failed", 1: "failed", 3: "failed"}, {0: "RuntimeError: Connection closed by peer"}, 4,
+    ({0: "COMPLETED", 1: "COMPLETED"}, {}, 2, DONE),
+    ({0: "FAILED", 1: "OUT_OF_MEMORY"}, {1: "out of memory at batch size 8"}, 2, OOM),
+    ({1: "OUT_OF_MEMORY"}, {}, 2, (OUT_OF_MEMORY, "rank 1: out of memory")),  # the other was killed: still OOM
+    ({0: "FAILED", 1: "COMPLETED"}, {0: "RuntimeError: boom"}, 2, BROKEN),
+    ({0: "FAILED", 1: "FAILED", 3: "FAILED"}, {0: "RuntimeError: Connection closed by peer"}, 4,
      (FAILED, "no rank file from rank(s) 2: killed before writing it; "
               "rank 0: RuntimeError: Connection closed by peer")),
-    ({0: "completed", 2: "completed"}, {}, 4, (FAILED, "no rank file from rank(s) 1, 3: killed before writing it")),
-    ({0: "completed", 1: rs.UNREADABLE}, {}, 2, (FAILED, "the rank file of rank(s) 1 is unreadable")),
-    ({0: "stopped", 1: "stopped"}, {0: "stopped by SIGTERM; checkpoint saved"}, 2, HALTED),
-    ({0: "stopped", 1: "completed"}, {}, 2, (STOPPED, "rank 0: stopped")),
-    ({0: "stopped"}, {}, 2, (FAILED, "no rank file from rank(s) 1: killed before writing it")),
-    ({0: "failed", 1: "stopped"}, {}, 2, (FAILED, "rank 0: failed")),
+    ({0: "COMPLETED", 2: "COMPLETED"}, {}, 4, (FAILED, "no rank file from rank(s) 1, 3: killed before writing it")),
+    ({0: "COMPLETED", 1: rs.UNREADABLE}, {}, 2, (FAILED, "the rank file of rank(s) 1 is unreadable")),
+    ({0: "STOPPED", 1: "STOPPED"}, {0: "stopped by SIGTERM; checkpoint saved"}, 2, HALTED),
+    ({0: "STOPPED", 1: "COMPLETED"}, {}, 2, (STOPPED, "rank 0: stopped")),
+    ({0: "STOPPED"}, {}, 2, (FAILED, "no rank file from rank(s) 1: killed before writing it")),
+    ({0: "FAILED", 1: "STOPPED"}, {}, 2, (FAILED, "rank 0: failed")),
     ({0: "something new"}, {}, 1, (FAILED, "rank 0: failed")),
 ]
 

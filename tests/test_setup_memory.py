@@ -105,7 +105,7 @@ def test_weights_are_held_in_the_dtype_the_precision_regime_names(mode, tmp_path
     out = tmp_path / mode
     engine(["--test", "--mode", mode, "--precision", "bf16", "--data", str(token_data), "--out", str(out)])
     [record] = rank_files(out).values()
-    assert record["status"] == "completed" and record["loss"]["values"][-1] < record["loss"]["values"][0]
+    assert record["status"] == "COMPLETED" and record["loss"]["values"][-1] < record["loss"]["values"][0]
     expected = regime(mode, "bf16")
     assert record["precision"] == expected.model_dump()
     state = record["model_state"]

@@ -131,7 +131,7 @@ def test_doctor_checks_a_site_line_by_line_and_its_smoke_run_completes(tmp_path,
     assert lines == {"slurm": "skip", "container": "skip", "python": "ok", "data": "ok", "results": "ok",
                      "smoke": "ok"}
     smoke = next((tmp_path / "results").glob("hpml-doctor-*/smoke/attempts/1/rank-0.json"))
-    assert json.loads(smoke.read_text())["status"] == "completed"
+    assert json.loads(smoke.read_text())["status"] == "COMPLETED"
 
 
 def test_doctor_fails_on_the_broken_check_with_the_fix_and_skips_the_smoke_run(tmp_path):

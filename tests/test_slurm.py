@@ -189,7 +189,7 @@ def test_make_submit_all_runs_the_tiny_study_once_even_when_submitted_twice_at_o
     assert {entry["state"] for entry in entries.values()} == {"COMPLETED"}, entries
     for name, world in worlds.items():
         files = rank_files(folder / name)
-        assert sorted(files) == list(range(world)) and {f["status"] for f in files.values()} == {"completed"}
+        assert sorted(files) == list(range(world)) and {f["status"] for f in files.values()} == {"COMPLETED"}
         assert {(f["launcher"], slurm_job(f)) for f in files.values()} == {("srun", entries[name]["job_id"])}
         array_job = entries[name]["job_id"].split("_")[0]
         assert (folder / "arrays" / "submitit" / f"{array_job}_submission.sh").read_text() == \
@@ -318,7 +318,7 @@ def test_a_two_node_job_meets_through_the_rendezvous_and_survives_a_requeue(slur
     assert wait_finished(job) == "COMPLETED"
     files = rank_files(folder / "ddp-2x2")
     assert sorted(files) == [0, 1, 2, 3] and {f["world_size"] for f in files.values()} == {4}
-    assert {f["status"] for f in files.values()} == {"completed"}
+    assert {f["status"] for f in files.values()} == {"COMPLETED"}
     assert len({f["slurm"]["node"] for f in files.values()}) == 2
     assert {f["slurm"]["node"] for f in files.values()} <= set(nodes)
     assert {f["launcher"] for f in files.values()} == {"torchrun"}
@@ -434,7 +434,7 @@ sleep 120
     assert wait_finished(job) == "COMPLETED"
     assert jobs_named(name) - earlier == queued
     files = rank_files(folder / "one")
-    assert sorted(files) == [0] and files[0]["status"] == "completed" and slurm_job(files[0]) == job
+    assert sorted(files) == [0] and files[0]["status"] == "COMPLETED" and slurm_job(files[0]) == job
 
 
 def test_a_job_stopped_within_its_last_warm_up_steps_is_requeued_and_completes(slurm_site):
@@ -456,7 +456,7 @@ def test_a_job_stopped_within_its_last_warm_up_steps_is_requeued_and_completes(s
     run_dir = folder / "interrupted"
     assert attempts.attempt_numbers(run_dir) == [1, 2]
     stopped, resumed = rank_files(run_dir, attempt=1)[0], rank_files(run_dir, attempt=2)[0]
-    assert stopped["status"] == "stopped" and resumed["status"] == "completed"
+    assert stopped["status"] == "STOPPED" and resumed["status"] == "COMPLETED"
     resumed_at = resumed["resumed_from_step"]
     assert 12 - 5 < resumed_at < 12, f"the stop landed after step {resumed_at}, not within the last warm-up steps"
     assert resumed["throughput"] is None and "earlier attempts" in resumed["throughput_missing_reason"]
@@ -553,7 +553,7 @@ def test_a_24_run_grid_is_one_throttled_array_and_a_stopped_task_is_requeued(slu
     for task, name in enumerate(names):
         files = rank_files(folder / name)
         job = resent if name == last else f"{array_job}_{task}"
-        assert sorted(files) == [0] and files[0]["status"] == "completed" and slurm_job(files[0]) == job
+        assert sorted(files) == [0] and files[0]["status"] == "COMPLETED" and slurm_job(files[0]) == job
     assert attempts.attempt_numbers(folder / names[0]) == [1, 2]
     resumed = rank_files(folder / names[0])[0]
     assert resumed["slurm"]["restart_count"] == 1 and 20 <= resumed["resumed_from_step"] < 300

@@ -49,13 +49,13 @@ def test_a_signal_to_one_rank_stops_all_at_the_same_step_and_resume_finishes_the
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [4, 4], outputs
     files = rank_files(split)
-    assert {f["status"] for f in files.values()} == {"stopped"}
+    assert {f["status"] for f in files.values()} == {"STOPPED"}
     stopped_at = {f["steps_completed"] for f in files.values()}
     assert len(stopped_at) == 1 and STEPS // 10 <= stopped_at.pop() < STEPS  # same step everywhere, and early
     assert sig.name in files[1]["error"]
 
     engine([*args, "--out", str(split), "--resume"], nproc=2)
     record = rank_files(split)[0]
-    assert record["status"] == "completed" and record["resumed_from_step"] == files[0]["steps_completed"]
+    assert record["status"] == "COMPLETED" and record["resumed_from_step"] == files[0]["steps_completed"]
     assert losses(split)[-1] == losses(whole)[-1]
     assert losses(split) == losses(whole)[record["resumed_from_step"]:]

@@ -230,7 +230,7 @@ def test_a_local_out_of_memory_is_out_of_memory_in_ledger_status_and_report(tmp_
     assert (entry["state"], entry["exit_code"]) == ("OUT_OF_MEMORY", 1)
     assert entry["why"].startswith("rank 1: out of memory at batch size 2 per rank: OutOfMemoryError: CUDA out of")
     files = rank_files(folder / "ddp-2")
-    assert files[1]["status"] == "oom" and files[1]["steps_completed"] == 2
+    assert files[1]["status"] == "OUT_OF_MEMORY" and files[1]["steps_completed"] == 2
     capsys.readouterr()
 
     assert main(["status", str(exp), "--site", str(site)]) == 0
@@ -332,6 +332,6 @@ def test_ctrl_c_stops_a_local_run_at_a_checkpoint_and_starts_no_other(tmp_path, 
     entry = ledger(folder)["ddp-2"]
     assert (entry["state"], entry["why"]) == ("STOPPED", "rank 0: stopped by SIGTERM; checkpoint saved")
     files = rank_files(folder / "ddp-2")
-    assert {f["status"] for f in files.values()} == {"stopped"} and sorted(files) == [0, 1]
+    assert {f["status"] for f in files.values()} == {"STOPPED"} and sorted(files) == [0, 1]
     assert (folder / "ddp-2" / "checkpoints" / "latest.json").is_file()
     assert "later" not in ledger(folder)

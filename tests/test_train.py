@@ -36,7 +36,7 @@ def test_single_run_writes_a_schema_valid_rank_file(single_run):
     record = files[0]
     jsonschema.validate(record, json.loads(rank_file.SCHEMA_PATH.read_text()))
     rank_file.read(single_run / "attempts" / "1" / "rank-0.json")  # the typed model accepts it too
-    assert record["status"] == "completed" and record["error"] is None
+    assert record["status"] == "COMPLETED" and record["error"] is None
     assert record["run_id"] == "run" and record["attempt"] == 1 and record["config"]["steps"] == 8
     assert record["throughput_missing_reason"] is None
     assert (record["world_size"], record["dp_size"], record["tp_size"]) == (1, 1, 1)
@@ -67,7 +67,7 @@ def test_ddp_losses_equal_the_single_process_run(single_run, ddp_run):
     files = rank_files(ddp_run)
     assert sorted(files) == [0, 1]
     for rank, record in files.items():
-        assert record["status"] == "completed" and record["rank"] == rank and record["dp_rank"] == rank
+        assert record["status"] == "COMPLETED" and record["rank"] == rank and record["dp_rank"] == rank
         # launched with the seed's --mode baseline: recorded under its name, ddp
         assert (record["mode"], record["world_size"], record["dp_size"], record["global_batch"]) == ("ddp", 2, 2, 4)
         assert record["launcher"] == "torchrun"

@@ -31,6 +31,7 @@ from hpml_core.contract import rank_file
 from hpml_core.contract.attempts import latest_rank_files
 from hpml_core.contract.atomic import atomic_write_json
 from hpml_core.contract.errors import EXIT_USAGE
+from hpml_core.contract.run_states import COMPLETED
 
 
 DEFAULT_ENGINE_ARGS = "--precision bf16 --compile"
@@ -71,7 +72,7 @@ def engine_result(run_dir: Path, engine_args: str) -> dict:
     same folder is an earlier attempt)."""
     record = rank_file.read(latest_rank_files(run_dir)[0])
     variant = {"variant": f"hpml engine {engine_args}", "engine_args": engine_args, "status": record.status}
-    if record.status != "completed":  # out of memory, say: recorded as such, with no figures
+    if record.status != COMPLETED:  # out of memory, say: recorded as such, with no figures
         return {**variant, "error": record.error, "batch_size": record.config.batch_size}
     peak_bytes, metric = record.memory.peak()
     return {
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         if _run(engine, f"hpml engine {engine_args}") == EXIT_USAGE or not latest_rank_files(args.out / f"engine-{index}"):
             raise SystemExit(f"[bench] hpml engine {engine_args} refused its flags or failed before training")
         result = engine_result(args.out / f"engine-{index}", engine_args)
-        if result["status"] == "completed":
+        if result["status"] == COMPLETED:
             result["tokens_per_s_ratio_over_original"] = result["tokens_per_s"] / baseline["tokens_per_s"]
         commands[f"engine-{index}"] = shlex.join(engine)
         engines.append(result)
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     for column in ("variant", "batch", "precision", "tokens/s", "TFLOP/s", "MFU", "peak memory (GiB)", "x original"):
         table.add_column(column, justify="left" if column in ("variant", "precision") else "right")
     for result in (baseline, *engines):
-        if result.get("status", "completed") != "completed":
+        if result.get("status", COMPLETED) != COMPLETED:
             table.add_row(result["variant"], str(result["batch_size"]), "", result["status"], "", "", "", "")
             continue
         mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a"

@@ -41,6 +41,7 @@ import torch
 
 from hpml_core.bench.__main__ import nvidia_driver
 from hpml_core.contract.atomic import atomic_write, atomic_write_json
+from hpml_core.contract.run_states import COMPLETED
 from hpml_core.contract.units import GIB
 
 REPO = Path(__file__).resolve().parents[2]
@@ -263,7 +264,7 @@ def _bench_lines(bench: dict) -> list[str]:
              "| variant | batch | precision | tokens/s | TFLOP/s | MFU | peak memory (GiB) | × original |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for result in (bench["original"], *bench["engines"]):
-        if result.get("status", "completed") != "completed":
+        if result.get("status", COMPLETED) != COMPLETED:
             lines.append(f"| {result['variant']} | {result['batch_size']} | | {result['status']}: "
                          f"{result['error'][:120]} | | | | |")
             continue

@@ -25,7 +25,9 @@ from hpml_core.contract.config import ConfigSource, Mode, TrainConfig
 from hpml_core.contract.precision import PrecisionRegime
 from hpml_core.contract.status_file import Outcome
 
-SCHEMA_VERSION = 1
+# 2: ``status`` in the run states' words (COMPLETED, FAILED, OUT_OF_MEMORY, STOPPED); version 1
+# wrote them lower-case, and "oom": still read, as the words they meant (``status_file.Outcome``).
+SCHEMA_VERSION = 2
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "rank_file.schema.json"
 
 
@@ -182,13 +184,14 @@ class Loss(_Strict):
 
 
 class RankFile(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     run_id: str
     attempt: int = Field(1, ge=1, description="which attempt of the run wrote it: <run>/attempts/<attempt>/ "
                                               "(hpml_core.contract.attempts)")
     status: Outcome = Field(
-        description="stopped: a signal (time limit near, preemption) stopped it after a checkpoint; resume with --resume")
-    error: str | None = Field(description="what went wrong, or what stopped it, when status is not completed")
+        description="STOPPED: a signal (time limit near, preemption) stopped it after a checkpoint; resume with "
+                    "--resume (schema 1's lower-case words, and oom, are read as these)")
+    error: str | None = Field(description="what went wrong, or what stopped it, when status is not COMPLETED")
     config: TrainConfig
     config_source: ConfigSource | None = Field(None, description="the run spec file and the flags that overrode it")
     mode: Mode

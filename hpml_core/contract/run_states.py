@@ -56,9 +56,13 @@ SLURM_STATES: Mapping[str, str] = {
     "TIMEOUT": TIMEOUT, "DEADLINE": TIMEOUT, "CANCELLED": CANCELLED, "PREEMPTED": PREEMPTED,
     "NODE_FAIL": NODE_FAIL, "BOOT_FAIL": NODE_FAIL,
 }
-# The engine's outcomes (rank files, status.json), in this vocabulary.
-ENGINE_OUTCOMES: Mapping[str, str] = {"completed": COMPLETED, "failed": FAILED, "oom": OUT_OF_MEMORY,
-                                      "stopped": STOPPED}
+# The engine speaks these words itself (``hpml_core.contract.status_file``): while it trains, its
+# status.json says STARTING (setting up, before its first step) or RUNNING; at the end, every rank
+# file and status.json say one of OUTCOMES. STARTING is the engine's word alone, not a run state
+# (not in STATES): a run whose engine is starting is RUNNING, as its scheduler says.
+STARTING = "STARTING"
+ENGINE_ACTIVE = (STARTING, RUNNING)
+OUTCOMES = (COMPLETED, FAILED, OUT_OF_MEMORY, STOPPED)
 # What ``jobs.observe`` passes for a rank file that is there but cannot be read or validated.
 UNREADABLE = "unreadable"
 
@@ -74,9 +78,9 @@ def _ranks(ranks: list[int]) -> str:
 
 def from_rank_files(outcomes: Mapping[int, str], world_size: int,
                     errors: Mapping[int, str | None] | None = None) -> tuple[str, str] | tuple[None, None]:
-    """The last attempt's ending from its rank files (rank -> the engine's outcome, or
-    UNREADABLE; ``errors``: rank -> the file's error text), with why; (None, None) when it
-    left none.
+    """The last attempt's ending from its rank files (rank -> the engine's outcome, one of
+    OUTCOMES, or UNREADABLE; ``errors``: rank -> the file's error text), with why; (None, None)
+    when it left none.
 
     Out of memory wins (the other ranks fail or are killed because of it); then a failure, where
     a rank without a file (killed: by ``kill -9``, by its launcher, by the kernel) is named
@@ -88,7 +92,7 @@ def from_rank_files(outcomes: Mapping[int, str], world_size: int,
     def said(rank: int, words: str) -> str:
         return f"rank {rank}: {errors.get(rank) or words}"
 
-    states = {rank: ENGINE_OUTCOMES.get(outcome, FAILED) for rank, outcome in outcomes.items()}
+    states = {rank: outcome if outcome in OUTCOMES else FAILED for rank, outcome in outcomes.items()}
     out_of_memory = sorted(rank for rank, state in states.items() if state == OUT_OF_MEMORY)
     if out_of_memory:
         return OUT_OF_MEMORY, said(out_of_memory[0], "out of memory")
