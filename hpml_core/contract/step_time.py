@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hpml_core.contract import metrics
 from hpml_core.contract.config import TrainConfig
 from hpml_core.contract.metrics import training_flops_per_token
 from hpml_core.contract.gpus import Gpu
@@ -84,7 +85,7 @@ class StepPrediction:
 
     @property
     def tokens_per_s(self) -> float | None:
-        return None if self.step_s is None else self.tokens_per_step / self.step_s
+        return None if self.step_s is None else metrics.tokens_per_s(self.tokens_per_step, self.step_s)
 
     def gpu_hours(self, steps: int | None, world_size: int) -> float | None:
         """Device-hours of the training steps; None without a prediction or a step count."""
