@@ -402,7 +402,9 @@ def test_a_hanging_sbatch_then_only_failed_leaves_exactly_one_job(slurm_site, tm
     """sbatch queues the job for real, then hangs (a PATH shim around the real one): hpml submit
     gives up after the site's submit_timeout_s and records SUBMIT_FAILED. `--only-failed`, with
     sbatch answering again, must find the queued job by the run's job name and adopt it: the run
-    has one job, and it completes."""
+    has one job, and it completes. The shim queues the job held, so that it is still queued when
+    `--only-failed` looks (a tiny run can otherwise finish first, and its rank files then say it
+    completed), and the test releases it once adopted."""
     hanging = tmp_path / "hanging-site.yaml"
     hanging.write_text(slurm_site.read_text() + "submit_timeout_s: 3\n")
     shims = tmp_path / "bin"
@@ -410,7 +412,7 @@ def test_a_hanging_sbatch_then_only_failed_leaves_exactly_one_job(slurm_site, tm
     real = shutil.which("sbatch")
     (shims / "sbatch").write_text(f"""#!/bin/bash
 if [ "$1" = --test-only ]; then exec {real} "$@"; fi
-{real} "$@" || exit
+{real} --hold "$@" || exit
 sleep 120
 """)
     (shims / "sbatch").chmod(0o755)
@@ -431,6 +433,7 @@ sleep 120
     assert again.returncode == 0, again.stdout + again.stderr
     (job,) = queued
     assert ledger(folder)["one"]["job_id"] == job
+    subprocess.run(["scontrol", "release", job.split("_")[0]], check=True)
     assert wait_finished(job) == "COMPLETED"
     assert jobs_named(name) - earlier == queued
     files = rank_files(folder / "one")
