@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hpml_core.contract import rank_file as rf
 from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.layout import Layout
 from hpml_core.contract.metrics import lookup_peak
 from hpml_core.contract.precision import regime
 from hpml_core.contract.run_states import COMPLETED
@@ -102,9 +103,10 @@ def rank_file(*, run: str, rank: int, mode: str, world: int, tp: int, batch: int
     flops = rf.Flops(formula="PaLM", n_params=700_000_000, flops_per_token=FLOPS_PER_TOKEN,
                      achieved_tflops_per_s=DECOY, peak_tflops_per_s=peak.tflops, peak_source=peak.source,
                      mfu=DECOY if peak.tflops else None, mfu_missing_reason=peak.missing_reason) if timed else None
+    dp_rank, tp_rank = Layout(world_size=world, tp_size=tp).position(rank)
     return rf.RankFile(
         run_id=run, status=status, error=error, config=config, mode=mode, world_size=world, dp_size=dp, tp_size=tp,
-        attempt=attempt, rank=rank, local_rank=rank % 4, dp_rank=rank // tp, tp_rank=rank % tp, launcher="srun",
+        attempt=attempt, rank=rank, local_rank=rank % 4, dp_rank=dp_rank, tp_rank=tp_rank, launcher="srun",
         hostname="host",
         device_type=device, device_name=device_name,
         versions=rf.Versions(python="3.11", torch="2.13.0", deepspeed="0.19.8", transformers=None, cuda="12.8"),

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pwd
 import shutil
 import textwrap
 from pathlib import Path
@@ -659,11 +658,37 @@ def test_the_efficiency_figure_shows_only_the_configurations_with_a_baseline(stu
         "single", "big", "zero3-1", "single-b32", "dp2xtp2-b32"}
 
 
+def _drop_capabilities() -> None:
+    """Root without its capabilities: file modes then bind it as they bind any owner (a file 444
+    cannot be written, a folder 555 gains no entry), and its securebits, locked first, keep an
+    ``exec`` from handing them back. Linux's capset(2) and prctl(2), through ctypes."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_securebits, noroot, noroot_locked = 28, 1 << 0, 1 << 1
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+
+    if libc.prctl(pr_set_securebits, noroot | noroot_locked, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECUREBITS)")
+    version_3 = 0x20080522  # two Data structs: capabilities 0-31 and 32-63, all zero
+    if libc.capset(ctypes.byref(Header(version_3, 0)), (Data * 2)()) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
 def _unprivileged(argv: list[str], stderr: Path) -> int:
     """``main(argv)`` in a forked child that cannot write what ``chmod a-w`` protects: as root,
-    whom file modes do not stop, the child first becomes ``nobody``. The child inherits the
-    test's Slurm answers (``slurm_says``). Its stderr goes to ``stderr``; an exception out of
-    main is printed there as the interpreter would print it (a traceback). Returns its exit status."""
+    whom file modes do not stop, the child first gives up its capabilities (``_drop_capabilities``).
+    It stays root, so it still reads everything root owns: the venv, wherever the checkout lies
+    (a clone in a 700 folder is out of ``nobody``'s reach, and matplotlib opens font files late).
+    The child inherits the test's Slurm answers (``slurm_says``). Its stderr goes to ``stderr``; an
+    exception out of main is printed there as the interpreter would print it (a traceback).
+    Returns its exit status."""
     import sys
     import traceback
 
@@ -675,10 +700,7 @@ def _unprivileged(argv: list[str], stderr: Path) -> int:
             os.dup2(fd, 2)
             sys.stderr = open(2, "w", closefd=False)
             if os.geteuid() == 0:
-                nobody = pwd.getpwnam("nobody")
-                os.setgroups([])
-                os.setgid(nobody.pw_gid)
-                os.setuid(nobody.pw_uid)
+                _drop_capabilities()
             code = main(argv)
         except BaseException:
             traceback.print_exc()
@@ -691,13 +713,12 @@ def _unprivileged(argv: list[str], stderr: Path) -> int:
 
 @pytest.fixture
 def read_only_copy(study):
-    """A copy of the finished study where nothing can be written (files 444, folders 555), in a
-    folder ``nobody`` can enter (pytest's own are 700), with its own site profile."""
+    """A copy of the finished study where nothing can be written (files 444, folders 555), with
+    its own site profile."""
     import tempfile
 
     exp, _, folder = study
     root = Path(tempfile.mkdtemp(prefix="hpml-read-only-"))
-    os.chmod(root, 0o755)
     shutil.copytree(folder, root / "results" / "study")
     shutil.copy(exp, root / "study.yaml")
     local_site(root)
@@ -712,11 +733,8 @@ def read_only_copy(study):
 
 
 def _may_write(path: Path) -> None:
-    """Let the report's child write ``path`` (a folder), and nothing else."""
+    """Let the report's child (the owner of every file here) write ``path`` (a folder), and nothing else."""
     os.chmod(path, 0o755)
-    if os.geteuid() == 0:
-        nobody = pwd.getpwnam("nobody")
-        os.chown(path, nobody.pw_uid, nobody.pw_gid)
 
 
 def test_a_report_writes_nothing_outside_its_folder(read_only_copy, slurm_says, tmp_path):

@@ -25,7 +25,8 @@ from torch.profiler import ProfilerActivity, profile
 from hpml_core import launch
 from hpml_core.mesh import build_mesh
 from hpml_core.contract.atomic import atomic_write, atomic_write_json
-from hpml_core.train import build, make_plan
+from hpml_core.plan import make_plan
+from hpml_core.train import build
 
 # Kernel and operator names by kind of work, first match wins. The names are cuBLAS's,
 # CUTLASS's, FlashAttention's, Triton's (torch.compile) and ATen's; a kernel matching none is
