@@ -74,17 +74,17 @@ def rank_file(*, run: str, rank: int, mode: str, world: int, tp: int, batch: int
     ``prediction`` False writes a file from before the engine recorded the memory model's
     prediction; otherwise it predicts ``predicted_state`` bytes of model state (default: the
     measured total, exact) and ``predicted_gib`` allocated (default: 0.9 × ``memory_gib``, 10 % under)."""
-    dp = world // tp
+    layout = Layout(world_size=world, tp_size=tp)
     completed = status == COMPLETED
     timed = (5 if completed else 0) if timed is None else timed
-    global_batch = batch * dp * grad_accum
+    global_batch = layout.global_batch(batch, grad_accum)
     steps_done = start_step + len(losses)
     device_name = device_name or (A100 if device == "cuda" else "CPU")
     peak = lookup_peak(device, device_name, precision)
     config = TrainConfig(mode=mode, model="gpt2-large", tp_size=tp, batch_size=batch, grad_accum=grad_accum,
                          seq_len=seq_len, steps=10, warmup_steps=5, precision=precision,
                          data=Path("/data/wikitext-103"), out=Path(f"/r/{run}"), run_id=run)
-    params, grads, optimizer = model_state or model_state_bytes(mode, dp, tp)
+    params, grads, optimizer = model_state or model_state_bytes(mode, layout.dp_size, tp)
     state = predicted_state if predicted_state is not None else params + grads + optimizer
     allocated = int((predicted_gib if predicted_gib is not None else 0.9 * memory_gib) * GIB)
     context = 500 * 1024**2 if device == "cuda" else 0
@@ -103,9 +103,10 @@ def rank_file(*, run: str, rank: int, mode: str, world: int, tp: int, batch: int
     flops = rf.Flops(formula="PaLM", n_params=700_000_000, flops_per_token=FLOPS_PER_TOKEN,
                      achieved_tflops_per_s=DECOY, peak_tflops_per_s=peak.tflops, peak_source=peak.source,
                      mfu=DECOY if peak.tflops else None, mfu_missing_reason=peak.missing_reason) if timed else None
-    dp_rank, tp_rank = Layout(world_size=world, tp_size=tp).position(rank)
+    dp_rank, tp_rank = layout.position(rank)
     return rf.RankFile(
-        run_id=run, status=status, error=error, config=config, mode=mode, world_size=world, dp_size=dp, tp_size=tp,
+        run_id=run, status=status, error=error, config=config, mode=mode, world_size=world,
+        dp_size=layout.dp_size, tp_size=tp,
         attempt=attempt, rank=rank, local_rank=rank % 4, dp_rank=dp_rank, tp_rank=tp_rank, launcher="srun",
         hostname="host",
         device_type=device, device_name=device_name,
