@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.autograd.profiler import record_function
 
 from hpml_core.contract.data_meta import TOKENS_FILE, DataMeta
 from hpml_core.contract.layout import Layout
+from hpml_core.contract.step_parts import range_name
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ class TokenBatches:
         """The ``grad_accum`` micro-batches of ``step`` on ``device``, one at a time; on a GPU
         from pinned memory, so the copy overlaps with the work still queued."""
         for micro in range(self.grad_accum):
-            x, y = self.batch(step, micro)
-            if device.type == "cuda":
-                x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+            with record_function(range_name("data")):  # a part of the step, when profiled
+                x, y = self.batch(step, micro)
+                if device.type == "cuda":
+                    x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
             yield x, y

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.autograd.profiler import record_function
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
@@ -35,17 +36,31 @@ from hpml_core.mesh import Mesh
 from hpml_core.model import GPT, next_token_loss
 from hpml_core.contract.config import TrainConfig
 from hpml_core.contract.precision import regime
+from hpml_core.contract.step_parts import range_name
 from hpml_core.stepper import TORCH_DTYPES, DeepSpeedStepper, Stepper, TorchStepper, build_optimizer
 
 
-def apply_activation_checkpointing(model: GPT) -> None:
+def _named_when_recomputed(forward):
+    """The block's forward, opening a ``hpml.recompute`` range when the backward pass runs it
+    again, so a profiled step tells recomputation from the first forward."""
+    def run(*args, **kwargs):
+        if torch._C._current_graph_task_id() == -1:  # not inside a backward pass: the first forward
+            return forward(*args, **kwargs)
+        with record_function(range_name("recompute")):
+            return forward(*args, **kwargs)
+    return run
+
+
+def apply_activation_checkpointing(model: GPT, name_recomputation: bool) -> None:
     """Recompute each block's activations in the backward pass instead of keeping them.
 
     The block's forward is wrapped in place, so parameter names (and so checkpoints) are the
-    same with and without it.
+    same with and without it. Under ``torch.compile`` the recomputation is not named (the
+    compiled graph would break at the range) and a profile counts it in the backward.
     """
     for block in model.blocks:
-        block.forward = partial(checkpoint, block.forward, use_reentrant=False)
+        forward = _named_when_recomputed(block.forward) if name_recomputation else block.forward
+        block.forward = partial(checkpoint, forward, use_reentrant=False)
 
 
 def parallelize(model: GPT, mesh: Mesh, config: TrainConfig, device: torch.device, record_dir: Path) -> Stepper:
@@ -63,7 +78,7 @@ def parallelize(model: GPT, mesh: Mesh, config: TrainConfig, device: torch.devic
                 TORCH_DTYPES[regime(config.mode, config.precision).weights_dtype],  # the regime's weights
                 then=zero.partitioner(config, mesh) if zero3 else None)
     if config.grad_ckpt:
-        apply_activation_checkpointing(model)
+        apply_activation_checkpointing(model, name_recomputation=not config.compile)
     if config.compile and mesh.tp_size == 1:  # the vocabulary-parallel loss has collectives: left eager
         loss_fn = torch.compile(loss_fn)
     if zero3:

@@ -35,6 +35,8 @@ class Measured:
     start_step: int = 0
     losses: list[torch.Tensor] = field(default_factory=list)  # one per step, still on the device
     model_state: dict | None = None  # measured at the last step (hpml_core.measure_model_state)
+    profile: rf.StepProfile | None = None  # the profiled window after the last step (hpml_core.profile_window)
+    profile_missing_reason: str | None = None
 
 
 def _version(package: str) -> str | None:
@@ -184,4 +186,15 @@ def build_rank_file(plan: Plan, measured: Measured, run_id: str, attempt: int, s
         if status == COMPLETED and measured.model_state else None,
         prediction=prediction_record(plan, device.type),
         loss=rf.Loss(start_step=start_step, values=losses, averaged_over_dp=alive),
+        profile=measured.profile, profile_missing_reason=profile_missing_reason(config, status, measured),
     )
+
+
+def profile_missing_reason(config, status: str, measured: Measured) -> str | None:
+    if measured.profile is not None:
+        return None
+    if measured.profile_missing_reason:
+        return measured.profile_missing_reason
+    if config.profile_steps == 0:
+        return "--profile-steps 0"
+    return f"the attempt did not complete ({status})" if status != COMPLETED else None

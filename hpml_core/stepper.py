@@ -31,6 +31,7 @@ from typing import Protocol
 
 import torch
 import torch.nn as nn
+from torch.autograd.profiler import record_function
 from torch.nn.parallel import DistributedDataParallel
 
 from hpml_core import measure_model_state, tensor_parallel
@@ -41,6 +42,7 @@ from hpml_core.model import GPT
 from hpml_core.contract.atomic import atomic_write
 from hpml_core.contract.config import TrainConfig
 from hpml_core.contract.errors import UsageError
+from hpml_core.contract.step_parts import range_name
 
 # hpml's precision names as torch dtypes, for the weights (parallelize) and for autocast (here).
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -120,18 +122,21 @@ class TorchStepper:
         accum, losses = self.config.grad_accum, []
         for micro, (x, y) in enumerate(micro_batches):
             with self._gradient_sync(last_micro_step=micro == accum - 1):
-                with self.autocast:
+                with record_function(range_name("forward")), self.autocast:
                     loss = self.loss_fn(self.trained(x), y)
-                self.scaler.scale(loss / accum).backward()
+                with record_function(range_name("backward")):
+                    self.scaler.scale(loss / accum).backward()
             losses.append(loss.detach())
-        self.scaler.unscale_(self.optimizer)  # fp16: collective, every rank learns of any overflow
-        if self.config.grad_clip > 0:
-            self._clip_gradients()
-        self.scaler.step(self.optimizer)  # skipped on every rank, or on none
-        self.scaler.update()
+        with record_function(range_name("optimizer")):
+            self.scaler.unscale_(self.optimizer)  # fp16: collective, every rank learns of any overflow
+            if self.config.grad_clip > 0:
+                self._clip_gradients()
+            self.scaler.step(self.optimizer)  # skipped on every rank, or on none
+            self.scaler.update()
         if measure:  # while the gradients still exist
             self.model_state = measure_model_state.torch_model(self.model, self.optimizer)
-        self.optimizer.zero_grad(set_to_none=True)
+        with record_function(range_name("optimizer")):
+            self.optimizer.zero_grad(set_to_none=True)
         return torch.stack(losses).mean()
 
     def _gradient_sync(self, last_micro_step: bool):
@@ -181,9 +186,12 @@ class DeepSpeedStepper:
         """DeepSpeed scales for accumulation itself, and clips and updates at the last micro-step."""
         losses = []
         for x, y in micro_batches:
-            loss = self.loss_fn(self.engine(x), y)
-            self.engine.backward(loss)
-            self.engine.step()
+            with record_function(range_name("forward")):
+                loss = self.loss_fn(self.engine(x), y)
+            with record_function(range_name("backward")):
+                self.engine.backward(loss)
+            with record_function(range_name("optimizer")):  # the update itself at the last micro-step only
+                self.engine.step()
             losses.append(loss.detach())
         if measure:
             self.model_state = measure_model_state.zero3_engine(self.engine)

@@ -41,6 +41,7 @@ from hpml_core.mesh import Mesh, build_mesh
 from hpml_core.model import GPT
 from hpml_core.parallelize import parallelize
 from hpml_core.plan import Plan, make_plan
+from hpml_core.profile_window import profile_window
 from hpml_core.rank_result import Measured, build_rank_file, cpu_name, throughput
 from hpml_core.contract import rank_file as rf
 from hpml_core.contract.attempts import attempt_folder
@@ -164,6 +165,11 @@ def train(plan: Plan, stop: StopRequest) -> int:
         run_throughput = throughput(plan, measured.timer, device) if measured.timer.timed_steps else None
         if config.save_model and status == COMPLETED:
             export.save_full_model(stepper, out, plan.env.rank)
+        if config.profile_steps and status == COMPLETED:  # after everything it could change
+            timed_median = run_throughput.step_time_median_s if run_throughput else None
+            measured.profile, measured.profile_missing_reason = profile_window(
+                plan, stepper, device, attempt_folder(out, attempt), out, timed_median)
+            _log(plan, window_line(measured.profile, measured.profile_missing_reason))
     except Exception as exc:  # recorded in the rank file; the exit status says it failed
         status = OUT_OF_MEMORY if is_out_of_memory(exc) else FAILED
         error = f"{type(exc).__name__}: {exc}".strip()
@@ -188,6 +194,19 @@ def train(plan: Plan, stop: StopRequest) -> int:
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
+
+
+def window_line(profile: rf.StepProfile | None, missing_reason: str | None) -> str:
+    """What the profiled window found on this rank, what it cost, and where its trace is."""
+    if profile is None:
+        return f"no profile: {missing_reason}"
+    parts = profile.median_parts()
+    wall = sum(parts.values())
+    biggest = ", ".join(f"{name} {seconds / wall:.0%}" for name, seconds in
+                        sorted(parts.items(), key=lambda kv: -kv[1])[:3])
+    cost = f"{profile.overhead:+.0%} on the step" if profile.overhead is not None else "cost unknown (no timed step)"
+    return (f"profiled {len(profile.steps)} steps after the timed ones ({cost}): {biggest}; "
+            f"trace {profile.trace_bytes / 1e3:.0f} kB in {profile.trace_file}")
 
 
 def summary(record: rf.RankFile) -> str:

@@ -148,7 +148,7 @@ def _set_variant(stepper, attn: str, grad_ckpt: bool) -> None:
         block.attn.attn = attn
         block.__dict__.pop("forward", None)  # back to Block.forward
     if grad_ckpt:
-        apply_activation_checkpointing(stepper.model)
+        apply_activation_checkpointing(stepper.model, name_recomputation=True)
 
 
 def _measure(build: dict, rank: int, world: int, record_dir: Path) -> list[dict]:

@@ -16,13 +16,19 @@ initial gradient norm is about 1.6), and must give the same losses and, gathered
 
 from __future__ import annotations
 
+import gzip
+import json
+
 import pytest
 import torch
 
 from hpml_core import tensor_parallel
+from hpml_core.contract import collectives, step_parts
+from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.layout import Layout
 from hpml_core.model import GPT, model_dims
 from tests.conftest import engine, losses, rank_files
-from tests.layouts import COMMON, LAYOUTS, OPTIMIZERS
+from tests.layouts import COMMON, LAYOUTS, OPTIMIZERS, STEPS
 
 def weight_differences(out, reference) -> dict[str, float]:
     """Per-tensor relative difference of the saved weights."""
@@ -118,3 +124,75 @@ def test_breaking_the_tp_backward_all_reduce_breaks_the_equivalence(tmp_path, to
     with pytest.raises(AssertionError):
         assert_same_training(out, trained("sgd", "single"), OPTIMIZERS["sgd"][1])
     assert max(weight_differences(out, trained("sgd", "single")).values()) > 1e-3
+    # ...and its profiled steps miss the contract's backward all-reduces by exactly their bytes
+    record = rank_files(out)[0]
+    [line] = collectives.mismatches(expected_collectives(record), measured_collectives(record))
+    assert line.startswith("all-reduce: expected 14 ") and "measured 9 " in line
+
+
+# Where each layout's step goes (the profiled window after the timed steps): the collective kinds
+# each must show, and none other.
+PROFILED = {"single": set(), "ddp-4": {"all-reduce"}, "zero3-4": {"all-gather", "reduce-scatter", "all-reduce"},
+            "tp-2": {"all-reduce"}, "dp2xtp2-zero3": {"all-gather", "reduce-scatter", "all-reduce"},
+            "dp2xtp2-allreduce": {"all-reduce"}}
+
+
+def expected_collectives(record: dict, drop: int | None = None) -> dict[str, collectives.KindTotal]:
+    """The contract's collectives for a rank file's run; ``drop``: leave that one out (a wrong formula)."""
+    config = TrainConfig.model_validate(record["config"])
+    found = collectives.per_step(config, model_dims("tiny", 512), Layout(record["world_size"], record["tp_size"]))
+    return collectives.by_kind([c for i, c in enumerate(found) if i != drop])
+
+
+def measured_collectives(record: dict, step: int = 0) -> dict[str, collectives.KindTotal]:
+    return {c["kind"]: collectives.KindTotal(c["count"], c["bytes"])
+            for c in record["profile"]["steps"][step]["collectives"]}
+
+
+@pytest.mark.parametrize("layout", PROFILED)
+def test_each_layout_s_profiled_steps_add_up_and_move_the_contract_s_bytes(layout, trained):
+    for rank, record in rank_files(trained("sgd", layout)).items():
+        profile = record["profile"]
+        assert profile is not None, record["profile_missing_reason"]
+        assert len(profile["steps"]) == 2
+        for i, step in enumerate(profile["steps"]):
+            assert set(step["parts_s"]) == set(step_parts.PARTS)
+            assert sum(step["parts_s"].values()) == pytest.approx(step["wall_s"], rel=0.05)
+            assert step["parts_s"]["forward"] > 0 and step["parts_s"]["backward"] > 0
+            assert step["parts_s"]["optimizer"] > 0 and step["parts_s"]["data"] > 0
+            assert {c["kind"] for c in step["collectives"]} == PROFILED[layout]
+            exposed = sum(step["parts_s"][kind] for kind in step_parts.COLLECTIVE_KINDS)
+            assert exposed + step["comm_hidden_s"] == pytest.approx(step["comm_in_flight_s"], abs=1e-6)
+            assert collectives.mismatches(expected_collectives(record), measured_collectives(record, i)) == []
+        if PROFILED[layout]:  # negative control: a formula that misses any one collective is caught
+            config = TrainConfig.model_validate(record["config"])
+            n = len(collectives.per_step(config, model_dims("tiny", 512), Layout(record["world_size"], record["tp_size"])))
+            for drop in range(n):
+                assert collectives.mismatches(expected_collectives(record, drop), measured_collectives(record)) != []
+
+
+def test_the_trace_of_a_rank_is_chrome_trace_json_with_its_collectives(trained):
+    out = trained("sgd", "dp2xtp2-zero3")
+    record = rank_files(out)[1]
+    trace = out / record["profile"]["trace_file"]
+    assert trace.stat().st_size == record["profile"]["trace_bytes"]
+    events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+    names = {e.get("name") for e in events}
+    assert {"hpml.step", "hpml.forward", "hpml.backward", "hpml.optimizer", "hpml.data"} <= names
+    assert {"gloo:all_gather", "gloo:all_reduce", "c10d::_reduce_scatter_base_", "c10d::allreduce_"} <= names
+    assert sum(e.get("name") == "hpml.step" for e in events) == 2
+
+
+def test_the_profiled_window_changes_nothing_the_run_measured(tmp_path, token_data, trained):
+    """The window comes after the timed steps, the losses and the saved model: a run without it
+    trains, times and saves exactly the same."""
+    profiled = trained("sgd", "single")
+    out = tmp_path / "unprofiled"
+    engine([*COMMON, *OPTIMIZERS["sgd"][0], "--data", str(token_data), "--out", str(out), "--batch-size", "4",
+            "--profile-steps", "0"])
+    plain, with_window = rank_files(out)[0], rank_files(profiled)[0]
+    assert plain["profile"] is None and plain["profile_missing_reason"] == "--profile-steps 0"
+    assert losses(out) == losses(profiled)
+    assert plain["throughput"]["timed_steps"] == with_window["throughput"]["timed_steps"] == STEPS - 1
+    assert weight_differences(out, profiled) == dict.fromkeys(weight_differences(out, profiled), 0.0)
+    assert with_window["profile"]["overhead"] is not None and with_window["profile"]["trace_bytes"] > 0

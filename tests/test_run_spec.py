@@ -24,7 +24,7 @@ NON_DEFAULT = dict(
     vocab_size=50257, max_samples=700, precision="fp16", grad_ckpt=True, attn="eager", compile=True, optimizer="sgd", lr=0.01,
     weight_decay=0.0, grad_clip=0.5, seed=7, data=Path("/data/wikitext-2"), out=Path("/results/x/run"),
     run_id="run-7", checkpoint_every=3, checkpoint_dir=Path("/ckpt/run"), resume=True, save_model=True,
-    zero_stage=3, zero_persistence_threshold=0, dist_backend="gloo", test=True,
+    zero_stage=3, zero_persistence_threshold=0, dist_backend="gloo", test=True, profile_steps=5,
 )
 
 

@@ -76,6 +76,8 @@ class TrainConfig(BaseModel):
     data: Path
     out: Path | None = None
     run_id: str | None = None
+    profile_steps: int = Field(2, ge=0, description="optimizer steps profiled after the last timed one (where the "
+                                                    "step's time goes, and a trace); 0 turns the window off")
     checkpoint_every: int = Field(0, ge=0)
     checkpoint_dir: Path | None = None
     resume: bool = False
@@ -153,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="folder written by `hpml data prepare`")
     p.add_argument("--out", type=Path, help="run folder for rank files (default results/runs/<run id>)")
     p.add_argument("--run-id", help="default: the --out folder's name, else made from the config and time")
+    p.add_argument("--profile-steps", type=int,
+                   help="steps profiled after the timed ones, outside them: parts of the step and a trace (2; 0: off)")
     p.add_argument("--checkpoint-every", type=int, help="save a checkpoint every N steps (0: never)")
     p.add_argument("--checkpoint-dir", type=Path, help="default <out>/checkpoints")
     p.add_argument("--resume", action="store_true", default=None, help="continue from the latest checkpoint if there is one")

@@ -24,6 +24,7 @@ from hpml_core.contract.attempts import rank_file_path
 from hpml_core.contract.config import ConfigSource, Mode, TrainConfig
 from hpml_core.contract.precision import PrecisionRegime
 from hpml_core.contract.status_file import Outcome
+from hpml_core.contract.step_parts import StepProfile
 
 # 2: ``status`` in the run states' words (COMPLETED, FAILED, OUT_OF_MEMORY, STOPPED); version 1
 # wrote them lower-case, and "oom": still read, as the words they meant (``status_file.Outcome``).
@@ -228,6 +229,9 @@ class RankFile(_Strict):
     prediction: MemoryPrediction | None = Field(None, description="the memory model's prediction for this rank; "
                                                 "null in files written before hpml recorded it")
     loss: Loss
+    profile: StepProfile | None = Field(None, description="where the time of a few steps after the timed ones went "
+                                        "(hpml_core.contract.step_parts); null when not profiled")
+    profile_missing_reason: str | None = Field(None, description="why there is no profile")
 
 
 def write(run_dir: Path, record: RankFile) -> Path:
