@@ -89,7 +89,8 @@ def study_hours_line(exp: experiment.Experiment, speeds: dict[str, RunSpeed], pe
     if missing:
         total += f" ({missing} runs without a prediction: see --explain)"
     return (f"study: {total}: training steps only (setup, compilation and queueing not counted); speed assumed: "
-            f"{performance.describe()}; step = compute + communication, not overlapped (hpml_core.contract.step_time)")
+            f"{performance.describe()}; step = compute + optimizer + the communication overlap leaves exposed "
+            "(hpml_core.contract.step_time; --explain shows the parts)")
 
 
 def arrays_line(exp: experiment.Experiment, profile: site.Site) -> str:
@@ -148,6 +149,24 @@ def explain_lines(exp: experiment.Experiment, memory: dict[str, RunMemory], spee
         width = max(len(line.name) for line in prediction.lines)
         lines += [f"  {line.name:<{width}} {gib(line.bytes):>6} GiB  {line.formula}" for line in prediction.lines]
         lines.append(f"  step: {step.how}")
+        lines += step_part_lines(step)
+    return lines
+
+
+def step_part_lines(step: StepPrediction) -> list[str]:
+    """The predicted step part by part (those it predicts), with the communication overlap hides."""
+    if step.parts_s is None:
+        return []
+    lines = []
+    hidden = {k.kind: k for k in step.communication}
+    for part, seconds in step.parts_s.items():
+        if part in hidden:
+            k = hidden[part]
+            lines.append(f"    {part:<14} {seconds * 1e3:9.3f} ms exposed  ({k.seconds * 1e3:.3f} ms for "
+                         f"{k.bytes_sent / 1e6:,.3g} MB sent, {k.hidden_s * 1e3:.3f} ms of it hidden by overlap)")
+        elif seconds or part in ("forward", "backward", "optimizer"):
+            lines.append(f"    {part:<14} {seconds * 1e3:9.3f} ms")
+    lines.append(f"    {'step':<14} {step.step_s * 1e3:9.3f} ms  (data and host overhead not predicted)")
     return lines
 
 

@@ -32,7 +32,8 @@ A site also states how fast its hardware runs, for the plan's predicted step tim
 between the 0.38 and 0.50 hpml measured for GPT-2 Large on one H200), ``intra_node_gb_per_s``
 and ``inter_node_gb_per_s`` (bus bandwidths as nccl-tests' all_reduce_perf reports them; the
 defaults, 100 and 10 GB/s, are round assumptions, not measurements: set your cluster's), and
-``device_tflops`` for processes without a GPU peak on record (the local site's CPUs).
+``device_tflops`` and ``device_memory_gb_per_s`` for processes without a GPU peak and memory
+bandwidth on record (the local site's CPUs).
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ class Site(_Strict):
     intra_node_gb_per_s: float = Field(100.0, gt=0)
     inter_node_gb_per_s: float = Field(10.0, gt=0)
     device_tflops: float | None = Field(None, gt=0)
+    device_memory_gb_per_s: float | None = Field(None, gt=0)  # where the GPU table's bandwidth is not the one (a CPU)
 
     def experiment_folder(self, experiment: str) -> Path:
         """Where the runs of an experiment write, as seen from here (relative paths in a profile
@@ -151,12 +153,12 @@ class Site(_Strict):
 
     def performance(self) -> Performance:
         defaults = {name: field.default for name, field in Site.model_fields.items()}
-        stated = [name for name in ("compute_efficiency", "intra_node_gb_per_s", "inter_node_gb_per_s", "device_tflops")
-                  if getattr(self, name) != defaults[name]]
+        stated = [name for name in ("compute_efficiency", "intra_node_gb_per_s", "inter_node_gb_per_s", "device_tflops",
+                                    "device_memory_gb_per_s") if getattr(self, name) != defaults[name]]
         source = (f"site {self.name}: {', '.join(stated)} stated, the rest hpml's defaults" if stated
                   else "hpml's defaults: set them in the site profile")
         return Performance(self.compute_efficiency, self.intra_node_gb_per_s, self.inter_node_gb_per_s,
-                           self.device_tflops, source)
+                           self.device_tflops, source, self.device_memory_gb_per_s)
 
     def gpu_memory(self) -> GpuMemory:
         """The GPU each rank gets and its memory, or why the site does not say (see the module's doc)."""

@@ -34,6 +34,7 @@ class Gpu:
     datasheet: str  # the data sheet the peaks come from (one for parts that share them)
     tensor_16bit_tflops: float  # bf16 and fp16 on tensor cores (equal on all parts listed)
     fp32_tflops: float  # plain fp32 on CUDA cores; hpml leaves TF32 off, PyTorch's default for matmul
+    memory_gb_per_s: float  # the data sheet's memory bandwidth (GB/s, 1e9 bytes): the optimizer's pace
 
     def matches(self, device_name: str) -> bool:
         return any(re.search(pattern, device_name, flags=re.IGNORECASE) for pattern in self.patterns)
@@ -43,15 +44,15 @@ class Gpu:
 # general ones. Every A100 name torch reports says its size ("NVIDIA A100-SXM4-40GB", "NVIDIA
 # A100 80GB PCIe"); one that did not would take the 80 GB row, whose peaks are the same.
 GPUS: tuple[Gpu, ...] = (
-    Gpu("a100-40gb", "A100 40GB", 40326, (r"A100.*40GB",), "NVIDIA A100", 312.0, 19.5),  # SXM4 40536
-    Gpu("a100-80gb", "A100 80GB", 81920, (r"A100",), "NVIDIA A100", 312.0, 19.5),
-    Gpu("h100-nvl", "H100 NVL", 95830, (r"H100.*NVL",), "NVIDIA H100 NVL", 835.0, 60.0),  # nvidia-smi's total
-    Gpu("h100-pcie", "H100 PCIe", 81008, (r"H100.*PCIe",), "NVIDIA H100 PCIe", 756.0, 51.0),
-    Gpu("h100-sxm", "H100 SXM", 81082, (r"H100",), "NVIDIA H100 SXM", 989.0, 67.0),  # "NVIDIA H100 80GB HBM3"
-    Gpu("h200-nvl", "H200 NVL", 143156, (r"H200.*NVL",), "NVIDIA H200 NVL", 835.0, 60.0),  # the SXM's 141 GB
-    Gpu("h200", "H200", 143156, (r"H200",), "NVIDIA H200 SXM", 989.0, 67.0),  # GH200's GPU included
-    Gpu("l40s", "L40S", 45589, (r"L40S",), "NVIDIA L40S", 362.0, 91.6),
-    Gpu("a10", "A10", 23028, (r"\bA10\b",), "NVIDIA A10", 125.0, 31.2),  # nvidia-smi's total
+    Gpu("a100-40gb", "A100 40GB", 40326, (r"A100.*40GB",), "NVIDIA A100", 312.0, 19.5, 1555.0),  # SXM4 40536
+    Gpu("a100-80gb", "A100 80GB", 81920, (r"A100",), "NVIDIA A100", 312.0, 19.5, 2039.0),
+    Gpu("h100-nvl", "H100 NVL", 95830, (r"H100.*NVL",), "NVIDIA H100 NVL", 835.0, 60.0, 3900.0),  # nvidia-smi's total
+    Gpu("h100-pcie", "H100 PCIe", 81008, (r"H100.*PCIe",), "NVIDIA H100 PCIe", 756.0, 51.0, 2000.0),
+    Gpu("h100-sxm", "H100 SXM", 81082, (r"H100",), "NVIDIA H100 SXM", 989.0, 67.0, 3350.0),  # "NVIDIA H100 80GB HBM3"
+    Gpu("h200-nvl", "H200 NVL", 143156, (r"H200.*NVL",), "NVIDIA H200 NVL", 835.0, 60.0, 4800.0),  # the SXM's 141 GB
+    Gpu("h200", "H200", 143156, (r"H200",), "NVIDIA H200 SXM", 989.0, 67.0, 4800.0),  # GH200's GPU included
+    Gpu("l40s", "L40S", 45589, (r"L40S",), "NVIDIA L40S", 362.0, 91.6, 864.0),
+    Gpu("a10", "A10", 23028, (r"\bA10\b",), "NVIDIA A10", 125.0, 31.2, 600.0),  # nvidia-smi's total
 )
 BY_KEY: dict[str, Gpu] = {gpu.key: gpu for gpu in GPUS}
 

@@ -1,58 +1,61 @@
-"""A run's step time, tokens/s and GPU-hours, predicted before it runs from the FLOP formula and
-the bytes its layout moves, at the efficiency and bandwidths its site states.
+"""A run's step, cut into the parts a profiled step measures (``hpml_core.contract.step_parts``),
+its tokens/s and GPU-hours, predicted before it runs from the FLOP formula, the bytes its layout
+moves (``hpml_core.contract.collectives``) and the rates and bandwidths its site states.
 
-**Compute** = the FLOPs one rank does in a step ÷ (the GPU's peak × the site's efficiency):
+**Compute** = the FLOPs one rank does ÷ (the GPU's peak × the site's efficiency):
 
 - the model FLOPs per token of PaLM's formula (``hpml_core.contract.metrics``, what MFU is measured
   against) × the tokens of the rank's replica in a step (batch × sequence × accumulation) ÷ the
-  TP size, since TP ranks split each matrix product;
-- × 4/3 with activation checkpointing: each block's forward runs again in the backward pass
-  (the formula's 6N is 2N forward and 4N backward);
+  TP size, since TP ranks split each matrix product; the formula's 6N is 2N **forward** and 4N
+  **backward**, and activation checkpointing adds a **recompute** of 2N (each block's forward again);
 - the peak is the GPU's dense peak at the run's matrix precision (``hpml_core.contract.gpus``); the
   efficiency is an MFU the site states (``compute_efficiency``; hpml measured 0.38 to 0.50 for
   GPT-2 Large on one H200, ``hpml_core/bench/RESULTS.md``). A device with no peak (a CPU) is
   given the site's ``device_tflops`` (model TFLOP/s per rank) instead, or has no prediction.
 
-**Communication** = the bytes one rank sends in a step ÷ the site's bandwidth, for ring
+**Optimizer** = the bytes the update reads and writes ÷ the device's memory bandwidth (the GPU's
+data sheet, or the site's ``device_memory_gb_per_s``): per element of the rank's optimizer state,
+AdamW reads the fp32 weight, gradient and two moments and writes three of them back (28 B), SGD
+reads two and writes one (12 B); clipping reads the gradients for their norm and scales them
+(12 B); ZeRO-3 also reads its 16-bit gradient partition and writes the 16-bit weights (4 B).
+
+**Communication** = per collective, the bytes one rank sends ÷ the site's bandwidth, for ring
 collectives (NCCL's and gloo's): an all-reduce sends 2(n−1)/n of its buffer, an all-gather or a
-reduce-scatter (n−1)/n, n being the group's ranks:
+reduce-scatter (n−1)/n, n being the group's ranks; the bandwidth is ``intra_node_gb_per_s`` when
+the group's ranks share a node (TP groups always do), else ``inter_node_gb_per_s``: a bus
+bandwidth, as nccl-tests reports it.
 
-- DDP: the gradients (in the regime's reduction dtype) all-reduced over the DP group once per
-  optimizer step (accumulation's other micro-steps skip it);
-- ZeRO-3: in every micro-step, the parameters all-gathered for the forward and again for the
-  backward (in the weights' dtype) and the gradients reduce-scattered, over the DP group; the
-  parameters DeepSpeed keeps whole (the persistence threshold) move with the gradients only, in
-  an all-reduce;
-- TP: in every micro-step, each block's output activations (batch × sequence × width, in the
-  matrix dtype) all-reduced twice in the forward and twice in the backward over the TP group
-  (twice more with checkpointing's second forward);
-- the bandwidth is the site's ``intra_node_gb_per_s`` when the group's ranks share a node (TP
-  groups always do), else its ``inter_node_gb_per_s``: a bus bandwidth, as nccl-tests reports it.
+**Hidden** = what overlap is expected to take off the step: DDP all-reduces its gradient buckets
+while the backward runs (all but the last bucket, at most 25 MiB, up to the backward's length);
+ZeRO-3 prefetches the next parameters' all-gathers during the forward (up to its length) and
+reduce-scatters gradients during the backward (``overlap_comm``); TP's all-reduces sit between
+the matrix products that need them, and the optimizer's scalars wait, so neither hides.
 
-**Step** = compute + communication: no overlap is assumed. DDP and ZeRO-3 overlap part of their
-communication with the backward pass, so where communication matters the prediction errs long.
-Tokens/s = global batch × sequence ÷ step. GPU-hours = step × steps × ranks ÷ 3600: the training
-steps only; setup, compilation and time in the queue are not predicted.
+**Step** = forward + backward + recompute + optimizer + the communication left exposed; data
+fetching and host overhead are not predicted (a profiled step measures them). Tokens/s = global
+batch × sequence ÷ step. GPU-hours = step × steps × ranks ÷ 3600: the training steps only;
+setup, compilation and time in the queue are not predicted.
 
 What this cannot know: kernel efficiency away from the stated MFU (small models and small batches
 reach less), host overheads, a congested network, and stragglers; ``hpml report`` sets each
-prediction beside what the run measured.
+predicted part beside what the profiled steps measured.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from hpml_core.contract import metrics
+from hpml_core.contract import collectives, metrics
 from hpml_core.contract.config import TrainConfig
-from hpml_core.contract.metrics import training_flops_per_token
 from hpml_core.contract.gpus import Gpu
 from hpml_core.contract.layout import Layout
-from hpml_core.contract.model_state import is_persistent, param_numels
+from hpml_core.contract.metrics import training_flops_per_token
+from hpml_core.contract.model_state import param_numels, partition_numel
 from hpml_core.contract.models import ModelDims
 from hpml_core.contract.precision import regime
+from hpml_core.contract.step_parts import COLLECTIVE_KINDS, PARTS
 
-BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+DDP_BUCKET_BYTES = 25 * 2**20  # DDP's bucket_cap_mb: the last bucket waits for the backward's end
 
 
 @dataclass(frozen=True)
@@ -64,24 +67,50 @@ class Performance:
     inter_node_gb_per_s: float  # bus bandwidth between nodes, GB/s
     device_tflops: float | None  # model TFLOP/s per rank on a device with no peak on record (a CPU)
     source: str  # where these come from, for the plan's and the report's notes
+    device_memory_gb_per_s: float | None = None  # memory bandwidth, where the GPU table's is not the one
 
     def describe(self) -> str:
         device = f", {self.device_tflops} TFLOP/s per rank without a GPU peak" if self.device_tflops else ""
+        memory = f", {self.device_memory_gb_per_s:g} GB/s device memory" if self.device_memory_gb_per_s else ""
         return (f"{self.compute_efficiency:.0%} of the GPU's dense peak, {self.intra_node_gb_per_s:g} GB/s within a "
-                f"node, {self.inter_node_gb_per_s:g} GB/s between nodes{device} ({self.source})")
+                f"node, {self.inter_node_gb_per_s:g} GB/s between nodes{device}{memory} ({self.source})")
+
+
+@dataclass(frozen=True)
+class KindPrediction:
+    """One collective kind's predicted time in a step, and how much of it overlap hides."""
+
+    kind: str
+    bytes: int  # whole buffers, as a profiled step counts them
+    bytes_sent: float  # what one rank sends of them in ring collectives
+    seconds: float
+    hidden_s: float
 
 
 @dataclass(frozen=True)
 class StepPrediction:
-    compute_s: float | None
-    communication_s: float | None
+    parts: tuple[tuple[str, float], ...] | None  # (part, seconds) in step_parts.PARTS' order; None: no prediction
     tokens_per_step: int
     how: str  # the numbers behind it, or why there is no prediction
     missing_reason: str | None = None
+    communication: tuple[KindPrediction, ...] = field(default=())
+
+    @property
+    def parts_s(self) -> dict[str, float] | None:
+        return None if self.parts is None else dict(self.parts)
+
+    @property
+    def compute_s(self) -> float | None:
+        return None if self.parts_s is None else sum(self.parts_s[p] for p in ("forward", "backward", "recompute"))
+
+    @property
+    def communication_s(self) -> float | None:
+        """All communication, hidden or not."""
+        return None if self.parts_s is None else sum(k.seconds for k in self.communication)
 
     @property
     def step_s(self) -> float | None:
-        return None if self.compute_s is None else self.compute_s + self.communication_s
+        return None if self.parts is None else sum(seconds for _, seconds in self.parts)
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -102,45 +131,63 @@ def _ring(collective: str, n: int) -> float:
 
 
 def rank_flops_per_step(config: TrainConfig, dims: ModelDims, layout: Layout) -> float:
+    """Forward, backward and recomputation together: the compute of one rank's step."""
+    return sum(_compute_flops(config, dims, layout).values())
+
+
+def _compute_flops(config: TrainConfig, dims: ModelDims, layout: Layout) -> dict[str, float]:
     tokens = config.batch_size * config.seq_len * config.grad_accum
-    recompute = 4 / 3 if config.grad_ckpt else 1.0
-    return training_flops_per_token(dims, config.seq_len) * tokens / layout.tp_size * recompute
+    flops = training_flops_per_token(dims, config.seq_len) * tokens / layout.tp_size
+    return {"forward": flops / 3, "backward": 2 * flops / 3, "recompute": flops / 3 if config.grad_ckpt else 0.0}
 
 
-def rank_bytes_sent(config: TrainConfig, dims: ModelDims, layout: Layout) -> tuple[float, float, str]:
-    """(bytes over the DP group, bytes over the TP group, how) one rank sends in a step."""
-    precision = regime(config.mode, config.precision)
-    grad, weight, matmul = (BYTES[precision.grad_reduce_dtype], BYTES[precision.weights_dtype],
-                            BYTES[precision.matmul_dtype])
+def optimizer_bytes(config: TrainConfig, dims: ModelDims, layout: Layout) -> tuple[int, str]:
+    """Bytes the optimizer step reads and writes on one rank, and how."""
     numels = [n for _, n in param_numels(dims, layout.tp_size)]
-    dp, tp, accum = layout.dp_size, layout.tp_size, config.grad_accum
-    dp_bytes, how = 0.0, []
-    if config.mode == "ddp" and dp > 1:
-        dp_bytes = _ring("all-reduce", dp) * sum(numels) * grad
-        how.append(f"DDP all-reduce of {sum(numels):,} gradients × {grad} B")
-    elif config.mode == "zero3" and dp > 1:
-        partitioned = sum(n for n in numels if not is_persistent(n, config))
-        persistent = sum(numels) - partitioned
-        dp_bytes = accum * (2 * _ring("all-gather", dp) * partitioned * weight
-                            + _ring("reduce-scatter", dp) * partitioned * grad
-                            + _ring("all-reduce", dp) * persistent * grad)
-        how.append(f"ZeRO-3, per micro-step: 2 all-gathers of {partitioned:,} parameters × {weight} B, "
-                   f"a reduce-scatter of their gradients × {grad} B" + (f", an all-reduce of {persistent:,} kept whole"
-                                                                       if persistent else ""))
-    tp_bytes = 0.0
-    if tp > 1:
-        all_reduces = dims.n_layer * (2 + 2 + (2 if config.grad_ckpt else 0))
-        activation = config.batch_size * config.seq_len * dims.n_embd * matmul
-        tp_bytes = accum * all_reduces * _ring("all-reduce", tp) * activation
-        how.append(f"TP, per micro-step: {all_reduces} all-reduces of {activation:,} B of activations")
-    return dp_bytes, tp_bytes, "; ".join(how) or "no communication"
+    zero3 = config.mode == "zero3"
+    elements = sum(partition_numel(n, layout.dp_size) for n in numels) if zero3 else sum(numels)
+    per_element = (28 if config.optimizer == "adamw" else 12) + (12 if config.grad_clip > 0 else 0) + (4 if zero3 else 0)
+    return elements * per_element, f"{elements:,} elements × {per_element} B"
+
+
+def _communication(config: TrainConfig, dims: ModelDims, layout: Layout, ranks_per_node: int,
+                   performance: Performance, compute: dict[str, float]) -> tuple[list[KindPrediction], str]:
+    dp_span_nodes = layout.world_size > ranks_per_node and layout.dp_size > 1
+    group_size = {"dp": layout.dp_size, "tp": layout.tp_size, "world": layout.world_size}
+    bandwidth = {"dp": performance.inter_node_gb_per_s if dp_span_nodes else performance.intra_node_gb_per_s,
+                 "tp": performance.intra_node_gb_per_s,
+                 "world": performance.inter_node_gb_per_s if layout.world_size > ranks_per_node
+                 else performance.intra_node_gb_per_s}
+    found = collectives.per_step(config, dims, layout)
+    seconds = {c: _ring(c.kind, group_size[c.group]) * c.bytes / (bandwidth[c.group] * 1e9) for c in found}
+    # what overlap can hide, by the pass that hides it
+    budget = {"forward": compute["forward"], "backward": compute["backward"] + compute["recompute"]}
+    hidden = dict.fromkeys(found, 0.0)
+    for c in found:
+        if c.what.startswith("gradients, in DDP"):
+            last = min(c.bytes, DDP_BUCKET_BYTES) / c.bytes
+            hidden[c] = min(seconds[c] * (1 - last), budget["backward"])
+        elif config.mode == "zero3" and c.kind in ("all-gather", "reduce-scatter"):
+            which = "forward" if c.kind == "all-gather" else "backward"
+            hidden[c] = min(seconds[c], budget[which])
+        else:
+            continue
+        budget["backward" if c.kind != "all-gather" else "forward"] -= hidden[c]
+    kinds = []
+    for kind in COLLECTIVE_KINDS:
+        of_kind = [c for c in found if c.kind == kind]
+        if of_kind:
+            kinds.append(KindPrediction(kind, sum(c.bytes for c in of_kind),
+                                        sum(_ring(kind, group_size[c.group]) * c.bytes for c in of_kind),
+                                        sum(seconds[c] for c in of_kind), sum(hidden[c] for c in of_kind)))
+    how = "; ".join(f"{c.kind} of {c.what} over {c.group} ({c.bytes:,} B)" for c in found) or "no communication"
+    return kinds, how
 
 
 def predict_step(config: TrainConfig, dims: ModelDims, layout: Layout, ranks_per_node: int, gpu: Gpu | None,
                  performance: Performance) -> StepPrediction:
     """The step of one run on ``gpu`` (None: a device with no peak on record, such as a CPU)."""
     tokens = layout.global_batch(config.batch_size, config.grad_accum) * config.seq_len
-    flops = rank_flops_per_step(config, dims, layout)
     if gpu is not None:
         fp32 = regime(config.mode, config.precision).matmul_dtype == "fp32"
         peak = gpu.fp32_tflops if fp32 else gpu.tensor_16bit_tflops
@@ -150,12 +197,23 @@ def predict_step(config: TrainConfig, dims: ModelDims, layout: Layout, ranks_per
         rate, rate_how = performance.device_tflops, "the site's device_tflops"
     else:
         reason = "no GPU peak on record and no device_tflops in the site profile"
-        return StepPrediction(None, None, tokens, reason, reason)
-    compute = flops / (rate * 1e12)
-    dp_bytes, tp_bytes, sent = rank_bytes_sent(config, dims, layout)
-    dp_span_nodes = layout.world_size > ranks_per_node and layout.dp_size > 1
-    dp_bandwidth = performance.inter_node_gb_per_s if dp_span_nodes else performance.intra_node_gb_per_s
-    communication = dp_bytes / (dp_bandwidth * 1e9) + tp_bytes / (performance.intra_node_gb_per_s * 1e9)
-    how = (f"compute {flops / 1e12:.3g} TFLOP per rank at {rate:.3g} TFLOP/s ({rate_how}) = {compute * 1e3:.1f} ms; "
-           f"communication {(dp_bytes + tp_bytes) / 1e9:.3g} GB per rank ({sent}) = {communication * 1e3:.1f} ms")
-    return StepPrediction(compute, communication, tokens, how)
+        return StepPrediction(None, tokens, reason, reason)
+    memory_gb_per_s = performance.device_memory_gb_per_s or (gpu.memory_gb_per_s if gpu else None)
+    if memory_gb_per_s is None:
+        reason = "no GPU memory bandwidth on record and no device_memory_gb_per_s in the site profile"
+        return StepPrediction(None, tokens, reason, reason)
+    flops = _compute_flops(config, dims, layout)
+    compute = {part: f / (rate * 1e12) for part, f in flops.items()}
+    moved, moved_how = optimizer_bytes(config, dims, layout)
+    kinds, sent = _communication(config, dims, layout, ranks_per_node, performance, compute)
+    parts = dict.fromkeys(PARTS, 0.0) | compute | {"optimizer": moved / (memory_gb_per_s * 1e9)}
+    for k in kinds:
+        parts[k.kind] = k.seconds - k.hidden_s
+    total_flops = sum(flops.values())
+    how = (f"compute {total_flops / 1e12:.3g} TFLOP per rank at {rate:.3g} TFLOP/s ({rate_how}) = "
+           f"{sum(compute.values()) * 1e3:.1f} ms; optimizer {moved_how} at {memory_gb_per_s:g} GB/s = "
+           f"{parts['optimizer'] * 1e3:.2f} ms; communication "
+           f"{sum(k.bytes_sent for k in kinds) / 1e9:.3g} GB sent per rank = "
+           f"{sum(k.seconds for k in kinds) * 1e3:.1f} ms, {sum(k.hidden_s for k in kinds) * 1e3:.1f} ms of it hidden "
+           f"({sent})")
+    return StepPrediction(tuple((part, parts[part]) for part in PARTS), tokens, how, communication=tuple(kinds))
