@@ -56,10 +56,16 @@ class Baseline:
     label: str | None = None
 
 
+# A field's metadata that keeps it out of the row's CSV: it has a file of its own.
+APART = {"csv": False}
+
+
 def flatten(row: Any) -> dict[str, Any]:
-    """One row's columns."""
+    """One row's columns (fields marked ``APART`` left out)."""
     out: dict[str, Any] = {}
     for field in dataclasses.fields(row):
+        if field.metadata.get("csv") is False:
+            continue
         value = getattr(row, field.name)
         if hasattr(value, "SUFFIXES"):  # a value: its parts, named after the field
             out.update({field.name + suffix: getattr(value, part) for part, suffix in value.SUFFIXES.items()})

@@ -10,10 +10,11 @@ Every figure's definition: docs/report.md.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from analysis.columns import Spread
+from analysis.columns import APART, Spread
 from analysis.runs import RunRow, Setting
+from analysis.time_parts import RunParts, median_repeat
 from hpml_core.contract.run_states import COMPLETED
 
 
@@ -56,6 +57,8 @@ class ConfigurationRow:
     speed_prediction_note: str | None
     mfu_missing_reason: str | None
     throughput_note: str | None  # run by run, named
+    parts: RunParts | None = field(default=None, metadata=APART)  # its median repeat's (analysis.time_parts)
+    parts_missing_reason: str | None = None
 
 
 def _status(runs: list[RunRow]) -> tuple[str, str | None]:
@@ -132,7 +135,9 @@ def _configuration_row(name: str, label: str, runs: list[RunRow]) -> Configurati
         prediction_note=None if peak_error.known else _first(run.predictions.prediction_note for run in done),
         speed_prediction_note=_first(run.predictions.speed_prediction_note for run in done),
         mfu_missing_reason=None if mfu.known else _first(run.throughput.mfu_missing_reason for run in done),
-        throughput_note="; ".join(f"{run.run}: {run.throughput_note}" for run in done if run.throughput_note) or None)
+        throughput_note="; ".join(f"{run.run}: {run.throughput_note}" for run in done if run.throughput_note) or None,
+        parts=median_repeat([run.parts for run in done if run.parts is not None]),
+        parts_missing_reason=_first(run.parts_missing_reason for run in done))
 
 
 def configuration_rows(runs: list[RunRow]) -> list[ConfigurationRow]:

@@ -1,7 +1,8 @@
 """The report's figures, each as PNG (for the HTML page and slides) and SVG (for a paper):
 throughput and weak and strong scaling efficiency per configuration, peak memory per GPU
 (training and setup) beside the model state, MFU against the batch per GPU, the loss curves of
-every configuration on one axis, and the memory model's prediction against the measurement.
+every configuration on one axis, where each configuration's step goes (measured and predicted,
+part by part), and the memory model's prediction against the measurement.
 Every bar carries its spread over the repeats (min–max; a comparison's interval comes from both
 ranges, and "≈" marks one within noise), and a configuration without the figure (not completed,
 MFU not measurable) is labelled "n/a" in place of a bar. The efficiency panel shows only the
@@ -23,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from analysis.baselines import WITHIN, SummaryRow  # noqa: E402
 from analysis.collect import RunResult  # noqa: E402
 from analysis.columns import Comparison, Spread  # noqa: E402
+from analysis.time_parts import PART_COLORS, parts_present  # noqa: E402
 
 Figure = Callable[[SummaryRow], Spread | Comparison]
 
@@ -248,7 +250,41 @@ def predicted_vs_measured(rows: list[SummaryRow], folder: Path) -> list[Path]:
     return _save(fig, folder, "predicted_vs_measured")
 
 
+def _stacked(ax, labels: list[str], parts: list[dict[str, float]], present: list[str], title: str) -> None:
+    left = [0.0] * len(labels)
+    for part in present:
+        widths = [p.get(part, 0.0) for p in parts]
+        ax.barh(labels, widths, left=left, color=PART_COLORS[part], label=part, edgecolor="white", linewidth=0.5)
+        left = [a + b for a, b in zip(left, widths)]
+    ax.invert_yaxis()  # the experiment's order, top to bottom
+    ax.set_xlabel("ms per optimizer step")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def where_time_goes(rows: list[SummaryRow], folder: Path) -> list[Path]:
+    """Each configuration's profiled step, part by part (its median repeat), and the step-time
+    model's parts beside it; the parts' colours are analysis.time_parts.PART_COLORS everywhere."""
+    shown = [row for row in rows if row.figures.parts is not None]
+    fig, (measured, predicted) = plt.subplots(1, 2, figsize=(14, 1.2 + 0.45 * max(len(shown), 1)), sharey=True)
+    if not shown:
+        _nothing(measured, "no configuration has a profiled step (--profile-steps 0, or not completed)")
+        _nothing(predicted, "")
+        return _save(fig, folder, "where_time_goes")
+    parts = [row.figures.parts for row in shown]
+    present = parts_present(parts)
+    labels = [row.label for row in shown]
+    _stacked(measured, labels, [p.measured for p in parts], present, "Measured: profiled steps after the timed ones")
+    _stacked(predicted, labels, [p.predicted or {} for p in parts], present,
+             "Predicted: the step-time model at the site's speed")
+    for position, p in enumerate(parts):
+        if p.predicted is None:
+            predicted.text(0, position, "  n/a", va="center", fontsize=8)
+    measured.legend(fontsize=7, ncol=min(len(present), 5), loc="lower right")
+    return _save(fig, folder, "where_time_goes")
+
+
 def draw_all(rows: list[SummaryRow], results: list[RunResult], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     return [*throughput(rows, folder), *memory(rows, folder), *mfu_vs_batch(rows, folder),
-            *loss(results, folder), *predicted_vs_measured(rows, folder)]
+            *loss(results, folder), *where_time_goes(rows, folder), *predicted_vs_measured(rows, folder)]

@@ -25,8 +25,11 @@ CAPTIONS = {
     "mfu_vs_batch": "MFU against the batch per GPU, per layout.",
     "loss": "Training loss from step 0, over every attempt.",
     "predicted_vs_measured": "The memory model's and the step-time model's predictions against the measurements.",
+    "where_time_goes": "Where the step goes: each configuration's profiled step part by part (left), and the "
+                       "step-time model's parts (right), in the same colours.",
 }
 PREDICTION_FIGURES = ("predicted_vs_measured",)
+TIME_FIGURES = ("where_time_goes",)
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
@@ -98,7 +101,8 @@ def _figures(paths: list[Path], first_number: int) -> list[dict]:
     for number, path in enumerate(paths, start=first_number):
         figures.append({"stem": path.stem, "number": number, "caption": CAPTIONS.get(path.stem, path.stem),
                         "files": f"{path.name}, {path.with_suffix('.svg').name}",
-                        "size": "wide" if path.stem in ("throughput", "memory", "predicted_vs_measured") else "",
+                        "size": "wide" if path.stem in ("throughput", "memory", "predicted_vs_measured",
+                                                        "where_time_goes") else "",
                         "data": base64.b64encode(path.read_bytes()).decode()})
     return figures
 
@@ -108,8 +112,10 @@ def page(title: str, rows: list[SummaryRow], run_rows: list[list[str]], notes: N
     """``run_rows``: (run, configuration, status, reason) of every run; ``drawn``: the figures'
     files (their PNGs are embedded); ``written``: every file of the report, named at the end."""
     pngs = [path for path in drawn if path.suffix == ".png"]
-    measured = [path for path in pngs if path.stem not in PREDICTION_FIGURES]
+    measured = [path for path in pngs if path.stem not in PREDICTION_FIGURES + TIME_FIGURES]
+    time = [path for path in pngs if path.stem in TIME_FIGURES]
     predicted = [path for path in pngs if path.stem in PREDICTION_FIGURES]
+    time_headers, time_rows = tables.time_parts_table(rows)
     results = [[_cell(label, description=description),
                 _cell(cells[0], bad=row.figures.runs_completed < row.figures.runs_total), *map(_figure_cell, cells[1:])]
                for row, (label, description, cells) in zip(rows, tables.result_rows(rows))]
@@ -117,14 +123,32 @@ def page(title: str, rows: list[SummaryRow], run_rows: list[list[str]], notes: N
         {"id": "results", "heading": "Results", "figures": _figures(measured, 1), "headers": tables.RESULT_HEADERS,
          "caption": "Each configuration's figures: the median over its completed repeats, [min–max] beside it.",
          "rows": results, "notes": notes.results},
+        {"id": "time", "heading": "Where the time goes", "figures": _figures(time, len(measured) + 1),
+         "headers": time_headers,
+         "caption": "Each configuration's profiled step, part by part, in ms and percent of the step; the parts "
+                    "add up to the step, hidden communication is beside them.",
+         "rows": [[_cell(label), *map(_cell, cells)] for label, *cells in time_rows], "notes": notes.time},
+        {"id": "collectives", "heading": "Communication per step", "figures": [],
+         "headers": tables.COLLECTIVE_HEADERS,
+         "caption": "The bytes each configuration's collectives moved in one optimizer step, kind by kind, against "
+                    "the contract's formula.",
+         "rows": [[_cell(label), _cell(kind), _cell(measured_cell), _cell(contract), _cell(equal, bad=equal != "yes")]
+                  for label, kind, measured_cell, contract, equal in tables.collective_rows(rows)],
+         "notes": notes.collectives},
         {"id": "predictions", "heading": "Predicted against measured",
-         "figures": _figures(predicted, len(measured) + 1),
+         "figures": _figures(predicted, len(measured) + len(time) + 1),
          "groups": [(group, len(columns)) for group, columns in tables.PREDICTION_HEADERS],
          "headers": [column for _, columns in tables.PREDICTION_HEADERS for column in columns],
          "caption": "The memory model's and the step-time model's predictions beside the measurements; error in "
                     "percent of the measurement.",
          "rows": [[_cell(label), *map(_figure_cell, cells)] for label, *cells in tables.prediction_rows(rows)],
          "notes": notes.predictions},
+        {"id": "part-predictions", "heading": "Predicted parts against measured", "figures": [],
+         "headers": tables.PART_PREDICTION_HEADERS,
+         "caption": "The step-time model's parts beside the profiled step's; error in percent of the measurement.",
+         "rows": [[_cell(label), _cell(part), _cell(m), _cell(p), _cell(e)]
+                  for label, part, m, p, e in tables.part_prediction_rows(rows)],
+         "notes": notes.part_predictions},
         {"id": "runs", "heading": "Runs", "figures": [], "headers": ("Run", "Configuration", "Status", "Reason"),
          "caption": "Every run of the experiment, with its state and why.",
          "rows": [[_cell(run), _cell(configuration), _cell(status, bad=status != COMPLETED), _cell(reason)]

@@ -9,11 +9,12 @@ Every figure's definition: docs/report.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from analysis.baselines import BEYOND, NO_SPREAD, WITHIN, SummaryRow
 from analysis.collect import Problem
 from analysis.runs import NO_PREDICTION
+from analysis.time_parts import finding
 
 WHOLE_PROCESS = ("cpu_peak_rss", "cuda_max_allocated_process")
 
@@ -23,10 +24,13 @@ class Notes:
     results: list[str]  # under the results table: the measurements and the comparisons
     predictions: list[str]  # under the predicted-against-measured table
     runs: list[str]  # under the runs: how their states were decided, files that could not be read
+    time: list[str] = field(default_factory=list)  # under where the time goes: one finding per configuration
+    collectives: list[str] = field(default_factory=list)  # under the bytes measured against the contract's
+    part_predictions: list[str] = field(default_factory=list)  # under the predicted parts
 
     @property
     def all(self) -> list[str]:
-        return [*self.results, *self.predictions, *self.runs]
+        return [*self.results, *self.time, *self.collectives, *self.predictions, *self.part_predictions, *self.runs]
 
 
 def _grouped(rows: Iterable[SummaryRow], key: Callable[[SummaryRow], Hashable]) -> dict[Hashable, list[SummaryRow]]:
@@ -76,7 +80,8 @@ def _prediction_notes(rows: list[SummaryRow], speed_assumed: str | None) -> list
         lines.append(f"{what} n/a for {_labels(group)}: {note}.")
     if speed_assumed is not None:
         lines.append(f"Predicted tokens/s: the step-time model (hpml_core/contract/step_time.py: model FLOPs at a "
-                     f"stated rate, plus the bytes each layout sends over stated bandwidths, not overlapped), at "
+                     f"stated rate, the optimizer's bytes at a memory bandwidth, and the communication overlap leaves exposed; "
+                     f"its parts: table 'Predicted parts against measured'), at "
                      f"{speed_assumed}.")
         for note, group in _grouped(rows, lambda r: r.figures.speed_prediction_note).items():
             lines.append(f"Predicted tokens/s n/a for {_labels(group)}: {note}.")
@@ -194,4 +199,62 @@ def notes(rows: list[SummaryRow], problems: list[Problem], state_note: str | Non
     runs += [f"Unreadable: {problem.path}: {problem.reason}" for problem in problems]
     if not rows:
         return Notes([], [], runs)
-    return Notes(_result_notes(rows), _prediction_notes(rows, speed_assumed), runs)
+    return Notes(_result_notes(rows), _prediction_notes(rows, speed_assumed), runs, _time_notes(rows),
+                 _collective_notes(rows), _part_prediction_notes(rows, speed_assumed))
+
+
+def _time_notes(rows: list[SummaryRow]) -> list[str]:
+    """One finding per multi-process configuration against its baseline; how the parts were measured."""
+    by_label = {row.label: row for row in rows}
+    lines = []
+    for row in rows:
+        parts = row.figures.parts
+        if parts is None:
+            if row.figures.runs_completed:
+                lines.append(f"{row.label}: no profiled step: {row.figures.parts_missing_reason}.")
+            continue
+        if (row.figures.setting.world_size or 1) < 2:
+            continue
+        base = next((by_label.get(b.label) for b in (row.scaling.baseline, row.scaling.baseline_strong)
+                     if b.label not in (None, row.label) and by_label.get(b.label)
+                     and by_label[b.label].figures.parts is not None), None)
+        if base is None:
+            lines.append(f"{row.label}: no 1-process baseline with a profiled step to compare with.")
+        else:
+            lines.append(finding(row.label, parts, base.label, base.figures.parts))
+    profiled = [row.figures.parts for row in rows if row.figures.parts is not None]
+    if profiled:
+        costs = [p.overhead for p in profiled if p.overhead is not None]
+        cost = f"profiling cost {min(costs):+.0%} to {max(costs):+.0%} on the step" if costs else "profiling cost unknown"
+        sizes = [p.trace_bytes / 1e3 for p in profiled]
+        lines.append(
+            "Parts: each configuration's median repeat; per run the mean over ranks of each rank's median profiled step "
+            "(--profile-steps, after the timed steps: tokens/s is not affected). Exposed communication: a collective "
+            "in flight while the rank computed nothing; hidden: in flight under compute. "
+            f"{'; '.join(sorted({p.how for p in profiled}))}. "
+            f"{cost[0].upper()}{cost[1:]}; traces {min(sizes):,.0f} to {max(sizes):,.0f} kB per run (attempts/<n>/trace-rank-<k>.json.gz, "
+            "open in https://ui.perfetto.dev).")
+    return lines
+
+
+def _collective_notes(rows: list[SummaryRow]) -> list[str]:
+    kinds = [(row.label, k) for row in rows if row.figures.parts for k in row.figures.parts.collectives]
+    if not kinds:
+        return []
+    wrong = [f"{label} {k.kind}" for label, k in kinds if not k.matches]
+    verdict = (f"Measured bytes differ from the contract's in: {', '.join(wrong)}." if wrong else
+               "Every configuration's measured bytes equal the contract's, kind by kind.")
+    return [verdict + " Bytes: each collective's whole buffer (an all-gather's output, a reduce-scatter's input), "
+            "rank 0's first profiled step; contract: hpml_core.contract.collectives. DDP's and ZeRO-3's buckets make "
+            "their count the engine's, so the contract states only their bytes."]
+
+
+def _part_prediction_notes(rows: list[SummaryRow], speed_assumed: str | None) -> list[str]:
+    missing = [f"{row.label}: {row.figures.parts.predicted_note}" for row in rows
+               if row.figures.parts is not None and row.figures.parts.predicted is None]
+    if not any(row.figures.parts is not None for row in rows):
+        return []
+    speed = f" at {speed_assumed}" if speed_assumed else ""
+    return [f"Predicted by hpml_core.contract.step_time{speed}: compute from the FLOP formula, the optimizer from "
+            "its bytes at the memory bandwidth, exposed communication after the overlap it expects; data fetching and "
+            "host overhead ('other') are not predicted.", *missing]

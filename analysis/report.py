@@ -1,7 +1,7 @@
 """``hpml report [EXPERIMENT ...] [--site SITE]`` (``make report``): every rank file of every
 attempt of an experiment's runs, validated, aggregated and written to
-``results/<experiment>/report/``: summary.csv, runs.csv, loss.csv, step_times.csv, summary.md,
-summary.tex, figures (PNG and SVG) and report.html. It also prints the summary table and the
+``results/<experiment>/report/``: summary.csv, runs.csv, loss.csv, step_times.csv,
+time_parts.csv, collectives.csv, summary.md, summary.tex, figures (PNG and SVG) and report.html. It also prints the summary table and the
 paths it wrote.
 
 The runs' states are decided as ``hpml status`` decides them (``jobs.observe``: Slurm asked,
@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from analysis import curves, figures, html, tables
+from analysis import curves, figures, html, tables, time_parts
 from analysis.baselines import summarize
 from analysis.collect import collect
 from analysis.columns import frame
@@ -40,7 +40,8 @@ from hpml_core.contract.errors import EXIT_FAILED, EXIT_USAGE, UsageError
 from hpml_core.contract.step_time import Performance
 from jobs import experiment, site
 
-OUTPUTS = ("summary.csv", "runs.csv", "loss.csv", "step_times.csv", "summary.md", "summary.tex", "report.html")
+OUTPUTS = ("summary.csv", "runs.csv", "loss.csv", "step_times.csv", "time_parts.csv", "collectives.csv", "summary.md",
+           "summary.tex", "report.html")
 
 
 def _replace_contents(target: Path, staging: Path, names: list[str]) -> None:
@@ -72,6 +73,9 @@ def write_report(exp: experiment.Experiment, folder: Path,
         frame(runs).to_csv(staging / "runs.csv", index=False)
         curves.loss_table(results).to_csv(staging / "loss.csv", index=False)
         curves.step_times_table(results).to_csv(staging / "step_times.csv", index=False)
+        labels, parts = [row.label for row in rows], [row.figures.parts for row in rows]
+        time_parts.parts_frame(labels, parts).to_csv(staging / "time_parts.csv", index=False)
+        time_parts.collectives_frame(labels, parts).to_csv(staging / "collectives.csv", index=False)
         (staging / "summary.md").write_text(tables.markdown(rows, notes, title))
         (staging / "summary.tex").write_text(tables.latex(rows, title))
         drawn = figures.draw_all(rows, results, staging)

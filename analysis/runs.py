@@ -15,12 +15,14 @@ import statistics
 from dataclasses import dataclass, field, replace
 
 from analysis.collect import Attempt, RunResult
+from analysis.columns import APART
+from analysis.time_parts import RunParts, run_parts
 from hpml_core.contract import gpus, metrics
 from hpml_core.contract.layout import Layout
 from hpml_core.contract.models import model_dims
 from hpml_core.contract.precision import regime
 from hpml_core.contract.rank_file import RankFile
-from hpml_core.contract.step_time import Performance, predict_step
+from hpml_core.contract.step_time import Performance, StepPrediction, predict_step
 from hpml_core.contract.units import GIB, MIB
 
 # How a layout is named in the tables (hpml_core.contract.config.MODES); rank files written with the
@@ -130,6 +132,8 @@ class RunRow:
     throughput: Throughput = field(default_factory=Throughput)
     memory: MemoryFigures = field(default_factory=MemoryFigures)
     predictions: Predictions = field(default_factory=Predictions)
+    parts: RunParts | None = field(default=None, metadata=APART)  # where the step goes: time_parts.csv
+    parts_missing_reason: str | None = None
 
 
 def describe(mode: str, world: int, dp: int, tp: int, device: str, batch: int, precision: str,
@@ -240,26 +244,31 @@ def _peak_prediction(files: list[RankFile]) -> tuple[float | None, float | None,
     return predicted / GIB, 100 * (predicted - measured) / measured, None
 
 
-def _speed_prediction(files: list[RankFile], tokens_per_s: float,
-                      performance: Performance | None) -> tuple[float | None, float | None, str | None]:
-    """The step-time model's tokens/s for the attempt the figures come from, against them."""
+def _predicted_step(files: list[RankFile], performance: Performance | None) -> StepPrediction | None:
+    """The step-time model's step for the attempt the figures come from (None: no site speed given)."""
     if performance is None:
-        return None, None, None
+        return None
     first = files[0]
-    step = predict_step(first.config, model_dims(first.config.model, first.model.vocab_size),
+    return predict_step(first.config, model_dims(first.config.model, first.model.vocab_size),
                         Layout(first.world_size, first.tp_size), first.world_size // _nodes(files),
                         gpus.by_device_name(first.device_name), performance)
+
+
+def _speed_prediction(step: StepPrediction | None, tokens_per_s: float) -> tuple[float | None, float | None, str | None]:
+    """The step-time model's tokens/s against the measured figure."""
+    if step is None:
+        return None, None, None
     if step.tokens_per_s is None:
         return None, None, step.missing_reason
     return step.tokens_per_s, 100 * (step.tokens_per_s - tokens_per_s) / tokens_per_s, None
 
 
 def _predictions(files: list[RankFile], throughput: Throughput, model_state: ModelStateFigures,
-                 performance: Performance | None) -> Predictions:
+                 step: StepPrediction | None) -> Predictions:
     peak, peak_error, note = _peak_prediction(files)
     if model_state.model_state_per_gpu_mib is not None and model_state.predicted_model_state_mib is None:
         note = NO_PREDICTION
-    speed, speed_error, speed_note = _speed_prediction(files, throughput.tokens_per_s, performance)
+    speed, speed_error, speed_note = _speed_prediction(step, throughput.tokens_per_s)
     return Predictions(predicted_peak_gib=peak, peak_error_pct=peak_error, prediction_note=note,
                        predicted_tokens_per_s=speed, tokens_per_s_error_pct=speed_error,
                        speed_prediction_note=speed_note)
@@ -307,9 +316,11 @@ def run_row(result: RunResult, performance: Performance | None = None) -> RunRow
     if measured is None:
         return row
     files = [measured.ranks[rank] for rank in sorted(measured.ranks)]
-    throughput = _throughput(files)
+    throughput, step = _throughput(files), _predicted_step(files, performance)
+    parts, parts_missing = run_parts(files, step, None if performance else "no site speed given")
     return replace(row, throughput=throughput, memory=_memory(files),
-                   predictions=_predictions(files, throughput, row.model_state, performance))
+                   predictions=_predictions(files, throughput, row.model_state, step),
+                   parts=parts, parts_missing_reason=parts_missing)
 
 
 def run_rows(results: list[RunResult], performance: Performance | None = None) -> list[RunRow]:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hpml_core.contract import collectives
 from hpml_core.contract import rank_file as rf
 from hpml_core.contract.config import TrainConfig
 from hpml_core.contract.layout import Layout
 from hpml_core.contract.metrics import lookup_peak
+from hpml_core.contract.models import model_dims
 from hpml_core.contract.precision import regime
 from hpml_core.contract.run_states import COMPLETED
+from hpml_core.contract.step_parts import PARTS, CollectiveUse, ProfiledStep, StepProfile
 from hpml_core.contract.units import GIB
 
 FLOPS_PER_TOKEN = 5_000_000_000
@@ -63,7 +66,8 @@ def rank_file(*, run: str, rank: int, mode: str, world: int, tp: int, batch: int
               precision: str = "bf16", setup_gib: float | None = None, phases: bool = True,
               regime_recorded: bool = True, model_state: tuple[int, int, int] | None = None,
               prediction: bool = True, predicted_state: int | None = None,
-              predicted_gib: float | None = None, wall_time_s: float = 60.0) -> rf.RankFile:
+              predicted_gib: float | None = None, wall_time_s: float = 60.0,
+              parts_ms: dict[str, float] | None = None) -> rf.RankFile:
     """One rank file of attempt ``attempt``, which ran ``losses`` from step ``start_step``; of
     those, the last ``timed`` (default: 5 when it completed, none otherwise) were timed, each at
     ``step_median`` seconds. No timed step: no throughput, and the engine's reason why.
@@ -73,7 +77,9 @@ def rank_file(*, run: str, rank: int, mode: str, world: int, tp: int, batch: int
     optimizer bytes; default ``model_state_bytes``) is recorded when the run completed.
     ``prediction`` False writes a file from before the engine recorded the memory model's
     prediction; otherwise it predicts ``predicted_state`` bytes of model state (default: the
-    measured total, exact) and ``predicted_gib`` allocated (default: 0.9 × ``memory_gib``, 10 % under)."""
+    measured total, exact) and ``predicted_gib`` allocated (default: 0.9 × ``memory_gib``, 10 % under).
+    ``parts_ms``: a profiled window of one step with these parts (ms; the others 0), whose
+    collectives move exactly the contract's bytes; None: not profiled."""
     layout = Layout(world_size=world, tp_size=tp)
     completed = status == COMPLETED
     timed = (5 if completed else 0) if timed is None else timed
@@ -130,7 +136,23 @@ def rank_file(*, run: str, rank: int, mode: str, world: int, tp: int, batch: int
             expectation="16 B per element (sample)") if completed else None,
         prediction=predicted,
         loss=rf.Loss(start_step=start_step, values=list(losses), averaged_over_dp=completed),
+        profile=_profile(config, layout, parts_ms) if parts_ms is not None and completed else None,
+        profile_missing_reason=None if parts_ms is not None else "--profile-steps 0",
     )
+
+
+def _profile(config: TrainConfig, layout: Layout, parts_ms: dict[str, float]) -> StepProfile:
+    """One profiled step of ``parts_ms``; its collectives the contract's, each in flight as long as its exposed part."""
+    parts = {part: parts_ms.get(part, 0.0) / 1e3 for part in PARTS}
+    expected = collectives.by_kind(collectives.per_step(config, model_dims(config.model, 50304), Layout(
+        layout.world_size, layout.tp_size)))
+    uses = [CollectiveUse(kind=kind, count=total.count or 1, bytes=total.bytes, in_flight_s=parts[kind])
+            for kind, total in expected.items()]
+    flying = sum(parts[kind] for kind in expected)
+    step = ProfiledStep(wall_s=sum(parts.values()), parts_s=parts, collectives=uses, comm_in_flight_s=flying,
+                        comm_hidden_s=0.0)
+    return StepProfile(steps=[step], how="1 optimizer step after the last timed one; sample", overhead=0.05,
+                       trace_file="attempts/1/trace-rank-0.json.gz", trace_bytes=100_000)
 
 
 def write_run(folder: Path, run: str, *, ranks: list[int] | None = None, step_medians: list[float] | None = None,

@@ -10,6 +10,7 @@ import math
 from analysis.baselines import BEYOND, WITHIN, SummaryRow
 from analysis.columns import Baseline, Comparison, Spread
 from analysis.notes import WHOLE_PROCESS, Notes
+from analysis.time_parts import UNPREDICTED, parts_present
 
 HEADERS = ("Configuration", "Description", "Memory (GiB/GPU)", "Model state (MiB/GPU)",
            "Predicted − measured (state; peak; tokens/s)", "MFU", "Tokens/s",
@@ -148,3 +149,68 @@ def latex(rows: list[SummaryRow], title: str) -> str:
         " & ".join(_latex_escape(header) for header in HEADERS) + r" \\", r"\midrule", *body, r"\bottomrule",
         r"\end{tabular}", r"\end{table*}", "",
     ])
+
+
+def _ms_share(ms: float, step_ms: float) -> str:
+    return f"{ms:,.2f} ({ms / step_ms:.0%})" if step_ms else f"{ms:,.2f}"
+
+
+def time_parts_table(rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
+    """The page's where-the-time-goes table: each configuration's profiled step and its parts, in
+    ms and percent of the step (its median repeat's; analysis.time_parts)."""
+    shown = [row for row in rows if row.figures.parts is not None]
+    present = parts_present([row.figures.parts for row in shown])
+    headers = ["Configuration", "Step (ms)", *(f"{part} (ms)" for part in present), "Hidden comm. (ms)"]
+    out = []
+    for row in shown:
+        parts = row.figures.parts
+        measured = parts.measured
+        out.append([row.label, f"{parts.step_ms:,.2f}", *(_ms_share(measured[p], parts.step_ms) for p in present),
+                    f"{parts.hidden_ms:,.2f} of {parts.in_flight_ms:,.2f}" if parts.in_flight_ms else "-"])
+    return headers, out
+
+
+COLLECTIVE_HEADERS = ("Configuration", "Collective", "Measured", "Contract", "Equal")
+
+
+def _count_bytes(count: int | None, size: int | None, bucketed: bool = False) -> str:
+    if size is None:
+        return "none"
+    times = "in buckets" if bucketed else f"{count} ×" if count is not None else ""
+    return f"{size:,} B ({times})" if times else f"{size:,} B"
+
+
+def collective_rows(rows: list[SummaryRow]) -> list[list[str]]:
+    """The bytes each configuration's collectives moved in a step, kind by kind, against the
+    contract's (hpml_core.contract.collectives)."""
+    out = []
+    for row in rows:
+        if row.figures.parts is None:
+            continue
+        for k in row.figures.parts.collectives:
+            out.append([row.label, k.kind, _count_bytes(k.measured_count, k.measured_bytes),
+                        _count_bytes(k.predicted_count, k.predicted_bytes, bucketed=k.predicted_count is None),
+                        "yes" if k.matches else "NO"])
+    return out
+
+
+PART_PREDICTION_HEADERS = ("Configuration", "Part", "Measured (ms)", "Predicted (ms)", "Predicted − measured")
+
+
+def part_prediction_rows(rows: list[SummaryRow]) -> list[list[str]]:
+    """Each part the step-time model predicts, beside the profiled step's (parts neither has left out)."""
+    out = []
+    for row in rows:
+        parts = row.figures.parts
+        if parts is None or parts.predicted is None:
+            continue
+        measured, predicted = parts.measured, parts.predicted
+        for part in [p for p in measured if measured[p] > 0 or predicted.get(p, 0) > 0] + ["step"]:
+            m = parts.step_ms if part == "step" else measured[part]
+            if part in UNPREDICTED:
+                out.append([row.label, part, f"{m:,.3f}", "not predicted", "n/a"])
+                continue
+            p = sum(predicted.values()) if part == "step" else predicted.get(part, 0.0)
+            error = _signed_percent(100 * (p - m) / m) if m > 0 else "n/a"
+            out.append([row.label, part, f"{m:,.3f}", f"{p:,.3f}", error])
+    return out

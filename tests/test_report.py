@@ -5,6 +5,7 @@ the test: `slurm_says`)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -24,6 +25,9 @@ from hpml_core.contract.units import MIB
 from jobs import slurm_query
 
 SEQ = 1024
+# The profiled steps of single and ddp-4 (ms; ddp-4-r1 has a corrupt rank file, so r0 is its only measured repeat)
+SINGLE_PARTS = {"data": 1.0, "forward": 100.0, "backward": 200.0, "optimizer": 30.0, "other": 2.0}
+DDP_PARTS = {"data": 1.0, "forward": 100.0, "backward": 200.0, "optimizer": 30.0, "all-reduce": 150.0, "other": 4.0}
 
 
 @pytest.fixture
@@ -67,12 +71,14 @@ def study(tmp_path, slurm_says):
     site = local_site(tmp_path)
     folder = tmp_path / "results" / "study"
     one = dict(mode="single", world=1, tp=1, batch=8)
-    write_run(folder, "single-r0", step_medians=[0.5], memory_gib=[20.0], losses=(9.0, 7.5), **one)
-    write_run(folder, "single-r1", step_medians=[0.4], memory_gib=[22.0], losses=(9.0, 7.0), **one)
+    write_run(folder, "single-r0", step_medians=[0.5], memory_gib=[20.0], losses=(9.0, 7.5), parts_ms=SINGLE_PARTS,
+              **one)
+    write_run(folder, "single-r1", step_medians=[0.4], memory_gib=[22.0], losses=(9.0, 7.0),
+              parts_ms={**SINGLE_PARTS, "backward": 250.0}, **one)
     four = dict(mode="ddp", world=4, tp=1, batch=8)
     write_run(folder, "ddp-4-r0", step_medians=[0.5, 0.55, 0.6, 0.52], memory_gib=[21, 21, 21, 23],
-              wall_times_s=[60.0, 70.0, 65.0, 60.0], **four)
-    write_run(folder, "ddp-4-r1", **four)
+              wall_times_s=[60.0, 70.0, 65.0, 60.0], parts_ms=DDP_PARTS, **four)
+    write_run(folder, "ddp-4-r1", parts_ms=DDP_PARTS, **four)
     (folder / "ddp-4-r1" / "attempts" / "1" / "rank-2.json").write_text("{not json")
     zero = dict(mode="zero3", world=4, tp=1, batch=8)
     state = sum(model_state_bytes("zero3", 4, 1))  # the memory model 5 % over it, and 25 GiB of training peak
@@ -319,15 +325,19 @@ def test_predicted_memory_and_the_hours_spent_match_a_hand_computation(study):
     assert "each Slurm job, failed, out-of-memory and killed ones included: Slurm's elapsed time" in markdown
     assert "an attempt without Slurm that wrote no rank file is not counted." in markdown
     # Predicted tokens/s at the site's stated speed (the defaults: 40 % of the A100's 312 TFLOP/s,
-    # 100 GB/s within the node): one process computes only; DDP on 4 adds the ring all-reduce of
-    # its fp32 gradients, 2 × 3/4 of them, to each rank's step.
+    # 100 GB/s within the node): one process computes and updates (AdamW and clipping, 40 B per
+    # parameter at the A100 80GB's 2039 GB/s); DDP on 4 adds the ring all-reduce of its fp32
+    # gradients, 2 × 3/4 of them, of which all but the last 25 MiB bucket hides behind the backward.
     dims = model_dims("gpt2-large", 50257)  # the sample files' padded vocabulary, 50304
     flops = training_flops_per_token(dims, 1024)  # the formula on the model, not the files' round figure
-    single = 0.4 * A100_BF16_PEAK * 1e12 / flops
+    params = sum(n for _, n in param_numels(dims, 1))
+    compute, optimizer = 8 * 1024 * flops / (0.4 * A100_BF16_PEAK * 1e12), params * 40 / 2039e9
+    single = 8 * 1024 / (compute + optimizer)
     assert runs.loc["single-r0", "predicted_tokens_per_s"] == pytest.approx(single)
     assert runs.loc["single-r0", "tokens_per_s_error_pct"] == pytest.approx(100 * (single - 16384) / 16384)
-    gradients = sum(n for _, n in param_numels(dims, 1)) * 4
-    ddp_step = 8 * 1024 * flops / (0.4 * A100_BF16_PEAK * 1e12) + 2 * 3 / 4 * gradients / 100e9
+    all_reduce = 2 * 3 / 4 * params * 4 / 100e9
+    hidden = min(all_reduce * (1 - 25 * 2**20 / (params * 4)), 2 / 3 * compute)
+    ddp_step = compute + optimizer + all_reduce - hidden
     assert runs.loc["ddp-4-r0", "predicted_tokens_per_s"] == pytest.approx(4 * 8 * 1024 / ddp_step)
     single_error = summary.loc["single", "tokens_per_s_error_pct_median"]
     assert single_error == pytest.approx(runs.loc[["single-r0", "single-r1"], "tokens_per_s_error_pct"].median())
@@ -607,7 +617,7 @@ def test_report_html_opens_in_headless_chromium_with_every_figure_drawn(study, t
                                 return {top: r.top + window.scrollY, bottom: r.bottom + window.scrollY}; };
             const out = {figures: {}, tables: {}, notes: {}, next: {}, items: {}};
             for (const img of document.images) out.figures[img.alt] = box(img.closest('figure'));
-            for (const id of ['results', 'predictions', 'runs']) {
+            for (const id of ['results', 'time', 'collectives', 'predictions', 'part-predictions', 'runs']) {
                 const table = document.getElementById(id + '-table'), notes = document.getElementById(id + '-notes');
                 out.tables[id] = box(table);
                 out.notes[id] = notes ? box(notes) : null;
@@ -621,22 +631,47 @@ def test_report_html_opens_in_headless_chromium_with_every_figure_drawn(study, t
     (tmp_path / "report-page.png").write_bytes(page_png)
     assert page_png.startswith(b"\x89PNG") and len(page_png) > 10_000
     assert sorted(image["alt"] for image in images) == ["loss", "memory", "mfu_vs_batch", "predicted_vs_measured",
-                                                        "throughput"]
+                                                        "throughput", "where_time_goes"]
     assert all(image["complete"] and image["width"] > 100 and image["colours"] > 2 for image in images), images
     assert errors == []
 
     figures, tables, notes = layout["figures"], layout["tables"], layout["notes"]
     for name in ("throughput", "memory", "mfu_vs_batch", "loss"):
         assert figures[name]["bottom"] <= tables["results"]["top"], name
-    assert tables["results"]["bottom"] <= notes["results"]["top"] <= tables["predictions"]["top"]
+    assert tables["results"]["bottom"] <= notes["results"]["top"] <= figures["where_time_goes"]["top"]
+    assert figures["where_time_goes"]["bottom"] <= tables["time"]["top"] <= notes["time"]["top"]
+    assert notes["time"]["bottom"] <= tables["collectives"]["top"] <= notes["collectives"]["top"]
+    assert notes["collectives"]["bottom"] <= tables["predictions"]["top"]
     assert tables["results"]["bottom"] <= figures["predicted_vs_measured"]["top"]
     assert figures["predicted_vs_measured"]["bottom"] <= tables["predictions"]["top"]
-    assert tables["predictions"]["bottom"] <= notes["predictions"]["top"] <= tables["runs"]["top"]
-    assert tables["runs"]["bottom"] <= notes["runs"]["top"]
-    assert layout["next"] == {"results": "results-notes", "predictions": "predictions-notes", "runs": "runs-notes"}
+    assert tables["predictions"]["bottom"] <= notes["predictions"]["top"] <= tables["part-predictions"]["top"]
+    assert notes["part-predictions"]["bottom"] <= tables["runs"]["top"] <= notes["runs"]["top"]
+    assert layout["next"] == {id_: f"{id_}-notes" for id_ in layout["next"]}
     assert layout["items"]["results"].startswith("OL:") and int(layout["items"]["results"][3:]) > 5  # numbered
     assert layout["headers"] == ["Configuration", "Repeats", "Tokens/s", "MFU", "Memory (GiB/GPU)",
                                  "Model state (MiB/GPU)", "Weak scaling eff.", "Strong scaling eff."]
+
+
+def test_where_the_time_goes_matches_a_hand_computation(study):
+    """Each configuration's parts (its median repeat's), the bytes against the contract, and the
+    finding against the baseline, worded from those figures."""
+    exp, site, folder = study
+    assert main([str(exp), "--site", str(site)]) == 0
+    parts = {(row["configuration"], row["part"]): row for row in csv.DictReader(
+        (folder / "report" / "time_parts.csv").open())}
+    assert float(parts["single", "backward"]["measured_ms"]) == 200.0  # r0's 333 ms step, not r1's 383 ms
+    assert float(parts["ddp-4", "all-reduce"]["measured_ms"]) == 150.0
+    assert float(parts["ddp-4", "all-reduce"]["measured_share"]) == pytest.approx(150 / 485)
+    assert parts["ddp-4", "data"]["predicted_ms"] == ""  # not predicted: missing, not 0
+    assert float(parts["ddp-4", "forward"]["predicted_ms"]) > 0
+    assert {c for c, _ in parts} == {"single", "ddp-4"}  # the other configurations were not profiled
+    kinds = list(csv.DictReader((folder / "report" / "collectives.csv").open()))
+    assert [(k["configuration"], k["kind"], k["matches"]) for k in kinds] == [("ddp-4", "all-reduce", "True")]
+    summary = (folder / "report" / "summary.md").read_text()
+    assert ("ddp-4: 31% of the step is exposed all-reduce (150 ms); the baseline has none (single). Compute "
+            "(forward, backward, recompute) is 62% of the step against 90%; the step takes 1.5× the baseline's "
+            "(485 ms against 333 ms); 0 ms of 150 ms in flight hidden under compute.") in summary
+    assert "zero3-4: no profiled step: rank 0: --profile-steps 0." in summary
 
 
 def test_the_efficiency_figure_shows_only_the_configurations_with_a_baseline(study):
@@ -896,7 +931,7 @@ def test_without_an_experiment_every_one_with_results_is_reported_even_before_an
     runs = pd.read_csv(report / "runs.csv")
     assert len(runs) == 20 and set(runs["status"]) == {"NOT_SUBMITTED"}  # 10 configurations × 2 repeats
     assert {p.name for p in report.glob("*.png")} == {"throughput.png", "memory.png", "mfu_vs_batch.png", "loss.png",
-                                                      "predicted_vs_measured.png"}
+                                                      "where_time_goes.png", "predicted_vs_measured.png"}
     assert not (tmp_path / "results" / "seed_study").exists()  # no results, no report
 
 

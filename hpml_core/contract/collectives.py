@@ -22,8 +22,11 @@ blocks and A the micro-steps of accumulation, the engine issues:
   reduction dtype). DeepSpeed keeps a gathered parameter until the backward uses it again when
   the parameters fetched in between stay within ``stage3_max_reuse_distance`` (10⁹ elements):
   a block is gathered again for the backward only when twice the parameters of the blocks after
-  it exceed that (none in GPT-2 Large). Its optimizer step all-reduces two fp64 scalars per
-  group it spans (gradient norm, overflow), and fp16 one byte more (the overflow flag).
+  it exceed that (GPT-2 Large's first ten blocks, by this reading of DeepSpeed's
+  ``__params_to_release``; not yet measured at that size). Its optimizer step all-reduces two
+  fp64 scalars per group it spans (gradient norm, overflow), and fp16 one byte more (the
+  overflow flag). With one DP rank nothing is gathered, but the reduce-scatter (over a group of
+  one) and the scalars are still issued.
 - **fp16 on the PyTorch path**: the loss scaler's overflow flag, one fp32 all-reduce over all ranks.
 
 These were read off the profiled steps of every layout on CPU ranks with gloo, and a test keeps
@@ -96,11 +99,10 @@ def _zero3(config: TrainConfig, dims: ModelDims, layout: Layout) -> list[Collect
     gathered = sum(padded.values())
     block = sum(n for name, n in padded.items() if name.startswith("blocks.0."))
     regathered = _regathered_blocks(dims, block) * block
-    found = [
+    found = [] if dp == 1 else [  # one rank holds whole partitions: nothing to gather
         Collectives("all-gather", "dp", None, accum * (gathered + regathered), precision.weights_dtype,
-                    "parameters for the forward" + (" and again for the backward" if regathered else "")),
-        Collectives("reduce-scatter", "dp", None, accum * gathered, precision.grad_reduce_dtype, "gradients"),
-    ]
+                    "parameters for the forward" + (" and again for the backward" if regathered else ""))]
+    found.append(Collectives("reduce-scatter", "dp", None, accum * gathered, precision.grad_reduce_dtype, "gradients"))
     groups = 2 if layout.tp_size > 1 else 1
     found.append(Collectives("all-reduce", "dp", 2 * groups, 2 * groups, "fp64", "gradient norm and overflow check"))
     if config.precision == "fp16":
@@ -117,7 +119,7 @@ def per_step(config: TrainConfig, dims: ModelDims, layout: Layout) -> list[Colle
         grads = sum(n for _, n in param_numels(dims, layout.tp_size))
         found.append(Collectives("all-reduce", "dp", None, grads, regime(config.mode, config.precision).grad_reduce_dtype,
                                  "gradients, in DDP's buckets"))
-    if config.mode == "zero3" and layout.dp_size > 1:
+    if config.mode == "zero3":
         found += _zero3(config, dims, layout)
     if config.mode != "zero3" and config.precision == "fp16" and layout.world_size > 1:
         found.append(Collectives("all-reduce", "world", 1, 1, "fp32", "loss scaler's overflow flag"))
