@@ -74,6 +74,8 @@ def slurm_site(nodes, tmp_path_factory, token_data) -> Path:
         results_root: {root / 'results'}
         data_root: {root / 'data'}
         env: {{OMP_NUM_THREADS: "1"}}
+        device_tflops: 0.03
+        device_memory_gb_per_s: 3.0
     """))
     return site
 
@@ -214,6 +216,49 @@ def test_make_submit_all_runs_the_tiny_study_once_even_when_submitted_twice_at_o
     assert "min–max" in text
     # Which comparisons are within noise, or that none is, with how many are beyond it.
     assert "Within noise (the two ranges overlap): " in text or "No comparison is within noise (" in text, text
+    assert_the_report_says_where_the_time_goes(folder / "report")
+
+
+def assert_the_report_says_where_the_time_goes(report: Path) -> None:
+    """Every configuration's profiled step in parts that add up, the bytes of each of its
+    collectives equal to the contract's, a finding per multi-process layout in words, and the
+    page's figure and tables as a reader sees them in headless Chromium."""
+    parts = list(csv.DictReader((report / "time_parts.csv").open()))
+    assert {row["configuration"] for row in parts} == set(LAYOUTS)
+    for layout in LAYOUTS:
+        shares = [float(row["measured_share"]) for row in parts if row["configuration"] == layout]
+        assert sum(shares) == pytest.approx(1.0)
+    kinds = {(row["configuration"], row["kind"]): row["matches"] for row in csv.DictReader(
+        (report / "collectives.csv").open())}
+    assert set(kinds.values()) == {"True"}, kinds
+    assert {kind for layout, kind in kinds if layout == "zero3-4"} == {"all-gather", "reduce-scatter", "all-reduce"}
+    assert {kind for layout, kind in kinds if layout == "ddp-4"} == {"all-reduce"}
+    assert not any(layout == "single" for layout, _ in kinds)
+    text = (report / "summary.md").read_text()
+    for layout in ("ddp-4", "zero3-4", "dp2xtp2-b8"):
+        assert re.search(rf"- {layout}: (\d+% of the step is exposed [a-z-]+ \(|no communication is exposed).* the step "
+                         rf"takes [\d.]+× the baseline's", text), layout
+    from analysis import screenshot
+
+    if screenshot.browser_paths() is None:
+        pytest.fail("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    with screenshot.headless() as driver:
+        driver.get((report / "report.html").as_uri())
+        seen = driver.execute_script("""
+            const img = Array.from(document.images).find(i => i.alt === 'where_time_goes');
+            const canvas = document.createElement('canvas');
+            canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+            canvas.getContext('2d').drawImage(img, 0, 0);
+            const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+            const colours = new Set();
+            for (let i = 0; i < pixels.length && colours.size < 12; i += 4 * 53) colours.add(pixels.slice(i, i + 4).join());
+            const rows = id => document.querySelectorAll('#' + id + '-table tbody tr').length;
+            return {colours: colours.size, width: img.naturalWidth, time: rows('time'),
+                    collectives: rows('collectives'), parts: rows('part-predictions'),
+                    findings: document.getElementById('time-notes').innerText};""")
+    assert seen["width"] > 100 and seen["colours"] > 6, seen  # stacked bars in several parts' colours
+    assert seen["time"] == len(LAYOUTS) and seen["collectives"] == len(kinds) and seen["parts"] > len(LAYOUTS)
+    assert "zero3-4: " in seen["findings"] and "of the step" in seen["findings"]
 
 
 def test_doctor_passes_on_the_local_slurm_and_names_a_broken_container(slurm_site):
