@@ -23,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from hpml_core.plan import Plan
 from hpml_core.stepper import Stepper
-from hpml_core.trace_parts import CPU_HOW, UnreadableTrace, cut_steps
+from hpml_core.trace_parts import CPU_HOW, GPU_HOW, UnreadableTrace, cut_steps
 from hpml_core.contract.atomic import atomic_write
 from hpml_core.contract.step_parts import STEP_RANGE, StepProfile
 
@@ -36,12 +36,14 @@ def profile_window(plan: Plan, stepper: Stepper, device: torch.device, attempt_d
                    timed_median_s: float | None) -> tuple[StepProfile | None, str | None]:
     """Collective: ``plan.config.profile_steps`` steps under the profiler; (the profile, None) or
     (None, why there is none)."""
-    if device.type == "cuda":
-        return None, "cutting a GPU trace into parts is not built yet (only CPU ranks with gloo are)"
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiler:
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities, record_shapes=True) as profiler:
         for i in range(plan.config.profile_steps):
             with record_function(STEP_RANGE):
                 stepper.step(plan.batches.micro_batches(plan.total_steps + i, device))
+                if cuda:  # the step's range ends when its kernels have
+                    torch.cuda.synchronize(device)
     raw = attempt_dir / f".trace-rank-{plan.env.rank}.json"
     try:
         profiler.export_chrome_trace(str(raw))
@@ -55,7 +57,7 @@ def profile_window(plan: Plan, stepper: Stepper, device: torch.device, attempt_d
         raw.unlink(missing_ok=True)
     window_median = statistics.median(s.wall_s for s in steps)
     return StepProfile(
-        steps=steps, how=f"{len(steps)} optimizer steps after the last timed one; {CPU_HOW}",
+        steps=steps, how=f"{len(steps)} optimizer steps after the last timed one; {GPU_HOW if cuda else CPU_HOW}",
         overhead=window_median / timed_median_s - 1 if timed_median_s else None,
         trace_file=os.path.relpath(trace, run_dir), trace_bytes=trace.stat().st_size), None
 

@@ -10,6 +10,13 @@ operator that enqueued it on the main thread (gloo runs a reduce-scatter as an a
 its own name cannot tell), its element type from gloo's event. Each instant of a step goes to one
 part: exposed communication when a collective is in flight and no operator runs, else the
 innermost range the engine opened (``hpml.forward`` …), else ``other``.
+
+On a GPU (NCCL) the device's timeline decides: a compute kernel or a copy running on any stream
+is computing, and belongs to the range that was open when the host launched it (matched by the
+profiler's correlation id; the backward's kernels are launched from autograd's own thread, so
+ranges of every host thread count); an NCCL kernel is a collective in flight, named and sized by
+the ``c10d::…`` operator that launched it, its element type read from the kernel's name. An
+instant with no kernel running is ``other``: the device idled while the host prepared work.
 """
 
 from __future__ import annotations
@@ -32,6 +39,12 @@ C10D_OPS = {
 }
 CPU_HOW = ("CPU: main thread's aten operators = computing; gloo worker threads' collectives = in flight; "
            "kind and buffer from the c10d operator that enqueued each")
+GPU_HOW = ("GPU: compute kernels and copies on the device's timeline = computing, each in the range that launched it; "
+           "NCCL kernels = in flight, kind and buffer from the c10d operator that launched each")
+# The element type in an NCCL kernel's name (ncclDevKernel_AllReduce_Sum_bf16_RING_LL)
+NCCL_ELEMENT_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8, "i8": 1, "u8": 1, "i32": 4, "u32": 4, "i64": 8,
+                      "u64": 8, "f8e4m3": 1, "f8e5m2": 1}
+DEVICE_WORK = ("kernel", "gpu_memcpy", "gpu_memset")
 
 
 @dataclass(frozen=True)
@@ -107,7 +120,7 @@ def _cut(start: float, end: float, ranges: list[tuple[str, float, float]], compu
         marks += [(max(c.start, start), 1, "comm", i), (min(c.end, end), -1, "comm", i)]
     marks = sorted(m for m in marks if start <= m[0] <= end)
     parts = dict.fromkeys(PARTS, 0.0)
-    open_count = {name: 0 for name in (*RANGE_PRIORITY, "compute")}
+    open_count = {name: 0 for name in (*RANGE_PRIORITY, "other", "compute")}  # other: a kernel launched outside them
     in_flight: set[int] = set()
     flying = hidden = 0.0
     now = start
@@ -129,22 +142,76 @@ def _cut(start: float, end: float, ranges: list[tuple[str, float, float]], compu
     return parts, flying, hidden
 
 
+def _ranges(events: list[dict]) -> list[tuple[str, float, float]]:
+    return [(e["name"].removeprefix(RANGE_PREFIX), e["ts"], _end(e)) for e in events
+            if e["name"].startswith(RANGE_PREFIX) and e["name"].removeprefix(RANGE_PREFIX) in RANGE_PRIORITY]
+
+
+def _innermost(ranges: list[tuple[str, float, float]], time: float) -> str:
+    open_ = {part for part, a, b in ranges if a <= time < b}
+    return next((p for p in RANGE_PRIORITY if p in open_), "other")
+
+
+def _nccl_kind_and_size(kernel: dict, ops: list[dict], launches: dict) -> Collective:
+    launch = launches.get(kernel.get("args", {}).get("correlation"))
+    if launch is None:
+        raise UnreadableTrace(f"{kernel['name']} at {kernel['ts']} has no launch in the trace")
+    op = next((o for o in ops if o.get("tid") == launch.get("tid") and o["ts"] <= launch["ts"] <= _end(o)), None)
+    if op is None or op["name"] not in C10D_OPS:
+        raise UnreadableTrace(f"{kernel['name']} was not launched by a c10d operator hpml can name"
+                              + (f" ({op['name']})" if op else ""))
+    kind, _, buffer = C10D_OPS[op["name"]]
+    dims = op.get("args", {}).get("Input Dims", [])
+    dtype = next((part for part in kernel["name"].split("_") if part in NCCL_ELEMENT_BYTES), None)
+    if dtype is None:
+        raise UnreadableTrace(f"{kernel['name']}: no element type in its name")
+    whole = _numel(dims[buffer]) if len(dims) > buffer else 0
+    return Collective(kind, whole * NCCL_ELEMENT_BYTES[dtype], kernel["ts"], _end(kernel))
+
+
+def gpu_work(events: list[dict]) -> tuple[list[tuple[str, float, float]], list[Collective]]:
+    """(part, start, end) of every compute kernel and copy, by the range open at its launch, and
+    every NCCL kernel as a collective."""
+    host = [e for e in events if e.get("cat") not in DEVICE_WORK]
+    launches = {e["args"]["correlation"]: e for e in host if e.get("cat") in ("cuda_runtime", "cuda_driver")
+                and "correlation" in e.get("args", {})}  # the driver's: Triton's kernels (torch.compile)
+    ranges = _ranges(host)
+    ops = [e for e in host if e["name"].startswith("c10d::")]
+    work, collectives = [], []
+    for kernel in (e for e in events if e.get("cat") in DEVICE_WORK):
+        if "nccl" in kernel["name"].lower():
+            collectives.append(_nccl_kind_and_size(kernel, ops, launches))
+        else:
+            launch = launches.get(kernel.get("args", {}).get("correlation"))
+            part = _innermost(ranges, launch["ts"]) if launch else "other"
+            work.append((part, kernel["ts"], _end(kernel)))
+    return work, collectives
+
+
 def cut_steps(events: list[dict]) -> list[ProfiledStep]:
-    """Every ``hpml.step`` range of a CPU rank's trace, cut into parts (seconds)."""
+    """Every ``hpml.step`` range of a rank's trace, cut into parts (seconds): on the device's
+    timeline when the trace has GPU kernels, else on the CPU's."""
     events = _complete(events)
     steps = sorted((e for e in events if e["name"] == STEP_RANGE), key=lambda e: e["ts"])
     if not steps:
         raise UnreadableTrace(f"no {STEP_RANGE} range in the trace")
+    on_gpu = any(e.get("cat") == "kernel" for e in events)
     main_tid = steps[0].get("tid")
     main = [e for e in events if e.get("tid") == main_tid]
-    collectives = cpu_collectives(events, main_tid)
+    if on_gpu:
+        work, collectives = gpu_work(events)
+    else:
+        collectives = cpu_collectives(events, main_tid)
     profiled = []
     for step in steps:
         start, end = step["ts"], _end(step)
-        inside = [e for e in main if start <= e["ts"] < end]
-        ranges = [(e["name"].removeprefix(RANGE_PREFIX), e["ts"], _end(e)) for e in inside
-                  if e["name"].startswith(RANGE_PREFIX) and e["name"].removeprefix(RANGE_PREFIX) in RANGE_PRIORITY]
-        computing = [(e["ts"], _end(e)) for e in inside if e["name"].startswith("aten::")]
+        if on_gpu:  # a kernel is both computing and in its part
+            ranges = [w for w in work if start <= w[1] < end]
+            computing = [(a, b) for _, a, b in ranges]
+        else:
+            inside = [e for e in main if start <= e["ts"] < end]
+            ranges = _ranges(inside)
+            computing = [(e["ts"], _end(e)) for e in inside if e["name"].startswith("aten::")]
         mine = [c for c in collectives if start <= c.start < end]
         parts, flying, hidden = _cut(start, end, ranges, computing, mine)
         uses = []

@@ -59,3 +59,39 @@ def test_a_trace_hpml_cannot_read_is_refused_not_guessed():
     orphan = [e for e in a_step() if not e["name"].startswith("c10d::")]
     with pytest.raises(UnreadableTrace, match="no c10d operator"):
         cut_steps(orphan)
+
+
+def gpu_step(kernel_name="ncclDevKernel_AllReduce_Sum_f32_RING_LL"):
+    """100 µs on the host, synchronised at its end. The host launches (correlation ids 1-4): in the
+    forward a matmul (device 10-40), from autograd's thread in the backward a matmul (50-70) and,
+    inside DDP's c10d all-reduce of 1000 elements, an NCCL kernel (60-90); in the optimizer a
+    kernel (92-96). The device idles 0-10, 40-50, 90-92 and 96-100."""
+    def launch(ts, correlation, tid=MAIN):
+        return {**op("cudaLaunchKernel", ts, 1, tid=tid), "cat": "cuda_runtime", "args": {"correlation": correlation}}
+
+    def kernel(name, ts, dur, correlation, stream=7):
+        return {**op(name, ts, dur, tid=stream), "cat": "kernel", "pid": 0, "args": {"correlation": correlation}}
+    AUTOGRAD = 3
+    return [
+        op("hpml.step", 0, 100), op("hpml.data", 0, 2), op("hpml.forward", 2, 38), launch(5, 1),
+        op("hpml.backward", 40, 50), launch(45, 2, tid=AUTOGRAD),
+        op("c10d::allreduce_", 55, 3, tid=AUTOGRAD, **{"Input Dims": [[[1000]]], "Input type": ["TensorList"]}),
+        launch(56, 3, tid=AUTOGRAD), op("hpml.optimizer", 90, 8), launch(91, 4),
+        kernel("ampere_bf16_gemm", 10, 30, 1), kernel("ampere_bf16_gemm", 50, 20, 2),
+        kernel(kernel_name, 60, 30, 3, stream=9), kernel("multi_tensor_apply_kernel", 92, 4, 4),
+    ]
+
+
+def test_on_a_gpu_the_device_timeline_decides_and_each_kernel_counts_where_it_was_launched():
+    [step] = cut_steps(gpu_step())
+    parts = {k: round(v * 1e6, 6) for k, v in step.parts_s.items() if v}
+    # forward 10-40; backward 50-70 (60-70 under it hidden); exposed all-reduce 70-90; optimizer 92-96; idle 20
+    assert parts == {"forward": 30, "backward": 20, "all-reduce": 20, "optimizer": 4, "other": 26}
+    assert step.comm_hidden_s == pytest.approx(10e-6) and step.comm_in_flight_s == pytest.approx(30e-6)
+    [use] = step.collectives
+    assert (use.kind, use.count, use.bytes) == ("all-reduce", 1, 4000)  # f32 in the kernel's name
+
+
+def test_an_nccl_kernel_without_an_element_type_is_refused():
+    with pytest.raises(UnreadableTrace, match="no element type"):
+        cut_steps(gpu_step("ncclDevKernel_AllReduce_Sum_RING_LL"))
