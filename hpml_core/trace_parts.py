@@ -16,7 +16,9 @@ is computing, and belongs to the range that was open when the host launched it (
 profiler's correlation id; the backward's kernels are launched from autograd's own thread, so
 ranges of every host thread count); an NCCL kernel is a collective in flight, named and sized by
 the ``c10d::…`` operator that launched it, its element type read from the kernel's name. An
-instant with no kernel running is ``other``: the device idled while the host prepared work.
+instant with no kernel running is ``other``: the device idled while the host prepared work. Ranks
+that share one GPU talk over gloo (NCCL refuses two ranks on a device): their collectives are
+gloo's, in flight on the host, exposed when no kernel runs meanwhile.
 """
 
 from __future__ import annotations
@@ -77,12 +79,11 @@ class UnreadableTrace(ValueError):
     """The trace lacks what the cutting needs (a collective hpml cannot name, a step range)."""
 
 
-def cpu_collectives(events: list[dict], main_tid) -> list[Collective]:
-    """Each gloo collective of the trace, named by the c10d operator that enqueued it."""
-    enqueued = sorted((e for e in events if e.get("tid") == main_tid and e["name"].startswith("c10d::")),
-                      key=lambda e: e["ts"])
-    running = sorted((e for e in events if e.get("tid") != main_tid and e["name"].startswith("gloo:")),
-                     key=lambda e: e["ts"])
+def gloo_collectives(events: list[dict]) -> list[Collective]:
+    """Each gloo collective of the trace (on gloo's worker threads), named by the c10d operator
+    that enqueued it (on the thread that called it)."""
+    enqueued = sorted((e for e in events if e["name"].startswith("c10d::")), key=lambda e: e["ts"])
+    running = sorted((e for e in events if e["name"].startswith("gloo:")), key=lambda e: e["ts"])
     unknown = sorted({e["name"] for e in enqueued} - set(C10D_OPS))
     if unknown:
         raise UnreadableTrace(f"collectives hpml cannot name: {', '.join(unknown)}")
@@ -178,7 +179,7 @@ def gpu_work(events: list[dict]) -> tuple[list[tuple[str, float, float]], list[C
     ranges = _ranges(host)
     ops = [e for e in host if e["name"].startswith("c10d::")]
     work, collectives = [], []
-    for kernel in (e for e in events if e.get("cat") in DEVICE_WORK):
+    for kernel in (e for e in events if e.get("cat") in DEVICE_WORK and not e["name"].startswith("gloo:")):
         if "nccl" in kernel["name"].lower():
             collectives.append(_nccl_kind_and_size(kernel, ops, launches))
         else:
@@ -198,10 +199,11 @@ def cut_steps(events: list[dict]) -> list[ProfiledStep]:
     on_gpu = any(e.get("cat") == "kernel" for e in events)
     main_tid = steps[0].get("tid")
     main = [e for e in events if e.get("tid") == main_tid]
-    if on_gpu:
+    if on_gpu:  # ranks sharing one GPU talk over gloo (NCCL refuses them): their collectives are the host's
         work, collectives = gpu_work(events)
+        collectives += gloo_collectives(events) if any(e["name"].startswith("gloo:") for e in events) else []
     else:
-        collectives = cpu_collectives(events, main_tid)
+        collectives = gloo_collectives(events)
     profiled = []
     for step in steps:
         start, end = step["ts"], _end(step)

@@ -78,6 +78,10 @@ def test_memory_table_sets_each_layout_beside_the_prediction(gpu_check):
         assert row["original_study_gb"] is None  # the study measured GPT-2 Large only
     # ZeRO-3 partitions the model state over the 4 ranks; DDP keeps it whole on each.
     assert max(rows["zero3-4"]["model_state_bytes_per_rank"]) < max(rows["ddp-4"]["model_state_bytes_per_rank"]) / 2
+    # ...and where each layout's step goes, from the same runs' profiled steps
+    assert {c["kind"] for c in rows["zero3-4"]["collectives"]} == {"all-gather", "reduce-scatter", "all-reduce"}
+    assert rows["single"]["collectives"] == [] and len(rows["ddp-4"]["parts_ms_per_rank"]) == 4
+    assert "| dp2xtp2-zero3 | " in (gpu_check[0] / "gpu-check.md").read_text().split("Where the step goes")[1]
 
 
 def test_a_section_out_of_time_is_recorded_not_guessed(tmp_path):

@@ -391,6 +391,7 @@ def engine_runs(tmp_path_factory, token_data) -> dict[str, tuple[Path, list[str]
         world, mode, tp = LAYOUTS[layout]
         out = root / layout
         engine(["--test", "--seq-len", str(SEQ), "--steps", "2", "--warmup-steps", "1", "--batch-size", str(BATCH),
+                "--profile-steps", "0",
                 "--precision", precision, "--mode", mode, "--tp-size", str(tp), *extra,
                 "--data", str(token_data), "--out", str(out)],
                nproc=world, script=script if size == "odd" else None)

@@ -41,7 +41,8 @@ from tests.layouts import LAYOUTS, OPTIMIZERS
 
 STEPS = 6
 POISON_STEP = 2  # the step (0-based) whose gradient the negative control makes overflow on TP rank 1
-COMMON = ["--test", "--warmup-steps", "1", "--grad-clip", "0.5", "--save-model"]
+# No profiled window: the probes record every step the stepper takes, and these tests count them.
+COMMON = ["--test", "--warmup-steps", "1", "--grad-clip", "0.5", "--save-model", "--profile-steps", "0"]
 # precision: (relative weight difference per tensor, absolute loss difference); see the docstring
 TOLERANCES = {"bf16": (2 * torch.finfo(torch.bfloat16).eps, 5e-4), "fp16": (2 * torch.finfo(torch.float16).eps, 1e-4)}
 

@@ -160,6 +160,7 @@ def test_each_layout_s_profiled_steps_add_up_and_move_the_contract_s_bytes(layou
             assert sum(step["parts_s"].values()) == pytest.approx(step["wall_s"], rel=0.05)
             assert step["parts_s"]["forward"] > 0 and step["parts_s"]["backward"] > 0
             assert step["parts_s"]["optimizer"] > 0 and step["parts_s"]["data"] > 0
+            assert step["parts_s"]["recompute"] == 0  # no checkpointing here (with it: test_train.py)
             assert {c["kind"] for c in step["collectives"]} == PROFILED[layout]
             exposed = sum(step["parts_s"][kind] for kind in step_parts.COLLECTIVE_KINDS)
             assert exposed + step["comm_hidden_s"] == pytest.approx(step["comm_in_flight_s"], abs=1e-6)

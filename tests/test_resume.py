@@ -12,7 +12,7 @@ from tests.layouts import COMMON, LAYOUTS, OPTIMIZERS
 def test_resumed_run_continues_with_the_same_losses(tmp_path, token_data):
     """2K steps in one go equal K steps, then K more resumed from the checkpoint (DDP, fp16 loss scaling)."""
     args = ["--test", "--precision", "fp16", "--warmup-steps", "1", "--mode", "ddp", "--batch-size", "2",
-            "--data", str(token_data)]
+            "--data", str(token_data), "--profile-steps", "0"]
     whole, split = tmp_path / "whole", tmp_path / "split"
     engine([*args, "--steps", "6", "--out", str(whole)], nproc=2)
     engine([*args, "--steps", "3", "--checkpoint-every", "3", "--out", str(split)], nproc=2)

@@ -37,7 +37,7 @@ from tests.conftest import engine, losses, rank_files
 FOLLOW_LIVE_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 # fp32 SGD with clipping, 2 steps of which 1 warm-up, global batch 2 (DP 2 x batch 1, or one process x 2)
 FLAGS = ["--test", "--seq-len", "32", "--steps", "2", "--warmup-steps", "1", "--precision", "fp32",
-         "--optimizer", "sgd", "--lr", "0.1", "--grad-clip", "0.5"]
+         "--optimizer", "sgd", "--lr", "0.1", "--grad-clip", "0.5", "--profile-steps", "0"]
 DP2xTP2_ZERO3 = ["--mode", "zero3", "--tp-size", "2", "--batch-size", "1"]
 
 
@@ -103,7 +103,8 @@ def test_weights_are_held_in_the_dtype_the_precision_regime_names(mode, tmp_path
     baseline) casts the model itself, DDP keeps fp32 weights under autocast. The parameters'
     bytes per element, as the engine measured them at the last step, give their dtype."""
     out = tmp_path / mode
-    engine(["--test", "--mode", mode, "--precision", "bf16", "--data", str(token_data), "--out", str(out)])
+    engine(["--test", "--mode", mode, "--precision", "bf16", "--data", str(token_data), "--out", str(out),
+            "--profile-steps", "0"])
     [record] = rank_files(out).values()
     assert record["status"] == "COMPLETED" and record["loss"]["values"][-1] < record["loss"]["values"][0]
     expected = regime(mode, "bf16")

@@ -82,7 +82,7 @@ def slurm_site(nodes, tmp_path_factory, token_data) -> Path:
 
 def experiment(site: Path, name: str, runs: str, **defaults) -> tuple[Path, Path]:
     """An experiment file next to the site profile; returns it and its results folder."""
-    settings = {"model": "tiny", "seq_len": 64, "precision": "fp32", "warmup_steps": 1, "steps": 6,
+    settings = {"model": "tiny", "seq_len": 64, "precision": "fp32", "warmup_steps": 1, "steps": 6, "profile_steps": 0,
                 "time_limit": "00:10:00", **defaults}
     path = site.parent / f"{name}.yaml"
     path.write_text(f"name: {name}\ndataset: wikitext-2\ndefaults: {json.dumps(settings)}\nruns:\n"
@@ -541,7 +541,7 @@ def test_a_24_run_grid_is_one_throttled_array_and_a_stopped_task_is_requeued(slu
         name: grid
         dataset: wikitext-2
         defaults: {{model: tiny, seq_len: 64, precision: fp32, warmup_steps: 1, time_limit: "00:10:00",
-                    mode: single, gpus: 1, batch_size: 2}}
+                    mode: single, gpus: 1, batch_size: 2, profile_steps: 0}}
         runs: [{{name: g}}]
         zip: {{seed: {list(range(1, 25))}, steps: {[300] + [3] * 23}}}
     """))

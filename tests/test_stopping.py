@@ -26,7 +26,7 @@ def launch_like_srun(args: list[str], job_id: int) -> list[subprocess.Popen]:
 
 def arguments(token_data) -> list[str]:
     return ["--test", "--mode", "ddp", "--precision", "fp32", "--batch-size", "2", "--steps", str(STEPS),
-            "--max-samples", str(4 * STEPS), "--warmup-steps", "1", "--data", str(token_data)]
+            "--max-samples", str(4 * STEPS), "--warmup-steps", "1", "--data", str(token_data), "--profile-steps", "0"]
 
 
 @pytest.fixture(scope="module")

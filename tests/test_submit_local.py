@@ -25,7 +25,7 @@ def study(tmp_path, token_data):
     exp.write_text(textwrap.dedent(f"""
         name: mini
         dataset: {token_data.name}
-        defaults: {{model: tiny, seq_len: 64, steps: 4, warmup_steps: 1, precision: fp32}}
+        defaults: {{model: tiny, seq_len: 64, steps: 4, warmup_steps: 1, precision: fp32, profile_steps: 0}}
         runs:
           - {{name: single, mode: single, gpus: 1, batch_size: 4}}
           - {{name: ddp-2, mode: ddp, gpus: 2, batch_size: 2}}
@@ -139,7 +139,8 @@ def test_a_ledger_of_the_old_version_counts_its_submissions_on(tmp_path, capsys)
 
 def one_run(tmp_path, token_data, run: str, **defaults):
     """A study of one run (a flow-style YAML mapping) on the prepared tokens, and its site."""
-    settings = {"model": "tiny", "seq_len": 64, "steps": 4, "warmup_steps": 1, "precision": "fp32", **defaults}
+    settings = {"model": "tiny", "seq_len": 64, "steps": 4, "warmup_steps": 1, "precision": "fp32", "profile_steps": 0,
+                **defaults}
     exp = tmp_path / "one.yaml"
     exp.write_text(f"name: one\ndataset: {token_data.name}\ndefaults: {json.dumps(settings)}\nruns:\n  - {run}\n")
     site = tmp_path / "site.yaml"

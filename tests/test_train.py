@@ -13,7 +13,7 @@ from hpml_core.contract import rank_file
 from tests.conftest import REPO, engine, losses, rank_files
 
 # fp32 AdamW; 8 steps of which 2 warm-up; a global batch of 4 sequences of 64 tokens.
-COMMON = ["--test", "--precision", "fp32", "--steps", "8", "--warmup-steps", "2"]
+COMMON = ["--test", "--precision", "fp32", "--steps", "8", "--warmup-steps", "2", "--profile-steps", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +109,13 @@ def test_a_run_spec_trains_what_it_says_and_the_rank_file_names_the_overrides(tm
 
 
 def test_activation_checkpointing_does_not_change_the_training(tmp_path, token_data, single_run):
+    """...and a profiled step names its recomputation apart from the backward it runs in."""
     out = tmp_path / "ckpt"
-    engine([*COMMON, "--data", str(token_data), "--out", str(out), "--batch-size", "4", "--grad-ckpt"])
+    engine([*COMMON, "--data", str(token_data), "--out", str(out), "--batch-size", "4", "--grad-ckpt",
+            "--profile-steps", "1"])
     assert losses(out) == pytest.approx(losses(single_run), abs=1e-6)
+    [step] = rank_files(out)[0]["profile"]["steps"]
+    assert step["parts_s"]["recompute"] > 0 and step["parts_s"]["backward"] > 0  # without it: 0 (test_parallel_equivalence)
 
 
 def test_resume_without_a_checkpoint_starts_from_step_zero(tmp_path, token_data, single_run):

@@ -299,6 +299,21 @@ def _memory_lines(memory: dict) -> list[str]:
                      f"| {_gib(row['model_state_bytes_per_rank'][worst])} "
                      f"| {_gib(row['predicted_model_state_bytes_per_rank'][worst])} "
                      f"| {reported if reported is not None else '-'} |")
+    return lines + ["", *_parts_lines(memory)]
+
+
+def _parts_lines(memory: dict) -> list[str]:
+    """Where each layout's step goes (rank 0's median profiled step; ranks sharing one GPU talk over gloo)."""
+    lines = ["Where the step goes, rank 0's median profiled step (ms; docs/time-parts.md):", "",
+             "| layout | step | parts | collectives (count × bytes) |", "| --- | ---: | --- | --- |"]
+    for row in memory["layouts"]:
+        parts = (row.get("parts_ms_per_rank") or [None])[0]
+        if parts is None:
+            lines.append(f"| {row['layout']} | n/a | {row.get('profile_missing_reason') or 'not profiled'} | |")
+            continue
+        shown = ", ".join(f"{part} {ms:.1f}" for part, ms in parts.items() if ms >= 0.05)
+        moved = ", ".join(f"{c['kind']} {c['count']} × {c['bytes']:,} B" for c in row["collectives"]) or "none"
+        lines.append(f"| {row['layout']} | {sum(parts.values()):.1f} | {shown} | {moved} |")
     return lines
 
 

@@ -1,6 +1,7 @@
 """The memory table of the original study, measured: per-rank peak memory of one model at one
 batch in the four layouts (single; DDP on 4; ZeRO-3 on 4; DP 2 × TP 2 with ZeRO-3), set
-against the figures the study reported (about 21 GB single and DDP, 20 GB ZeRO-3, 6 GB DP×TP).
+against the figures the study reported (about 21 GB single and DDP, 20 GB ZeRO-3, 6 GB DP×TP),
+with where each layout's step goes (its rank files' profiled steps, ``docs/time-parts.md``).
 
 The four ranks run as four processes. With fewer than four GPUs they share GPU 0 and talk over
 gloo (``--dist-backend gloo``: NCCL refuses two ranks on one device), which changes the speed,
@@ -75,7 +76,17 @@ def layout_row(name: str, run: list[str], files: list[rank_file.RankFile], repor
             "predicted_model_state_bytes_per_rank": [p.model_state_bytes if p else None for p in predicted],
             "predicted_peak_bytes_per_rank": [p.allocated_bytes if p and metric.startswith("cuda") else None
                                               for p in predicted],
-            "original_study_gb": reported_gb}
+            "original_study_gb": reported_gb, **_where_time_goes(files)}
+
+
+def _where_time_goes(files: list[rank_file.RankFile]) -> dict:
+    """Each rank's median profiled step, part by part (ms), and rank 0's collectives, or why there are none."""
+    missing = next((f.profile_missing_reason for f in files if f.profile is None), None)
+    if missing is not None:
+        return {"parts_ms_per_rank": None, "collectives": None, "profile_missing_reason": missing}
+    return {"parts_ms_per_rank": [{part: 1e3 * s for part, s in f.profile.median_parts().items()} for f in files],
+            "collectives": [c.model_dump() for c in files[0].profile.collectives_per_step().values()],
+            "profile_how": files[0].profile.how, "profile_missing_reason": None}
 
 
 def _error(predicted: int | None, measured: int) -> str:
