@@ -11,6 +11,7 @@ import pytest
 
 from hpml_core.contract import fit, memory_model
 from hpml_core.contract.data_meta import DataMeta
+from hpml_core.contract.step_time import predict_step
 from hpml_core.contract.units import GIB
 from jobs import experiment, site
 from jobs.experiment import EXPERIMENTS
@@ -238,6 +239,17 @@ def test_plan_explain_prints_each_prediction_line_by_line_with_its_formula():
         assert [line.split()[0] for line in shown] == [line.name.split()[0] for line in prediction.lines]
         assert all(line.formula in text and f"{line.bytes / GIB:.1f} GiB" in text
                    for line, text in zip(prediction.lines, shown))
+        # then the step's arithmetic and its predicted parts, in ms, adding up to the step
+        greene = site.load("greene")
+        step = predict_step(resolved.config, resolved.dims, resolved.layout, run.gpus, greene.gpu(),
+                            greene.performance())
+        parts = out[head + 2 + len(prediction.lines):]
+        parts = parts[:next(i for i, line in enumerate(parts) if line.strip().startswith("step "))]
+        named = {line.split()[0]: float(line.split()[1]) for line in parts}
+        assert named["forward"] == pytest.approx(step.parts_s["forward"] * 1e3, abs=1e-3)
+        assert sum(named.values()) == pytest.approx(step.step_s * 1e3, abs=0.01)
+        if run.mode == "ddp" and run.world_size > 1:
+            assert "all-reduce" in named and "hidden by overlap" in "\n".join(parts)
 
 
 MAX_BATCH_STUDY = """\
