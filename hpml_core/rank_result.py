@@ -21,6 +21,7 @@ from hpml_core.memory import PhasePeaks
 from hpml_core.plan import Plan
 from hpml_core.contract import memory_model, metrics, model_state
 from hpml_core.contract import rank_file as rf
+from hpml_core.contract.config import TrainConfig
 from hpml_core.contract.precision import regime
 from hpml_core.contract.run_states import COMPLETED, STOPPED
 from hpml_core.timing import StepTimer
@@ -190,7 +191,8 @@ def build_rank_file(plan: Plan, measured: Measured, run_id: str, attempt: int, s
     )
 
 
-def profile_missing_reason(config, status: str, measured: Measured) -> str | None:
+def profile_missing_reason(config: TrainConfig, status: str, measured: Measured) -> str | None:
+    """Why a rank file has no profiled window: turned off, cut short, unreadable, or not completed."""
     if measured.profile is not None:
         return None
     if measured.profile_missing_reason:

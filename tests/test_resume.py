@@ -32,7 +32,7 @@ def test_resumed_layout_continues_with_the_same_losses(layout, trained, tmp_path
     nproc, mode, tp, batch, _ = LAYOUTS[layout]
     out = tmp_path / "split"
     args = [*COMMON, *OPTIMIZERS["adamw"][0], "--data", str(token_data), "--out", str(out),
-            "--mode", mode, "--tp-size", str(tp), "--batch-size", str(batch)]
+            "--mode", mode, "--tp-size", str(tp), "--batch-size", str(batch), "--profile-steps", "0"]
     engine([*args, "--steps", "3", "--checkpoint-every", "3"], nproc=nproc)  # the last --steps wins
     first_half = losses(out)
     engine([*args, "--resume"], nproc=nproc)

@@ -110,8 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     baseline = json.loads((args.out / "original.json").read_text())
     commands, engines = {"original": shlex.join(original)}, []
     for index, engine_args in enumerate(args.engine_args):
+        # No profiled window: the benchmark wants tokens/s, and a GPU's minutes (the memory bench's
+        # layouts are profiled, and hpml_core.bench.step_profile profiles one variant in depth).
         engine = [sys.executable, "-m", "hpml_core.train", "--mode", "single", *common, "--batch-size",
-                  str(args.engine_batch), *shlex.split(engine_args), "--out", str(args.out / f"engine-{index}")]
+                  str(args.engine_batch), "--profile-steps", "0", *shlex.split(engine_args),
+                  "--out", str(args.out / f"engine-{index}")]
         if _run(engine, f"hpml engine {engine_args}") == EXIT_USAGE or not latest_rank_files(args.out / f"engine-{index}"):
             raise SystemExit(f"[bench] hpml engine {engine_args} refused its flags or failed before training")
         result = engine_result(args.out / f"engine-{index}", engine_args)
