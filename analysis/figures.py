@@ -256,7 +256,6 @@ def _stacked(ax, labels: list[str], parts: list[dict[str, float]], present: list
         widths = [p.get(part, 0.0) for p in parts]
         ax.barh(labels, widths, left=left, color=PART_COLORS[part], label=part, edgecolor="white", linewidth=0.5)
         left = [a + b for a, b in zip(left, widths)]
-    ax.invert_yaxis()  # the experiment's order, top to bottom
     ax.set_xlabel("ms per optimizer step")
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
@@ -280,7 +279,8 @@ def where_time_goes(rows: list[SummaryRow], folder: Path) -> list[Path]:
     for position, p in enumerate(parts):
         if p.predicted is None:
             predicted.text(0, position, "  n/a", va="center", fontsize=8)
-    measured.legend(fontsize=7, ncol=min(len(present), 5), loc="lower right")
+    measured.invert_yaxis()  # the experiment's order, top to bottom (the axes share it)
+    measured.legend(fontsize=7, ncol=max(1, min(len(present), 5)), loc="lower right")
     return _save(fig, folder, "where_time_goes")
 
 

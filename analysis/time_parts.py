@@ -83,6 +83,8 @@ def run_parts(files: list[RankFile], step: StepPrediction | None, note: str | No
     if None in profiles:
         missing = next(f for f in files if f.profile is None)
         return None, f"rank {missing.rank}: {missing.profile_missing_reason or 'no profile (written before hpml profiled)'}"
+    if not all(p.steps for p in profiles):
+        return None, f"rank {next(f.rank for f in files if not f.profile.steps)}: its profile holds no step"
     medians = [p.median_parts() for p in profiles]
     measured = {part: 1e3 * statistics.fmean(m.get(part, 0.0) for m in medians) for part in PARTS}
     middle = [sorted(p.steps, key=lambda s: s.wall_s)[(len(p.steps) - 1) // 2] for p in profiles]

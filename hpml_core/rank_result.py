@@ -36,6 +36,7 @@ class Measured:
     start_step: int = 0
     losses: list[torch.Tensor] = field(default_factory=list)  # one per step, still on the device
     model_state: dict | None = None  # measured at the last step (hpml_core.measure_model_state)
+    memory_before_window: rf.Memory | None = None  # the peaks as they stood before the profiled window
     profile: rf.StepProfile | None = None  # the profiled window after the last step (hpml_core.profile_window)
     profile_missing_reason: str | None = None
 
@@ -182,7 +183,7 @@ def build_rank_file(plan: Plan, measured: Measured, run_id: str, attempt: int, s
         throughput_missing_reason=throughput_missing_reason(plan, start_step, status, run_throughput),
         flops=flops_record(plan, device.type, device_name, run_throughput.run_tokens_per_s) if run_throughput else None,
         precision=regime(config.mode, config.precision),
-        memory=measured.memory.record(),
+        memory=measured.memory_before_window or measured.memory.record(),  # the window's trace is not the run's
         model_state=model_state_record(plan, measured.model_state)
         if status == COMPLETED and measured.model_state else None,
         prediction=prediction_record(plan, device.type),

@@ -23,6 +23,7 @@ gloo's, in flight on the host, exposed when no kernel runs meanwhile.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from hpml_core.contract.step_parts import (COLLECTIVE_KINDS, PARTS, RANGE_PREFIX, STEP_RANGE, CollectiveUse,
@@ -72,7 +73,10 @@ def _numel(dims) -> int:
 
 
 def _complete(events: list[dict]) -> list[dict]:
-    return [e for e in events if e.get("ph") == "X" and "ts" in e and isinstance(e.get("name"), str)]
+    """The trace's complete events, without the copies of the engine's ranges that the profiler
+    draws on the GPU's streams (``gpu_user_annotation``): the host's ranges are the ones that count."""
+    return [e for e in events if e.get("ph") == "X" and "ts" in e and isinstance(e.get("name"), str)
+            and e.get("cat") != "gpu_user_annotation"]
 
 
 class UnreadableTrace(ValueError):
@@ -90,7 +94,7 @@ def gloo_collectives(events: list[dict]) -> list[Collective]:
     waiting = list(enqueued)
     found = []
     for work in running:
-        numel = _numel(work.get("args", {}).get("Input Dims", [[0]])[0])
+        numel = _numel((work.get("args", {}).get("Input Dims") or [[0]])[0])
         for op in waiting:  # the earliest enqueued, not yet matched, of this gloo name and size
             kind, gloo_name, buffer = C10D_OPS[op["name"]]
             dims = op.get("args", {}).get("Input Dims", [])
@@ -163,11 +167,21 @@ def _nccl_kind_and_size(kernel: dict, ops: list[dict], launches: dict) -> Collec
                               + (f" ({op['name']})" if op else ""))
     kind, _, buffer = C10D_OPS[op["name"]]
     dims = op.get("args", {}).get("Input Dims", [])
-    dtype = next((part for part in kernel["name"].split("_") if part in NCCL_ELEMENT_BYTES), None)
-    if dtype is None:
-        raise UnreadableTrace(f"{kernel['name']}: no element type in its name")
     whole = _numel(dims[buffer]) if len(dims) > buffer else 0
-    return Collective(kind, whole * NCCL_ELEMENT_BYTES[dtype], kernel["ts"], _end(kernel))
+    return Collective(kind, whole * _nccl_element_bytes(kernel["name"], op), kernel["ts"], _end(kernel))
+
+
+def _nccl_element_bytes(kernel_name: str, op: dict) -> int:
+    """From the kernel's name (ncclDevKernel_AllReduce_Sum_bf16_RING_LL), else from the c10d
+    operator's input type (NCCL names some all-gathers and broadcasts without one; a list
+    operator's type is "TensorList", which says nothing)."""
+    named = next((part for part in re.split(r"[_(<]", kernel_name) if part in NCCL_ELEMENT_BYTES), None)
+    if named is not None:
+        return NCCL_ELEMENT_BYTES[named]
+    types = [t for t in op.get("args", {}).get("Input type", []) if t in ELEMENT_BYTES]
+    if types:
+        return ELEMENT_BYTES[types[0]]
+    raise UnreadableTrace(f"{kernel_name}: no element type in its name, nor in {op['name']}'s inputs")
 
 
 def gpu_work(events: list[dict]) -> tuple[list[tuple[str, float, float]], list[Collective]]:

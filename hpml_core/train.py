@@ -166,6 +166,7 @@ def train(plan: Plan, stop: StopRequest) -> int:
         if config.save_model and status == COMPLETED:
             export.save_full_model(stepper, out, plan.env.rank)
         if config.profile_steps and status == COMPLETED:  # after everything it could change
+            measured.memory_before_window = measured.memory.record()
             timed_median = run_throughput.step_time_median_s if run_throughput else None
             measured.profile, measured.profile_missing_reason = profile_window(
                 plan, stepper, device, attempt_folder(out, attempt), out, timed_median)

@@ -95,3 +95,22 @@ def test_on_a_gpu_the_device_timeline_decides_and_each_kernel_counts_where_it_wa
 def test_an_nccl_kernel_without_an_element_type_is_refused():
     with pytest.raises(UnreadableTrace, match="no element type"):
         cut_steps(gpu_step("ncclDevKernel_AllReduce_Sum_RING_LL"))
+
+
+def test_the_profiler_s_copies_of_the_ranges_on_the_gpu_streams_are_not_ranges():
+    """kineto draws each host range again on the device's streams (gpu_user_annotation), later than
+    the host opened it: a copy of hpml.recompute over the backward's kernels must not claim them,
+    nor a copy of hpml.step make a step."""
+    copies = [{**op(name, ts, dur, tid=7), "cat": "gpu_user_annotation", "pid": 0}
+              for name, ts, dur in (("hpml.step", 10, 86), ("hpml.recompute", 45, 30))]
+    [step] = cut_steps(gpu_step() + copies)
+    assert step.parts_s["recompute"] == 0 and step.parts_s["backward"] == pytest.approx(20e-6)
+
+
+def test_an_nccl_kernel_named_without_a_type_takes_its_c10d_operator_s():
+    events = gpu_step("ncclDevKernel_AllGather_RING_LL(ncclDevKernelArgsStorage<4096ul>)")
+    [enqueue] = [e for e in events if e["name"] == "c10d::allreduce_"]
+    enqueue.update(name="c10d::_allgather_base_", args={"Input Dims": [[2000], [1000]],
+                                                        "Input type": ["c10::BFloat16", "c10::BFloat16"]})
+    [use] = cut_steps(events)[0].collectives
+    assert (use.kind, use.bytes) == ("all-gather", 4000)  # the gathered output, 2000 bf16 elements

@@ -100,8 +100,10 @@ def _zero3(config: TrainConfig, dims: ModelDims, layout: Layout) -> list[Collect
     block = sum(n for name, n in padded.items() if name.startswith("blocks.0."))
     regathered = _regathered_blocks(dims, block) * block
     found = [] if dp == 1 else [  # one rank holds whole partitions: nothing to gather
-        Collectives("all-gather", "dp", None, accum * (gathered + regathered), precision.weights_dtype,
-                    "parameters for the forward" + (" and again for the backward" if regathered else ""))]
+        Collectives("all-gather", "dp", None, accum * gathered, precision.weights_dtype, "parameters for the forward")]
+    if regathered and dp > 1:
+        found.append(Collectives("all-gather", "dp", None, accum * regathered, precision.weights_dtype,
+                                 "parameters released after the forward, again for the backward"))
     found.append(Collectives("reduce-scatter", "dp", None, accum * gathered, precision.grad_reduce_dtype, "gradients"))
     groups = 2 if layout.tp_size > 1 else 1
     found.append(Collectives("all-reduce", "dp", 2 * groups, 2 * groups, "fp64", "gradient norm and overflow check"))

@@ -164,15 +164,16 @@ def _communication(config: TrainConfig, dims: ModelDims, layout: Layout, ranks_p
     budget = {"forward": compute["forward"], "backward": compute["backward"] + compute["recompute"]}
     hidden = dict.fromkeys(found, 0.0)
     for c in found:
-        if c.what.startswith("gradients, in DDP"):
+        if c.what.startswith("gradients, in DDP"):  # during the last micro-step's backward only
             last = min(c.bytes, DDP_BUCKET_BYTES) / c.bytes
-            hidden[c] = min(seconds[c] * (1 - last), budget["backward"])
+            which = "backward"
+            hidden[c] = min(seconds[c] * (1 - last), budget[which] / config.grad_accum)
         elif config.mode == "zero3" and c.kind in ("all-gather", "reduce-scatter"):
-            which = "forward" if c.kind == "all-gather" else "backward"
+            which = "forward" if c.kind == "all-gather" and "backward" not in c.what else "backward"
             hidden[c] = min(seconds[c], budget[which])
         else:
             continue
-        budget["backward" if c.kind != "all-gather" else "forward"] -= hidden[c]
+        budget[which] -= hidden[c]
     kinds = []
     for kind in COLLECTIVE_KINDS:
         of_kind = [c for c in found if c.kind == kind]
