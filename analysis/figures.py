@@ -265,7 +265,7 @@ def where_time_goes(rows: list[SummaryRow], folder: Path) -> list[Path]:
     """Each configuration's profiled step, part by part (its median repeat), and the step-time
     model's parts beside it; the parts' colours are analysis.time_parts.PART_COLORS everywhere."""
     shown = [row for row in rows if row.figures.parts is not None]
-    fig, (measured, predicted) = plt.subplots(1, 2, figsize=(14, 1.2 + 0.45 * max(len(shown), 1)), sharey=True)
+    fig, (measured, predicted) = plt.subplots(1, 2, figsize=(14, 1.8 + 0.45 * max(len(shown), 1)), sharey=True)
     if not shown:
         _nothing(measured, "no configuration has a profiled step (--profile-steps 0, or not completed)")
         _nothing(predicted, "")
@@ -280,7 +280,7 @@ def where_time_goes(rows: list[SummaryRow], folder: Path) -> list[Path]:
         if p.predicted is None:
             predicted.text(0, position, "  n/a", va="center", fontsize=8)
     measured.invert_yaxis()  # the experiment's order, top to bottom (the axes share it)
-    measured.legend(fontsize=7, ncol=max(1, min(len(present), 5)), loc="lower right")
+    measured.legend(fontsize=7, ncol=max(1, min(len(present), 5)), loc="upper left", bbox_to_anchor=(0, -0.12))  # below
     return _save(fig, folder, "where_time_goes")
 
 
