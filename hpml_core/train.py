@@ -205,7 +205,8 @@ def window_line(profile: rf.StepProfile | None, missing_reason: str | None) -> s
     wall = sum(parts.values())
     biggest = ", ".join(f"{name} {seconds / wall:.0%}" for name, seconds in
                         sorted(parts.items(), key=lambda kv: -kv[1])[:3])
-    cost = f"{profile.overhead:+.0%} on the step" if profile.overhead is not None else "cost unknown (no timed step)"
+    cost = (f"their median step {profile.overhead:+.0%} against the timed steps' median" if profile.overhead is not None
+            else "their cost unknown: no step was timed")
     return (f"profiled {len(profile.steps)} steps after the timed ones ({cost}): {biggest}; "
             f"trace {profile.trace_bytes / 1e3:.0f} kB in {profile.trace_file}")
 

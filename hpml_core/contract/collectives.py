@@ -41,11 +41,11 @@ from dataclasses import dataclass
 
 from hpml_core.contract.config import TrainConfig
 from hpml_core.contract.layout import Layout
-from hpml_core.contract.model_state import param_numels, partition_numel
+from hpml_core.contract.model_state import DTYPE_BYTES, param_numels, partition_numel
 from hpml_core.contract.models import ModelDims
 from hpml_core.contract.precision import regime
 
-BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp64": 8, "uint8": 1}
+BYTES = {**DTYPE_BYTES, "fp64": 8, "uint8": 1}  # the optimizer's scalars and flags too
 ZERO3_MAX_REUSE_DISTANCE = 1_000_000_000  # DeepSpeed's stage3_max_reuse_distance default
 
 

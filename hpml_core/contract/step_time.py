@@ -46,6 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hpml_core.contract import collectives, metrics
+from hpml_core.contract.buckets import DDP_BUCKET_BYTES  # the last bucket waits for the backward's end
 from hpml_core.contract.config import TrainConfig
 from hpml_core.contract.gpus import Gpu
 from hpml_core.contract.layout import Layout
@@ -55,7 +56,6 @@ from hpml_core.contract.models import ModelDims
 from hpml_core.contract.precision import regime
 from hpml_core.contract.step_parts import COLLECTIVE_KINDS, PARTS
 
-DDP_BUCKET_BYTES = 25 * 2**20  # DDP's bucket_cap_mb: the last bucket waits for the backward's end
 
 
 @dataclass(frozen=True)
