@@ -2,7 +2,7 @@
 tests so that each layout is trained once per session (see the ``trained`` fixture)."""
 
 STEPS = 6
-COMMON = ["--test", "--precision", "fp32", "--steps", str(STEPS), "--warmup-steps", "1", "--grad-clip", "0.5",
+COMMON = ["--test", "--precision", "fp32", "--steps", str(STEPS), "--warmup-steps", "1", "--grad-clip", "0",
           "--save-model"]
 # optimizer flags, and the relative tolerance on trained weights (justified in test_parallel_equivalence.py)
 OPTIMIZERS = {"sgd": (["--optimizer", "sgd", "--lr", "0.1"], 1e-5), "adamw": (["--optimizer", "adamw"], 1e-3)}

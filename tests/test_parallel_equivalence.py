@@ -1,9 +1,11 @@
 """Every parallel layout computes the training a single process computes.
 
 Each layout trains the tiny GPT-2 for 6 steps with the same global batch (4 sequences) and
-seed as one process, with gradient clipping on (--grad-clip 0.5 bites at every step: the
-initial gradient norm is about 1.6), and must give the same losses and, gathered whole with
---save-model, the same weights:
+seed as one process, with gradient clipping off, and must give the same losses and, gathered
+whole with --save-model, the same weights. Clipping off matters: a clip that bites at every
+step (or AdamW, which divides each element by its own gradient scale) hands the optimizer the
+same update whether a layout averages its gradients or sums them, so only plain SGD without
+clipping sees a gradient of the wrong scale (the negative control below shows both):
 
 - SGD in fp32: the update is linear in the gradient, so only summation order differs:
   per-tensor relative difference of the weights at most 1e-5.
@@ -128,6 +130,48 @@ def test_breaking_the_tp_backward_all_reduce_breaks_the_equivalence(tmp_path, to
     record = rank_files(out)[0]
     [line] = collectives.mismatches(expected_collectives(record), measured_collectives(record))
     assert line.startswith("all-reduce: expected 14 ") and "measured 9 " in line
+
+
+SUMMING_DDP = (
+    "import sys\n"
+    "import torch.distributed as dist\n"
+    "from torch.nn.parallel import DistributedDataParallel\n"
+    "def summed(group, bucket):  # DDP's own hook divides by the group's size first; this one does not\n"
+    "    return dist.all_reduce(bucket.buffer(), group=group, async_op=True).get_future().then(lambda f: f.value()[0])\n"
+    "original = DistributedDataParallel.__init__\n"
+    "def init(self, *args, **kwargs):\n"
+    "    original(self, *args, **kwargs)\n"
+    "    self.register_comm_hook(self.process_group, summed)\n"
+    "DistributedDataParallel.__init__ = init\n"
+    "from hpml_core.train import main\n"
+    "sys.exit(main())\n"
+)
+
+
+@pytest.mark.parametrize("clip", ["0", "0.5"])
+def test_a_layout_that_sums_gradients_instead_of_averaging_them_is_caught_without_clipping(
+        clip, tmp_path, token_data, trained):
+    """The negative control of the equivalence at the true gradient scale: DDP on 4 ranks whose
+    all-reduce sums the gradients (4 times the mean). Without clipping the SGD test catches it;
+    with the clip the tests used to train with (0.5, which bites at every step: the gradient's
+    norm is about 1.6), the clipped update is the same and the bug passes, which is why the
+    equivalence tests train unclipped."""
+    script = tmp_path / "summing_ddp.py"
+    script.write_text(SUMMING_DDP)
+    out = tmp_path / f"summing-clip-{clip}"
+    common = [arg if previous != "--grad-clip" else clip for previous, arg in zip([None, *COMMON], COMMON)]
+    args = [*common, *OPTIMIZERS["sgd"][0], "--data", str(token_data), "--out", str(out), "--mode", "ddp",
+            "--batch-size", "1", "--profile-steps", "0"]
+    engine(args, nproc=4, script=script)
+    if clip == "0":
+        with pytest.raises(AssertionError):
+            assert_same_training(out, trained("sgd", "single"), OPTIMIZERS["sgd"][1])
+        assert max(weight_differences(out, trained("sgd", "single")).values()) > 1e-2
+    else:  # what clipping hides: compared with a single process clipped the same way
+        reference = tmp_path / "single-clip-0.5"
+        engine([*common, *OPTIMIZERS["sgd"][0], "--data", str(token_data), "--out", str(reference),
+                "--batch-size", "4", "--profile-steps", "0"])
+        assert max(weight_differences(out, reference).values()) < 1e-4
 
 
 # Where each layout's step goes (the profiled window after the timed steps): the collective kinds
