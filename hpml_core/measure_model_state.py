@@ -63,3 +63,16 @@ def zero3_engine(engine) -> dict:
         "full_params_resident": sum(1 for p in params if p.data.numel() > 0),
         **measured,
     }
+
+
+def zero12_engine(engine) -> dict:
+    """For a DeepSpeed ZeRO-1/2 engine: whole 16-bit parameters (views into one flat buffer per
+    param group), fp32 master partitions and the optimizer's moments on them."""
+    params = list(engine.module.parameters())
+    zero = engine.optimizer  # DeepSpeedZeroOptimizer
+    measured = _bytes_by_category({
+        "params_bytes": list(zero.bit16_groups_flat),
+        "grads_bytes": [p.grad for p in zero.single_partition_of_fp32_groups],
+        "optimizer_bytes": [*zero.single_partition_of_fp32_groups, *_state_tensors(zero.optimizer)],
+    })
+    return {"param_elements_local": sum(p.numel() for p in params), "full_params_resident": len(params), **measured}

@@ -10,8 +10,8 @@ in torchtitan's order, all in this one file, so the model file stays unaware of 
 4. ``torch.compile`` of the model and, without TP, of the loss: its fp32 upcast, log-softmax
    and gather over the vocabulary then fuse into a few passes over the logits instead of
    writing fp32 copies of them (measured on an H200: hpml_core/bench/RESULTS.md);
-5. data parallelism: PyTorch DDP over the data-parallel group, or DeepSpeed ZeRO-3
-   (``hpml_core.zero``), which owns the optimizer. Because this last pass decides how
+5. data parallelism: PyTorch DDP over the data-parallel group, or DeepSpeed's ZeRO stage 1, 2
+   or 3 (``hpml_core.zero``), which owns the optimizer. Because this last pass decides how
    gradients are synchronised and the update applied, it returns the ``Stepper`` that trains
    the result (``hpml_core.stepper``).
 
@@ -34,7 +34,7 @@ from hpml_core import tensor_parallel, zero
 from hpml_core.materialize import materialize, parameter_shapes
 from hpml_core.mesh import Mesh
 from hpml_core.model import GPT, next_token_loss
-from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.config import ZERO_STAGES, TrainConfig
 from hpml_core.contract.precision import regime
 from hpml_core.contract.step_parts import range_name
 from hpml_core.stepper import TORCH_DTYPES, DeepSpeedStepper, Stepper, TorchStepper, build_optimizer
@@ -70,10 +70,11 @@ def parallelize(model: GPT, mesh: Mesh, config: TrainConfig, device: torch.devic
     loss_fn = next_token_loss
     if mesh.tp_size > 1:
         loss_fn = tensor_parallel.apply_tensor_parallel(model, mesh)
+    by_deepspeed = config.mode in ZERO_STAGES
     zero3 = config.mode == "zero3"
-    # ZeRO-3's optimizer is made while the parameters still have their shapes (build_optimizer
-    # reads them for weight decay; a partitioned parameter is an empty tensor).
-    optimizer = build_optimizer(model, config, device) if zero3 else None
+    # ZeRO's optimizer is made while the parameters still have their shapes (build_optimizer
+    # reads them for weight decay; a ZeRO-3 partitioned parameter is an empty tensor).
+    optimizer = build_optimizer(model, config, device) if by_deepspeed else None
     materialize(model, shapes, model.dims.n_layer, config.seed, device,
                 TORCH_DTYPES[regime(config.mode, config.precision).weights_dtype],  # the regime's weights
                 then=zero.partitioner(config, mesh) if zero3 else None)
@@ -81,7 +82,7 @@ def parallelize(model: GPT, mesh: Mesh, config: TrainConfig, device: torch.devic
         apply_activation_checkpointing(model, name_recomputation=not config.compile)
     if config.compile and mesh.tp_size == 1:  # the vocabulary-parallel loss has collectives: left eager
         loss_fn = torch.compile(loss_fn)
-    if zero3:
+    if by_deepspeed:
         return DeepSpeedStepper(model, zero.initialize(model, optimizer, config, mesh, record_dir), loss_fn, mesh)
     trained: nn.Module = torch.compile(model) if config.compile else model
     if config.mode == "ddp" and mesh.dp_size > 1:  # gradients all-reduced over the DP group only

@@ -40,7 +40,7 @@ from hpml_core.loss_scaling import DynamicLossScaler
 from hpml_core.mesh import Mesh, Position
 from hpml_core.model import GPT
 from hpml_core.contract.atomic import atomic_write
-from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.config import ZERO_STAGES, TrainConfig
 from hpml_core.contract.errors import UsageError
 from hpml_core.contract.step_parts import range_name
 
@@ -78,7 +78,7 @@ def state_reader(mode: str, position: Position) -> StateReader:
     """What reads this rank's checkpointed state before the stepper exists (and before any
     process group): a PyTorch run's own file; nothing for ZeRO-3, whose engine reads DeepSpeed's
     files itself once it exists."""
-    if mode == "zero3":
+    if mode in ZERO_STAGES:
         return lambda folder, tag: None
     return partial(TorchStepper.read_state, tp_rank=position.tp_rank)
 
@@ -194,7 +194,8 @@ class DeepSpeedStepper:
                 self.engine.step()
             losses.append(loss.detach())
         if measure:
-            self.model_state = measure_model_state.zero3_engine(self.engine)
+            self.model_state = (measure_model_state.zero3_engine(self.engine) if self.engine.zero_optimization_stage() == 3
+                                else measure_model_state.zero12_engine(self.engine))
         return torch.stack(losses).mean()
 
     def save_state(self, folder: Path, tag: str) -> None:

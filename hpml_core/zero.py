@@ -1,4 +1,4 @@
-"""ZeRO-3 through DeepSpeed: the configuration, generated from the run's config and written next
+"""DeepSpeed's ZeRO (stages 1, 2 and 3: ``--mode zero1|zero2|zero3``): the configuration, generated from the run's config and written next
 to the attempt's rank files (``<run>/attempts/<n>/deepspeed_config.json``, each attempt its
 own) so what DeepSpeed was told is on record, and the engine around the plain (possibly
 tensor-parallel) model.
@@ -12,7 +12,11 @@ parameters under that many elements whole on every rank, saving their all-gather
 default of 100000 suits GPT-2 Large, where that is only LayerNorms and biases, while ``--test``
 sets 0 so that a tiny model is really partitioned.
 
-No rank holds the whole model before DeepSpeed partitions it: the model is filled part by part
+Stages 1 and 2 keep every parameter whole on every rank (cast to bf16/fp16) and shard what the
+optimizer holds (stage 1: the fp32 master weights and moments; stage 2: also the gradients,
+reduce-scattered as the backward produces them); there is nothing to partition before
+``deepspeed.initialize``, so their model is filled whole. Under ZeRO-3, no rank holds the whole
+model before DeepSpeed partitions it: the model is filled part by part
 (``hpml_core.materialize``) and each part is partitioned over the data-parallel group as soon as
 it is filled (``partitioner``: ``deepspeed.zero.Init(module=part)``, with the very arguments
 DeepSpeed uses when it partitions a whole model inside ``deepspeed.initialize``), already in the
@@ -31,10 +35,32 @@ import torch.nn as nn
 
 from hpml_core.contract import buckets
 from hpml_core.contract.atomic import atomic_write_json
-from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.config import ZERO_STAGES, TrainConfig
 from hpml_core.mesh import DeepSpeedMPU, Mesh
 
 CONFIG_FILE = "deepspeed_config.json"
+
+
+def _zero_optimization(config: TrainConfig) -> dict:
+    """The ``zero_optimization`` section: the stage the mode names, each with its overlap settings."""
+    stage = ZERO_STAGES[config.mode]
+    if stage == 3:
+        return {
+            "stage": 3,
+            "stage3_param_persistence_threshold": config.zero_persistence_threshold,
+            "overlap_comm": True,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": buckets.ZERO3_REDUCE_BUCKET,
+            "stage3_prefetch_bucket_size": buckets.ZERO3_PREFETCH_BUCKET,
+        }
+    return {
+        "stage": stage,
+        "overlap_comm": stage == 2,  # stage 2 reduces each bucket as the backward fills it
+        "contiguous_gradients": stage == 2,
+        "reduce_scatter": True,
+        "reduce_bucket_size": buckets.ZERO12_BUCKET,
+        "allgather_bucket_size": buckets.ZERO12_BUCKET,
+    }
 
 
 def deepspeed_config(config: TrainConfig, mesh: Mesh) -> dict:
@@ -47,14 +73,7 @@ def deepspeed_config(config: TrainConfig, mesh: Mesh) -> dict:
         "bf16": {"enabled": config.precision == "bf16"},
         "fp16": {"enabled": config.precision == "fp16", "initial_scale_power": 16},
         "data_types": {"grad_accum_dtype": grad_dtype},
-        "zero_optimization": {
-            "stage": 3,
-            "stage3_param_persistence_threshold": config.zero_persistence_threshold,
-            "overlap_comm": True,
-            "contiguous_gradients": True,
-            "reduce_bucket_size": buckets.ZERO3_REDUCE_BUCKET,
-            "stage3_prefetch_bucket_size": buckets.ZERO3_PREFETCH_BUCKET,
-        },
+        "zero_optimization": _zero_optimization(config),
         "zero_allow_untested_optimizer": True,  # torch's AdamW: nothing to compile
         "steps_per_print": 1_000_000_000,  # hpml does its own logging
         "wall_clock_breakdown": False,

@@ -16,4 +16,10 @@ LAYOUTS = {
     "dp2xtp2-allreduce": (4, "baseline", 2, 2, 1),
     "dp2xtp2-zero3": (4, "hybrid", 2, 2, 1),
     "dp2xtp2-zero3-accum-2": (4, "hybrid", 2, 1, 2),
+    "zero1-2": (2, "zero1", 1, 2, 1),
+    "zero1-4": (4, "zero1", 1, 1, 1),
+    "zero2-2": (2, "zero2", 1, 2, 1),
+    "zero2-4": (4, "zero2", 1, 1, 1),
+    "dp2xtp2-zero1": (4, "zero1", 2, 2, 1),
+    "dp2xtp2-zero2": (4, "zero2", 2, 2, 1),
 }

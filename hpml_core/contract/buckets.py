@@ -12,3 +12,7 @@ ZERO3_PREFETCH_BUCKET = 50_000_000
 ZERO3_MAX_REUSE_DISTANCE = 1_000_000_000
 # PyTorch DDP's default bucket_cap_mb (hpml does not change it).
 DDP_BUCKET_BYTES = 25 * MIB
+# DeepSpeed ZeRO-1/2, in elements: the gradient reduce bucket (stage 2 with overlap_comm keeps two
+# of them, in the gradients' dtype) and the bucket the updated partitions are all-gathered in.
+# DeepSpeed's default is 500M; 50M is ZeRO-3's reduce bucket above, so the stages compare alike.
+ZERO12_BUCKET = 50_000_000

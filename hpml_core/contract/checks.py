@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.config import ZERO_STAGES, TrainConfig
 from hpml_core.contract.data_meta import DataMeta
 from hpml_core.contract.errors import UsageError
 from hpml_core.contract.layout import Layout
@@ -22,7 +22,7 @@ from hpml_core.contract.models import GPT2_VOCAB, ModelDims, model_dims
 
 @dataclass(frozen=True)
 class Resolved:
-    config: TrainConfig  # zero_stage filled in for zero3
+    config: TrainConfig  # zero_stage filled in for the DeepSpeed modes
     dims: ModelDims
     layout: Layout
     global_batch: int
@@ -51,13 +51,20 @@ def resolve(config: TrainConfig, world_size: int, ranks_per_node: int, data: Dat
         raise UsageError("--seq-len", f"{config.seq_len} exceeds the {dims.n_positions} positions of {config.model}")
     layout = Layout.check(config.mode, config.tp_size, world_size, ranks_per_node, config.model, dims.n_head,
                           dims.vocab_size)
-    if config.zero_stage is not None and config.mode != "zero3":
-        raise UsageError("--zero-stage", f"ZeRO needs --mode zero3; --mode {config.mode} is "
-                         f"{'DDP' if config.mode == 'ddp' else 'one process'}")
+    stage = ZERO_STAGES.get(config.mode)
+    if config.zero_stage is not None and stage is None:
+        raise UsageError("--zero-stage", f"ZeRO needs --mode zero1, zero2 or zero3; --mode {config.mode} is "
+                         f"{ {'ddp': 'DDP', 'fsdp2': 'FSDP2'}.get(config.mode, 'one process')}")
+    if config.zero_stage is not None and config.zero_stage != stage:
+        raise UsageError("--zero-stage", f"{config.zero_stage} contradicts --mode {config.mode} (stage {stage}); "
+                         f"the mode names the stage: drop --zero-stage or use --mode zero{config.zero_stage}")
+    if not config.fsdp_reshard_after_forward and config.mode != "fsdp2":
+        raise UsageError("--fsdp-reshard-after-forward", f"false is an FSDP2 setting; --mode {config.mode} "
+                                                         "does not shard with FSDP2")
     if config.steps is not None and config.steps <= config.warmup_steps:
         raise UsageError("--steps", f"{config.steps} leaves no timed step after {config.warmup_steps} warm-up steps")
-    if config.mode == "zero3" and config.zero_stage is None:
-        config = config.model_copy(update={"zero_stage": 3})
+    if stage is not None and config.zero_stage is None:
+        config = config.model_copy(update={"zero_stage": stage})
     global_batch = layout.global_batch(config.batch_size, config.grad_accum)
     steps_per_epoch = None
     if data is not None:

@@ -11,9 +11,11 @@ Flags given next to ``--config`` override the file's values, and ``ConfigSource`
 which, so a rank file tells a run that followed its spec from one that was changed by hand.
 ``parse_args`` raises ``UsageError`` naming the flag; past this module, code trusts the config.
 
-Modes are named after what trains: ``single`` (one process), ``ddp`` (PyTorch DDP, all-reduce)
-and ``zero3`` (DeepSpeed ZeRO-3). The seed study's ``baseline`` and ``hybrid`` are accepted as
-aliases of ``ddp`` and ``zero3`` and recorded under the new names.
+Modes are named after what trains: ``single`` (one process), ``ddp`` (PyTorch DDP, all-reduce),
+``zero1``, ``zero2`` and ``zero3`` (DeepSpeed's ZeRO stages: optimizer states, then gradients,
+then parameters sharded over the data-parallel ranks) and ``fsdp2`` (PyTorch's
+``fully_shard``, parameters sharded like ZeRO-3). The seed study's ``baseline`` and ``hybrid``
+are accepted as aliases of ``ddp`` and ``zero3`` and recorded under the new names.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from hpml_core.contract.atomic import atomic_write_json
 from hpml_core.contract.errors import UsageError
 from hpml_core.contract.models import PRESETS
 
-MODES = ("single", "ddp", "zero3")
+MODES = ("single", "ddp", "zero1", "zero2", "zero3", "fsdp2")
+# The modes DeepSpeed trains, and the ZeRO stage each names (the run spec's zero_stage follows it).
+ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
 MODE_ALIASES = {"baseline": "ddp", "hybrid": "zero3"}
 RUN_SPEC_FILE = "run.json"
 RUN_SPEC_VERSION = 1
@@ -39,7 +43,7 @@ def _canonical_mode(value: Any) -> Any:
     return MODE_ALIASES.get(value, value)
 
 
-Mode = Annotated[Literal["single", "ddp", "zero3"], BeforeValidator(_canonical_mode)]
+Mode = Annotated[Literal[MODES], BeforeValidator(_canonical_mode)]  # type: ignore[valid-type]
 Precision = Literal["fp32", "fp16", "bf16"]
 
 # What --test means: the tiny model on a short sequence for a few steps. A flag the user
@@ -52,7 +56,8 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    mode: Mode = Field("single", description="single, ddp or zero3 (aliases: baseline = ddp, hybrid = zero3)")
+    mode: Mode = Field("single", description="single, ddp, zero1, zero2, zero3 or fsdp2 (aliases: baseline = ddp, "
+                                             "hybrid = zero3)")
     model: Literal[tuple(PRESETS)] = "gpt2-large"  # type: ignore[valid-type]
     tp_size: int = Field(1, ge=1)
     batch_size: int = Field(8, ge=1, description="samples per data-parallel rank per micro-step")
@@ -82,7 +87,11 @@ class TrainConfig(BaseModel):
     checkpoint_dir: Path | None = None
     resume: bool = False
     save_model: bool = False
-    zero_stage: Literal[3] | None = Field(None, description="ZeRO stage under --mode zero3 (3, the default there)")
+    zero_stage: Literal[1, 2, 3] | None = Field(None, description="the ZeRO stage, which the mode names (zero1: 1 "
+                                                                  "...); filled in for the DeepSpeed modes")
+    fsdp_reshard_after_forward: bool = Field(
+        True, description="fsdp2: free each block's gathered parameters after its forward and gather them again "
+                          "for the backward (ZeRO-3's way); false keeps them to the backward (ZeRO-2's memory)")
     zero_persistence_threshold: int = Field(100_000, ge=0, description="stage3_param_persistence_threshold")
     dist_backend: Literal["nccl", "gloo"] | None = Field(
         None, description="collectives: NCCL between GPUs, gloo on CPUs (the default); gloo also lets several "
@@ -115,6 +124,14 @@ def first_error(exc: ValidationError) -> tuple[str, str]:
     return field, f"{first['msg']} (got {first.get('input')!r})"
 
 
+def _yes_no(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line naming the flag (and exit status 2)."""
 
@@ -132,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Choices are left to TrainConfig, so a wrong value is refused in the same words as a run
     # spec's or an experiment file's (hpml plan); the metavar shows what is allowed.
     p.add_argument("--mode", metavar="{" + ",".join(MODES) + "}",
-                   help="single process, ddp (PyTorch DDP) or zero3 (DeepSpeed ZeRO-3); baseline and hybrid are "
-                        "the seed study's names for ddp and zero3")
+                   help="single process, ddp (PyTorch DDP), zero1/zero2/zero3 (DeepSpeed ZeRO) or fsdp2 (PyTorch "
+                        "fully_shard); baseline and hybrid are the seed study's names for ddp and zero3")
     p.add_argument("--model", metavar="{" + ",".join(PRESETS) + "}")
     p.add_argument("--tp-size", type=int, help="tensor-parallel ranks per model replica")
     p.add_argument("--batch-size", type=int, help="samples per data-parallel rank per micro-step")
@@ -162,7 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", default=None, help="continue from the latest checkpoint if there is one")
     p.add_argument("--save-model", action="store_true", default=None,
                    help="write the trained weights, gathered whole, to <out>/model.pt")
-    p.add_argument("--zero-stage", type=int, help="ZeRO stage of --mode zero3 (allowed: 3, the default)")
+    p.add_argument("--zero-stage", type=int, help="the ZeRO stage, which --mode already names (zero1: 1, zero2: 2, "
+                                                  "zero3: 3); kept for run specs that state it")
+    p.add_argument("--fsdp-reshard-after-forward", type=_yes_no, metavar="{true,false}",
+                   help="fsdp2: gather each block's parameters again for the backward (true, the default) or keep "
+                        "them from the forward (false)")
     p.add_argument("--zero-persistence-threshold", type=int,
                    help="ZeRO-3 keeps parameters smaller than this whole on every rank (DeepSpeed's 100000; 0 with --test)")
     p.add_argument("--dist-backend", metavar="{nccl,gloo}",

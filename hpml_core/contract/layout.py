@@ -55,7 +55,7 @@ class Layout:
         if vocab_size % tp:
             raise UsageError("--tp-size", f"{tp} does not divide the padded vocabulary of {vocab_size}")
         if mode == "single" and world_size > 1:
-            raise UsageError("--mode", f"single runs one process but {world_size} were launched; use ddp or zero3")
+            raise UsageError("--mode", f"single runs one process but {world_size} were launched; use ddp, zero1/2/3 or fsdp2")
         if mode == "single" and tp > 1:
-            raise UsageError("--tp-size", f"{tp} needs several processes (--mode ddp or zero3)")
+            raise UsageError("--tp-size", f"{tp} needs several processes (--mode ddp, zero1/2/3 or fsdp2)")
         return cls(world_size, tp)

@@ -6,10 +6,14 @@ difference between them is partly this difference, not the layout's:
 - the PyTorch path (single, DDP, tensor parallelism, DP×TP with all-reduce) keeps fp32 weights
   and gradients and runs the forward and backward under ``torch.autocast`` (PyTorch AMP); fp16
   adds dynamic loss scaling whose overflow decision is agreed over all ranks (``hpml_core.loss_scaling``);
-- DeepSpeed ZeRO-3 casts the model itself to bf16/fp16, reduces 16-bit gradients, and keeps fp32
-  master weights in the optimizer; fp16 adds DeepSpeed's dynamic loss scaling.
+- DeepSpeed's ZeRO (every stage) casts the model itself to bf16/fp16, reduces 16-bit gradients,
+  and keeps fp32 master weights in the optimizer; fp16 adds DeepSpeed's dynamic loss scaling;
+- FSDP2 keeps the sharded parameters in fp32 (the optimizer updates them: no separate master),
+  all-gathers them in bf16/fp16 for each block's forward and backward, and reduce-scatters the
+  gradients in fp32 (``MixedPrecisionPolicy(param_dtype, reduce_dtype=float32)``, torchtitan's
+  default); fp16 adds hpml's dynamic loss scaling, overflow agreed over all ranks.
 
-In fp32 both are plain fp32 (ZeRO-3 still keeps a separate fp32 master partition).
+In fp32 all are plain fp32 (ZeRO still keeps a separate fp32 master partition).
 The engine records the regime in every rank file; the report prints it and says where two
 compared configurations differ in it.
 """
@@ -20,7 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hpml_core.contract.config import Mode, Precision
+from hpml_core.contract.config import ZERO_STAGES, Mode, Precision
 
 
 class PrecisionRegime(BaseModel):
@@ -32,8 +36,9 @@ class PrecisionRegime(BaseModel):
     grad_reduce_dtype: Literal["fp32", "bf16", "fp16"] = Field(
         description="dtype gradients are reduced across data-parallel ranks in")
     matmul_dtype: Literal["fp32", "bf16", "fp16"] = Field(description="dtype the forward and backward matmuls run in")
-    compute: Literal["fp32", "autocast", "cast model"] = Field(
-        description="autocast: fp32 weights, matmuls in 16 bits (PyTorch AMP); cast model: the model itself is 16-bit")
+    compute: Literal["fp32", "autocast", "cast model", "cast when gathered"] = Field(
+        description="autocast: fp32 weights, matmuls in 16 bits (PyTorch AMP); cast model: the model itself is "
+                    "16-bit; cast when gathered: fp32 shards, gathered in 16 bits for each block (FSDP2)")
     loss_scaling: Literal["none", "dynamic loss scale, overflow agreed over all ranks", "DeepSpeed dynamic"]
 
     def short(self) -> str:
@@ -42,6 +47,8 @@ class PrecisionRegime(BaseModel):
             return "fp32"
         if self.compute == "autocast":
             return f"fp32 weights, {self.matmul_dtype} autocast"
+        if self.compute == "cast when gathered":
+            return f"fp32 shards, gathered in {self.matmul_dtype}"
         return f"{self.weights_dtype} weights, fp32 master"
 
     def key(self) -> str:
@@ -53,9 +60,13 @@ class PrecisionRegime(BaseModel):
 def regime(mode: Mode, precision: Precision) -> PrecisionRegime:
     """The regime hpml's engine trains ``mode`` in at ``precision``."""
     if precision == "fp32":
-        return PrecisionRegime(weights_dtype="fp32", master_weights="fp32" if mode == "zero3" else "none",
+        return PrecisionRegime(weights_dtype="fp32", master_weights="fp32" if mode in ZERO_STAGES else "none",
                                matmul_dtype="fp32", grad_reduce_dtype="fp32", compute="fp32", loss_scaling="none")
-    if mode == "zero3":
+    if mode == "fsdp2":
+        return PrecisionRegime(weights_dtype=precision, master_weights="none", matmul_dtype=precision,
+                               grad_reduce_dtype="fp32", compute="cast when gathered",
+                               loss_scaling="dynamic loss scale, overflow agreed over all ranks" if precision == "fp16" else "none")
+    if mode in ZERO_STAGES:
         return PrecisionRegime(weights_dtype=precision, master_weights="fp32", matmul_dtype=precision,
                                grad_reduce_dtype=precision, compute="cast model",
                                loss_scaling="DeepSpeed dynamic" if precision == "fp16" else "none")
