@@ -2,8 +2,8 @@
 (the same work per GPU: the same batch per GPU and accumulation) and strong scaling (the same
 global batch, in one process by accumulation). A baseline is looked for, never guessed: it must
 share everything that changes a GPU's own speed and memory, the device and the precision regime
-included (ZeRO-3 trains in another regime than the PyTorch path, so it is compared with a
-1-process ZeRO-3 run). Where none exists the figures are None, and the note names the nearest
+included (DeepSpeed's ZeRO stages and FSDP2 each train in another regime than the PyTorch path,
+so they are compared with a 1-process run of their own mode). Where none exists the figures are None, and the note names the nearest
 1-process configuration, what differs, and the run that would give one.
 
 Every comparison is made from the medians with an interval from the two ranges, and is called
@@ -101,9 +101,11 @@ def _candidates(rows: list[ConfigurationRow]) -> list[ConfigurationRow]:
 
 def _matching(row: ConfigurationRow, rows: list[ConfigurationRow], key: tuple[str, ...]) -> ConfigurationRow | None:
     """The row itself when it is one process; else the first candidate sharing the key,
-    preferring one with the same batch per micro-step."""
+    preferring one of the same mode (the ZeRO stages share a regime, and one process of each does
+    the same arithmetic, but not at the same speed), then one with the same batch per micro-step."""
     found = [r for r in _candidates(rows) if all(_key(r, k) == _key(row, k) for k in key)]
-    found.sort(key=lambda r: (r is not row, r.setting.batch_per_gpu != row.setting.batch_per_gpu))
+    found.sort(key=lambda r: (r is not row, r.setting.mode != row.setting.mode,
+                              r.setting.batch_per_gpu != row.setting.batch_per_gpu))
     return found[0] if found else None
 
 
@@ -124,7 +126,7 @@ def _missing_reason(row: ConfigurationRow, rows: list[ConfigurationRow], key: tu
         return "no completed run"
     setting = row.setting
     accumulation = setting.grad_accum if view == "weak" else setting.global_batch // setting.batch_per_gpu
-    wanted = (f"add a 1-process {'zero3' if setting.mode == 'zero3' else 'single'} run with batch "
+    wanted = (f"add a 1-process {'single' if setting.mode in ('single', 'ddp') else setting.mode} run with batch "
               f"{setting.batch_per_gpu}, accumulation {accumulation}, on {setting.device_name}")
     candidates = _candidates(rows)
     if not candidates:

@@ -27,7 +27,8 @@ from hpml_core.contract.units import GIB, MIB
 
 # How a layout is named in the tables (hpml_core.contract.config.MODES); rank files written with the
 # seed's names (baseline, hybrid) are read as ddp and zero3.
-MODE_WORDS = {"single": "single", "ddp": "DDP", "zero3": "ZeRO-3"}
+MODE_WORDS = {"single": "single", "ddp": "DDP", "zero1": "ZeRO-1", "zero2": "ZeRO-2", "zero3": "ZeRO-3",
+              "fsdp2": "FSDP2"}
 NO_PREDICTION = "its rank files hold no memory prediction (written before hpml recorded it)"
 CPU_PEAK = ("on a CPU the training peak is not compared: the prediction is for a GPU's allocator, and a CPU "
             "process's resident set is mostly the interpreter and libraries")
@@ -148,7 +149,7 @@ def describe(mode: str, world: int, dp: int, tp: int, device: str, batch: int, p
     elif tp == 1:
         layout = f"{MODE_WORDS[mode]} on {size}"
     else:
-        over_dp = "ZeRO-3" if mode == "zero3" else "all-reduce"
+        over_dp = "all-reduce" if mode == "ddp" else MODE_WORDS[mode]
         layout = f"DP {dp} ({over_dp}) x TP {tp} on {size}"
     in_words = f" ({regime_phrase})" if regime_phrase and regime_phrase != precision else ""
     accumulated = f" x {grad_accum} accumulated" if grad_accum > 1 else ""

@@ -22,4 +22,8 @@ LAYOUTS = {
     "zero2-4": (4, "zero2", 1, 1, 1),
     "dp2xtp2-zero1": (4, "zero1", 2, 2, 1),
     "dp2xtp2-zero2": (4, "zero2", 2, 2, 1),
+    "fsdp2-2": (2, "fsdp2", 1, 2, 1),
+    "fsdp2-4": (4, "fsdp2", 1, 1, 1),
+    "fsdp2-2-accum-2": (2, "fsdp2", 1, 1, 2),
+    "dp2xtp2-fsdp2": (4, "fsdp2", 2, 2, 1),
 }

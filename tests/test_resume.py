@@ -25,9 +25,9 @@ def test_resumed_run_continues_with_the_same_losses(tmp_path, token_data):
     assert all(math.isfinite(v) for v in losses(whole))
 
 
-@pytest.mark.parametrize("layout", ["tp-2", "dp2xtp2-zero3"])
+@pytest.mark.parametrize("layout", ["tp-2", "dp2xtp2-zero3", "zero1-2", "dp2xtp2-zero1", "zero2-2", "dp2xtp2-zero2"])
 def test_resumed_layout_continues_with_the_same_losses(layout, trained, tmp_path, token_data):
-    """3 steps, a checkpoint (per TP rank; DeepSpeed's partitions under ZeRO-3), then 3 more
+    """3 steps, a checkpoint (per TP rank; DeepSpeed's partitions under ZeRO), then 3 more
     resumed in a new launch: the same 6 losses as one uninterrupted run."""
     nproc, mode, tp, batch, _ = LAYOUTS[layout]
     out = tmp_path / "split"
