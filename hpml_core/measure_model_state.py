@@ -66,13 +66,28 @@ def zero3_engine(engine) -> dict:
 
 
 def zero12_engine(engine) -> dict:
-    """For a DeepSpeed ZeRO-1/2 engine: whole 16-bit parameters (views into one flat buffer per
-    param group), fp32 master partitions and the optimizer's moments on them."""
+    """For a DeepSpeed ZeRO-1/2 engine (``DeepSpeedZeroOptimizer``), at the accumulation boundary
+    between ``engine.backward`` and ``engine.step``: the gradients exist only then, reduced, and the
+    optimizer step frees them all (``DeepSpeedZeroOptimizer.step``: ``free_grad_in_param_list``,
+    ``averaged_gradients[i] = None``).
+
+    - parameters: the whole 16-bit (in fp32: fp32) parameters, views into one flat buffer per param
+      group (``bit16_groups_flat``, padded to a multiple of 2·dp);
+    - gradients: what ``averaged_gradients`` keeps of this rank's partition: views into ZeRO-2's
+      contiguous ``grads_in_partition`` or ZeRO-1's per-parameter gradients (whole parameters, those
+      the partition touches), and the zeros that pad the partition; any gradient still on a
+      parameter counts too (none at this moment);
+    - optimizer: the fp32 master partitions (``single_partition_of_fp32_groups``, a copy even in
+      fp32) and the optimizer's state on them.
+    """
     params = list(engine.module.parameters())
     zero = engine.optimizer  # DeepSpeedZeroOptimizer
+    grads = [t for group in zero.averaged_gradients.values() if group is not None for t in group]
+    grads += [p.grad for p in params] + [getattr(p, "grad_accum", None) for p in params]
+    grads += [p.grad for p in zero.single_partition_of_fp32_groups]
     measured = _bytes_by_category({
         "params_bytes": list(zero.bit16_groups_flat),
-        "grads_bytes": [p.grad for p in zero.single_partition_of_fp32_groups],
+        "grads_bytes": grads,
         "optimizer_bytes": [*zero.single_partition_of_fp32_groups, *_state_tensors(zero.optimizer)],
     })
     return {"param_elements_local": sum(p.numel() for p in params), "full_params_resident": len(params), **measured}

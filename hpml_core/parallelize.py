@@ -10,13 +10,17 @@ in torchtitan's order, all in this one file, so the model file stays unaware of 
 4. ``torch.compile`` of the model and, without TP, of the loss: its fp32 upcast, log-softmax
    and gather over the vocabulary then fuse into a few passes over the logits instead of
    writing fp32 copies of them (measured on an H200: hpml_core/bench/RESULTS.md);
-5. data parallelism: PyTorch DDP over the data-parallel group, or DeepSpeed's ZeRO stage 1, 2
-   or 3 (``hpml_core.zero``), which owns the optimizer. Because this last pass decides how
-   gradients are synchronised and the update applied, it returns the ``Stepper`` that trains
-   the result (``hpml_core.stepper``).
+5. data parallelism: PyTorch DDP over the data-parallel group, DeepSpeed's ZeRO stage 1, 2
+   or 3 (``hpml_core.zero``), which owns the optimizer, or PyTorch's FSDP2 (``hpml_core.fsdp``).
+   Because this last pass decides how gradients are synchronised and the update applied, it
+   returns the ``Stepper`` that trains the result (``hpml_core.stepper``).
 
 Under ZeRO-3, DeepSpeed's hooks must see the plain modules, so compilation happens inside its
-engine (``engine.compile()``) after the wrap instead of before.
+engine (``engine.compile()``) after the wrap instead of before. Under FSDP2 (``parallelize_fsdp2``)
+the weights come last: ``fully_shard`` is applied on the meta device and each rank then fills
+only its shards; ``torch.compile`` is applied per block (torchtitan's way) to the block's own
+forward, which FSDP2's hooks surround, so its gathers and reduce-scatters stay eager around the
+compiled graphs.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from torch.autograd.profiler import record_function
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
-from hpml_core import tensor_parallel, zero
+from hpml_core import fsdp, tensor_parallel, zero
 from hpml_core.materialize import materialize, parameter_shapes
 from hpml_core.mesh import Mesh
 from hpml_core.model import GPT, next_token_loss
@@ -70,6 +74,8 @@ def parallelize(model: GPT, mesh: Mesh, config: TrainConfig, device: torch.devic
     loss_fn = next_token_loss
     if mesh.tp_size > 1:
         loss_fn = tensor_parallel.apply_tensor_parallel(model, mesh)
+    if config.mode == "fsdp2":
+        return parallelize_fsdp2(model, shapes, loss_fn, mesh, config, device)
     by_deepspeed = config.mode in ZERO_STAGES
     zero3 = config.mode == "zero3"
     # ZeRO's optimizer is made while the parameters still have their shapes (build_optimizer
@@ -89,3 +95,21 @@ def parallelize(model: GPT, mesh: Mesh, config: TrainConfig, device: torch.devic
         trained = DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None,
                                           process_group=mesh.dp_group)
     return TorchStepper(model, trained, loss_fn, config, mesh, device)
+
+
+def parallelize_fsdp2(model: GPT, shapes: dict[str, torch.Size], loss_fn, mesh: Mesh, config: TrainConfig,
+                      device: torch.device) -> Stepper:
+    """FSDP2 after TP, in torchtitan's order: activation checkpointing, compile per block, then
+    ``fully_shard`` (each block, then the root) on the meta device; only then does each rank
+    fill its shards, in fp32 whatever the precision (the regime's sharded parameters)."""
+    tp_sharded = fsdp.tp_sharded_names(model)  # before fully_shard replaces the marked parameters
+    if config.grad_ckpt:
+        apply_activation_checkpointing(model, name_recomputation=not config.compile)
+    if config.compile:
+        for block in model.blocks:  # the block's own forward (checkpointed or not), not FSDP2's hooks
+            block.forward = torch.compile(block.forward)
+        if mesh.tp_size == 1:  # the vocabulary-parallel loss has collectives: left eager
+            loss_fn = torch.compile(loss_fn)
+    fsdp.shard(model, mesh, config, device)
+    fsdp.fill_shards(model, shapes, config.seed, mesh, device)
+    return fsdp.FSDPStepper(model, loss_fn, config, mesh, device, tp_sharded)

@@ -125,14 +125,15 @@ def flops_record(plan: Plan, device_type: str, device_name: str, run_tokens_per_
 
 
 def model_state_record(plan: Plan, measured: dict) -> rf.ModelState:
-    expected, how = model_state.expected_bytes(plan.config, plan.dims, plan.layout.tp_size, plan.layout.dp_size)
+    expected, how = model_state.expected_bytes(plan.config, plan.dims, plan.layout.tp_size, plan.layout.dp_size,
+                                               plan.position.dp_rank)
     total = measured["params_bytes"] + measured["grads_bytes"] + measured["optimizer_bytes"]
     return rf.ModelState(**measured, total_bytes=total, expected_bytes=expected, expectation=how)
 
 
 def prediction_record(plan: Plan, device_type: str) -> rf.MemoryPrediction:
     """The memory model's prediction for this rank, as the engine resolved the run."""
-    predicted = memory_model.predict(plan.config, plan.dims, plan.layout, device_type)
+    predicted = memory_model.predict(plan.config, plan.dims, plan.layout, device_type, dp_rank=plan.position.dp_rank)
     return rf.MemoryPrediction(
         device_type=device_type, total_bytes=predicted.total_bytes, allocated_bytes=predicted.allocated_bytes,
         model_state_bytes=predicted.model_state_bytes,

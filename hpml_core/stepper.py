@@ -1,6 +1,7 @@
 """Everything that depends on how a model is trained, behind one interface (``Stepper``), so the
 training loop (``hpml_core.train``), the checkpoints (``hpml_core.checkpoint``) and the export
-(``hpml_core.export``) never ask which backend a run has. There are two:
+(``hpml_core.export``) never ask which backend a run has. There are two here, and a third,
+``FSDPStepper`` (PyTorch's FSDP2), in ``hpml_core.fsdp``:
 
 - ``TorchStepper``: plain PyTorch (one process, DDP, tensor parallelism, DP×TP with DDP over
   the DP group). Weights stay fp32 under autocast; fp16 adds a dynamic loss scaler whose
@@ -18,7 +19,9 @@ still exist). What a step folder of a checkpoint holds is therefore the stepper'
   written by the first data-parallel replica (the others hold the same), and read back before
   training starts (``state_reader``), so a corrupt one is refused before any process group exists;
 - ZeRO-3: DeepSpeed's own checkpoint of the partitioned state, every rank writing its partition,
-  the step folder's name as its tag; read by the engine once it exists.
+  the step folder's name as its tag; read by the engine once it exists;
+- FSDP2: ``state-dp<d>-tp<r>.pt`` per rank (its shards of the model and the optimizer, and the
+  loss scaler), read back before training like PyTorch's.
 """
 
 from __future__ import annotations
@@ -76,10 +79,14 @@ class Stepper(Protocol):
 
 def state_reader(mode: str, position: Position) -> StateReader:
     """What reads this rank's checkpointed state before the stepper exists (and before any
-    process group): a PyTorch run's own file; nothing for ZeRO-3, whose engine reads DeepSpeed's
-    files itself once it exists."""
+    process group): a PyTorch run's own file (under FSDP2 each rank's own shards); nothing for
+    ZeRO, whose engine reads DeepSpeed's files itself once it exists."""
     if mode in ZERO_STAGES:
         return lambda folder, tag: None
+    if mode == "fsdp2":
+        from hpml_core.fsdp import FSDPStepper  # fsdp builds on this module: imported when asked for
+
+        return partial(FSDPStepper.read_state, position=position)
     return partial(TorchStepper.read_state, tp_rank=position.tp_rank)
 
 
@@ -184,18 +191,20 @@ class DeepSpeedStepper:
 
     def step(self, micro_batches: MicroBatches, measure: bool = False) -> torch.Tensor:
         """DeepSpeed scales for accumulation itself, and clips and updates at the last micro-step."""
-        losses = []
+        losses, zero3 = [], self.engine.zero_optimization_stage() == 3
         for x, y in micro_batches:
             with record_function(range_name("forward")):
                 loss = self.loss_fn(self.engine(x), y)
             with record_function(range_name("backward")):
                 self.engine.backward(loss)
+            if measure and not zero3 and self.engine.is_gradient_accumulation_boundary():
+                # ZeRO-1/2 hold their reduced gradients only until the step frees them
+                self.model_state = measure_model_state.zero12_engine(self.engine)
             with record_function(range_name("optimizer")):  # the update itself at the last micro-step only
                 self.engine.step()
             losses.append(loss.detach())
-        if measure:
-            self.model_state = (measure_model_state.zero3_engine(self.engine) if self.engine.zero_optimization_stage() == 3
-                                else measure_model_state.zero12_engine(self.engine))
+        if measure and zero3:
+            self.model_state = measure_model_state.zero3_engine(self.engine)
         return torch.stack(losses).mean()
 
     def save_state(self, folder: Path, tag: str) -> None:

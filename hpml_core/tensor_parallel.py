@@ -29,7 +29,7 @@ once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 
 import torch
@@ -196,21 +196,26 @@ def _gather(shard: torch.Tensor, mesh: Mesh, dim: int = 0, parts: int = 1) -> to
     return torch.cat(blocks, dim=dim)
 
 
-def full_state_dict(model: GPT, mesh: Mesh) -> dict[str, torch.Tensor]:
-    """The unsharded model's state dict (same keys as a plain GPT), assembled on every TP rank."""
+def full_state_dict(model: GPT, mesh: Mesh, local: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The unsharded model's state dict (same keys as a plain GPT), assembled on every TP rank.
+
+    ``local``: this TP rank's shard of each parameter, by name (default: the model's own
+    parameters; FSDP2, whose registered parameters are further split over DP, passes its shards
+    gathered over the DP group)."""
+    local = local if local is not None else {name: param.data for name, param in model.named_parameters()}
     state = {}
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
         if isinstance(module, ColumnParallelLinear):
-            state[prefix + "weight"] = _gather(module.weight.data, mesh, parts=module.parts)
-            state[prefix + "bias"] = _gather(module.bias.data, mesh, parts=module.parts)
+            state[prefix + "weight"] = _gather(local[prefix + "weight"], mesh, parts=module.parts)
+            state[prefix + "bias"] = _gather(local[prefix + "bias"], mesh, parts=module.parts)
         elif isinstance(module, RowParallelLinear):
-            state[prefix + "weight"] = _gather(module.weight.data, mesh, dim=1)
-            state[prefix + "bias"] = module.bias.data
+            state[prefix + "weight"] = _gather(local[prefix + "weight"], mesh, dim=1)
+            state[prefix + "bias"] = local[prefix + "bias"]
         elif isinstance(module, VocabParallelEmbedding):
-            state[prefix + "weight"] = _gather(module.weight.data, mesh)
-    for name, param in model.named_parameters():
-        state.setdefault(name, param.data)
+            state[prefix + "weight"] = _gather(local[prefix + "weight"], mesh)
+    for name, tensor in local.items():
+        state.setdefault(name, tensor)
     state["lm_head.weight"] = state["wte.weight"]
     return state
 

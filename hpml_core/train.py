@@ -164,7 +164,8 @@ def train(plan: Plan, stop: StopRequest) -> int:
             status, error = STOPPED, f"stopped by {stop.signal_name}; checkpoint saved"
         run_throughput = throughput(plan, measured.timer, device) if measured.timer.timed_steps else None
         if config.save_model and status == COMPLETED:
-            export.save_full_model(stepper, out, plan.env.rank)
+            export.save_full_model(stepper, out, plan.env.rank, dims=plan.dims,
+                                   vocab_size=config.vocab_size or plan.batches.data.vocab_size)  # unpadded
         if config.profile_steps and status == COMPLETED:  # after everything it could change
             measured.memory_before_window = measured.memory.record()
             timed_median = run_throughput.step_time_median_s if run_throughput else None

@@ -25,9 +25,10 @@ def test_resumed_run_continues_with_the_same_losses(tmp_path, token_data):
     assert all(math.isfinite(v) for v in losses(whole))
 
 
-@pytest.mark.parametrize("layout", ["tp-2", "dp2xtp2-zero3", "zero1-2", "dp2xtp2-zero1", "zero2-2", "dp2xtp2-zero2"])
+@pytest.mark.parametrize("layout", ["tp-2", "dp2xtp2-zero3", "zero1-2", "dp2xtp2-zero1", "zero2-2", "dp2xtp2-zero2",
+                                    "fsdp2-2", "dp2xtp2-fsdp2"])
 def test_resumed_layout_continues_with_the_same_losses(layout, trained, tmp_path, token_data):
-    """3 steps, a checkpoint (per TP rank; DeepSpeed's partitions under ZeRO), then 3 more
+    """3 steps, a checkpoint (per TP rank; DeepSpeed's partitions under ZeRO; each rank's shards under FSDP2), then 3 more
     resumed in a new launch: the same 6 losses as one uninterrupted run."""
     nproc, mode, tp, batch, _ = LAYOUTS[layout]
     out = tmp_path / "split"

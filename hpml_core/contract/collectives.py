@@ -27,6 +27,23 @@ blocks and A the micro-steps of accumulation, the engine issues:
   fp64 scalars per group it spans (gradient norm, overflow), and fp16 one byte more (the
   overflow flag). With one DP rank nothing is gathered, but the reduce-scatter (over a group of
   one) and the scalars are still issued.
+- **ZeRO-1 and ZeRO-2** (DeepSpeed 0.19.8's ``DeepSpeedZeroOptimizer``, over the DP group), per
+  optimizer step: the gradients of the rank's parameters (its TP shard, unpadded) all-reduced once,
+  in the reduction dtype, in buckets of at most ``reduce_bucket_size`` elements
+  (``buckets.ZERO12_BUCKET``): ``reduce_scatter`` is on, but with DeepSpeed's default
+  ``use_multi_rank_bucket_allreduce`` ``average_tensor`` all-reduces each bucket whole and keeps
+  the rank's slices (``allreduce_and_scatter``). Stage 1 reduces after the boundary's backward,
+  parameter by parameter in the param groups' order (``reduce_gradients``), so its buckets are
+  packed greedily in that order; stage 2 reduces each bucket as the backward fills it
+  (``reduce_independent_p_g_buckets_and_remove_grads``, in the order autograd finishes the
+  gradients, so the count is stated only when one bucket holds them all), and with accumulation
+  at every micro-step. Then the optimizer step: one fp32 scalar all-reduced per param group for
+  the gradient norm (``get_grad_norm_direct``; computed with clipping off too), in bf16/fp16 a
+  one-byte overflow flag before it (``has_overflow``, ``check_grad_overflow``: fp32 leaves it
+  off), each also over the TP group when the model is tensor-parallel
+  (``_model_parallel_all_reduce``), and the updated partitions all-gathered into each group's
+  flat buffer (``all_gather_into_tensor``, A_g elements in the weights' dtype, padding included:
+  ``hpml_core.contract.model_state``), none with one DP rank.
 - **fp16 on the PyTorch path**: the loss scaler's overflow flag, one fp32 all-reduce over all ranks.
 
 These were read off the profiled steps of every layout on CPU ranks with gloo, and a test keeps
@@ -39,9 +56,12 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.buckets import ZERO12_BUCKET
+from hpml_core.contract.config import ZERO_STAGES, TrainConfig
 from hpml_core.contract.layout import Layout
-from hpml_core.contract.model_state import DTYPE_BYTES, param_numels, partition_numel
+from hpml_core.contract import model_state
+from hpml_core.contract.model_state import (DTYPE_BYTES, optimizer_groups, param_numels, partition_numel,
+                                           zero12_groups)
 from hpml_core.contract.models import ModelDims
 from hpml_core.contract.precision import regime
 
@@ -81,7 +101,7 @@ def _tp(config: TrainConfig, dims: ModelDims, accum: int) -> list[Collectives]:
     if config.grad_ckpt:
         found.append(Collectives("all-reduce", "tp", accum * L, accum * L * activation, precision.matmul_dtype,
                                  "recomputed attention outputs"))
-    if config.mode != "zero3" and config.grad_clip > 0:
+    if config.mode not in ZERO_STAGES and config.grad_clip > 0:
         found.append(Collectives("all-reduce", "tp", 1, 1, "fp32", "gradient norm for clipping"))
     return found
 
@@ -112,6 +132,70 @@ def _zero3(config: TrainConfig, dims: ModelDims, layout: Layout) -> list[Collect
     return found
 
 
+def zero1_buckets(numels: list[int], bucket: int = ZERO12_BUCKET) -> int:
+    """How many all-reduces ZeRO-1's reduction issues: gradients taken in order, a bucket reduced
+    (when it holds any) before the one that would take it over ``bucket`` elements, and the last
+    at the end (``reduce_independent_p_g_buckets_and_remove_grads``, then the epilogue's ``reduce_ipg_grads``)."""
+    count, held = 0, 0
+    for n in numels:
+        if held + n > bucket and held:
+            count, held = count + 1, 0
+        held += n
+    return count + (1 if held else 0)
+
+
+def _zero12(config: TrainConfig, dims: ModelDims, layout: Layout) -> list[Collectives]:
+    precision = regime(config.mode, config.precision)
+    dp, stage = layout.dp_size, ZERO_STAGES[config.mode]
+    names, numels = zip(*param_numels(dims, layout.tp_size))
+    in_group_order = [n for group in optimizer_groups(list(names), list(numels)) for n in group]
+    grads = sum(in_group_order)
+    if stage == 1:
+        count = zero1_buckets(in_group_order)
+        found = [Collectives("all-reduce", "dp", count, grads, precision.grad_reduce_dtype,
+                             "gradients, in reduce buckets after the backward")]
+    else:  # at every micro-step, as the backward fills the buckets
+        count = config.grad_accum if grads <= ZERO12_BUCKET else None
+        found = [Collectives("all-reduce", "dp", count, config.grad_accum * grads, precision.grad_reduce_dtype,
+                             "gradients, in reduce buckets during the backward")]
+    groups = zero12_groups(dims, layout.tp_size, dp, 0)
+    scalar_groups = ["dp", "tp"] if layout.tp_size > 1 else ["dp"]
+    if config.precision != "fp32":  # check_grad_overflow (bf16's default, always with fp16)
+        found += [Collectives("all-reduce", group, 1, 1, "uint8", "overflow flag") for group in scalar_groups]
+    found += [Collectives("all-reduce", group, len(groups), len(groups), "fp32", "gradient norm, one per param group")
+              for group in scalar_groups]
+    if dp > 1:
+        found.append(Collectives("all-gather", "dp", len(groups), sum(g.flat for g in groups), precision.weights_dtype,
+                                 "updated partitions into each param group's flat buffer"))
+    return found
+
+
+def _fsdp2(config: TrainConfig, dims: ModelDims, layout: Layout) -> list[Collectives]:
+    """FSDP2 over the DP group (``hpml_core.fsdp``), per micro-step: each FSDP group (the root:
+    embeddings and the last LayerNorm; each block) all-gathered in the weights' dtype, padded to
+    ceil(rows / dp)·dp rows per tensor: the root once (it never reshards), each block for its
+    forward and, resharded after it, again for its backward; each group's fp32 gradients
+    reduce-scattered once, padded alike. Clipping adds one all-reduce of the norm's two fp32
+    partial sums over DP; fp16, the overflow flag DTensor agrees over DP. Probed on gloo (tiny
+    GPT-2, 2 ranks, fp32: 5 all-gathers of 996,864 B, 3 reduce-scatters of 596,992 B)."""
+    dp = layout.dp_size
+    if dp == 1:
+        return []
+    root, block = model_state.fsdp2_group_elements(dims, layout.tp_size, dp)
+    accum, layers = config.grad_accum, dims.n_layer
+    gathers = 2 if config.fsdp_reshard_after_forward else 1
+    low = regime(config.mode, config.precision).weights_dtype
+    found = [Collectives("all-gather", "dp", accum * (1 + gathers * layers), accum * (root + gathers * layers * block),
+                         low, "parameters of each FSDP group, gathered for its forward (and its backward)"),
+             Collectives("reduce-scatter", "dp", accum * (1 + layers), accum * (root + layers * block), "fp32",
+                         "gradients of each FSDP group")]
+    if config.grad_clip > 0:
+        found.append(Collectives("all-reduce", "dp", 1, 2, "fp32", "gradient norm's partial sums, for clipping"))
+    if config.precision == "fp16":
+        found.append(Collectives("all-reduce", "dp", 1, 1, "fp32", "DTensor's overflow check of the sharded gradients"))
+    return found
+
+
 def per_step(config: TrainConfig, dims: ModelDims, layout: Layout) -> list[Collectives]:
     """Every collective one rank issues in one optimizer step."""
     found: list[Collectives] = []
@@ -123,7 +207,11 @@ def per_step(config: TrainConfig, dims: ModelDims, layout: Layout) -> list[Colle
                                  "gradients, in DDP's buckets"))
     if config.mode == "zero3":
         found += _zero3(config, dims, layout)
-    if config.mode != "zero3" and config.precision == "fp16" and layout.world_size > 1:
+    if config.mode in ("zero1", "zero2"):
+        found += _zero12(config, dims, layout)
+    if config.mode == "fsdp2":
+        found += _fsdp2(config, dims, layout)
+    if config.mode not in ZERO_STAGES and config.precision == "fp16" and layout.world_size > 1:
         found.append(Collectives("all-reduce", "world", 1, 1, "fp32", "loss scaler's overflow flag"))
     return found
 

@@ -4,9 +4,9 @@ config, the model's dimensions and the layout alone (no torch).
 Why: a run that does not fit should be refused by ``hpml plan`` and ``hpml submit`` on the login
 node, before it spends GPU hours, and the report should be able to say how far each measured peak
 is from what was expected. So every line (model state, activations, buffers, CUDA framework) is
-a formula with its numbers, and ``predict`` returns the lines of the rank holding the most
-(every rank of an hpml run holds the same: TP shards are equal and ZeRO-3 pads every partition
-to the same size).
+a formula with its numbers, and ``predict`` returns the lines of the rank holding the most, or of
+the DP rank it is given (ranks differ only under ZeRO-1/2, in the gradients their partitions
+keep; TP shards are equal and ZeRO-3 pads every partition to the same size).
 
 The manual, with every line's formula, its source and what the model cannot know, is
 docs/memory-model.md (its notation, B, T, d, H, V, L, tp, dp, a and r, is the one the code below
@@ -15,12 +15,17 @@ uses); where it was measured and how far off it is, docs/studies.md.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
-from hpml_core.contract.buckets import DDP_BUCKET_BYTES, ZERO3_MAX_REUSE_DISTANCE, ZERO3_PREFETCH_BUCKET, ZERO3_REDUCE_BUCKET
-from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.buckets import (DDP_BUCKET_BYTES, ZERO3_MAX_REUSE_DISTANCE, ZERO3_PREFETCH_BUCKET,
+                                        ZERO3_REDUCE_BUCKET, ZERO12_BUCKET)
+from hpml_core.contract.config import ZERO_STAGES, TrainConfig
 from hpml_core.contract.layout import Layout
-from hpml_core.contract.model_state import DTYPE_BYTES, is_persistent, param_numels, rank_model_state
+from hpml_core.contract.model_state import (DTYPE_BYTES, fsdp2_group_elements, is_persistent, param_numels,
+                                           rank_model_state, zero12_groups)
+from hpml_core.contract.precision import regime
 from hpml_core.contract.models import ModelDims
 from hpml_core.contract.units import MIB
 
@@ -91,12 +96,13 @@ class _Shape:
 
 def _shape(config: TrainConfig, dims: ModelDims, layout: Layout, device_type: str) -> _Shape:
     low = DTYPE_BYTES[config.precision]
-    cast_model = config.mode == "zero3" and config.precision != "fp32"
+    # DeepSpeed casts the model itself; FSDP2 gathers it in 16 bits: no autocast copies either way
+    cast_model = (config.mode in ZERO_STAGES or config.mode == "fsdp2") and config.precision != "fp32"
     cuda = device_type == "cuda"
     return _Shape(B=config.batch_size, T=config.seq_len, d=dims.n_embd, H=dims.n_head, V=dims.vocab_size,
                   L=dims.n_layer, tp=layout.tp_size, a=low, r=low if cast_model else 4,
                   stat=low if cast_model and not cuda else 4,
-                  autocast=config.mode != "zero3" and config.precision != "fp32",
+                  autocast=not cast_model and config.precision != "fp32",
                   eager=config.attn == "eager", cuda=cuda)
 
 
@@ -210,7 +216,55 @@ def saved_for_backward(config: TrainConfig, dims: ModelDims, layout: Layout, dev
     return sum(line.bytes for line in lines)
 
 
-def _model_state_lines(config: TrainConfig, dims: ModelDims, layout: Layout) -> tuple[list[Line], list[int]]:
+def _zero1_other_gradients(dims: ModelDims, layout: Layout, dp_rank: int) -> tuple[int, int]:
+    """(elements of all the rank's gradients, of those its partitions keep): ZeRO-1 holds them all
+    from the backward to the reduction after it."""
+    whole = sum(n for _, n in param_numels(dims, layout.tp_size))
+    return whole, sum(sum(g.held) for g in zero12_groups(dims, layout.tp_size, layout.dp_size, dp_rank))
+
+
+def _zero12_dp_rank(config: TrainConfig, dims: ModelDims, layout: Layout, dp_rank: int | None) -> int:
+    """The DP rank whose ZeRO-1/2 lines are given: ``dp_rank``, or the one holding the most in the
+    lines that differ (the kept gradients, and stage 1's other gradients)."""
+    if dp_rank is not None:
+        return dp_rank
+
+    def held(r: int) -> int:
+        state = rank_model_state(config, dims, layout.tp_size, layout.dp_size, r).total
+        whole, kept = _zero1_other_gradients(dims, layout, r)
+        if config.mode == "zero1":
+            state += DTYPE_BYTES[config.precision] * (whole - kept)
+        elif config.grad_accum > 1:
+            state += DTYPE_BYTES[config.precision] * kept
+        return state
+
+    return max(range(layout.dp_size), key=held)
+
+
+def _zero12_state_lines(config: TrainConfig, dims: ModelDims, layout: Layout,
+                        dp_rank: int) -> tuple[list[Line], list[int]]:
+    state = rank_model_state(config, dims, layout.tp_size, layout.dp_size, dp_rank)
+    groups = zero12_groups(dims, layout.tp_size, layout.dp_size, dp_rank)
+    low, dp = DTYPE_BYTES[config.precision], layout.dp_size
+    moments = 8 if config.optimizer == "adamw" else 0
+    flat, partition = sum(g.flat for g in groups), sum(g.partition for g in groups)
+    held, zeros = sum(sum(g.held) for g in groups), sum(g.zeros for g in groups)
+    where = "one contiguous buffer" if ZERO_STAGES[config.mode] == 2 else "autograd's tensors"
+    params, grads, optimizer_states = MODEL_STATE_LINES
+    return [Line(params, state.params, f"{low} B x {flat:,} elements (Σ A_g: every parameter whole, one flat buffer "
+                                       f"per param group padded to a multiple of 2 x dp = {2 * dp})"),
+            Line(grads, state.grads, f"{low} B x ({held:,} + {zeros:,}) elements (the whole gradients of the "
+                                     f"parameters DP rank {dp_rank}'s partitions touch, in {where}, + the zeros "
+                                     "completing its partitions)"),
+            Line(optimizer_states, state.optimizer,
+                 f"{4 + moments} B (fp32 master 4 + moments {moments}) x {partition:,} elements (Σ A_g / {dp}: "
+                 "its partitions)")], list(state.tensor_bytes)
+
+
+def _model_state_lines(config: TrainConfig, dims: ModelDims, layout: Layout,
+                       dp_rank: int | None = None) -> tuple[list[Line], list[int]]:
+    if config.mode in ("zero1", "zero2"):
+        return _zero12_state_lines(config, dims, layout, _zero12_dp_rank(config, dims, layout, dp_rank))
     state = rank_model_state(config, dims, layout.tp_size, layout.dp_size)
     zero3 = config.mode == "zero3"
     per = f"{state.elements:,} elements" + (f" (Σ ceil(n_i / {layout.dp_size}))" if zero3 else " (Σ n_i)")
@@ -231,15 +285,33 @@ def _model_state_lines(config: TrainConfig, dims: ModelDims, layout: Layout) -> 
     return lines, tensors
 
 
-def _buffer_lines(config: TrainConfig, dims: ModelDims, layout: Layout) -> list[Line]:
+def _buffer_lines(config: TrainConfig, dims: ModelDims, layout: Layout, dp_rank: int | None = None) -> list[Line]:
     numels = [n for _, n in param_numels(dims, layout.tp_size)]
     if config.mode == "ddp" and layout.dp_size > 1:
         return [Line("DDP gradient buckets", 4 * sum(numels),
                      f"4 B x {sum(numels):,} elements: every fp32 gradient copied into "
                      f"{DDP_BUCKET_BYTES // MIB} MiB buckets")]
+    low = DTYPE_BYTES[config.precision]
+    if config.mode == "zero2":  # allocated at the backward's first gradient, released at its end
+        lines = [Line("ZeRO-2 reduce buckets", 2 * low * ZERO12_BUCKET,
+                      f"2 x {low} B x {ZERO12_BUCKET:,} elements (reduce_bucket_size, double-buffered with "
+                      "overlap_comm, through the backward)")]
+        if config.grad_accum > 1:  # a new grads_in_partition per micro-step, added into the kept one at its end
+            rank = _zero12_dp_rank(config, dims, layout, dp_rank)
+            kept = sum(sum(g.held) for g in zero12_groups(dims, layout.tp_size, layout.dp_size, rank))
+            lines.append(Line("ZeRO-2 micro-step's gradient partition", low * kept,
+                              f"{low} B x {kept:,} elements: from the second micro-step on, each backward's "
+                              "reduced gradients in a buffer of their own until they are added to the kept ones"))
+        return lines
+    if config.mode == "zero1":  # no gradient hooks: autograd's gradients all stay until the reduction
+        whole, kept = _zero1_other_gradients(dims, layout, _zero12_dp_rank(config, dims, layout, dp_rank))
+        return [Line("ZeRO-1 gradients until reduced", low * (whole - kept),
+                     f"{low} B x ({whole:,} - {kept:,}) elements: the whole gradients of the parameters only other "
+                     "partitions touch, held from the backward to the reduction after it")] if whole > kept else []
+    if config.mode == "fsdp2":
+        return _fsdp2_buffer_lines(config, dims, layout)
     if config.mode != "zero3":
         return []
-    low = DTYPE_BYTES[config.precision]
     lines = [Line("ZeRO-3 reduce bucket", low * ZERO3_REDUCE_BUCKET,
                   f"{low} B x {ZERO3_REDUCE_BUCKET:,} elements (reduce_bucket_size)")]
     if layout.dp_size > 1:  # with dp 1 a gathered parameter is a view of its partition
@@ -251,6 +323,23 @@ def _buffer_lines(config: TrainConfig, dims: ModelDims, layout: Layout) -> list[
     return lines
 
 
+def _fsdp2_buffer_lines(config: TrainConfig, dims: ModelDims, layout: Layout) -> list[Line]:
+    """FSDP2's gathered groups, at most: the root (gathered for the whole step: it never reshards
+    after its forward) and two blocks (the one computing and the one prefetched) in the weights'
+    16-bit dtype, and one block's fp32 gradients waiting for their reduce-scatter. With one rank in
+    fp32 nothing is gathered: the shard is the parameter. Not yet compared with a GPU's peak."""
+    low = DTYPE_BYTES[regime(config.mode, config.precision).weights_dtype]
+    root, block = fsdp2_group_elements(dims, layout.tp_size, layout.dp_size)
+    lines = []
+    if layout.dp_size > 1 or config.precision != "fp32":
+        lines.append(Line("FSDP2 gathered parameters", low * (root + 2 * block),
+                          f"{low} B x ({root:,} root + 2 x {block:,} block) elements, padded to dp rows"))
+    if layout.dp_size > 1:
+        lines.append(Line("FSDP2 gradients before their reduce-scatter", 4 * block,
+                          f"4 B x {block:,} elements: one block's whole fp32 gradients"))
+    return lines
+
+
 def _forward_modules(dims: ModelDims, tp_size: int) -> list[tuple[str, list[str]]]:
     """The modules that own parameters, in the order the forward calls them (the LM head reuses
     the token embedding's weight), each with the names of its parameters."""
@@ -258,6 +347,24 @@ def _forward_modules(dims: ModelDims, tp_size: int) -> list[tuple[str, list[str]
     for name, _ in param_numels(dims, tp_size):
         modules.setdefault(name.rsplit(".", 1)[0], []).append(name)
     return [*modules.items(), ("lm_head", ["wte.weight"])]
+
+
+@functools.lru_cache(maxsize=64)
+def _kept_after_forward(dims: ModelDims, tp_size: int, reuse_distance: int) -> frozenset[str]:
+    """The parameters ZeRO-3 keeps gathered after their forward (see ``zero3_gathered_elements``);
+    the same for every batch, so ``batch_size: max``'s search computes it once per layout."""
+    numel = dict(param_numels(dims, tp_size))
+    forward = _forward_modules(dims, tp_size)
+    trace = forward + forward[::-1]
+    kept: set[str] = set()
+    for i, (_, params) in enumerate(forward):
+        traversed = 0
+        for _, later in trace[i + 1:]:
+            if traversed >= reuse_distance:
+                break
+            kept |= set(params) & set(later)
+            traversed += sum(numel[name] for name in later)
+    return frozenset(kept)
 
 
 def zero3_gathered_elements(config: TrainConfig, dims: ModelDims, layout: Layout,
@@ -271,16 +378,7 @@ def zero3_gathered_elements(config: TrainConfig, dims: ModelDims, layout: Layout
     the trace's order) have gone by. The trace is the forward, then the backward in reverse.
     """
     numel = dict(param_numels(dims, layout.tp_size))
-    forward = _forward_modules(dims, layout.tp_size)
-    trace = forward + forward[::-1]
-    kept: set[str] = set()
-    for i, (_, params) in enumerate(forward):
-        traversed = 0
-        for _, later in trace[i + 1:]:
-            if traversed >= reuse_distance:
-                break
-            kept |= set(params) & set(later)
-            traversed += sum(numel[name] for name in later)
+    kept = _kept_after_forward(dims, layout.tp_size, reuse_distance)
     dp = layout.dp_size
     whole = {name: -(-n // dp) * dp for name, n in numel.items() if not is_persistent(n, config)}
     return (sum(n for name, n in whole.items() if name in kept),
@@ -295,11 +393,13 @@ def _framework_lines(tensors: list[int]) -> list[Line]:
             Line("allocator rounding", rounding, f"Σ (ceil(b / 512) x 512 - b) over {len(tensors)} tensors")]
 
 
-def predict(config: TrainConfig, dims: ModelDims, layout: Layout, device_type: str = "cuda") -> Prediction:
-    """Predicted training-peak bytes of the rank holding the most (per GPU)."""
-    state_lines, state_tensors = _model_state_lines(config, dims, layout)
+def predict(config: TrainConfig, dims: ModelDims, layout: Layout, device_type: str = "cuda",
+            dp_rank: int | None = None) -> Prediction:
+    """Predicted training-peak bytes (per GPU) of DP rank ``dp_rank``, or of the rank holding the
+    most (None); only ZeRO-1/2's ranks differ."""
+    state_lines, state_tensors = _model_state_lines(config, dims, layout, dp_rank)
     act_lines, act_tensors = _activation_lines(config, _shape(config, dims, layout, device_type))
-    lines = state_lines + act_lines + _buffer_lines(config, dims, layout)
+    lines = state_lines + act_lines + _buffer_lines(config, dims, layout, dp_rank)
     if device_type == "cuda":
         tensors = state_tensors + [size for _, size, count in act_tensors for _ in range(count)]
         lines += _framework_lines(tensors)

@@ -17,7 +17,9 @@ moves (``hpml_core.contract.collectives``) and the rates and bandwidths its site
 data sheet, or the site's ``device_memory_gb_per_s``): per element of the rank's optimizer state,
 AdamW reads the fp32 weight, gradient and two moments and writes three of them back (28 B), SGD
 reads two and writes one (12 B); clipping reads the gradients for their norm and scales them
-(12 B); ZeRO-3 also reads its 16-bit gradient partition and writes the 16-bit weights (4 B).
+(12 B); ZeRO (every stage) also reads its 16-bit gradient partition and writes the 16-bit weights
+(4 B). ZeRO-3's elements are its partitions; ZeRO-1/2's too, 1/dp of each param group's padded
+flat buffer (``hpml_core.contract.model_state``), since each rank updates only its partition.
 
 **Communication** = per collective, the bytes one rank sends ÷ the site's bandwidth, for ring
 collectives (NCCL's and gloo's): an all-reduce sends 2(n−1)/n of its buffer, an all-gather or a
@@ -28,8 +30,12 @@ bandwidth, as nccl-tests reports it.
 **Hidden** = what overlap is expected to take off the step: DDP all-reduces its gradient buckets
 while the backward runs (all but the last bucket, at most 25 MiB, up to the backward's length);
 ZeRO-3 prefetches the next parameters' all-gathers during the forward (up to its length) and
-reduce-scatters gradients during the backward (``overlap_comm``); TP's all-reduces sit between
-the matrix products that need them, and the optimizer's scalars wait, so neither hides.
+reduce-scatters gradients during the backward (``overlap_comm``); ZeRO-2 all-reduces each reduce
+bucket as the backward fills it (``overlap_comm``), all but the last (at most ``reduce_bucket_size``
+elements), at every micro-step, up to the backward's length; ZeRO-1 reduces only after the
+boundary's backward and ZeRO-1/2 all-gather the updated partitions after the optimizer step, so
+those wait; TP's all-reduces sit between the matrix products that need them, and the
+optimizer's scalars wait, so neither hides.
 
 **Step** = forward + backward + recompute + optimizer + the communication left exposed; data
 fetching and host overhead are not predicted (a profiled step measures them). Tokens/s = global
@@ -46,12 +52,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hpml_core.contract import collectives, metrics
-from hpml_core.contract.buckets import DDP_BUCKET_BYTES  # the last bucket waits for the backward's end
-from hpml_core.contract.config import TrainConfig
+from hpml_core.contract.buckets import DDP_BUCKET_BYTES, ZERO12_BUCKET  # the last bucket waits for the backward's end
+from hpml_core.contract.config import ZERO_STAGES, TrainConfig
 from hpml_core.contract.gpus import Gpu
 from hpml_core.contract.layout import Layout
 from hpml_core.contract.metrics import training_flops_per_token
-from hpml_core.contract.model_state import param_numels, partition_numel
+from hpml_core.contract.model_state import param_numels, partition_numel, zero12_groups
 from hpml_core.contract.models import ModelDims
 from hpml_core.contract.precision import regime
 from hpml_core.contract.step_parts import COLLECTIVE_KINDS, PARTS
@@ -144,9 +150,14 @@ def _compute_flops(config: TrainConfig, dims: ModelDims, layout: Layout) -> dict
 def optimizer_bytes(config: TrainConfig, dims: ModelDims, layout: Layout) -> tuple[int, str]:
     """Bytes the optimizer step reads and writes on one rank, and how."""
     numels = [n for _, n in param_numels(dims, layout.tp_size)]
-    zero3 = config.mode == "zero3"
-    elements = sum(partition_numel(n, layout.dp_size) for n in numels) if zero3 else sum(numels)
-    per_element = (28 if config.optimizer == "adamw" else 12) + (12 if config.grad_clip > 0 else 0) + (4 if zero3 else 0)
+    if config.mode == "zero3":
+        elements = sum(partition_numel(n, layout.dp_size) for n in numels)
+    elif config.mode in ZERO_STAGES:  # ZeRO-1/2: the rank's partition of each param group's flat buffer
+        elements = sum(g.partition for g in zero12_groups(dims, layout.tp_size, layout.dp_size, 0))
+    else:
+        elements = sum(numels)
+    zero = 4 if config.mode in ZERO_STAGES else 0
+    per_element = (28 if config.optimizer == "adamw" else 12) + (12 if config.grad_clip > 0 else 0) + zero
     return elements * per_element, f"{elements:,} elements × {per_element} B"
 
 
@@ -168,6 +179,11 @@ def _communication(config: TrainConfig, dims: ModelDims, layout: Layout, ranks_p
             last = min(c.bytes, DDP_BUCKET_BYTES) / c.bytes
             which = "backward"
             hidden[c] = min(seconds[c] * (1 - last), budget[which] / config.grad_accum)
+        elif c.what.startswith("gradients, in reduce buckets during"):  # ZeRO-2: all but the last bucket
+            grads = c.elements // config.grad_accum
+            last = min(grads, ZERO12_BUCKET) / grads
+            which = "backward"
+            hidden[c] = min(seconds[c] * (1 - last), budget[which])
         elif config.mode == "zero3" and c.kind in ("all-gather", "reduce-scatter"):
             which = "forward" if c.kind == "all-gather" and "backward" not in c.what else "backward"
             hidden[c] = min(seconds[c], budget[which])
