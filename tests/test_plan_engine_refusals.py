@@ -37,7 +37,7 @@ CASES = [
     case("seq-len-above-positions", {"seq_len": 512}, "seq_len", "256 positions of tiny"),
     case("vocab-below-the-data's", {"vocab_size": 300}, "vocab_size", "smaller than the 512 tokens"),
     case("single-on-two-ranks", {"mode": "single", "gpus": 2}, "mode", "2 were launched"),
-    case("zero-stage-with-ddp", {"mode": "ddp", "zero_stage": 3, "gpus": 2}, "zero_stage", "--mode zero3"),
+    case("zero-stage-with-ddp", {"mode": "ddp", "zero_stage": 3, "gpus": 2}, "zero_stage", "--mode zero1, zero2 or zero3"),
     case("steps-not-above-warmup", {"steps": 2, "warmup_steps": 2}, "steps", "no timed step"),
     case("max-samples-too-small", {"batch_size": 8, "max_samples": 16}, "max_samples", "2 steps of 8"),
     case("global-batch-above-data", {"mode": "ddp", "batch_size": 100_000, "gpus": 2}, "batch_size",
