@@ -25,31 +25,24 @@ to ceil(d0 / dp) rows). ``distribute_tensor`` would scatter from one rank holdin
 
 from __future__ import annotations
 
-import zipfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.autograd.profiler import record_function
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-from hpml_core import tensor_parallel
-from hpml_core.checkpoint import Resume
-from hpml_core.loss_scaling import DynamicLossScaler
+from hpml_core import measure_model_state, tensor_parallel
+from hpml_core.checkpoint import Resume, require_whole
+from hpml_core.measure_model_state import local_part
 from hpml_core.mesh import Mesh, Position
 from hpml_core.model import GPT, initial_value
 from hpml_core.contract.atomic import atomic_write
 from hpml_core.contract.config import TrainConfig
-from hpml_core.contract.step_parts import range_name
-from hpml_core.stepper import TORCH_DTYPES, LossFn, MicroBatches, build_optimizer
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a DTensor (a view of its storage); a plain tensor as it is."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+from hpml_core.stepper import TORCH_DTYPES, LossFn, TorchStepper
 
 
 def tp_sharded_names(model: nn.Module) -> frozenset[str]:
@@ -102,10 +95,10 @@ def fill_shards(model: GPT, shapes: dict[str, torch.Size], seed: int, mesh: Mesh
             name = f"{owner_name}.{leaf}"
             whole = initial_value(name, shapes[name], model.dims.n_layer, seed)
             tp_part = owner.shard(leaf, whole) if hasattr(owner, "shard") else whole
-            value, local = dp_chunk(tp_part, mesh), _local(param)
-            if value.shape != local.shape:  # FSDP2 cut dim 0 otherwise than torch.chunk
-                raise RuntimeError(f"{name}: FSDP2's shard is {tuple(local.shape)}, hpml's {tuple(value.shape)}")
-            local.copy_(value)
+            value, mine = dp_chunk(tp_part, mesh), local_part(param)
+            if value.shape != mine.shape:  # FSDP2 cut dim 0 otherwise than torch.chunk
+                raise RuntimeError(f"{name}: FSDP2's shard is {tuple(mine.shape)}, hpml's {tuple(value.shape)}")
+            mine.copy_(value)
             del whole, tp_part, value  # before the next parameter is drawn
 
 
@@ -118,7 +111,7 @@ def clip_grad_norm_(model: nn.Module, max_norm: float, mesh: Mesh, tp_sharded: f
     group too, while replicated ones (equal on every TP rank) count once, as in
     ``tensor_parallel.clip_grad_norm_``.
     """
-    named = [(name, _local(p.grad)) for name, p in model.named_parameters() if p.grad is not None]
+    named = [(name, local_part(p.grad)) for name, p in model.named_parameters() if p.grad is not None]
     device = named[0][1].device
 
     def sum_of_squares(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -136,44 +129,13 @@ def clip_grad_norm_(model: nn.Module, max_norm: float, mesh: Mesh, tp_sharded: f
     return total
 
 
-def _storage_bytes(categories: dict[str, list[torch.Tensor]]) -> dict[str, int]:
-    """Bytes of the storages behind each category, each storage counted once; an empty shard's
-    padded storage counts too (a rank past dim 0's last chunk still holds its padding)."""
-    seen: set[int] = set()
-    totals = {}
-    for category, tensors in categories.items():
-        totals[category] = 0
-        for t in tensors:
-            storage = t.untyped_storage()
-            if storage.nbytes() and storage.data_ptr() not in seen:
-                seen.add(storage.data_ptr())
-                totals[category] += storage.nbytes()
-    return totals
-
-
-def measure_model_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """The model state this rank holds, as ``measure_model_state.torch_model`` reports it; call
-    while the gradients exist (before ``zero_grad``). Parameters and gradients are FSDP2's padded
-    shard storages (the gradients of a group are views into its one reduce-scatter output);
-    the optimizer's moments are made like the unpadded shards. A parameter counts as resident
-    when FSDP2 has left it unsharded (registered as a plain tensor, not its DTensor shard)."""
-    params = list(model.parameters())
-    shards = [_local(p) for p in params]
-    moments = [_local(v) for state in optimizer.state.values() for v in state.values()
-               if isinstance(v, torch.Tensor) and v.dim() > 0]  # not the scalar step counters
-    measured = _storage_bytes({"params_bytes": shards, "grads_bytes": [_local(p.grad) for p in params
-                                                                       if p.grad is not None],
-                               "optimizer_bytes": moments})
-    return {"param_elements_local": sum(t.untyped_storage().nbytes() // t.element_size() for t in shards),
-            "full_params_resident": sum(1 for p in params if not isinstance(p, DTensor)), **measured}
-
-
 def _state_file(folder: Path, tag: str, dp_rank: int, tp_rank: int) -> Path:
     return folder / tag / f"state-dp{dp_rank}-tp{tp_rank}.pt"
 
 
-class FSDPStepper:
-    """Trains a model ``shard`` and ``fill_shards`` prepared (the ``Stepper`` protocol).
+class FSDPStepper(TorchStepper):
+    """Trains a model ``shard`` and ``fill_shards`` prepared: ``TorchStepper``'s step, with
+    clipping and measurement over shards, no autocast, and per-rank state files.
 
     Accumulation reduce-scatters the gradients at every micro-step, into the sharded gradient
     (FSDP2's default; ``set_requires_gradient_sync(False)`` is not used): skipping the sync
@@ -186,55 +148,32 @@ class FSDPStepper:
 
     def __init__(self, model: GPT, loss_fn: LossFn, config: TrainConfig, mesh: Mesh, device: torch.device,
                  tp_sharded: frozenset[str]):
-        self.model = model  # fully sharded: its registered parameters are DTensor shards between steps
-        self.loss_fn, self.config, self.mesh, self.tp_sharded = loss_fn, config, mesh, tp_sharded
-        self.optimizer = build_optimizer(model, config, device)
-        self.scaler = DynamicLossScaler(enabled=config.precision == "fp16")
-        self.model_state: dict | None = None
+        super().__init__(model, model, loss_fn, config, mesh, device)  # FSDP2's hooks are on the model itself
+        self.autocast = nullcontext()  # FSDP2 casts each group as it gathers it (``mixed_precision``)
+        self.tp_sharded = tp_sharded
 
-    def step(self, micro_batches: MicroBatches, measure: bool = False) -> torch.Tensor:
-        """One optimizer step over the accumulation's micro-batches; returns their mean loss."""
-        accum, losses = self.config.grad_accum, []
-        for x, y in micro_batches:
-            with record_function(range_name("forward")):
-                loss = self.loss_fn(self.model(x), y)
-            with record_function(range_name("backward")):
-                self.scaler.scale(loss / accum).backward()
-            losses.append(loss.detach())
-        with record_function(range_name("optimizer")):
-            self.scaler.unscale_(self.optimizer)  # fp16: collective, every rank learns of any overflow
-            if self.config.grad_clip > 0:
-                clip_grad_norm_(self.model, self.config.grad_clip, self.mesh, self.tp_sharded)
-            self.scaler.step(self.optimizer)  # skipped on every rank, or on none
-            self.scaler.update()
-        if measure:  # while the gradients still exist
-            self.model_state = measure_model_state(self.model, self.optimizer)
-        with record_function(range_name("optimizer")):
-            self.optimizer.zero_grad(set_to_none=True)
-        return torch.stack(losses).mean()
+    def _clip_gradients(self) -> None:
+        clip_grad_norm_(self.model, self.config.grad_clip, self.mesh, self.tp_sharded)
+
+    def _measure_model_state(self) -> dict:
+        return measure_model_state.fsdp2_model(self.model, self.optimizer)
 
     def save_state(self, folder: Path, tag: str) -> None:
         """Every rank writes its own shards: the parameters' and the optimizer's local tensors
         (by name and by the optimizer's index) and the loss scaler. A resumed run has the same
         DP and TP sizes (the fingerprint holds both), hence the same shards."""
         optimizer = self.optimizer.state_dict()
-        optimizer["state"] = {i: {k: _local(v) for k, v in s.items()} for i, s in optimizer["state"].items()}
-        state = {"model": {name: _local(p.detach()) for name, p in self.model.named_parameters()},
+        optimizer["state"] = {i: {k: local_part(v) for k, v in s.items()} for i, s in optimizer["state"].items()}
+        state = {"model": {name: local_part(p.detach()) for name, p in self.model.named_parameters()},
                  "optimizer": optimizer, "scaler": self.scaler.state_dict()}
         atomic_write(_state_file(folder, tag, self.mesh.dp_rank, self.mesh.tp_rank), lambda f: torch.save(state, f))
 
     @staticmethod
     def read_state(folder: Path, tag: str, position: Position) -> dict:
         """This rank's file, memory-mapped; raises if it is unreadable or lacks a part, or if any
-        other rank's file is missing or cut short (its zip directory, at the end, is read), so
-        that every rank refuses the checkpoint alike and rank 0, which alone prints, says so."""
-        for dp_rank in range(position.dp_size):
-            for tp_rank in range(position.tp_size):
-                path = _state_file(folder, tag, dp_rank, tp_rank)
-                try:
-                    zipfile.ZipFile(path).close()
-                except (OSError, zipfile.BadZipFile) as exc:
-                    raise RuntimeError(f"{path.name}: {exc}") from None
+        other rank's file is missing or cut short."""
+        require_whole([_state_file(folder, tag, dp, tp) for dp in range(position.dp_size)
+                       for tp in range(position.tp_size)])
         state = torch.load(_state_file(folder, tag, position.dp_rank, position.tp_rank), map_location="cpu",
                            weights_only=True, mmap=True)
         state["model"], state["optimizer"], state["scaler"]  # noqa: B018 - all three must be there
@@ -246,7 +185,7 @@ class FSDPStepper:
         DTensors laid out like the parameters they belong to."""
         saved = resume.state
         for name, param in self.model.named_parameters():
-            _local(param).copy_(saved["model"][name])
+            local_part(param).copy_(saved["model"][name])
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         optimizer = dict(saved["optimizer"])
         optimizer["state"] = {i: {k: self._like(params[i], v) for k, v in s.items()}
@@ -259,16 +198,16 @@ class FSDPStepper:
         """A saved local tensor as a DTensor laid out like ``param``; a scalar (the step) as it is."""
         if not isinstance(param, DTensor) or value.dim() == 0:
             return value
-        return DTensor.from_local(value.to(_local(param).device), param.device_mesh, param.placements,
+        return DTensor.from_local(value.to(local_part(param).device), param.device_mesh, param.placements,
                                   run_check=False, shape=param.shape, stride=param.stride())
 
     @torch.no_grad()
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Collective: each parameter gathered over the DP group in fp32 (its TP shard), one at
         a time, then the TP shards joined (``tensor_parallel.full_state_dict``)."""
-        local = {name: p.full_tensor() if isinstance(p, DTensor) else p for name, p in self.model.named_parameters()}
+        whole = {name: p.full_tensor() if isinstance(p, DTensor) else p for name, p in self.model.named_parameters()}
         if self.mesh.tp_size > 1:
-            state = tensor_parallel.full_state_dict(self.model, self.mesh, local)
+            state = tensor_parallel.full_state_dict(self.model, self.mesh, whole)
         else:
-            state = {**local, "lm_head.weight": local["wte.weight"]}  # tied, as in GPT's own state dict
+            state = {**whole, "lm_head.weight": whole["wte.weight"]}  # tied, as in GPT's own state dict
         return {name: tensor.float().cpu().clone() for name, tensor in state.items()}

@@ -15,17 +15,21 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
+from torch.distributed.tensor import DTensor
 
 
-def _bytes_by_category(categories: dict[str, Iterable[torch.Tensor]]) -> dict[str, int]:
+def _bytes_by_category(categories: dict[str, Iterable[torch.Tensor]], empty_views_count: bool = False) -> dict[str, int]:
     """Bytes of the storages behind each category; a storage counts once, in the first category
-    that holds it (in fp32, DeepSpeed's master weights are the parameter partitions themselves)."""
+    that holds it (in fp32, DeepSpeed's master weights are the parameter partitions themselves).
+    An empty tensor counts only with ``empty_views_count``: an FSDP2 rank past dim 0's last chunk
+    holds an empty shard whose padded storage is real memory, while DeepSpeed's released
+    parameters are empty tensors that hold nothing of their own."""
     seen: set[int] = set()
     totals = {}
     for name, tensors in categories.items():
         totals[name] = 0
         for t in tensors:
-            if t is None or t.numel() == 0:
+            if t is None or (t.numel() == 0 and not empty_views_count):
                 continue
             storage = t.untyped_storage()
             if storage.data_ptr() not in seen:
@@ -91,3 +95,25 @@ def zero12_engine(engine) -> dict:
         "optimizer_bytes": [*zero.single_partition_of_fp32_groups, *_state_tensors(zero.optimizer)],
     })
     return {"param_elements_local": sum(p.numel() for p in params), "full_params_resident": len(params), **measured}
+
+
+def local_part(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a DTensor (a view of its storage); a plain tensor as it is."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def fsdp2_model(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """For a model FSDP2 sharded (``hpml_core.fsdp``); call while the gradients exist (before
+    ``zero_grad``). Parameters and gradients are FSDP2's padded shard storages (the gradients of
+    a group are views into its one reduce-scatter output); the optimizer's moments are made like
+    the unpadded shards. A parameter counts as resident when FSDP2 has left it unsharded
+    (registered as a plain tensor, not its DTensor shard)."""
+    params = list(model.parameters())
+    shards = [local_part(p) for p in params]
+    measured = _bytes_by_category({
+        "params_bytes": shards,
+        "grads_bytes": [local_part(p.grad) for p in params if p.grad is not None],
+        "optimizer_bytes": [local_part(t) for t in _state_tensors(optimizer)],
+    }, empty_views_count=True)
+    return {"param_elements_local": sum(t.untyped_storage().nbytes() // t.element_size() for t in shards),
+            "full_params_resident": sum(1 for p in params if not isinstance(p, DTensor)), **measured}

@@ -14,7 +14,7 @@ from hpml_core import checkpoint, launch, resuming
 from hpml_core.batches import TokenBatches, TokenData
 from hpml_core.mesh import Position
 from hpml_core.contract.checks import resolve
-from hpml_core.contract.config import ConfigSource, TrainConfig, parse_args
+from hpml_core.contract.config import ZERO_STAGES, ConfigSource, TrainConfig, parse_args
 from hpml_core.contract.errors import UsageError
 from hpml_core.contract.layout import Layout
 from hpml_core.contract.models import ModelDims
@@ -48,6 +48,9 @@ def make_plan(argv: list[str] | None, env: launch.ProcessEnv) -> Plan:
     config, layout = run.config, run.layout
     if config.dist_backend == "nccl" and not torch.cuda.is_available():
         raise UsageError("--dist-backend", "nccl needs GPUs, and this machine has none (allowed here: gloo)")
+    if config.precision == "fp16" and config.mode in ZERO_STAGES and not torch.cuda.is_available():
+        raise UsageError("--precision", f"fp16 under DeepSpeed (--mode {config.mode}) needs a GPU: DeepSpeed's CPU "
+                                        "accelerator has no fp16 (allowed here: fp32, bf16)")
     position = Position(layout, env.rank)
     batches = TokenBatches(data, config.seq_len, config.batch_size, layout, position.dp_rank, config.seed,
                            config.grad_accum)

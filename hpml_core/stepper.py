@@ -4,7 +4,8 @@ training loop (``hpml_core.train``), the checkpoints (``hpml_core.checkpoint``) 
 ``FSDPStepper`` (PyTorch's FSDP2), in ``hpml_core.fsdp``:
 
 - ``TorchStepper``: plain PyTorch (one process, DDP, tensor parallelism, DP×TP with DDP over
-  the DP group). Weights stay fp32 under autocast; fp16 adds a dynamic loss scaler whose
+  the DP group; FSDP2 is one too, with its own clipping, measurement and state files). Weights
+  stay fp32 under autocast; fp16 adds a dynamic loss scaler whose
   overflow decision every rank agrees on (``hpml_core.loss_scaling``), so no TP rank skips a
   step its peer applies; accumulation skips DDP's all-reduce until the last micro-step;
   clipping knows the TP shards and sees unscaled gradients.
@@ -38,7 +39,7 @@ from torch.autograd.profiler import record_function
 from torch.nn.parallel import DistributedDataParallel
 
 from hpml_core import measure_model_state, tensor_parallel
-from hpml_core.checkpoint import Resume, StateReader
+from hpml_core.checkpoint import Resume, StateReader, require_whole
 from hpml_core.loss_scaling import DynamicLossScaler
 from hpml_core.mesh import Mesh, Position
 from hpml_core.model import GPT
@@ -87,7 +88,7 @@ def state_reader(mode: str, position: Position) -> StateReader:
         from hpml_core.fsdp import FSDPStepper  # fsdp builds on this module: imported when asked for
 
         return partial(FSDPStepper.read_state, position=position)
-    return partial(TorchStepper.read_state, tp_rank=position.tp_rank)
+    return partial(TorchStepper.read_state, position=position)
 
 
 def _state_file(folder: Path, tag: str, tp_rank: int) -> Path:
@@ -141,10 +142,13 @@ class TorchStepper:
             self.scaler.step(self.optimizer)  # skipped on every rank, or on none
             self.scaler.update()
         if measure:  # while the gradients still exist
-            self.model_state = measure_model_state.torch_model(self.model, self.optimizer)
+            self.model_state = self._measure_model_state()
         with record_function(range_name("optimizer")):
             self.optimizer.zero_grad(set_to_none=True)
         return torch.stack(losses).mean()
+
+    def _measure_model_state(self) -> dict:
+        return measure_model_state.torch_model(self.model, self.optimizer)
 
     def _gradient_sync(self, last_micro_step: bool):
         """DDP all-reduces gradients on the last micro-step of an accumulation only."""
@@ -167,9 +171,12 @@ class TorchStepper:
             atomic_write(_state_file(folder, tag, self.mesh.tp_rank), lambda f: torch.save(state, f))
 
     @staticmethod
-    def read_state(folder: Path, tag: str, tp_rank: int) -> dict:
-        """This TP rank's file, memory-mapped; raises if it is unreadable or lacks a part."""
-        state = torch.load(_state_file(folder, tag, tp_rank), map_location="cpu", weights_only=True, mmap=True)
+    def read_state(folder: Path, tag: str, position: Position) -> dict:
+        """This TP rank's file, memory-mapped; raises if it is unreadable or lacks a part, or if
+        another TP rank's file is missing or cut short."""
+        require_whole([_state_file(folder, tag, tp) for tp in range(position.tp_size)])
+        state = torch.load(_state_file(folder, tag, position.tp_rank), map_location="cpu", weights_only=True,
+                           mmap=True)
         state["model"], state["optimizer"], state["scaler"]  # noqa: B018 - all three must be there
         return state
 

@@ -23,7 +23,7 @@ WIKITEXT = SHARED / "data" / "wikitext-2"
 # the short ones fill the end and both workers finish together: the real-Slurm file first (it
 # also waits on the scheduler, while the other worker's CPU-bound files run), then the others
 # by their time in CI.
-FIRST = ("test_slurm.py", "test_setup_memory.py", "test_memory_model.py", "test_train.py",
+FIRST = ("test_slurm.py", "test_layouts_study.py", "test_setup_memory.py", "test_memory_model.py", "test_train.py",
          "test_parallel_equivalence.py", "test_resume.py", "test_bench.py", "test_submit_local.py")
 
 
@@ -64,6 +64,16 @@ def engine(args: list[str], nproc: int = 1, env: dict | None = None, check: bool
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def engine_script_with_tiny_sized_as(dims, folder: Path) -> Path:
+    """A script that runs the engine with the tiny preset's sizes replaced by those of ``dims``
+    (a ``ModelDims``), for a model no preset has: an odd width that makes every layout pad."""
+    sizes = dict(n_layer=dims.n_layer, n_head=dims.n_head, n_embd=dims.n_embd, n_positions=dims.n_positions)
+    script = folder / f"engine_{dims.name}.py"
+    script.write_text(f"from hpml_core.contract import models\nmodels.PRESETS['tiny'] = {sizes!r}\n"
+                      "import sys\nfrom hpml_core.train import main\nsys.exit(main())\n")
+    return script
 
 
 def rank_files(out: Path, attempt: int | None = None) -> dict[int, dict]:

@@ -71,6 +71,8 @@ def test_a_refused_layout_exits_2_with_one_line_before_any_process_group(tmp_pat
     (["--tp-size", "2"], "--tp-size"),  # tensor parallelism in a single process
     pytest.param(["--dist-backend", "nccl"], "--dist-backend",  # NCCL without a GPU
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
+    pytest.param(["--mode", "zero2", "--precision", "fp16"], "--precision",  # DeepSpeed's CPU accelerator
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
 ])
 def test_bad_flag_values_are_refused(args, flag, refused_here, token_data):
     line = refused_here(["--test", "--data", str(token_data), *args])
@@ -107,16 +109,23 @@ def test_missing_data_flag_is_named(refused_here):
     assert "--data" in refused_here(["--test"])
 
 
-def test_corrupt_checkpoint_is_refused_and_the_run_folder_is_left_alone(tmp_path, token_data):
+@pytest.mark.parametrize("layout, nproc, damaged", [
+    ([], 1, "state-tp0.pt"),
+    # the file of TP rank 1, which rank 0 (the one that prints) does not load: every rank must
+    # still refuse the checkpoint, and rank 0 say which file is damaged
+    (["--mode", "ddp", "--tp-size", "2", "--batch-size", "2"], 2, "state-tp1.pt"),
+], ids=["single", "tp-2-rank-1-file"])
+def test_corrupt_checkpoint_is_refused_and_the_run_folder_is_left_alone(layout, nproc, damaged, tmp_path, token_data):
     out = tmp_path / "run"
-    args = ["--test", "--data", str(token_data), "--steps", "4", "--warmup-steps", "1"]
-    engine([*args, "--checkpoint-every", "2", "--out", str(out)])
-    state = next((out / "checkpoints").glob("step-*/state-tp0.pt"))
+    args = ["--test", "--data", str(token_data), "--steps", "4", "--warmup-steps", "1", "--profile-steps", "0", *layout]
+    engine([*args, "--checkpoint-every", "2", "--out", str(out)], nproc=nproc)
+    state = next((out / "checkpoints").glob(f"step-*/{damaged}"))
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # a write cut short
     before = snapshot(out)
-    proc = engine([*args, "--steps", "6", "--resume", "--out", str(out)], check=False)
-    assert proc.returncode == 2
-    assert len(proc.stderr.strip().splitlines()) == 1 and "--resume" in proc.stderr and "unreadable" in proc.stderr
+    proc = engine([*args, "--steps", "6", "--resume", "--out", str(out)], nproc=nproc, check=False)
+    assert proc.returncode == (2 if nproc == 1 else 1)  # torchrun exits 1 when a rank exits 2
+    [line] = [line for line in proc.stderr.splitlines() if "--resume" in line]
+    assert "unreadable" in line and damaged in line, line
     assert snapshot(out) == before  # no new attempt folder, nothing rewritten
 
 

@@ -317,7 +317,6 @@ def test_ddp_buckets_hold_a_copy_of_every_gradient(measured):
 
 def test_zero3_bucket_sizes_are_the_generated_deepspeed_configs():
     from hpml_core import zero
-    from hpml_core.contract import memory_model
 
     class _Mesh:
         layout = Layout(2, 1)
@@ -361,34 +360,33 @@ def test_checkpointing_peaks_at_the_logits_or_at_a_recomputed_block():
 
 # ---------------------------------------------------------------- real engine launches: the rank files
 
-# One launch per layout; sizes, precisions and attention alternate so each appears in several layouts.
+# One launch per layout; sizes, precisions and attention alternate so each appears in several
+# layouts. The odd model pads every sharded layout: ZeRO-3's partitions and FSDP2's rows (90 and
+# 270 rows over 4 ranks); ZeRO-1/2's flat buffers are checked per rank in test_zero12_contract.py.
+# name: world size, mode, tp size, model size, precision, more flags
 ENGINE_RUNS = {
-    "single": ("tiny", "fp32", []),
-    "ddp-2": ("odd", "bf16", ["--grad-ckpt", "--attn", "eager"]),
-    "ddp-4": ("tiny", "bf16", []),
-    "zero3-2": ("odd", "bf16", ["--zero-persistence-threshold", str(PERSISTENCE)]),
-    "zero3-4": ("odd", "fp32", []),
-    "tp-2": ("odd", "fp32", ["--attn", "eager"]),
-    "dp2xtp2-allreduce": ("tiny", "bf16", ["--grad-ckpt"]),
-    "dp2xtp2-zero3": ("odd", "bf16", []),
+    "single": (1, "single", 1, "tiny", "fp32", []),
+    "ddp-2": (2, "ddp", 1, "odd", "bf16", ["--grad-ckpt", "--attn", "eager"]),
+    "ddp-4": (4, "ddp", 1, "tiny", "bf16", []),
+    "zero3-2": (2, "zero3", 1, "odd", "bf16", ["--zero-persistence-threshold", str(PERSISTENCE)]),
+    "zero3-4": (4, "zero3", 1, "odd", "fp32", []),
+    "tp-2": (2, "ddp", 2, "odd", "fp32", ["--attn", "eager"]),
+    "dp2xtp2-allreduce": (4, "ddp", 2, "tiny", "bf16", ["--grad-ckpt"]),
+    "dp2xtp2-zero3": (4, "zero3", 2, "odd", "bf16", []),
+    "fsdp2-4": (4, "fsdp2", 1, "odd", "bf16", []),
+    "dp2xtp2-fsdp2": (4, "fsdp2", 2, "odd", "fp32", ["--grad-ckpt"]),
 }
-ODD_PRESET = "from hpml_core.contract import models\nmodels.PRESETS['tiny'] = {sizes!r}\n"
 
 
 @pytest.fixture(scope="module")
-def engine_runs(tmp_path_factory, token_data) -> dict[str, tuple[Path, list[str]]]:
+def engine_runs(tmp_path_factory, token_data) -> dict[str, Path]:
     """Each layout trained 2 steps by the real engine; the odd size through the tiny preset's sizes."""
-    from tests.conftest import engine
+    from tests.conftest import engine, engine_script_with_tiny_sized_as
 
     root = tmp_path_factory.mktemp("engine-runs")
-    odd = SIZES["odd"]
-    script = root / "odd_engine.py"
-    script.write_text(ODD_PRESET.format(sizes=dict(n_layer=odd.n_layer, n_head=odd.n_head, n_embd=odd.n_embd,
-                                                   n_positions=odd.n_positions))
-                      + "import sys\nfrom hpml_core.train import main\nsys.exit(main())\n")
+    script = engine_script_with_tiny_sized_as(SIZES["odd"], root)
     runs = {}
-    for layout, (size, precision, extra) in ENGINE_RUNS.items():
-        world, mode, tp = LAYOUTS[layout]
+    for layout, (world, mode, tp, size, precision, extra) in ENGINE_RUNS.items():
         out = root / layout
         engine(["--test", "--seq-len", str(SEQ), "--steps", "2", "--warmup-steps", "1", "--batch-size", str(BATCH),
                 "--profile-steps", "0",
@@ -403,18 +401,21 @@ def engine_runs(tmp_path_factory, token_data) -> dict[str, tuple[Path, list[str]
 def test_rank_files_model_state_is_predicted_exactly(layout, engine_runs):
     from tests.conftest import rank_files
 
-    size = ENGINE_RUNS[layout][0]
+    world, size = ENGINE_RUNS[layout][0], ENGINE_RUNS[layout][3]
     files = rank_files(engine_runs[layout])
-    assert sorted(files) == list(range(LAYOUTS[layout][0]))
+    assert sorted(files) == list(range(world))
     for rank, record in files.items():
         assert record["status"] == "COMPLETED"
         config = TrainConfig.model_validate(record["config"])
-        prediction = predict(config, SIZES[size], Layout(record["world_size"], config.tp_size))
+        # FSDP2's ranks differ (the last rows' AdamW moments are not padded): each rank's own
+        prediction = predict(config, SIZES[size], Layout(record["world_size"], config.tp_size),
+                             dp_rank=record["dp_rank"])
         state = record["model_state"]
         assert (prediction.line("parameters").bytes, prediction.line("gradients").bytes,
                 prediction.line("optimizer states").bytes) == \
                (state["params_bytes"], state["grads_bytes"], state["optimizer_bytes"]), f"{layout} rank {rank}"
         assert state["expected_bytes"] == state["total_bytes"]  # the rank file's own expectation is exact too
+        assert record["prediction"]["model_state_bytes"] == state["total_bytes"]  # and the one it recorded
         if config.zero_persistence_threshold:
             dp = record["world_size"] // config.tp_size
             persistent = rank_model_state(config, SIZES[size], config.tp_size, dp).persistent_count

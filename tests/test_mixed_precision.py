@@ -1,5 +1,5 @@
-"""Mixed precision on the PyTorch path trains every layout like one process, and in fp16 every
-rank agrees on each loss-scale overflow (``hpml_core.loss_scaling``).
+"""Mixed precision trains every layout like one process in the same precision regime, and in
+fp16 every rank agrees on each loss-scale overflow (``hpml_core.loss_scaling``).
 
 Each layout (DDP on 2 with 2 accumulation micro-steps, TP 2, DP 2 x TP 2 with all-reduce)
 trains the tiny GPT-2 for 6 steps with SGD under bf16 and under fp16 autocast on the CPU
@@ -21,6 +21,20 @@ measured 6.2e-5 (bf16) and 9.1e-6 (fp16) on losses of 6.2; allowed 5e-4 and 1e-4
 disagreement between ranks costs, one update applied or not, changes weights by 0.3, about 20
 (bf16) and 150 (fp16) times the tolerance, which a test below checks.
 
+The layouts that compute in 16 bits, DeepSpeed's ZeRO-1/2 (the model cast to bf16, gradients
+reduced in bf16, fp32 master weights) and FSDP2 (fp32 shards gathered in bf16/fp16, gradients
+reduced in fp32 from 16-bit ones), are held to one process of their own mode (the same regime),
+and unclipped, at the gradient's true scale (test_parallel_equivalence.py says why clipping hides
+a wrong scale). Each rank forms its gradient in 16 bits before the average over DP, so every
+step's gradient carries a rounding error of up to half an epsilon that differs between layouts,
+and SGD adds the 6 steps' errors into the weights; a bias, which starts at zero, is all update.
+Allowed: 6 epsilons (4.7e-2 in bf16, 5.9e-3 in fp16). Measured, worst tensor (a LayerNorm
+bias of norm 1e-3): 2.3e-2 to 2.4e-2 in bf16 for every ZeRO-1/2 and FSDP2 layout and
+2.2e-3 to 2.4e-3 in fp16 (FSDP2), against 2.3e-3 to 2.9e-3 for the PyTorch path in bf16 under
+autocast, also unclipped: the model computing in bf16 rounds ten times more. Losses: at most
+1.4e-4 (bf16) and 1.9e-5 (fp16), within the same 5e-4 and 1e-4. One update fewer, unclipped,
+moves a tensor by 0.34 (measured, ZeRO-1 in bf16): seven times the bf16 tolerance.
+
 The negative control: an overflow forced on ONE tensor-parallel rank (an inf written into its
 shard of a gradient before unscaling, by a wrapper around the engine) must make every rank skip
 that step and back off its loss scale; with the agreement replaced by a no-op, the same run
@@ -35,6 +49,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hpml_core.contract.precision import regime
 from hpml_core.loss_scaling import DynamicLossScaler
 from tests.conftest import engine, losses, rank_files
 from tests.layouts import LAYOUTS, OPTIMIZERS
@@ -42,9 +57,16 @@ from tests.layouts import LAYOUTS, OPTIMIZERS
 STEPS = 6
 POISON_STEP = 2  # the step (0-based) whose gradient the negative control makes overflow on TP rank 1
 # No profiled window: the probes record every step the stepper takes, and these tests count them.
-COMMON = ["--test", "--warmup-steps", "1", "--grad-clip", "0.5", "--save-model", "--profile-steps", "0"]
+COMMON = ["--test", "--warmup-steps", "1", "--save-model", "--profile-steps", "0"]
+CLIP = 0.5  # the PyTorch path's tests; the new layouts' train unclipped (see test_sharded_layout_...)
 # precision: (relative weight difference per tensor, absolute loss difference); see the docstring
 TOLERANCES = {"bf16": (2 * torch.finfo(torch.bfloat16).eps, 5e-4), "fp16": (2 * torch.finfo(torch.float16).eps, 1e-4)}
+# The layouts that compute in 16 bits (ZeRO casts the model; FSDP2 gathers it in 16 bits), against
+# one process of their own mode, unclipped. DeepSpeed has no fp16 on a CPU (refused: test_bad_input.py).
+SHARDED = {"bf16": ["zero1-2", "dp2xtp2-zero2", "fsdp2-2-accum-2", "dp2xtp2-fsdp2"],
+           "fp16": ["fsdp2-2", "dp2xtp2-fsdp2"]}
+SHARDED_TOLERANCES = {"bf16": (STEPS * torch.finfo(torch.bfloat16).eps, 5e-4),
+                      "fp16": (STEPS * torch.finfo(torch.float16).eps, 1e-4)}
 
 # The engine, with a probe and two test hooks, all installed by monkeypatching in this process:
 # the probe records after every step whether it was skipped, the loss scale, and the parameters
@@ -53,6 +75,7 @@ TOLERANCES = {"bf16": (2 * torch.finfo(torch.bfloat16).eps, 5e-4), "fp16": (2 * 
 WRAPPER = '''
 import os, sys
 import torch
+from torch.distributed.tensor import DTensor
 from hpml_core import loss_scaling
 from hpml_core.stepper import TorchStepper
 from hpml_core.train import main
@@ -75,8 +98,10 @@ def poisoned_unscale(self, optimizer):
 def probed_step(self, micro_batches, measure=False):
     loss = step(self, micro_batches, measure)
     history.append({"skipped": self.scaler.found_inf, "scale": self.scaler.loss_scale})
-    replicated = {name: p.detach().clone() for name, p in self.model.named_parameters()
-                  if not getattr(p, "tensor_model_parallel", False)}
+    tp_sharded = getattr(self, "tp_sharded", None)  # FSDP2's new parameters do not carry TP's mark
+    replicated = {name: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()  # FSDP2: gathered
+                  for name, p in self.model.named_parameters()
+                  if not (name in tp_sharded if tp_sharded is not None else getattr(p, "tensor_model_parallel", False))}
     torch.save({"history": history, "replicated": replicated}, os.environ["HPML_TEST_PROBE"] + f"/probe-{RANK}.pt")
     return loss
 
@@ -95,17 +120,18 @@ def run(tmp_path_factory, token_data):
     done: dict[tuple, object] = {}
 
     def train(precision: str, layout: str, optimizer: str = "sgd", steps: int = STEPS, poison: bool = False,
-              agreement: bool = True):
-        key = (precision, layout, optimizer, steps, poison, agreement)
+              agreement: bool = True, clip: float = CLIP):
+        key = (precision, layout, optimizer, steps, poison, agreement, clip)
         if key not in done:
             out = root / "-".join(map(str, key))
             out.mkdir()
             env = {"HPML_TEST_PROBE": str(out), "HPML_TEST_POISON_STEP": str(POISON_STEP if poison else -1),
                    **({} if agreement else {"HPML_TEST_NO_AGREEMENT": "1"})}
             args = [*COMMON, *OPTIMIZERS[optimizer][0], "--precision", precision, "--steps", str(steps),
-                    "--data", str(token_data), "--out", str(out)]
-            if layout == "single":
-                engine([*args, "--batch-size", "4"], env=env, script=script)
+                    "--grad-clip", str(clip), "--data", str(token_data), "--out", str(out)]
+            if layout == "single" or layout.endswith("-1"):  # one process: "single", or "<mode>-1"
+                mode = "single" if layout == "single" else layout.removesuffix("-1")
+                engine([*args, "--mode", mode, "--batch-size", "4"], env=env, script=script)
             else:
                 nproc, mode, tp, batch, accum = LAYOUTS[layout]
                 engine([*args, "--mode", mode, "--tp-size", str(tp), "--batch-size", str(batch),
@@ -164,6 +190,32 @@ def test_the_tolerance_catches_one_missing_update(precision, run):
     """What a disagreement costs, one update applied or not, is far outside the tolerance."""
     short, single = run(precision, "single", steps=STEPS - 1), run(precision, "single")
     assert max(weight_differences(short, single).values()) > 5 * TOLERANCES[precision][0]
+
+
+@pytest.mark.parametrize("precision, layout", [(p, layout) for p, layouts in SHARDED.items() for layout in layouts])
+def test_sharded_layout_trains_like_one_process_of_its_mode_in_16_bits(precision, layout, run):
+    """ZeRO-1/2 and FSDP2, unclipped, against one process of the same mode (the same precision
+    regime: the model cast to 16 bits, or fp32 shards gathered in 16 bits); FSDP2's ranks also
+    agree on every fp16 overflow and hold the same replicated parameters."""
+    mode = LAYOUTS[layout][1]
+    out, reference = run(precision, layout, clip=0), run(precision, f"{mode}-1", clip=0)
+    files = rank_files(out)
+    assert sorted(files) == list(range(LAYOUTS[layout][0]))
+    for record in [*files.values(), *rank_files(reference).values()]:
+        assert record["status"] == "COMPLETED" and record["precision"] == regime(mode, precision).model_dump()
+    if mode == "fsdp2":  # TorchStepper's step, probed
+        assert_ranks_agree(out)
+        assert probes(out)[0]["history"] == probes(reference)[0]["history"]
+    weight_tol, loss_tol = SHARDED_TOLERANCES[precision]
+    assert loss_difference(out, reference) <= loss_tol
+    name, worst = max(weight_differences(out, reference).items(), key=lambda kv: kv[1])
+    assert worst <= weight_tol, f"{name} differs by {worst:.2e} (allowed {weight_tol:.1e})"
+
+
+def test_the_sharded_tolerance_catches_one_missing_update(run):
+    """Unclipped, one update fewer moves the weights far outside even bf16's wider tolerance."""
+    short, full = run("bf16", "zero1-1", steps=STEPS - 1, clip=0), run("bf16", "zero1-1", clip=0)
+    assert max(weight_differences(short, full).values()) > 3 * SHARDED_TOLERANCES["bf16"][0]
 
 
 @pytest.mark.parametrize("layout", ["tp-2", "dp2xtp2-allreduce"])

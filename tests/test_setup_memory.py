@@ -97,11 +97,12 @@ def test_rank_files_give_the_setup_and_training_peaks_and_the_precision_regime(r
             assert record.precision == regime(record.mode, "fp32")
 
 
-@pytest.mark.parametrize("mode", ["zero3", "ddp"])
+@pytest.mark.parametrize("mode", ["zero1", "zero2", "zero3", "fsdp2", "ddp"])
 def test_weights_are_held_in_the_dtype_the_precision_regime_names(mode, tmp_path, token_data):
-    """bf16 on one process: ZeRO-3 (which must train on one process too: a study's 1-GPU ZeRO-3
-    baseline) casts the model itself, DDP keeps fp32 weights under autocast. The parameters'
-    bytes per element, as the engine measured them at the last step, give their dtype."""
+    """bf16 on one process (a study's 1-GPU baseline of each mode): ZeRO (every stage) casts the
+    model itself, FSDP2 keeps fp32 shards and gathers them in bf16, DDP keeps fp32 weights under
+    autocast. The parameters' bytes per element, as the engine measured them at the last step,
+    give their dtype."""
     out = tmp_path / mode
     engine(["--test", "--mode", mode, "--precision", "bf16", "--data", str(token_data), "--out", str(out),
             "--profile-steps", "0"])

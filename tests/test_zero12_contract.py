@@ -373,21 +373,16 @@ def test_activations_are_the_cast_models(measured):
 
 # ---------------------------------------------------------------- real engine launches
 
-ODD_PRESET = "from hpml_core.contract import models\nmodels.PRESETS['tiny'] = {sizes!r}\n"
 ENGINE_RUNS = {"zero1-4": ("zero1", 4, 1), "dp2xtp2-zero2": ("zero2", 4, 2)}
 
 
 @pytest.fixture(scope="module")
 def engine_runs(tmp_path_factory, token_data) -> dict[str, Path]:
     """The odd model trained by the real engine, bf16, AdamW, clipping on, with its profiled window."""
-    from tests.conftest import engine
+    from tests.conftest import engine, engine_script_with_tiny_sized_as
 
     root = tmp_path_factory.mktemp("zero12-engine-runs")
-    odd = SIZES["odd"]
-    script = root / "odd_engine.py"
-    script.write_text(ODD_PRESET.format(sizes=dict(n_layer=odd.n_layer, n_head=odd.n_head, n_embd=odd.n_embd,
-                                                   n_positions=odd.n_positions))
-                      + "import sys\nfrom hpml_core.train import main\nsys.exit(main())\n")
+    script = engine_script_with_tiny_sized_as(SIZES["odd"], root)
     runs = {}
     for name, (mode, world, tp) in ENGINE_RUNS.items():
         runs[name] = root / name

@@ -184,7 +184,7 @@ def _fsdp2(config: TrainConfig, dims: ModelDims, layout: Layout) -> list[Collect
     root, block = model_state.fsdp2_group_elements(dims, layout.tp_size, dp)
     accum, layers = config.grad_accum, dims.n_layer
     gathers = 2 if config.fsdp_reshard_after_forward else 1
-    low = regime(config.mode, config.precision).weights_dtype
+    low = regime(config.mode, config.precision).matmul_dtype  # FSDP2 gathers its fp32 shards cast to it
     found = [Collectives("all-gather", "dp", accum * (1 + gathers * layers), accum * (root + gathers * layers * block),
                          low, "parameters of each FSDP group, gathered for its forward (and its backward)"),
              Collectives("reduce-scatter", "dp", accum * (1 + layers), accum * (root + layers * block), "fp32",

@@ -261,10 +261,27 @@ def _zero12_state_lines(config: TrainConfig, dims: ModelDims, layout: Layout,
                  "its partitions)")], list(state.tensor_bytes)
 
 
+def _fsdp2_state_lines(config: TrainConfig, dims: ModelDims, layout: Layout,
+                       dp_rank: int | None) -> tuple[list[Line], list[int]]:
+    """FSDP2's padded fp32 shards and gradients, and AdamW's moments on the unpadded rows of DP
+    rank ``dp_rank`` (None: the first, which holds the most)."""
+    state = rank_model_state(config, dims, layout.tp_size, layout.dp_size, dp_rank)
+    rank, dp = dp_rank or 0, layout.dp_size
+    shard = f"{state.elements:,} elements (each tensor's ceil(rows / {dp}) rows, padded)"
+    params, grads, optimizer_states = MODEL_STATE_LINES
+    moments = (f"8 B (AdamW's two fp32 moments) x {state.optimizer // 8:,} elements (the rows DP rank {rank} "
+               "holds, unpadded)" if config.optimizer == "adamw" else "none (SGD)")
+    return [Line(params, state.params, f"4 B (fp32 shard) x {shard}"),
+            Line(grads, state.grads, f"4 B (fp32) x {shard}"),
+            Line(optimizer_states, state.optimizer, moments)], list(state.tensor_bytes)
+
+
 def _model_state_lines(config: TrainConfig, dims: ModelDims, layout: Layout,
                        dp_rank: int | None = None) -> tuple[list[Line], list[int]]:
     if config.mode in ("zero1", "zero2"):
         return _zero12_state_lines(config, dims, layout, _zero12_dp_rank(config, dims, layout, dp_rank))
+    if config.mode == "fsdp2":
+        return _fsdp2_state_lines(config, dims, layout, dp_rank)
     state = rank_model_state(config, dims, layout.tp_size, layout.dp_size)
     zero3 = config.mode == "zero3"
     per = f"{state.elements:,} elements" + (f" (Σ ceil(n_i / {layout.dp_size}))" if zero3 else " (Σ n_i)")
@@ -328,7 +345,7 @@ def _fsdp2_buffer_lines(config: TrainConfig, dims: ModelDims, layout: Layout) ->
     after its forward) and two blocks (the one computing and the one prefetched) in the weights'
     16-bit dtype, and one block's fp32 gradients waiting for their reduce-scatter. With one rank in
     fp32 nothing is gathered: the shard is the parameter. Not yet compared with a GPU's peak."""
-    low = DTYPE_BYTES[regime(config.mode, config.precision).weights_dtype]
+    low = DTYPE_BYTES[regime(config.mode, config.precision).matmul_dtype]  # fp32 shards gathered cast to it
     root, block = fsdp2_group_elements(dims, layout.tp_size, layout.dp_size)
     lines = []
     if layout.dp_size > 1 or config.precision != "fp32":
@@ -396,7 +413,7 @@ def _framework_lines(tensors: list[int]) -> list[Line]:
 def predict(config: TrainConfig, dims: ModelDims, layout: Layout, device_type: str = "cuda",
             dp_rank: int | None = None) -> Prediction:
     """Predicted training-peak bytes (per GPU) of DP rank ``dp_rank``, or of the rank holding the
-    most (None); only ZeRO-1/2's ranks differ."""
+    most (None); only ZeRO-1/2's and FSDP2's ranks differ."""
     state_lines, state_tensors = _model_state_lines(config, dims, layout, dp_rank)
     act_lines, act_tensors = _activation_lines(config, _shape(config, dims, layout, device_type))
     lines = state_lines + act_lines + _buffer_lines(config, dims, layout, dp_rank)

@@ -55,6 +55,7 @@ biases and the position embedding stay whole (``replicated_param_count``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from hpml_core.contract.config import ZERO_STAGES, TrainConfig
@@ -69,7 +70,8 @@ def replicated_param_count(dims: ModelDims) -> int:
     return dims.n_layer * (4 * d + 2 * d) + 2 * d + dims.n_positions * d
 
 
-def param_numels(dims: ModelDims, tp_size: int) -> list[tuple[str, int]]:
+@functools.cache  # a plan asks for the same model's list thousands of times
+def param_numels(dims: ModelDims, tp_size: int) -> tuple[tuple[str, int], ...]:
     """(name, elements) of every parameter tensor one rank holds, in the model's order (the tied
     LM head once, as the token embedding), each divided by ``tp_size`` where TP shards it."""
     d, tp = dims.n_embd, tp_size
@@ -82,7 +84,7 @@ def param_numels(dims: ModelDims, tp_size: int) -> list[tuple[str, int]]:
             ("ln_2.weight", d), ("ln_2.bias", d),
             ("mlp.fc.weight", 4 * d * d // tp), ("mlp.fc.bias", 4 * d // tp),
             ("mlp.proj.weight", 4 * d * d // tp), ("mlp.proj.bias", d)]]
-    return numels + [("ln_f.weight", d), ("ln_f.bias", d)]
+    return (*numels, ("ln_f.weight", d), ("ln_f.bias", d))
 
 
 def is_persistent(numel: int, config: TrainConfig) -> bool:
@@ -175,7 +177,8 @@ class Zero12Group:
     zeros: int  # the zeros that complete the partition's gradient where the parameters end first
 
 
-def zero12_groups(dims: ModelDims, tp_size: int, dp_size: int, dp_rank: int) -> list[Zero12Group]:
+@functools.cache
+def zero12_groups(dims: ModelDims, tp_size: int, dp_size: int, dp_rank: int) -> tuple[Zero12Group, ...]:
     """The param groups' flats and partitions (``DeepSpeedZeroOptimizer.__init__``) and which
     gradients rank ``dp_rank`` keeps (``get_partition_info``, ``get_flat_partition``)."""
     names, numels = zip(*param_numels(dims, tp_size))
@@ -193,7 +196,7 @@ def zero12_groups(dims: ModelDims, tp_size: int, dp_size: int, dp_rank: int) -> 
             offset += n
         zeros = partition - max(0, min(total, end) - start)
         groups.append(Zero12Group(tuple(group), flat, partition, tuple(held), zeros))
-    return groups
+    return tuple(groups)
 
 
 def _zero12(config: TrainConfig, dims: ModelDims, tp_size: int, dp_size: int, dp_rank: int) -> ModelStateBytes:

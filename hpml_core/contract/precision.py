@@ -30,7 +30,8 @@ from hpml_core.contract.config import ZERO_STAGES, Mode, Precision
 class PrecisionRegime(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    weights_dtype: Literal["fp32", "bf16", "fp16"] = Field(description="dtype the forward pass reads the weights in")
+    weights_dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        description="dtype the model's weights are held in between steps (FSDP2: its shards; gathered in matmul_dtype)")
     master_weights: Literal["fp32", "none"] = Field(
         description="a separate fp32 copy the optimizer updates (none: the weights themselves are updated)")
     grad_reduce_dtype: Literal["fp32", "bf16", "fp16"] = Field(
@@ -63,7 +64,7 @@ def regime(mode: Mode, precision: Precision) -> PrecisionRegime:
         return PrecisionRegime(weights_dtype="fp32", master_weights="fp32" if mode in ZERO_STAGES else "none",
                                matmul_dtype="fp32", grad_reduce_dtype="fp32", compute="fp32", loss_scaling="none")
     if mode == "fsdp2":
-        return PrecisionRegime(weights_dtype=precision, master_weights="none", matmul_dtype=precision,
+        return PrecisionRegime(weights_dtype="fp32", master_weights="none", matmul_dtype=precision,
                                grad_reduce_dtype="fp32", compute="cast when gathered",
                                loss_scaling="dynamic loss scale, overflow agreed over all ranks" if precision == "fp16" else "none")
     if mode in ZERO_STAGES:
