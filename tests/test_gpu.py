@@ -1,7 +1,7 @@
 """What only happens on a GPU: CUDA-event timing, the peak table looked up by the device's name
 and so MFU, ``max_memory_allocated``, bf16 and fp16 autocast on CUDA, ``torch.compile``, fused
-AdamW, pinned batches, SDPA's flash kernel, NCCL, DeepSpeed ZeRO-3 on CUDA, and every layout
-training what one process trains, on the GPU.
+AdamW, pinned batches, SDPA's flash kernel, NCCL, DeepSpeed's ZeRO stages and FSDP2 on CUDA,
+and every layout training what one process trains, on the GPU.
 
 Marked ``gpu`` and deselected by ``make test`` (pyproject's addopts); ``make gpu-check`` runs
 them (``pytest -m gpu``). Ranks that must share the one GPU talk over gloo, as
@@ -25,7 +25,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 # batch or the weights also changes the order of each dot product's sums; 1e-4 allows that and
 # is still far below a wrong gradient (the broken-TP test differs by more than 1e-2).
 GPU_SGD_TOLERANCE = 1e-4
-GPU_LAYOUTS = ("ddp-4", "zero3-4", "tp-2", "dp2xtp2-allreduce", "dp2xtp2-zero3")
+GPU_LAYOUTS = ("ddp-4", "zero3-4", "tp-2", "dp2xtp2-allreduce", "dp2xtp2-zero3",
+               "zero2-4", "dp2xtp2-zero1", "fsdp2-4", "dp2xtp2-fsdp2")
 
 
 def short_run(tmp_path, token_data, *flags: str, nproc: int = 1) -> dict:
@@ -57,11 +58,16 @@ def test_one_gpu_trains_compiled_in_mixed_precision(tmp_path, token_data, precis
     assert record["precision"]["compute"] == "autocast"
 
 
-@pytest.mark.parametrize("mode", ["ddp", "zero3"])
-def test_nccl_and_deepspeed_on_cuda(tmp_path, token_data, mode):
-    """One rank over NCCL: the collectives' backend and DeepSpeed's CUDA path, in bf16."""
-    record = short_run(tmp_path, token_data, "--mode", mode, "--precision", "bf16", nproc=1)
+@pytest.mark.parametrize("mode, precision", [("ddp", "bf16"), ("zero1", "bf16"), ("zero2", "bf16"), ("zero3", "bf16"),
+                                             ("fsdp2", "bf16"), ("zero2", "fp16"), ("fsdp2", "fp16")])
+def test_nccl_and_deepspeed_on_cuda(tmp_path, token_data, mode, precision):
+    """One rank over NCCL: the collectives' backend, DeepSpeed's CUDA path (its fp16, which its
+    CPU accelerator lacks) and FSDP2's, each in its precision regime."""
+    from hpml_core.contract.precision import regime
+
+    record = short_run(tmp_path, token_data, "--mode", mode, "--precision", precision, nproc=1)
     assert_measured_on_the_gpu(record)
+    assert record["precision"] == regime(mode, precision).model_dump()
 
 
 def test_zero3_compiled_on_cuda(tmp_path, token_data):

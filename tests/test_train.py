@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import torch
 
 from hpml_core.contract import rank_file
 from tests.conftest import REPO, engine, losses, rank_files
@@ -149,3 +150,14 @@ def test_compiled_zero3_trains_like_uncompiled(trained):
     the plain modules); the result is the same training, up to float32 rounding of fused kernels."""
     compiled = trained("adamw", "zero3-2", ("--compile",))
     assert losses(compiled) == pytest.approx(losses(trained("adamw", "zero3-2")), abs=1e-5)
+
+
+def test_fsdp2_with_checkpointing_and_compile_trains_like_plain_fsdp2(trained):
+    """FSDP2 composes them in torchtitan's order (checkpointing, then compile per block, then
+    ``fully_shard``), so FSDP2's hooks stay outside the compiled blocks; the same training, up to
+    float32 rounding of fused kernels (measured: losses 2.4e-7 apart)."""
+    composed = trained("sgd", "fsdp2-2", ("--grad-ckpt", "--compile"))
+    plain = trained("sgd", "fsdp2-2")
+    assert losses(composed) == pytest.approx(losses(plain), abs=1e-5)
+    ours, ref = torch.load(composed / "model.pt"), torch.load(plain / "model.pt")
+    assert max(((ours[k] - ref[k]).norm() / ref[k].norm()).item() for k in ref) <= 1e-5
