@@ -14,7 +14,7 @@ SITE ?= local
 REPEATS ?=
 STUDY = $(EXP) --site $(SITE) $(if $(REPEATS),--repeats $(REPEATS))
 
-.PHONY: venv data demo submit-all status cancel report bench bench-memory bench-report bench-cli gpu-check gpu-wheels test schema slurm-up slurm-down
+.PHONY: venv data demo submit-all status cancel report bench bench-memory bench-report bench-cli bench-planner gpu-check gpu-wheels test schema slurm-up slurm-down
 
 # The venv holds everything: the login side (pip install hpml), the engine and the tests.
 # torch==2.13.0 goes in first: on a machine without a GPU it is the CPU build on this disk, and
@@ -89,6 +89,11 @@ bench-report: venv
 # of $(HPML) (median of 5; target: plan and status under 0.5 s on this machine).
 bench-cli: demo
 	$(PY) -m jobs.bench_cli --hpml $(HPML)
+
+# How far the planner's step time is from the demo's runs, with the site's assumed rates and
+# calibrated on the other half of the configurations (target: median error at most 30 %).
+bench-planner: demo
+	$(PY) -m jobs.bench_planner
 
 # The suite on both cores (pytest-xdist: one file per worker at a time), then its 15 slowest
 # tests. TEST_ARGS="tests/test_report.py -x" picks tests; TEST_WORKERS=0 runs it in one process.

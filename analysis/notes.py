@@ -81,7 +81,7 @@ def _prediction_notes(rows: list[SummaryRow], speed_assumed: str | None) -> list
     if speed_assumed is not None:
         lines.append(f"Predicted tokens/s: the step-time model (hpml_core/contract/step_time.py: model FLOPs at a "
                      f"stated rate, the optimizer's bytes at a memory bandwidth, and the communication overlap leaves exposed; "
-                     f"its parts: table 'Predicted parts against measured'), at "
+                     f"its parts: table 'Predicted parts against measured'), with rates "
                      f"{speed_assumed}.")
         for note, group in _grouped(rows, lambda r: r.figures.speed_prediction_note).items():
             lines.append(f"Predicted tokens/s n/a for {_labels(group)}: {note}.")

@@ -82,6 +82,8 @@ COMMANDS = {
     "status": Command("jobs.status", "the state and progress of an experiment's runs"),
     "cancel": Command("jobs.cancel", "cancel an experiment's pending and running Slurm jobs"),
     "report": Command("analysis.report", "tables, figures and a page from an experiment's rank files"),
+    "calibrate": Command("jobs.calibrate", "fit the step-time model's rates to a site's finished runs, for "
+                                           "hpml plan"),
     "sites": Command("jobs.site_list", "the site profiles a --site name finds (yours in ~/.config/hpml/sites, "
                                        "then the shipped ones)"),
     "doctor": Command("jobs.doctor", "check that a site works, line by line (--smoke: one tiny run through its "
@@ -90,8 +92,8 @@ COMMANDS = {
                                       "SITE\n--dataset NAME, into the site's data_root/NAME, where its jobs look",
                     DATA, _site_data_folder),
     "train": Command("hpml_core.train", "train GPT-2 and write one result file per rank: --mode single (one "
-                                        "process), ddp\n(PyTorch DDP) or zero3 (DeepSpeed ZeRO-3), --tp-size T "
-                                        "(python -m hpml_core.train)", ENGINE, _stop_gently),
+                                        "process), ddp\n(PyTorch DDP), zero1, zero2, zero3 (DeepSpeed ZeRO) or "
+                                        "fsdp2 (PyTorch FSDP2), --tp-size T\n(python -m hpml_core.train)", ENGINE, _stop_gently),
 }
 
 
@@ -100,7 +102,7 @@ def usage() -> str:
     sections: dict[str, list[str]] = {}
     for name, command in COMMANDS.items():
         where = command.extra.where if command.extra else LOGIN_SIDE
-        sections.setdefault(where, []).append(f"  {name:<7} " + command.help.replace("\n", "\n" + " " * 10))
+        sections.setdefault(where, []).append(f"  {name:<9} " + command.help.replace("\n", "\n" + " " * 12))
     body = "\n\n".join(f"{where}:\n" + "\n".join(lines) for where, lines in sections.items())
     return f"usage: hpml COMMAND [ARGS...]\n\n{body}\n\n`hpml COMMAND --help` describes each."
 

@@ -88,7 +88,7 @@ def study_hours_line(exp: experiment.Experiment, speeds: dict[str, RunSpeed], pe
     total = f"{sum(h for h in hours if h is not None):,.3g} {unit} predicted for the {len(hours) - missing} runs"
     if missing:
         total += f" ({missing} runs without a prediction: see --explain)"
-    return (f"study: {total}: training steps only (setup, compilation and queueing not counted); speed assumed: "
+    return (f"study: {total}: training steps only (setup, compilation and queueing not counted); speed "
             f"{performance.describe()}; step = compute + optimizer + the communication overlap leaves exposed "
             "(hpml_core.contract.step_time; --explain shows the parts)")
 

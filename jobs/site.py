@@ -33,7 +33,9 @@ between the 0.38 and 0.50 hpml measured for GPT-2 Large on one H200), ``intra_no
 and ``inter_node_gb_per_s`` (bus bandwidths as nccl-tests' all_reduce_perf reports them; the
 defaults, 100 and 10 GB/s, are round assumptions, not measurements: set your cluster's), and
 ``device_tflops`` and ``device_memory_gb_per_s`` for processes without a GPU peak and memory
-bandwidth on record (the local site's CPUs).
+bandwidth on record (the local site's CPUs). Those are assumptions; once runs have finished,
+``hpml calibrate`` measures them (``calibration_path``), and every prediction uses a measured rate
+where there is one.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from hpml_core.contract import gpus
 from hpml_core.contract.errors import UsageError
 from hpml_core.contract.gpus import GpuMemory
+from hpml_core.contract.calibration import Calibration
 from hpml_core.contract.step_time import Performance
 from hpml_core.contract.names import SAFE_NAME
 from jobs.experiment import ExperimentError
@@ -158,7 +161,7 @@ class Site(_Strict):
         source = (f"site {self.name}: {', '.join(stated)} stated, the rest hpml's defaults" if stated
                   else "hpml's defaults: set them in the site profile")
         return Performance(self.compute_efficiency, self.intra_node_gb_per_s, self.inter_node_gb_per_s,
-                           self.device_tflops, source, self.device_memory_gb_per_s)
+                           self.device_tflops, source, self.device_memory_gb_per_s, load_calibration(self.name))
 
     def gpu_memory(self) -> GpuMemory:
         """The GPU each rank gets and its memory, or why the site does not say (see the module's doc)."""
@@ -244,6 +247,24 @@ class Site(_Strict):
 def user_sites() -> Path:
     """The folder of the user's own profiles: ``$HPML_SITES``, else ``~/.config/hpml/sites``."""
     return Path(os.environ.get("HPML_SITES") or Path.home() / ".config" / "hpml" / "sites")
+
+
+def calibration_path(site_name: str) -> Path:
+    """Where ``hpml calibrate`` writes the site's measured rates: beside the user's profiles."""
+    return user_sites() / "calibrations" / f"{site_name}.yaml"
+
+
+def load_calibration(site_name: str) -> Calibration | None:
+    """The site's calibration (``hpml_core.contract.calibration``), None when it has none; an
+    unreadable one is refused in one line naming the file (``hpml calibrate`` writes it again)."""
+    path = calibration_path(site_name)
+    if not path.is_file():
+        return None
+    try:
+        return Calibration.model_validate(yaml.safe_load(path.read_text()))
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError("calibration", f"{path} is unreadable ({first}); run hpml calibrate again or remove it")
 
 
 def available() -> list[tuple[str, Path, str]]:

@@ -52,6 +52,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hpml_core.contract import collectives, metrics
+from hpml_core.contract.calibration import COMPUTE_FITTED, Calibration, rate_key
 from hpml_core.contract.buckets import DDP_BUCKET_BYTES, ZERO12_BUCKET  # the last bucket waits for the backward's end
 from hpml_core.contract.config import ZERO_STAGES, TrainConfig
 from hpml_core.contract.gpus import Gpu
@@ -74,12 +75,16 @@ class Performance:
     device_tflops: float | None  # model TFLOP/s per rank on a device with no peak on record (a CPU)
     source: str  # where these come from, for the plan's and the report's notes
     device_memory_gb_per_s: float | None = None  # memory bandwidth, where the GPU table's is not the one
+    calibration: Calibration | None = None  # the site's measured rates (hpml calibrate), used where they exist
 
     def describe(self) -> str:
         device = f", {self.device_tflops} TFLOP/s per rank without a GPU peak" if self.device_tflops else ""
         memory = f", {self.device_memory_gb_per_s:g} GB/s device memory" if self.device_memory_gb_per_s else ""
-        return (f"{self.compute_efficiency:.0%} of the GPU's dense peak, {self.intra_node_gb_per_s:g} GB/s within a "
-                f"node, {self.inter_node_gb_per_s:g} GB/s between nodes{device}{memory} ({self.source})")
+        assumed = (f"{self.compute_efficiency:.0%} of the GPU's dense peak, {self.intra_node_gb_per_s:g} GB/s within "
+                   f"a node, {self.inter_node_gb_per_s:g} GB/s between nodes{device}{memory} ({self.source})")
+        if self.calibration is None:
+            return f"assumed: {assumed}"
+        return f"{self.calibration.describe()}; a rate it lacks is assumed: {assumed}"
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,7 @@ class StepPrediction:
         return self.step_s * steps * world_size / 3600
 
 
-def _ring(collective: str, n: int) -> float:
+def ring_share(collective: str, n: int) -> float:
     """The share of its buffer one rank sends in a ring collective of n ranks."""
     if n <= 1:
         return 0.0
@@ -138,10 +143,11 @@ def _ring(collective: str, n: int) -> float:
 
 def rank_flops_per_step(config: TrainConfig, dims: ModelDims, layout: Layout) -> float:
     """Forward, backward and recomputation together: the compute of one rank's step."""
-    return sum(_compute_flops(config, dims, layout).values())
+    return sum(compute_flops(config, dims, layout).values())
 
 
-def _compute_flops(config: TrainConfig, dims: ModelDims, layout: Layout) -> dict[str, float]:
+def compute_flops(config: TrainConfig, dims: ModelDims, layout: Layout) -> dict[str, float]:
+    """Model FLOPs of one rank's step, by pass: forward 2N, backward 4N, recompute 2N per token."""
     tokens = config.batch_size * config.seq_len * config.grad_accum
     flops = training_flops_per_token(dims, config.seq_len) * tokens / layout.tp_size
     return {"forward": flops / 3, "backward": 2 * flops / 3, "recompute": flops / 3 if config.grad_ckpt else 0.0}
@@ -169,12 +175,25 @@ def _communication(config: TrainConfig, dims: ModelDims, layout: Layout, ranks_p
                  "tp": performance.intra_node_gb_per_s,
                  "world": performance.inter_node_gb_per_s if layout.world_size > ranks_per_node
                  else performance.intra_node_gb_per_s}
+    scope = {"dp": "inter-node" if dp_span_nodes else "intra-node", "tp": "intra-node",
+             "world": "inter-node" if layout.world_size > ranks_per_node else "intra-node"}
+    calibration = performance.calibration
+    links = calibration.links if calibration else {}
+    shares = calibration.hidden_share.get(config.mode, {}) if calibration else {}
     found = collectives.per_step(config, dims, layout)
-    seconds = {c: _ring(c.kind, group_size[c.group]) * c.bytes / (bandwidth[c.group] * 1e9) for c in found}
+    seconds = {}
+    for c in found:
+        sent = ring_share(c.kind, group_size[c.group]) * c.bytes
+        link = links.get(scope[c.group], {}).get(c.kind)
+        seconds[c] = (sent / (bandwidth[c.group] * 1e9) if link is None
+                      else (c.count or 0) * link.latency_s + sent / (link.gb_per_s * 1e9))
     # what overlap can hide, by the pass that hides it
     budget = {"forward": compute["forward"], "backward": compute["backward"] + compute["recompute"]}
     hidden = dict.fromkeys(found, 0.0)
     for c in found:
+        if c.kind in shares:  # measured on this site for this layout
+            hidden[c] = shares[c.kind].value * seconds[c]
+            continue
         if c.what.startswith("gradients, in DDP"):  # during the last micro-step's backward only
             last = min(c.bytes, DDP_BUCKET_BYTES) / c.bytes
             which = "backward"
@@ -195,9 +214,14 @@ def _communication(config: TrainConfig, dims: ModelDims, layout: Layout, ranks_p
         of_kind = [c for c in found if c.kind == kind]
         if of_kind:
             kinds.append(KindPrediction(kind, sum(c.bytes for c in of_kind),
-                                        sum(_ring(kind, group_size[c.group]) * c.bytes for c in of_kind),
+                                        sum(ring_share(kind, group_size[c.group]) * c.bytes for c in of_kind),
                                         sum(seconds[c] for c in of_kind), sum(hidden[c] for c in of_kind)))
     how = "; ".join(f"{c.kind} of {c.what} over {c.group} ({c.bytes:,} B)" for c in found) or "no communication"
+    calibrated = sorted({f"{c.kind} {scope[c.group]}" for c in found if c.kind in links.get(scope[c.group], {})})
+    if calibrated:
+        how += f"; calibrated: {', '.join(calibrated)}"
+    if shares and any(c.kind in shares for c in found):
+        how += f"; hidden share calibrated for {config.mode}"
     return kinds, how
 
 
@@ -205,31 +229,56 @@ def predict_step(config: TrainConfig, dims: ModelDims, layout: Layout, ranks_per
                  performance: Performance) -> StepPrediction:
     """The step of one run on ``gpu`` (None: a device with no peak on record, such as a CPU)."""
     tokens = layout.global_batch(config.batch_size, config.grad_accum) * config.seq_len
+    precision = regime(config.mode, config.precision)
+    matmul_dtype = precision.matmul_dtype
+    calibration = performance.calibration
+    key = rate_key(precision, calibration.device_type if calibration else "cuda", ranks_per_node, config.compile)
+    fitted = calibration.compute_tflops.get(key, {}) if calibration else {}
     if gpu is not None:
-        fp32 = regime(config.mode, config.precision).matmul_dtype == "fp32"
-        peak = gpu.fp32_tflops if fp32 else gpu.tensor_16bit_tflops
+        peak = gpu.fp32_tflops if matmul_dtype == "fp32" else gpu.tensor_16bit_tflops
         rate = peak * performance.compute_efficiency
         rate_how = f"{performance.compute_efficiency:.0%} of {gpu.label}'s {peak:g}"
     elif performance.device_tflops is not None:
         rate, rate_how = performance.device_tflops, "the site's device_tflops"
+    elif "forward" in fitted and "backward" in fitted:  # the calibration gives every pass its rate
+        rate, rate_how = None, ""
     else:
         reason = "no GPU peak on record and no device_tflops in the site profile"
         return StepPrediction(None, tokens, reason, reason)
-    memory_gb_per_s = performance.device_memory_gb_per_s or (gpu.memory_gb_per_s if gpu else None)
+    # each pass at its calibrated rate; recomputation, a forward again, at the forward's if not its own
+    rates = {part: (fitted[part].value if part in fitted else fitted["forward"].value if
+                    part == "recompute" and "forward" in fitted else rate) for part in COMPUTE_FITTED}
+    if None in rates.values():
+        reason = f"no calibrated compute rate for {key} and no device_tflops in the site profile"
+        return StepPrediction(None, tokens, reason, reason)
+    optimizer_fit = calibration.optimizer_gb_per_s.get(key) if calibration else None
+    memory_gb_per_s = (optimizer_fit.value if optimizer_fit else
+                       performance.device_memory_gb_per_s or (gpu.memory_gb_per_s if gpu else None))
     if memory_gb_per_s is None:
         reason = "no GPU memory bandwidth on record and no device_memory_gb_per_s in the site profile"
         return StepPrediction(None, tokens, reason, reason)
-    flops = _compute_flops(config, dims, layout)
-    compute = {part: f / (rate * 1e12) for part, f in flops.items()}
+    flops = compute_flops(config, dims, layout)
+    compute = {part: f / (rates[part] * 1e12) for part, f in flops.items()}
     moved, moved_how = optimizer_bytes(config, dims, layout)
     kinds, sent = _communication(config, dims, layout, ranks_per_node, performance, compute)
-    parts = dict.fromkeys(PARTS, 0.0) | compute | {"optimizer": moved / (memory_gb_per_s * 1e9)}
+    overhead = calibration.overhead_s.get(key, {}) if calibration else {}
+    parts = (dict.fromkeys(PARTS, 0.0) | compute | {"optimizer": moved / (memory_gb_per_s * 1e9)}
+             | {part: fit.value for part, fit in overhead.items()})
     for k in kinds:
         parts[k.kind] = k.seconds - k.hidden_s
     total_flops = sum(flops.values())
-    how = (f"compute {total_flops / 1e12:.3g} TFLOP per rank at {rate:.3g} TFLOP/s ({rate_how}) = "
-           f"{sum(compute.values()) * 1e3:.1f} ms; optimizer {moved_how} at {memory_gb_per_s:g} GB/s = "
-           f"{parts['optimizer'] * 1e3:.2f} ms; communication "
+    if fitted:
+        rate_how = (f"calibrated for {key}: " + ", ".join(f"{part} {rates[part]:.3g}" for part in COMPUTE_FITTED)
+                    + (f"; {', '.join(p for p in COMPUTE_FITTED if p not in fitted)} not calibrated"
+                       if len(fitted) < len(COMPUTE_FITTED) else ""))
+    else:
+        rate_how = f"{rate:.3g} TFLOP/s ({rate_how})"
+    memory_how = f"{memory_gb_per_s:g} GB/s" + (" calibrated" if optimizer_fit else "")
+    overhead_how = (f"; data and other {sum(parts[p] for p in overhead) * 1e3:.1f} ms calibrated" if overhead
+                    else "")
+    how = (f"compute {total_flops / 1e12:.3g} TFLOP per rank at {rate_how} = "
+           f"{sum(compute.values()) * 1e3:.1f} ms; optimizer {moved_how} at {memory_how} = "
+           f"{parts['optimizer'] * 1e3:.2f} ms{overhead_how}; communication "
            f"{sum(k.bytes_sent for k in kinds) / 1e9:.3g} GB sent per rank = "
            f"{sum(k.seconds for k in kinds) * 1e3:.1f} ms, {sum(k.hidden_s for k in kinds) * 1e3:.1f} ms of it hidden "
            f"({sent})")

@@ -1,0 +1,116 @@
+"""``make bench-planner``: how far the planner's step time is from what runs measured, with the
+site's assumed rates and calibrated on other runs (``hpml calibrate``, ``jobs.calibrate``).
+
+The study's configurations (its runs without the repeat suffix, by name) are split in two halves,
+alternately in name order; the rates are fitted on one half's completed runs and predict each
+run of the other half, then the other way round, so every configuration is predicted by a
+calibration that never saw it. Each run's measured step is its slowest rank's median timed step
+(the pace tokens/s is computed from); the error is predicted ÷ measured − 1, before calibration
+(the site profile's rates) and after. Printed per configuration and as the median absolute error
+of all runs; nothing is written (the site's own calibration is left alone).
+
+    python -m jobs.bench_planner [--experiment tiny_study] [--site local]
+
+Target on this project's machine (the demo's tiny study): median absolute error at most 30 %
+after calibration. A missed target is printed, not an error (this is a benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import replace
+
+from rich.console import Console
+from rich.table import Table
+
+from hpml_core.contract import gpus
+from hpml_core.contract.layout import Layout
+from hpml_core.contract.models import model_dims
+from hpml_core.contract.step_time import Performance, predict_step
+from jobs import calibrate, experiment, site
+from jobs.calibrate import RankSteps
+
+TARGET_PCT = 30.0
+
+
+def configuration(run: str) -> str:
+    """``tiny_study/ddp-4-r1`` -> ``ddp-4``."""
+    name = run.split("/", 1)[1]
+    head, _, tail = name.rpartition("-r")
+    return head if tail.isdigit() else name
+
+
+def predicted_step_s(ranks: list[RankSteps], performance: Performance) -> float | None:
+    first = ranks[0]
+    record = first.record
+    step = predict_step(record.config, model_dims(record.config.model, record.model.vocab_size),
+                        Layout(record.world_size, record.tp_size), first.ranks_per_node,
+                        gpus.by_device_name(record.device_name) if record.device_type == "cuda" else None, performance)
+    return step.step_s
+
+
+def measured_step_s(ranks: list[RankSteps]) -> float:
+    return max(rank.record.throughput.step_time_median_s for rank in ranks if rank.record.throughput)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.bench_planner", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiment", default="tiny_study")
+    parser.add_argument("--site", default="local")
+    args = parser.parse_args(argv)
+    profile = site.load(args.site)
+    exp = experiment.load(experiment.experiment_path(args.experiment), gpu=profile.gpu_memory())
+    by_run: dict[str, list[RankSteps]] = defaultdict(list)
+    for rank in calibrate.completed_ranks(exp, profile):
+        by_run[rank.run].append(rank)
+    configurations = sorted({configuration(run) for run in by_run})
+    if len(configurations) < 2:
+        print(f"bench-planner: {len(configurations)} completed, profiled configurations of {exp.name} on site "
+              f"{profile.name}: two at least are needed (make demo first)", file=sys.stderr)
+        return 2
+    assumed = replace(profile.performance(), calibration=None)
+    halves = [configurations[0::2], configurations[1::2]]
+    rows, errors_before, errors_after = [], [], []
+    for fitted_on, predicted in (halves, halves[::-1]):
+        train = [rank for run, ranks in by_run.items() if configuration(run) in fitted_on for rank in ranks]
+        device_type, device_name = calibrate.check_device(train, profile)
+        calibration = calibrate.fit(train, profile.name, [exp.name], device_type, device_name, "bench")
+        calibrated = replace(assumed, calibration=calibration)
+        for run, ranks in sorted(by_run.items()):
+            if configuration(run) not in predicted:
+                continue
+            measured = measured_step_s(ranks)
+            before, after = predicted_step_s(ranks, assumed), predicted_step_s(ranks, calibrated)
+            error_before = None if before is None else 100 * (before / measured - 1)
+            error_after = None if after is None else 100 * (after / measured - 1)
+            errors_before += [abs(error_before)] if error_before is not None else []
+            errors_after += [abs(error_after)] if error_after is not None else []
+            rows.append((run, measured, before, error_before, after, error_after, ", ".join(fitted_on)))
+    table = Table(title=f"planner's step time against {exp.name}'s runs on site {profile.name}")
+    for column in ("run", "measured (ms)", "assumed (ms)", "error", "calibrated (ms)", "error", "fitted on"):
+        table.add_column(column)
+
+    def ms(value: float | None) -> str:
+        return "n/a" if value is None else f"{value * 1e3:.1f}"
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:+.0f}%"
+
+    for run, measured, before, error_before, after, error_after, fitted_on in rows:
+        table.add_row(run, ms(measured), ms(before), pct(error_before), ms(after), pct(error_after), fitted_on)
+    Console(width=200).print(table)
+    before_median = statistics.median(errors_before) if errors_before else None
+    after_median = statistics.median(errors_after) if errors_after else None
+    print(f"median absolute error of the step time over {len(rows)} runs: assumed rates "
+          f"{'n/a' if before_median is None else f'{before_median:.0f}%'}, calibrated on the other half "
+          f"{'n/a' if after_median is None else f'{after_median:.0f}%'} (target: at most {TARGET_PCT:.0f}%)")
+    if after_median is None or after_median > TARGET_PCT:
+        print("target missed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
