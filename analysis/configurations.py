@@ -44,6 +44,8 @@ class ConfigurationRow:
     peak_error_pct: Spread
     predicted_tokens_per_s: Spread
     tokens_per_s_error_pct: Spread
+    assumed_tokens_per_s: Spread  # the site's calibration present: at the profile's assumed rates
+    assumed_tokens_per_s_error_pct: Spread
     peak_memory_per_gpu_mean_gib_median: float | None
     device_hours_total: float | None  # every run, whatever its state
     device_hours_unit: str | None
@@ -123,6 +125,8 @@ def _configuration_row(name: str, label: str, runs: list[RunRow]) -> Configurati
         predicted_peak_gib=spread(lambda r: r.predictions.predicted_peak_gib), peak_error_pct=peak_error,
         predicted_tokens_per_s=spread(lambda r: r.predictions.predicted_tokens_per_s),
         tokens_per_s_error_pct=spread(lambda r: r.predictions.tokens_per_s_error_pct),
+        assumed_tokens_per_s=spread(lambda r: r.predictions.assumed_tokens_per_s),
+        assumed_tokens_per_s_error_pct=spread(lambda r: r.predictions.assumed_tokens_per_s_error_pct),
         peak_memory_per_gpu_mean_gib_median=mean_memory.median,
         device_hours_total=sum(hours) if hours else None,
         device_hours_unit=_first(run.hours.device_hours_unit for run in runs),

@@ -8,6 +8,7 @@ Every figure's definition: docs/report.md.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
@@ -85,7 +86,31 @@ def _prediction_notes(rows: list[SummaryRow], speed_assumed: str | None) -> list
                      f"{speed_assumed}.")
         for note, group in _grouped(rows, lambda r: r.figures.speed_prediction_note).items():
             lines.append(f"Predicted tokens/s n/a for {_labels(group)}: {note}.")
+    judged = _planner_accuracy(rows)
+    if judged:
+        lines.append(judged)
     return lines
+
+
+def _median_abs(values: list[float | None]) -> tuple[float, int] | None:
+    present = [abs(v) for v in values if v is not None]
+    return (statistics.median(present), len(present)) if present else None
+
+
+def _planner_accuracy(rows: list[SummaryRow]) -> str | None:
+    """How good the planner was on this study: the median over configurations of each
+    prediction's absolute error (each configuration's error being its repeats' median)."""
+    figures = [("tokens/s, assumed rates", [r.figures.assumed_tokens_per_s_error_pct.median for r in rows]),
+               ("tokens/s" + (", calibrated" if any(r.figures.assumed_tokens_per_s_error_pct.known for r in rows)
+                              else ""), [r.figures.tokens_per_s_error_pct.median for r in rows]),
+               ("memory, model state", [r.figures.model_state_error_pct.median for r in rows]),
+               ("memory, training peak", [r.figures.peak_error_pct.median for r in rows])]
+    said = [f"{what} {found[0]:.1f}% ({found[1]} configurations)"
+            for what, values in figures if (found := _median_abs(values)) is not None]
+    if not said:
+        return None
+    return ("How good the planner was on this study (median over configurations of |predicted − measured| "
+            "/ measured): " + "; ".join(said) + ".")
 
 
 def _hours_notes(rows: list[SummaryRow]) -> list[str]:
@@ -254,7 +279,10 @@ def _part_prediction_notes(rows: list[SummaryRow], speed_assumed: str | None) ->
                if row.figures.parts is not None and row.figures.parts.predicted is None]
     if not any(row.figures.parts is not None for row in rows):
         return []
-    speed = f" at {speed_assumed}" if speed_assumed else ""
+    speed = f", with rates {speed_assumed}" if speed_assumed else ""
+    calibrated = speed_assumed is not None and speed_assumed.startswith("calibrated")
+    rest = ("data fetching and host overhead ('other') at the calibration's measured seconds per step, where it has them" if calibrated
+            else "data fetching and host overhead ('other') are not predicted")
     return [f"Predicted by hpml_core.contract.step_time{speed}: compute from the FLOP formula, the optimizer from "
-            "its bytes at the memory bandwidth, exposed communication after the overlap it expects; data fetching and "
-            "host overhead ('other') are not predicted.", *missing]
+            f"its bytes at the memory bandwidth, exposed communication after the overlap it expects; {rest}.",
+            *missing]

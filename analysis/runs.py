@@ -112,6 +112,9 @@ class Predictions:
     predicted_tokens_per_s: float | None = None
     tokens_per_s_error_pct: float | None = None
     speed_prediction_note: str | None = None
+    # with the site's calibration: the same model at the site profile's own (assumed) rates
+    assumed_tokens_per_s: float | None = None
+    assumed_tokens_per_s_error_pct: float | None = None
 
 
 @dataclass(frozen=True)
@@ -319,8 +322,12 @@ def run_row(result: RunResult, performance: Performance | None = None) -> RunRow
     files = [measured.ranks[rank] for rank in sorted(measured.ranks)]
     throughput, step = _throughput(files), _predicted_step(files, performance)
     parts, parts_missing = run_parts(files, step, None if performance else "no site speed given")
-    return replace(row, throughput=throughput, memory=_memory(files),
-                   predictions=_predictions(files, throughput, row.model_state, step),
+    predictions = _predictions(files, throughput, row.model_state, step)
+    if performance is not None and performance.calibration is not None:  # the planner before calibration
+        assumed, error, _ = _speed_prediction(_predicted_step(files, replace(performance, calibration=None)),
+                                              throughput.tokens_per_s)
+        predictions = replace(predictions, assumed_tokens_per_s=assumed, assumed_tokens_per_s_error_pct=error)
+    return replace(row, throughput=throughput, memory=_memory(files), predictions=predictions,
                    parts=parts, parts_missing_reason=parts_missing)
 
 

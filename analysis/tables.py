@@ -207,7 +207,7 @@ def part_prediction_rows(rows: list[SummaryRow]) -> list[list[str]]:
         measured, predicted = parts.measured, parts.predicted
         for part in [p for p in measured if measured[p] > 0 or predicted.get(p, 0) > 0] + ["step"]:
             m = parts.step_ms if part == "step" else measured[part]
-            if part in UNPREDICTED:
+            if part in UNPREDICTED and predicted.get(part, 0.0) == 0:
                 out.append([row.label, part, f"{m:,.3f}", "not predicted", "n/a"])
                 continue
             p = sum(predicted.values()) if part == "step" else predicted.get(part, 0.0)

@@ -31,7 +31,7 @@ PART_COLORS = {"data": "#9ecae1", "forward": "#3182bd", "backward": "#08519c", "
                "optimizer": "#31a354", "all-reduce": "#e6550d", "all-gather": "#fd8d3c", "reduce-scatter": "#a63603",
                "broadcast": "#fdd0a2", "other": "#bdbdbd"}
 COMPUTE = ("forward", "backward", "recompute")
-UNPREDICTED = ("data", "other")  # measured, but the step-time model does not predict them
+UNPREDICTED = ("data", "other")  # measured; predicted only where a calibration measured them (else 0)
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,8 @@ def parts_frame(labels: list[str], parts: list[RunParts | None]) -> pd.DataFrame
                     else "compute")
             rows.append({"configuration": label, "part": part, "kind": kind,
                          "measured_ms": ms, "measured_share": ms / run.step_ms if run.step_ms else None,
-                         "predicted_ms": predicted[part] if predicted and part not in UNPREDICTED else None})
+                         "predicted_ms": predicted[part] if predicted and (part not in UNPREDICTED or predicted[part] > 0)
+                         else None})
     return pd.DataFrame(rows, columns=["configuration", "part", "kind", "measured_ms", "measured_share", "predicted_ms"])
 
 

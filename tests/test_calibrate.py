@@ -12,8 +12,11 @@ from the bandwidth; a single layout cannot, which the fit must say instead of gu
 
 from __future__ import annotations
 
+import statistics
 import textwrap
+from dataclasses import replace
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -82,10 +85,13 @@ def write_study(tmp_path, device_name: str = A100) -> tuple:
     for name, (mode, world, tp, batch, ckpt) in RUNS.items():
         for rank in range(world):
             record = rank_file(run=name, rank=rank, mode=mode, world=world, tp=tp, batch=batch,
-                               device_name=device_name)
+                               device_name=device_name, job_id=None)
             record = record.model_copy(update={"config": record.config.model_copy(update={"grad_ckpt": ckpt})})
             step = profiled_step(record)
-            record = record.model_copy(update={"profile": StepProfile(
+            timed = record.throughput.model_copy(update={  # the timed steps at the profiled step's pace
+                "step_times_s": [step.wall_s] * record.throughput.timed_steps, "step_time_median_s": step.wall_s,
+                "step_time_mean_s": step.wall_s})
+            record = record.model_copy(update={"throughput": timed, "profile": StepProfile(
                 steps=[step, step], how="sample", overhead=0.0, trace_file=None, trace_bytes=None)})
             rf.write(tmp_path / "results" / "calib" / name, record)
     return exp, profile
@@ -135,6 +141,24 @@ def test_the_fit_recovers_the_rates_that_made_the_steps(tmp_path, user_sites, ca
     # hpml plan says which rates it used
     assert main(["plan", str(exp), "--site", str(profile)]) == 0
     assert "calibrated from 6 runs of calib" in capsys.readouterr().out
+
+    # and the report judges the planner before and after: calibrated, exact; assumed, as computed here
+    assert main(["report", str(exp), "--site", str(profile)]) == 0
+    summary = pd.read_csv(tmp_path / "results" / "calib" / "report" / "summary.csv").set_index("label")
+    assumed_errors = []
+    for name, (mode, world, tp, batch, ckpt) in RUNS.items():
+        record = rf.read(next((tmp_path / "results" / "calib" / name).rglob("rank-0.json")))
+        assumed = predict_step(record.config, DIMS, Layout(world, tp), world, BY_KEY["a100-80gb"],
+                               replace(calibrated, calibration=None))
+        expected = 100 * (record.profile.steps[0].wall_s / assumed.step_s - 1)  # tokens/s: step time inverted
+        assert summary.loc[name, "assumed_tokens_per_s_error_pct_median"] == pytest.approx(expected, rel=1e-3)
+        # within 1 %: ZeRO-3's gathers, whose number the contract leaves open, carry no latency there
+        assert summary.loc[name, "tokens_per_s_error_pct_median"] == pytest.approx(0, abs=1.0)
+        assumed_errors.append(abs(expected))
+    page = (tmp_path / "results" / "calib" / "report" / "summary.md").read_text()
+    assert f"tokens/s, assumed rates {statistics.median(assumed_errors):.1f}% (6 configurations); " in page
+    calibrated_error = float(page.split("tokens/s, calibrated ")[1].split("%")[0])
+    assert calibrated_error < 1.0
 
 
 def test_one_layout_cannot_tell_latency_from_bandwidth_and_says_so():

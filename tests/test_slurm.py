@@ -90,9 +90,9 @@ def experiment(site: Path, name: str, runs: str, **defaults) -> tuple[Path, Path
     return path, site.parent / "results" / name
 
 
-def hpml(*args: str, timeout: float = 120, path: str | None = None) -> subprocess.CompletedProcess:
-    """``hpml ARGS`` as a user types it (``path``: another PATH)."""
-    env = {**os.environ, "PATH": path} if path else None
+def hpml(*args: str, timeout: float = 120, path: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``hpml ARGS`` as a user types it (``path``: another PATH; ``env``: more variables)."""
+    env = {**os.environ, **({"PATH": path} if path else {}), **(env or {})} if path or env else None
     return subprocess.run([sys.executable, "-m", "hpml_core.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -217,6 +217,14 @@ def test_make_submit_all_runs_the_tiny_study_once_even_when_submitted_twice_at_o
     # Which comparisons are within noise, or that none is, with how many are beyond it.
     assert "Within noise (the two ranges overlap): " in text or "No comparison is within noise (" in text, text
     assert_the_report_says_where_the_time_goes(folder / "report")
+
+    # The planner learns the site's speed from these runs, and says so
+    user_sites = {"HPML_SITES": str(slurm_site.parent / "user-sites")}
+    calibrated = hpml("calibrate", str(path), "--site", str(slurm_site), env=user_sites)
+    assert calibrated.returncode == 0, calibrated.stderr
+    assert (slurm_site.parent / "user-sites" / "calibrations" / "test-slurm.yaml").is_file()  # the profile's name
+    planned = hpml("plan", str(path), "--site", str(slurm_site), env=user_sites)
+    assert planned.returncode == 0 and f"calibrated from {len(worlds)} runs of {path.stem}" in planned.stdout
 
 
 def assert_the_report_says_where_the_time_goes(report: Path) -> None:

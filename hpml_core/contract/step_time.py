@@ -220,6 +220,10 @@ def _communication(config: TrainConfig, dims: ModelDims, layout: Layout, ranks_p
     calibrated = sorted({f"{c.kind} {scope[c.group]}" for c in found if c.kind in links.get(scope[c.group], {})})
     if calibrated:
         how += f"; calibrated: {', '.join(calibrated)}"
+        uncounted = [c for c in found if c.count is None and c.kind in links.get(scope[c.group], {})]
+        if uncounted:
+            how += (f" (no latency for the {', '.join(c.what for c in uncounted)}: the contract leaves their "
+                    "number open)")
     if shares and any(c.kind in shares for c in found):
         how += f"; hidden share calibrated for {config.mode}"
     return kinds, how
