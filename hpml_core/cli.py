@@ -82,6 +82,8 @@ COMMANDS = {
     "status": Command("jobs.status", "the state and progress of an experiment's runs"),
     "cancel": Command("jobs.cancel", "cancel an experiment's pending and running Slurm jobs"),
     "report": Command("analysis.report", "tables, figures and a page from an experiment's rank files"),
+    "tune": Command("jobs.tune", "rank the layouts that could train a model on N GPUs by predicted speed, and write "
+                                 "an\nexperiment of the best"),
     "calibrate": Command("jobs.calibrate", "fit the step-time model's rates to a site's finished runs, for "
                                            "hpml plan"),
     "sites": Command("jobs.site_list", "the site profiles a --site name finds (yours in ~/.config/hpml/sites, "
