@@ -12,6 +12,8 @@ import statistics
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
+import pandas as pd
+
 from analysis.baselines import BEYOND, NO_SPREAD, WITHIN, SummaryRow
 from analysis.collect import Problem
 from analysis.runs import NO_PREDICTION
@@ -86,10 +88,33 @@ def _prediction_notes(rows: list[SummaryRow], speed_assumed: str | None) -> list
                      f"{speed_assumed}.")
         for note, group in _grouped(rows, lambda r: r.figures.speed_prediction_note).items():
             lines.append(f"Predicted tokens/s n/a for {_labels(group)}: {note}.")
-    judged = _planner_accuracy(rows)
-    if judged:
-        lines.append(judged)
+    lines += [line for line in (_planner_accuracy(rows), _planner_ranking(rows)) if line]
     return lines
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman's rank correlation (ties take their mean rank): Pearson's of the ranks."""
+    return float(pd.Series(xs).rank().corr(pd.Series(ys).rank()))
+
+
+def _planner_ranking(rows: list[SummaryRow]) -> str | None:
+    """Did the planner rank the layouts as the runs did? Over the multi-process configurations
+    (what ``hpml tune`` chooses between; their 1-process baselines are not candidates) with
+    both a predicted and a measured tokens/s (medians over the repeats), when there are 3 or more."""
+    ranked = [(r.label, r.figures.predicted_tokens_per_s.median, r.figures.tokens_per_s.median) for r in rows
+              if (r.figures.setting.world_size or 1) > 1 and r.figures.predicted_tokens_per_s.known
+              and r.figures.tokens_per_s.known]
+    if len(ranked) < 3:
+        return None
+    labels, predicted, measured = zip(*ranked)
+    predicted_best = labels[predicted.index(max(predicted))]
+    measured_best = labels[measured.index(max(measured))]
+    shortfall = 100 * (1 - measured[labels.index(predicted_best)] / max(measured))
+    verdict = ("the predicted best was the measured best" if predicted_best == measured_best else
+               f"the predicted best, {predicted_best}, measured {shortfall:.1f}% fewer tokens/s than the measured "
+               f"best, {measured_best}")
+    return (f"The planner's ranking of the {len(ranked)} multi-process configurations by tokens/s: {verdict}; "
+            f"Spearman's rank correlation of predicted and measured {spearman(list(predicted), list(measured)):+.2f}.")
 
 
 def _median_abs(values: list[float | None]) -> tuple[float, int] | None:

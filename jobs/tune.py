@@ -149,7 +149,7 @@ def baseline_of(candidate: Candidate) -> Candidate:
 
 
 def _run_entry(candidate: Candidate, gpus: int, nodes: int) -> dict:
-    entry = {"name": candidate.name if gpus * nodes > 1 else f"{candidate.mode}-1-b{candidate.batch}",
+    entry = {"name": candidate.name,
              "mode": candidate.mode, "gpus": gpus, "batch_size": candidate.batch, "grad_ckpt": candidate.grad_ckpt}
     if nodes > 1:
         entry["nodes"] = nodes
@@ -255,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path(f"{name}.yaml")
         text = experiment_text(name, args.dataset, request, order[:args.top], profile, args.repeats)
         atomic_write(out, lambda f: f.write(text.encode()))
-        print(f"wrote {out}: the top {min(args.top, len(order))} (*) and their baselines; hpml plan {out}, "
+        baselines = " and their baselines" if request.gpus * request.nodes > 1 else ""
+        print(f"wrote {out}: the top {min(args.top, len(order))} (*){baselines}; hpml plan {out}, "
               f"then hpml submit {out} --site {args.site}")
         return 0
 

@@ -42,6 +42,14 @@ fetching and host overhead are not predicted (a profiled step measures them). To
 batch × sequence ÷ step. GPU-hours = step × steps × ranks ÷ 3600: the training steps only;
 setup, compilation and time in the queue are not predicted.
 
+**Calibrated**: where the site has a calibration (``hpml_core.contract.calibration``, fitted by
+``hpml calibrate`` from its finished runs), its measured rates replace the stated ones part by
+part: each pass's TFLOP/s (recomputation at the forward's when it has none of its own), the
+optimizer's GB/s, each collective kind's latency (× its count, where the contract knows the
+count) and bandwidth on its link, the share of each kind overlap hid in that layout (instead of
+the rules above), and data and other at their measured seconds per step; a rate the calibration
+lacks stays the site's, and ``how`` says which were calibrated.
+
 What this cannot know: kernel efficiency away from the stated MFU (small models and small batches
 reach less), host overheads, a congested network, and stragglers; ``hpml report`` sets each
 predicted part beside what the profiled steps measured.
@@ -52,8 +60,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hpml_core.contract import collectives, metrics
-from hpml_core.contract.calibration import COMPUTE_FITTED, Calibration, rate_key
 from hpml_core.contract.buckets import DDP_BUCKET_BYTES, ZERO12_BUCKET  # the last bucket waits for the backward's end
+from hpml_core.contract.calibration import COMPUTE_FITTED, Calibration, rate_key
 from hpml_core.contract.config import ZERO_STAGES, TrainConfig
 from hpml_core.contract.gpus import Gpu
 from hpml_core.contract.layout import Layout
