@@ -64,7 +64,7 @@ def test_the_tuned_tiny_study_runs_here(here, token_data, capsys):
     profile = here / "site.yaml"
     profile.write_text(f"name: here\nscheduler: local\nproject_dir: .\nresults_root: {here / 'results'}\n"
                        f"data_root: {token_data.parent}\ndevice_tflops: 0.03\ndevice_memory_gb_per_s: 3.0\n")
-    assert main(["tune", "--model", "tiny", "--gpus", "4", "--site", str(profile), "--top", "3", "--repeats", "1",
+    assert main(["tune", "--model", "tiny", "--gpus", "4", "--site", str(profile), "--top", "4", "--repeats", "1",
                  "--seq-len", "64", "--batch-size", "4", "--steps", "4", "--warmup-steps", "2",
                  "--dataset", token_data.name, "--name", "tuned"]) == 0
     assert "fit: not judged" in capsys.readouterr().out
@@ -73,9 +73,9 @@ def test_the_tuned_tiny_study_runs_here(here, token_data, capsys):
     summary = pd.read_csv(here / "results" / "tuned" / "report" / "summary.csv")
     assert set(summary["status"]) == {"COMPLETED"}
     assert summary["predicted_tokens_per_s_median"].notna().all()
-    # the report checks the ranking: the three tuned layouts, by hand from summary.csv's figures
+    # the report checks the ranking: the four tuned layouts, by hand from summary.csv's figures
     tuned = summary[summary["world_size"] > 1].set_index("label")
-    assert len(tuned) == 3
+    assert len(tuned) == 4
     predicted, measured = tuned["predicted_tokens_per_s_median"], tuned["tokens_per_s_median"]
     rho = predicted.rank().corr(measured.rank())
     best, chosen = measured.idxmax(), predicted.idxmax()
@@ -83,5 +83,5 @@ def test_the_tuned_tiny_study_runs_here(here, token_data, capsys):
                f"the predicted best, {chosen}, measured {100 * (1 - measured[chosen] / measured[best]):.1f}% fewer "
                f"tokens/s than the measured best, {best}")
     page = (here / "results" / "tuned" / "report" / "summary.md").read_text()
-    assert (f"The planner's ranking of the 3 multi-process configurations by tokens/s: {verdict}; Spearman's rank "
+    assert (f"The planner's ranking of the 4 multi-process configurations by tokens/s: {verdict}; Spearman's rank "
             f"correlation of predicted and measured {rho:+.2f}.") in " ".join(page.split())
