@@ -178,6 +178,9 @@ def build_rank_file(plan: Plan, measured: Measured, run_id: str, attempt: int, s
                            params_matmul=plan.dims.params_matmul),
         batch_size=config.batch_size, global_batch=plan.batches.global_batch, total_steps=plan.total_steps,
         steps_completed=start_step + len(losses), resumed_from_step=start_step if plan.resume_state else None,
+        checkpoints_skipped=[rf.SkippedCheckpoint(tag=s.tag, step=s.step, reason=s.reason)
+                             for s in (plan.resume_state.skipped if plan.resume_state else ())],
+        steps_retrained=plan.resume_state.steps_retrained if plan.resume_state else 0,
         started_at=started_at.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
         wall_time_s=wall_time_s,
         throughput=run_throughput,

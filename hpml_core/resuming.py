@@ -24,6 +24,7 @@ from hpml_core import checkpoint
 from hpml_core.mesh import Position
 from hpml_core.stepper import state_reader
 from hpml_core.contract import attempts
+from hpml_core.contract.atomic import refusal
 from hpml_core.contract import rank_file as rf
 from hpml_core.contract.config import TrainConfig
 from hpml_core.contract.data_meta import DataMeta
@@ -90,8 +91,11 @@ def open_attempt(run_dir: Path, rank: int) -> int:
 def _create_next_attempt(run_dir: Path) -> int:
     number = attempts.next_attempt(run_dir)
     while True:
+        folder = attempts.attempt_folder(run_dir, number)
         try:
-            attempts.attempt_folder(run_dir, number).mkdir(parents=True, exist_ok=False)
+            folder.mkdir(parents=True, exist_ok=False)
             return number
         except FileExistsError:
             number += 1
+        except OSError as exc:  # a full disk or a folder not ours, in words
+            raise refusal(exc, folder) or exc from None

@@ -215,8 +215,13 @@ class DeepSpeedStepper:
         return torch.stack(losses).mean()
 
     def save_state(self, folder: Path, tag: str) -> None:
-        """Collective: every rank writes its own partition, in DeepSpeed's format."""
-        self.engine.save_checkpoint(str(folder), tag=tag)
+        """Collective: every rank writes its own partition, in DeepSpeed's format, each file
+        atomically (``hpml_core.zero``); a write that failed is raised once DeepSpeed's save returned."""
+        writer = self.engine.checkpoint_engine
+        writer.failure = None
+        self.engine.save_checkpoint(str(folder), tag=tag, save_latest=False)
+        if writer.failure is not None:
+            raise writer.failure
 
     def load_state(self, resume: Resume) -> None:
         path, _ = self.engine.load_checkpoint(str(resume.folder), tag=resume.tag)

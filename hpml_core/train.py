@@ -12,8 +12,10 @@ for the training, from the first timed step (``hpml_core.memory``).
 Each launch that trains is one attempt of the run (``hpml_core.resuming``): every rank writes
 ``<run>/attempts/<n>/rank-<k>.json`` at the end, also when training failed (status FAILED,
 exit 1), ran out of memory (OUT_OF_MEMORY, exit 3) or was stopped by a signal after a checkpoint
-(STOPPED, exit 4). A ``--resume`` of a run whose latest attempt completed does nothing and
-exits 0.
+(STOPPED, exit 4). A write the file system refuses (a full disk, a quota, a permission: a
+checkpoint, the rank file, the status file) ends the attempt FAILED with one line naming the path,
+the bytes it needed and the bytes free, and exit 5, so that a full disk is not mistaken for a
+training failure. A ``--resume`` of a run whose latest attempt completed does nothing and exits 0.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ from hpml_core.rank_result import Measured, build_rank_file, cpu_name, throughpu
 from hpml_core.contract import rank_file as rf
 from hpml_core.contract.attempts import attempt_folder
 from hpml_core.contract.config import TrainConfig
-from hpml_core.contract.errors import EXIT_FAILED, EXIT_OOM, EXIT_STOPPED, EXIT_USAGE, UsageError
+from hpml_core.contract.errors import (EXIT_FAILED, EXIT_OOM, EXIT_STOPPED, EXIT_USAGE, EXIT_WRITE_REFUSED, UsageError,
+                                      WriteRefused)
 from hpml_core.contract.run_states import COMPLETED, FAILED, OUT_OF_MEMORY, RUNNING, STARTING, STOPPED
 from hpml_core.contract.status_file import Progress
 from hpml_core.stepper import Stepper
@@ -93,7 +96,8 @@ def build(plan: Plan, device: torch.device, mesh: Mesh, attempt_dir: Path) -> St
 
 def save_checkpoint(plan: Plan, stepper: Stepper, out: Path, step: int) -> None:
     checkpoint.save(resuming.checkpoint_dir(plan.config, out), step, stepper, plan.env.rank,
-                    checkpoint.fingerprint(plan.config, plan.layout.dp_size, plan.batches.data.meta))
+                    checkpoint.fingerprint(plan.config, plan.layout.dp_size, plan.batches.data.meta),
+                    plan.config.keep_checkpoints)
 
 
 def train_steps(plan: Plan, stepper: Stepper, measured: Measured, device: torch.device, out: Path,
@@ -145,14 +149,17 @@ def train(plan: Plan, stop: StopRequest) -> int:
     attempt = resuming.open_attempt(out, plan.env.rank)
     config = plan.config.model_copy(update={"run_id": run_id, "out": out, "steps": plan.total_steps})
     plan = replace(plan, config=config)
-    progress = Progress(out, plan.total_steps, attempt, enabled=plan.env.rank == 0)
+    fallback = plan.resume_state.note() if plan.resume_state else None
+    progress = Progress(out, plan.total_steps, attempt, enabled=plan.env.rank == 0, note=fallback)
     progress.update(STARTING, plan.resume_state.step if plan.resume_state else 0)
+    if fallback:
+        _log(plan, fallback)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     _log(plan, f"run {run_id}, attempt {attempt}: {config.mode}, {config.model}, world {plan.env.world_size} "
                f"(dp {plan.layout.dp_size} x tp {plan.layout.tp_size}), batch {config.batch_size}/rank, "
                f"{plan.total_steps} steps, {config.precision}, on {device_name}")
 
-    status, error, run_throughput = COMPLETED, None, None
+    status, error, run_throughput, refused = COMPLETED, None, None, False
     measured = Measured(StepTimer(device), PhasePeaks(device))
     try:
         stepper = build(plan, device, mesh, attempt_folder(out, attempt))
@@ -173,8 +180,8 @@ def train(plan: Plan, stop: StopRequest) -> int:
                 plan, stepper, device, attempt_folder(out, attempt), out, timed_median)
             _log(plan, window_line(measured.profile, measured.profile_missing_reason))
     except Exception as exc:  # recorded in the rank file; the exit status says it failed
-        status = OUT_OF_MEMORY if is_out_of_memory(exc) else FAILED
-        error = f"{type(exc).__name__}: {exc}".strip()
+        status, refused = OUT_OF_MEMORY if is_out_of_memory(exc) else FAILED, isinstance(exc, WriteRefused)
+        error = str(exc) if refused else f"{type(exc).__name__}: {exc}".strip()
         if status == OUT_OF_MEMORY:
             error = f"out of memory at batch size {config.batch_size} per rank: {error}"
         print(f"[hpml] rank {plan.env.rank}: {status}: {error}", file=sys.stderr, flush=True)
@@ -190,7 +197,7 @@ def train(plan: Plan, stop: StopRequest) -> int:
         dist.barrier()
         dist.destroy_process_group()
     if status != COMPLETED:
-        return {OUT_OF_MEMORY: EXIT_OOM, STOPPED: EXIT_STOPPED}.get(status, EXIT_FAILED)
+        return EXIT_WRITE_REFUSED if refused else {OUT_OF_MEMORY: EXIT_OOM, STOPPED: EXIT_STOPPED}.get(status, EXIT_FAILED)
     _log(plan, summary(record))
     _log(plan, f"results: {path.parent}")
     if dist.is_initialized():
@@ -236,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         if env.rank == 0:
             print(f"[hpml] {done}", flush=True)
         return 0
-    return train(plan, stop)
+    try:
+        return train(plan, stop)
+    except WriteRefused as exc:  # the attempt's folder, its rank file or its status file: said in one line
+        print(f"[hpml] rank {env.rank}: {exc}", file=sys.stderr, flush=True)
+        return EXIT_WRITE_REFUSED
 
 
 if __name__ == "__main__":

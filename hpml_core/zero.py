@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from hpml_core.contract import buckets
-from hpml_core.contract.atomic import atomic_write_json
+from hpml_core.contract.atomic import atomic_write, atomic_write_json
 from hpml_core.contract.config import ZERO_STAGES, TrainConfig
 from hpml_core.mesh import DeepSpeedMPU, Mesh
 
@@ -117,6 +117,44 @@ def initialize(model: nn.Module, optimizer: torch.optim.Optimizer, config: Train
     if mesh.rank == 0:
         atomic_write_json(record_dir / CONFIG_FILE, settings)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=settings, mpu=_mpu(mesh))
+    engine.checkpoint_engine = _atomic_checkpoint_engine()
+    # DeepSpeed copies its zero_to_fp32 scripts into the checkpoint folder at every save, from rank 0
+    # alone and without the engine above: hpml's export gathers the model itself, and a copy that
+    # failed on a full disk would keep rank 0 from DeepSpeed's next barrier while the others wait.
+    engine._copy_recovery_script = lambda save_path: None
     if config.compile:
         engine.compile()
     return engine
+
+
+def _atomic_checkpoint_engine():
+    """DeepSpeed's checkpoint engine as its torch.save one, but writing each file atomically
+    (``atomic_write``: a file is whole or absent, and a full disk says so in words) and keeping its
+    first failure instead of raising it in the middle of DeepSpeed's collective save, where the
+    other ranks would wait at its barriers: ``DeepSpeedStepper.save_state`` raises it once
+    DeepSpeed's save has returned."""
+    from deepspeed.runtime.checkpoint_engine.checkpoint_engine import CheckpointEngine
+
+    class AtomicCheckpointEngine(CheckpointEngine):
+        def __init__(self):
+            super().__init__()
+            self.name, self.failure = "hpml-atomic", None
+
+        def create(self, info) -> None:
+            pass
+
+        def save(self, state_dict, path: str) -> None:
+            if self.failure is not None:
+                return
+            try:
+                atomic_write(Path(path), lambda f: torch.save(state_dict, f))
+            except Exception as exc:  # noqa: BLE001 - raised after DeepSpeed's save, on this rank
+                self.failure = exc
+
+        def load(self, path: str, map_location=None):
+            return torch.load(path, map_location=map_location, weights_only=False)  # DeepSpeed's own objects
+
+        def commit(self, info) -> bool:
+            return True
+
+    return AtomicCheckpointEngine()

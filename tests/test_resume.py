@@ -17,7 +17,7 @@ def test_resumed_run_continues_with_the_same_losses(tmp_path, token_data):
     engine([*args, "--steps", "6", "--out", str(whole)], nproc=2)
     engine([*args, "--steps", "3", "--checkpoint-every", "3", "--out", str(split)], nproc=2)
     first_half = losses(split)
-    assert json.loads((split / "checkpoints" / "latest.json").read_text())["step"] == 3
+    assert json.loads((split / "checkpoints" / "step-00000003" / "manifest.json").read_text())["step"] == 3
     engine([*args, "--steps", "6", "--resume", "--out", str(split)], nproc=2)
     record = rank_files(split)[0]
     assert record["resumed_from_step"] == 3 and record["loss"]["start_step"] == 3

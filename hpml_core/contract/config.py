@@ -84,6 +84,8 @@ class TrainConfig(BaseModel):
     profile_steps: int = Field(2, ge=0, description="optimizer steps profiled after the last timed one (where the "
                                                     "step's time goes, and a trace); 0 turns the window off")
     checkpoint_every: int = Field(0, ge=0)
+    keep_checkpoints: int = Field(2, ge=1, description="the newest checkpoints kept: a resume whose newest is "
+                                                       "damaged falls back to the one before")
     checkpoint_dir: Path | None = None
     resume: bool = False
     save_model: bool = False
@@ -175,8 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-steps", type=int,
                    help="steps profiled after the timed ones, outside them: parts of the step and a trace (2; 0: off)")
     p.add_argument("--checkpoint-every", type=int, help="save a checkpoint every N steps (0: never)")
+    p.add_argument("--keep-checkpoints", type=int,
+                   help="checkpoints kept, newest first (2): a damaged newest one falls back to the one before")
     p.add_argument("--checkpoint-dir", type=Path, help="default <out>/checkpoints")
-    p.add_argument("--resume", action="store_true", default=None, help="continue from the latest checkpoint if there is one")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from the newest usable checkpoint if there is one")
     p.add_argument("--save-model", action="store_true", default=None,
                    help="write the trained weights, gathered whole, to <out>/model.pt")
     p.add_argument("--zero-stage", type=int, help="the ZeRO stage, which --mode already names (zero1: 1, zero2: 2, "

@@ -1,5 +1,6 @@
-"""The one error type for bad input: it names what was wrong, and the entry points turn it
-into a single line on stderr and exit status 2, before anything is written."""
+"""The error types every entry point turns into one line on stderr and an exit status of its own:
+``UsageError`` for bad input (status 2, before anything is written), ``WriteRefused`` for a file
+the file system would not take (status 5: out of space or quota, or not allowed)."""
 
 
 class UsageError(Exception):
@@ -8,7 +9,34 @@ class UsageError(Exception):
         self.field = field
 
 
+class WriteRefused(Exception):
+    """A write that failed for space or permission, in words a user can act on: the path, why,
+    the bytes it needed and what was free there (``hpml_core.contract.atomic`` measures both).
+    A distinct exit status, so that a job script, ``hpml status`` and a user tell a full disk from
+    a training failure."""
+
+    def __init__(self, path, reason: str, needed: int | None, free: int | None):
+        self.path, self.reason, self.needed, self.free = path, reason, needed, free
+        need = f"it needs {size_words(needed)}" if needed is not None else "its size unknown"
+        have = f"{size_words(free)} free there" if free is not None else "free space unknown"
+        super().__init__(f"cannot write {path}: {reason} ({need}, {have})")
+
+    def __reduce__(self):  # sent whole to the other ranks (``hpml_core.checkpoint``)
+        return WriteRefused, (self.path, self.reason, self.needed, self.free)
+
+
+def size_words(n: int) -> str:
+    """A byte count a reader takes in at a glance, and exactly: "10,646 bytes", "1.2 GB (1,234,567,890 bytes)"."""
+    if n < 1_000_000:
+        return f"{n:,} bytes"
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit} ({n:,} bytes)"
+    raise AssertionError("unreachable")
+
+
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_OOM = 3
 EXIT_STOPPED = 4  # stopped on a signal after saving a checkpoint: requeue and --resume
+EXIT_WRITE_REFUSED = 5  # a file could not be written: disk (or quota) full, or no permission

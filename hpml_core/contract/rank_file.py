@@ -184,6 +184,12 @@ class Loss(_Strict):
     averaged_over_dp: bool = Field(description="true: the mean over data-parallel ranks; false (a failed run): this rank's own")
 
 
+class SkippedCheckpoint(_Strict):
+    tag: str = Field(description="its step folder under the checkpoint folder")
+    step: int
+    reason: str = Field(description="why it could not be used: a file missing, cut short, not matching its checksum")
+
+
 class RankFile(_Strict):
     schema_version: Literal[1, 2] = SCHEMA_VERSION
     run_id: str
@@ -215,6 +221,11 @@ class RankFile(_Strict):
     total_steps: int
     steps_completed: int
     resumed_from_step: int | None
+    checkpoints_skipped: list[SkippedCheckpoint] = Field(
+        default_factory=list, description="newer checkpoints this attempt's --resume found damaged and passed by, "
+                                          "newest first (hpml_core.checkpoint)")
+    steps_retrained: int = Field(0, ge=0, description="steps those damaged checkpoints held that this attempt "
+                                                      "trained again")
     started_at: str
     finished_at: str
     wall_time_s: float

@@ -62,14 +62,15 @@ def read_status(run_dir: Path) -> dict | None:
 
 
 class Progress:
-    def __init__(self, out: Path, total_steps: int, attempt: int, enabled: bool):
+    def __init__(self, out: Path, total_steps: int, attempt: int, enabled: bool, note: str | None = None):
         self.out, self.total_steps, self.attempt, self.enabled = out, total_steps, attempt, enabled
+        self.note = note  # what the attempt's start said that a user should know (a checkpoint passed by)
         self.started = time.time()
 
     def update(self, state: str, step: int, error: str | None = None) -> None:
         if self.enabled:
             atomic_write_json(self.out / STATUS_FILE, {
                 "state": state, "attempt": self.attempt, "step": step, "total_steps": self.total_steps,
-                "error": error,
+                "error": error, "note": self.note,
                 "started_at": self.started, "updated_at": time.time(),
             })
