@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from analysis.baselines import WITHIN, SummaryRow  # noqa: E402
 from analysis.collect import RunResult  # noqa: E402
 from analysis.columns import Comparison, Spread  # noqa: E402
+from hpml_core.contract.atomic import atomic_write  # noqa: E402
 from analysis.time_parts import PART_COLORS, parts_present  # noqa: E402
 
 Figure = Callable[[SummaryRow], Spread | Comparison]
@@ -85,7 +86,7 @@ def _save(fig, folder: Path, name: str) -> list[Path]:
     fig.tight_layout()
     paths = [folder / f"{name}.png", folder / f"{name}.svg"]
     for path in paths:
-        fig.savefig(path, dpi=120)
+        atomic_write(path, lambda f, kind=path.suffix[1:]: fig.savefig(f, dpi=120, format=kind))
     plt.close(fig)
     return paths
 

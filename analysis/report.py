@@ -12,8 +12,9 @@ be written. A job killed hard shows as what it is, not as running; when Slurm do
 are as last recorded. It can run while jobs still run (their rows say "RUNNING; running, step
 k/n"). The new report is written beside the old one, inside ``report/``, and each file replaces
 its old one (atomically) only once all are written. Exit status: 0; 2 for bad input (an
-unknown experiment, an unreadable ledger); 1, with one line naming the path, when a file cannot
-be read or written (``report/`` not writable).
+unknown experiment, an unreadable ledger); 5, with one line naming the path, the bytes needed and
+the bytes free, when the disk or the permissions refuse a write (``report/`` not writable, a full
+disk); 1 when a file cannot be read.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from analysis.columns import frame
 from analysis.configurations import configuration_rows
 from analysis.notes import notes as notes_of
 from analysis.runs import run_rows
-from hpml_core.contract.errors import EXIT_FAILED, EXIT_USAGE, UsageError
+from hpml_core.contract.atomic import as_refusal, atomic_write
+from hpml_core.contract.errors import EXIT_FAILED, EXIT_USAGE, EXIT_WRITE_REFUSED, UsageError, WriteRefused
 from hpml_core.contract.step_time import Performance
 from jobs import experiment, site
 
@@ -55,6 +57,11 @@ def _replace_contents(target: Path, staging: Path, names: list[str]) -> None:
     staging.rmdir()
 
 
+def _write_text(path: Path, text: str) -> None:
+    """Through the atomic write, for its words when the disk is full (the bytes needed and free)."""
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def write_report(exp: experiment.Experiment, folder: Path,
                  performance: Performance | None = None) -> tuple[list[Path], Table]:
     """Write ``folder/report/`` for the experiment whose results are in ``folder``, and nothing
@@ -69,19 +76,18 @@ def write_report(exp: experiment.Experiment, folder: Path,
     target.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target))
     try:
-        frame(rows).to_csv(staging / "summary.csv", index=False)
-        frame(runs).to_csv(staging / "runs.csv", index=False)
-        curves.loss_table(results).to_csv(staging / "loss.csv", index=False)
-        curves.step_times_table(results).to_csv(staging / "step_times.csv", index=False)
         labels, parts = [row.label for row in rows], [row.figures.parts for row in rows]
-        time_parts.parts_frame(labels, parts).to_csv(staging / "time_parts.csv", index=False)
-        time_parts.collectives_frame(labels, parts).to_csv(staging / "collectives.csv", index=False)
-        (staging / "summary.md").write_text(tables.markdown(rows, notes, title))
-        (staging / "summary.tex").write_text(tables.latex(rows, title))
+        for name, table in (("summary.csv", frame(rows)), ("runs.csv", frame(runs)),
+                            ("loss.csv", curves.loss_table(results)), ("step_times.csv", curves.step_times_table(results)),
+                            ("time_parts.csv", time_parts.parts_frame(labels, parts)),
+                            ("collectives.csv", time_parts.collectives_frame(labels, parts))):
+            _write_text(staging / name, table.to_csv(index=False))
+        _write_text(staging / "summary.md", tables.markdown(rows, notes, title))
+        _write_text(staging / "summary.tex", tables.latex(rows, title))
         drawn = figures.draw_all(rows, results, staging)
         run_cells = [[r.name, r.configuration, r.status, r.reason or ""] for r in results]
         written = [*OUTPUTS, *(path.name for path in drawn)]
-        (staging / "report.html").write_text(html.page(title, rows, run_cells, notes, drawn, written))
+        _write_text(staging / "report.html", html.page(title, rows, run_cells, notes, drawn, written))
         _replace_contents(target, staging, written)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -126,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         except UsageError as exc:  # an unreadable ledger
             print(f"hpml report: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        except OSError as exc:  # report/ not writable, a folder not readable
+        except (WriteRefused, OSError) as exc:  # a full disk, report/ not writable, a folder not readable
+            refused = as_refusal(exc)
+            if refused is not None:
+                print(f"hpml report: error: {refused}", file=sys.stderr)
+                return EXIT_WRITE_REFUSED
             print(f"hpml report: error: {exc.filename or profile.experiment_folder(exp.name)}: "
                   f"{exc.strerror or exc}", file=sys.stderr)
             return EXIT_FAILED

@@ -1,7 +1,8 @@
 """The command line the jobs layer's commands share: the experiment argument, ``--site`` and
 ``--set``, reading them into a validated site and experiment, and the one way every command
-reports a bad input (one line, exit status 2) or a Slurm that refused or did not answer (one
-line, exit status 1). Each command's own parser and ``main`` live in the module that does its
+reports a bad input (one line, exit status 2), a Slurm that refused or did not answer (one
+line, exit status 1) or a write the disk refused (one line with the path, the bytes needed and
+free, exit status 5). Each command's own parser and ``main`` live in the module that does its
 work (``jobs.plan``, ``jobs.render``, ``jobs.submit``, ...); ``hpml_core.cli`` lists them.
 
 Nothing here imports torch: these run on a login node, and take the contract
@@ -13,7 +14,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from hpml_core.contract.errors import EXIT_USAGE, UsageError
+from hpml_core.contract.atomic import as_refusal
+from hpml_core.contract.errors import EXIT_USAGE, EXIT_WRITE_REFUSED, UsageError, WriteRefused
 from jobs import experiment, site
 from jobs.slurm_query import SlurmError
 
@@ -63,7 +65,7 @@ def load_study(args: argparse.Namespace, checked: bool) -> tuple[site.Site, expe
 
 
 def run(command: str, body: Callable[[], int]) -> int:
-    """``body``'s exit status; a bad input or a Slurm error as one line on stderr."""
+    """``body``'s exit status; a bad input, a Slurm error or a write the disk refused as one line on stderr."""
     try:
         return body()
     except UsageError as exc:
@@ -72,3 +74,9 @@ def run(command: str, body: Callable[[], int]) -> int:
     except SlurmError as exc:
         print(f"hpml {command}: Slurm: {exc}", file=sys.stderr)
         return EXIT_SLURM
+    except (WriteRefused, OSError) as exc:  # a full disk or a folder not ours: the path and the bytes
+        refused = as_refusal(exc)
+        if refused is None:
+            raise
+        print(f"hpml {command}: error: {refused}", file=sys.stderr)
+        return EXIT_WRITE_REFUSED

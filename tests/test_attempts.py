@@ -142,7 +142,7 @@ def test_a_stop_signal_during_start_up_stops_the_run_cleanly(tmp_path, token_dat
     assert proc.returncode == 4, output
     record = rank_files(out, attempt=1)[0]
     assert (record["status"], record["steps_completed"]) == ("STOPPED", 1) and "SIGTERM" in record["error"]
-    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 1
+    assert json.loads((out / "checkpoints" / "step-00000001" / "manifest.json").read_text())["step"] == 1
 
     engine([*args, "--resume"])
     record = rank_files(out, attempt=2)[0]

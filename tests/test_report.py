@@ -18,6 +18,7 @@ import pytest
 
 from analysis.report import main
 from analysis.sample_rank_files import A100, A100_BF16_PEAK, FLOPS_PER_TOKEN, H100, model_state_bytes, write_run
+from hpml_core.contract.errors import EXIT_WRITE_REFUSED
 from hpml_core.contract.metrics import training_flops_per_token
 from hpml_core.contract.model_state import param_numels
 from hpml_core.contract.models import model_dims
@@ -802,11 +803,11 @@ def test_a_report_writes_nothing_outside_its_folder(read_only_copy, slurm_says, 
 
 
 @pytest.mark.parametrize("report_folder", ["read-only", "missing"])
-def test_a_report_folder_that_cannot_be_written_is_one_line_and_exit_1(read_only_copy, slurm_says, tmp_path,
+def test_a_report_folder_that_cannot_be_written_is_one_line_and_exit_5(read_only_copy, slurm_says, tmp_path,
                                                                        report_folder):
-    """report/ there but read-only, or missing in a folder that may only be read: exit status 1
-    (the command failed; 2 is kept for bad input), one line on stderr naming the path, no
-    traceback, and nothing written."""
+    """report/ there but read-only, or missing in a folder that may only be read: exit status 5
+    (a write refused; 2 is kept for bad input, 1 for a failure), one line on stderr naming the
+    path and the free space, no traceback, and nothing written."""
     from tests.conftest import snapshot
 
     folder = read_only_copy / "results" / "study"
@@ -819,10 +820,10 @@ def test_a_report_folder_that_cannot_be_written_is_one_line_and_exit_1(read_only
     code = _unprivileged([str(read_only_copy / "study.yaml"), "--site", str(read_only_copy / "site.yaml")],
                          tmp_path / "stderr")
     stderr = (tmp_path / "stderr").read_text()
-    assert code == 1, stderr
+    assert code == EXIT_WRITE_REFUSED, stderr
     assert stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
-    assert stderr.startswith("hpml report: error: ") and str(folder / "report") in stderr
-    assert "Permission denied" in stderr
+    assert stderr.startswith("hpml report: error: cannot write ") and str(folder / "report") in stderr
+    assert "permission denied" in stderr and "free there" in stderr
     assert snapshot(read_only_copy) == before
 
 

@@ -4,6 +4,7 @@ files and shown alike by the ledger, `hpml status` and `hpml report`."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,13 +67,13 @@ def test_submit_runs_what_has_not_completed_and_only_that(study, capsys):
     # corrupt, and job commands --resume): FAILED, in the words of its exit, and --only-failed
     # runs it, alone, once the cause is gone, into its next attempt folder.
     (folder / "single" / "attempts" / "1" / "rank-0.json").unlink()
-    (folder / "single" / "checkpoints").mkdir()
-    (folder / "single" / "checkpoints" / "latest.json").write_text("{not json")
+    (folder / "single" / "checkpoints" / "step-00000001").mkdir(parents=True)
+    (folder / "single" / "checkpoints" / "step-00000001" / "manifest.json").write_text("{not json")
     assert main(["submit", str(exp), "--site", str(site)]) == 1
     entry = ledger(folder)["single"]
     assert (entry["state"], entry["why"], entry["exit_code"]) == ("FAILED", "exit status 2", 2)
     capsys.readouterr()
-    (folder / "single" / "checkpoints" / "latest.json").unlink()
+    shutil.rmtree(folder / "single" / "checkpoints")
     assert main(["submit", str(exp), "--site", str(site), "--only-failed"]) == 0
     assert "1 to run, 1 skipped" in capsys.readouterr().out
     runs = ledger(folder)
@@ -174,7 +175,7 @@ def test_force_starts_from_step_0_and_keeps_the_old_run_aside(tmp_path, token_da
     run = folder / "ddp-2"
     assert main(["submit", str(exp), "--site", str(site)]) == 0
     first = rank_files(run)
-    assert (run / "checkpoints" / "latest.json").is_file()
+    assert (run / "checkpoints" / "step-00000004" / "manifest.json").is_file()
     assert main(["submit", str(exp), "--site", str(site), "--report"]) == 0  # completed: nothing to do...
     assert "0 to run, 1 skipped" in capsys.readouterr().out
     assert "| ddp-2 |" in (folder / "report" / "summary.md").read_text()  # ...but the report, as asked
@@ -334,5 +335,5 @@ def test_ctrl_c_stops_a_local_run_at_a_checkpoint_and_starts_no_other(tmp_path, 
     assert (entry["state"], entry["why"]) == ("STOPPED", "rank 0: stopped by SIGTERM; checkpoint saved")
     files = rank_files(folder / "ddp-2")
     assert {f["status"] for f in files.values()} == {"STOPPED"} and sorted(files) == [0, 1]
-    assert (folder / "ddp-2" / "checkpoints" / "latest.json").is_file()
+    assert list((folder / "ddp-2" / "checkpoints").glob("step-*/manifest.json"))
     assert "later" not in ledger(folder)

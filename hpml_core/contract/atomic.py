@@ -46,9 +46,9 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
+        refused = refusal(exc, path, write)  # free space measured as the write met it, its part still there
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        refused = refusal(exc, path, write)
         if refused is not None:
             raise refused from exc
         raise
@@ -75,6 +75,16 @@ def refusal(exc: BaseException, path: Path, write: Callable[[IO[bytes]], None] |
     if code is None:
         return None
     return WriteRefused(path, os.strerror(code).lower(), needed, free)
+
+
+def as_refusal(exc: BaseException) -> WriteRefused | None:
+    """What a command met while writing (a ``WriteRefused``, or an ``OSError`` from creating a file
+    or folder itself) as a ``WriteRefused`` when space or permission refused it; None otherwise."""
+    if isinstance(exc, WriteRefused):
+        return exc
+    if isinstance(exc, OSError) and exc.filename and exc.errno in REFUSALS:
+        return refusal(exc, Path(exc.filename))
+    return None
 
 
 def _refusing_errno(exc: BaseException) -> int | None:
