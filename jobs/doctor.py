@@ -6,7 +6,8 @@ The checks, in order: Slurm answers (``sbatch``, ``squeue``, ``sacct``, each und
 the profile's account and partition exist (``sacctmgr``, ``sinfo``); the container runtime,
 image and overlay exist; the job environment's Python (inside the container, from
 ``project_dir``) imports torch (a CUDA build where the site has GPUs), deepspeed and hpml; a
-dataset is prepared under ``data_root``; ``results_root`` is writable. ``--smoke`` then submits
+dataset is prepared under ``data_root``; ``results_root`` is writable; with ``--experiment``, the
+study's kept checkpoints fit its free space (``jobs.disk_need``: warn when not). ``--smoke`` then submits
 one tiny 1-GPU run through the real job template (``hpml submit`` of a one-run experiment in
 ``results_root/hpml-doctor-<time>``) and waits for its rank file; it is skipped while another
 check fails, since it would fail for the same reason.
@@ -30,6 +31,7 @@ import yaml
 from hpml_core.contract.data_meta import DataMeta
 from hpml_core.contract.run_states import COMPLETED
 from jobs import cli, experiment, observe, render, slurm_query
+from jobs.disk_need import disk_need
 from jobs.site import Site, expand_path
 
 PYTHON_TIMEOUT_S = 180  # a container's first start can be slow
@@ -174,12 +176,21 @@ def smoke(site: Site, dataset: str) -> Check:
     return Check("smoke", "ok", f"a tiny run completed through the job template: {folder}/smoke")
 
 
-def doctor(site: Site, run_smoke: bool, dataset: str | None) -> int:
+def disk_check(site: Site, exp: experiment.Experiment) -> Check:
+    """Whether the study's kept checkpoints fit the results folder's free space (``jobs.disk_need``)."""
+    need = disk_need(site=site, exp=exp)
+    detail = f"{exp.name}: " + need.line().removeprefix("disk: ")
+    return Check("disk", "warn" if need.fits is False or need.free is None else "ok", detail)
+
+
+def doctor(site: Site, run_smoke: bool, dataset: str | None, study: experiment.Experiment | None = None) -> int:
     box = container_check(site)
     python = python_check(site) if box.status != "FAIL" else Check("python", "skip", "the container check failed")
     checks = [*slurm_checks(site), box, python]
     data, usable = data_check(site, dataset)
     checks += [data, results_check(site)]
+    if study is not None:
+        checks.append(disk_check(site, study))
     for check in checks:
         print(check.line(), flush=True)
     failed = any(check.status == "FAIL" for check in checks)
@@ -196,9 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_site(parser)
     parser.add_argument("--smoke", action="store_true", help="submit one tiny 1-GPU run and wait for its rank file")
     parser.add_argument("--dataset", help="the prepared dataset to check (and train the smoke run on)")
+    parser.add_argument("--experiment", help="a study to check the results disk for: whether its kept checkpoints "
+                                             "fit the free space (an experiment file or name)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return cli.run("doctor", lambda: doctor(cli.load_site(args), args.smoke, args.dataset))
+
+    def body() -> int:
+        profile = cli.load_site(args)
+        study = (experiment.load(experiment.experiment_path(args.experiment), profile.data_folder(), profile.gpu_memory())
+                 if args.experiment else None)
+        return doctor(profile, args.smoke, args.dataset, study)
+
+    return cli.run("doctor", body)

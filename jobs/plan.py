@@ -3,7 +3,8 @@ and show its runs: their predicted memory per GPU against the site's GPU, and th
 step time, tokens/s and GPU-hours at the site's stated speed.
 
 Nothing is written and nothing is submitted: a study is planned on a laptop or a login node
-before a single job waits in a queue. ``--explain`` shows each prediction line by line, with its
+before a single job waits in a queue. The line before the last says whether its checkpoints fit the free
+space of the results folder (``jobs.disk_need``). ``--explain`` shows each prediction line by line, with its
 formula; on a Slurm site, the last lines say how ``hpml submit`` would send the study."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hpml_core.contract.models import GPT2_VOCAB
 from hpml_core.contract.step_time import Performance, StepPrediction, predict_step
 from hpml_core.contract.units import GIB
 from jobs import cli, experiment, render, site
+from jobs.disk_need import disk_need
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,7 @@ def plan(exp: experiment.Experiment, profile: site.Site, explain: bool) -> int:
     print(study_hours_line(exp, speeds, profile.performance(), unit))
     if profile.scheduler == "slurm":
         print(arrays_line(exp, profile))
+    print(disk_need(exp, profile).line())
     print(data_line(exp))
     return 0
 

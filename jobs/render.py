@@ -95,9 +95,11 @@ def group_by_shape(runs: list[Run]) -> list[list[Run]]:
 
 
 def run_config(experiment: Experiment, run: Run, site: Site) -> TrainConfig:
-    """The run's spec: the experiment's training fields, the site's data, the run folder as
-    the job sees it, and ``resume`` so that a resubmitted or requeued job continues."""
-    return TrainConfig(**run.train, data=Path(f"{expand_path(site.data_root)}/{experiment.dataset}"),
+    """The run's spec: the experiment's training fields, the site's data (and its number of
+    checkpoints kept, where the experiment gives none), the run folder as the job sees it, and
+    ``resume`` so that a resubmitted or requeued job continues."""
+    return TrainConfig(**{"keep_checkpoints": site.keep_checkpoints, **run.train},
+                       data=Path(f"{expand_path(site.data_root)}/{experiment.dataset}"),
                        out=Path(job_run_dir(experiment, run, site)), resume=True)
 
 

@@ -25,7 +25,8 @@ A site may add ``#SBATCH`` options hpml does not set itself (``sbatch_extra``: a
 reservation), each a plain ``--name`` or ``--name=value``; say that its runs may take whole nodes
 (``exclusive``: every script then asks for ``--exclusive``, for timings no other job shares);
 and cap how many tasks of each job array run at once (``max_concurrent``: ``hpml submit`` sends
-the runs of one resource shape as one array, ``jobs.render``).
+the runs of one resource shape as one array, ``jobs.render``). ``keep_checkpoints`` (2) is how many
+checkpoints each run keeps where its experiment does not say: on a small scratch quota, 1.
 
 A site also states how fast its hardware runs, for the plan's predicted step time
 (``hpml_core.contract.step_time``): ``compute_efficiency`` (the MFU assumed: 0.40 by default,
@@ -128,6 +129,9 @@ class Site(_Strict):
     # At most this many tasks of each job array run at once (sbatch --array=0-N%M); None: as many
     # as Slurm allows. `hpml submit --max-concurrent M` overrides it.
     max_concurrent: int | None = Field(None, ge=1)
+    # Checkpoints each run keeps (newest first), unless its experiment says otherwise: a resume whose
+    # newest is damaged falls back to the one before (hpml_core.checkpoint); each costs disk.
+    keep_checkpoints: int = Field(2, ge=1)
     # The hardware's speed, for predicted step times (see the module's doc).
     compute_efficiency: float = Field(0.40, gt=0, le=1)
     intra_node_gb_per_s: float = Field(100.0, gt=0)

@@ -119,13 +119,13 @@ def test_corrupt_checkpoint_is_refused_and_the_run_folder_is_left_alone(layout, 
     out = tmp_path / "run"
     args = ["--test", "--data", str(token_data), "--steps", "4", "--warmup-steps", "1", "--profile-steps", "0", *layout]
     engine([*args, "--checkpoint-every", "2", "--out", str(out)], nproc=nproc)
-    state = next((out / "checkpoints").glob(f"step-*/{damaged}"))
-    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # a write cut short
+    for state in (out / "checkpoints").glob(f"step-*/{damaged}"):  # both kept checkpoints: none to fall back to
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # a write cut short
     before = snapshot(out)
     proc = engine([*args, "--steps", "6", "--resume", "--out", str(out)], nproc=nproc, check=False)
     assert proc.returncode == (2 if nproc == 1 else 1)  # torchrun exits 1 when a rank exits 2
     [line] = [line for line in proc.stderr.splitlines() if "--resume" in line]
-    assert "unreadable" in line and damaged in line, line
+    assert "no usable checkpoint" in line and line.count(f"{damaged} has ") == 2, line
     assert snapshot(out) == before  # no new attempt folder, nothing rewritten
 
 

@@ -124,3 +124,31 @@ def test_a_full_results_disk_is_one_line_for_the_report_and_submit(small_disk, t
     after = snapshot(folder)
     assert {name: after.get(name) for name in before} == before  # nothing there changed or went
     assert not [name for name in after if name.endswith(".tmp") or ".staging" in name]
+
+
+def test_plan_and_doctor_warn_when_a_studys_checkpoints_would_not_fit(small_disk, tmp_path, token_data, capsys):
+    """Two tiny runs checkpointing on a 1 MB results disk: keeping 2 checkpoints each (2 x 2 x
+    0.6 MB) does not fit, and `hpml plan` and `hpml doctor --experiment` say so; keeping 1 on
+    one run only does, and neither warns."""
+    disk = small_disk(2**20)
+    site = tmp_path / "site.yaml"
+    site.write_text(f"name: here\nscheduler: local\nproject_dir: .\nresults_root: {disk}\n"
+                    f"data_root: {token_data.parent}\n")
+    exp = tmp_path / "mini.yaml"
+
+    def study(runs: str) -> str:
+        exp.write_text(f"name: mini\ndataset: {token_data.name}\ndefaults: {{model: tiny, seq_len: 64, steps: 4, warmup_steps: 1, "
+                       f"precision: fp32, optimizer: sgd, checkpoint_every: 2}}\nruns:\n{runs}")
+        assert main(["plan", str(exp), "--site", str(site)]) == 0
+        plan_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("disk: "))
+        assert main(["doctor", "--site", str(site), "--experiment", str(exp)]) == 0
+        return plan_line + "\n" + capsys.readouterr().out
+
+    said = study("  - {name: a, mode: single, gpus: 1, batch_size: 4}\n  - {name: b, mode: ddp, gpus: 2, batch_size: 2}\n")
+    assert said.startswith("disk: NOT ENOUGH: checkpoints need up to 2.39 MB (runs keeping their newest: 2,"), said
+    assert f"free in {disk}: keep fewer (keep_checkpoints: 1)" in said
+    assert "warn disk: mini: NOT ENOUGH: " in said
+
+    said = study("  - {name: a, mode: single, gpus: 1, batch_size: 4, keep_checkpoints: 1}\n")
+    assert said.startswith("disk: checkpoints need up to 596,992 bytes") and "NOT ENOUGH" not in said, said
+    assert "ok   disk: mini: checkpoints need up to 596,992 bytes" in said

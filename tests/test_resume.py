@@ -5,6 +5,9 @@ import math
 
 import pytest
 
+from hpml_core.contract.checkpoint_size import checkpoint_bytes
+from hpml_core.contract.checks import resolve
+from hpml_core.contract.config import TrainConfig
 from tests.conftest import engine, losses, rank_files
 from tests.layouts import COMMON, LAYOUTS, OPTIMIZERS
 
@@ -25,17 +28,31 @@ def test_resumed_run_continues_with_the_same_losses(tmp_path, token_data):
     assert all(math.isfinite(v) for v in losses(whole))
 
 
+def checkpoint_sizes(out) -> tuple[int, int, int]:
+    """(predicted, measured) bytes of the run's newest checkpoint, ``hpml_core.contract.checkpoint_size``
+    against the files in its step folder (its manifest aside), and how many files those are."""
+    record = rank_files(out)[0]
+    config = TrainConfig(**{**record["config"], "vocab_size": record["model"]["vocab_size"]})
+    resolved = resolve(config, record["world_size"], record["world_size"], None)
+    newest = max((out / "checkpoints").glob("step-*"))
+    files = [p for p in newest.iterdir() if p.name != "manifest.json"]
+    return checkpoint_bytes(config, resolved.dims, resolved.layout), sum(p.stat().st_size for p in files), len(files)
+
+
 @pytest.mark.parametrize("layout", ["tp-2", "dp2xtp2-zero3", "zero1-2", "dp2xtp2-zero1", "zero2-2", "dp2xtp2-zero2",
                                     "fsdp2-2", "dp2xtp2-fsdp2"])
 def test_resumed_layout_continues_with_the_same_losses(layout, trained, tmp_path, token_data):
     """3 steps, a checkpoint (per TP rank; DeepSpeed's partitions under ZeRO; each rank's shards under FSDP2), then 3 more
-    resumed in a new launch: the same 6 losses as one uninterrupted run."""
+    resumed in a new launch: the same 6 losses as one uninterrupted run. The checkpoint's size is the
+    one the plan predicts for the disk, within the files' own headers."""
     nproc, mode, tp, batch, _ = LAYOUTS[layout]
     out = tmp_path / "split"
     args = [*COMMON, *OPTIMIZERS["adamw"][0], "--data", str(token_data), "--out", str(out),
             "--mode", mode, "--tp-size", str(tp), "--batch-size", str(batch), "--profile-steps", "0"]
     engine([*args, "--steps", "3", "--checkpoint-every", "3"], nproc=nproc)  # the last --steps wins
     first_half = losses(out)
+    predicted, measured, files = checkpoint_sizes(out)
+    assert 0 <= measured - predicted <= 40_000 * files, (predicted, measured)  # each file's zip entries and pickle
     engine([*args, "--resume"], nproc=nproc)
     assert rank_files(out)[0]["resumed_from_step"] == 3
     assert first_half + losses(out) == losses(trained("adamw", layout))

@@ -26,13 +26,12 @@ class WriteRefused(Exception):
 
 
 def size_words(n: int) -> str:
-    """A byte count a reader takes in at a glance, and exactly: "10,646 bytes", "1.2 GB (1,234,567,890 bytes)"."""
-    if n < 1_000_000:
-        return f"{n:,} bytes"
+    """A byte count a reader takes in at a glance: exact below a megabyte ("10,646 bytes"), else
+    three digits ("9.31 GB")."""
     for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
         if n >= scale:
-            return f"{n / scale:.3g} {unit} ({n:,} bytes)"
-    raise AssertionError("unreachable")
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:,} bytes"
 
 
 EXIT_USAGE = 2

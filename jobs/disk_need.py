@@ -1,0 +1,71 @@
+"""Whether a study's checkpoints fit the results disk, said before a job finds out: ``hpml plan``
+prints it and ``hpml doctor --experiment`` checks it.
+
+Each run that checkpoints (``checkpoint_every``) keeps its newest ``keep_checkpoints`` (the
+experiment's, else the site's), each of the size ``hpml_core.contract.checkpoint_size`` predicts
+from the model state; they stay after the run completes, so a study needs them all at once. A
+run without ``checkpoint_every`` saves one only when a signal stops it (its time limit near). Rank
+files and traces are not counted: under 1 MB per run on the demo (docs/time-parts.md), nothing
+next to a checkpoint. Free space is asked of the results folder where it exists on this machine;
+planned elsewhere (a laptop, for a cluster's scratch), it is unknown and said so."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpml_core.contract.checkpoint_size import checkpoint_bytes
+from hpml_core.contract.errors import size_words
+from jobs.experiment import Experiment
+from jobs.site import Site, expand_path
+
+
+@dataclass(frozen=True)
+class DiskNeed:
+    needed: int  # bytes of every checkpoint the study's runs may keep at once
+    keeping: int  # runs that checkpoint (checkpoint_every), each keeping its newest few
+    stop_only: int  # runs that save one only when a signal stops them
+    largest: int  # bytes of the largest single checkpoint
+    folder: Path
+    free: int | None
+    free_missing_reason: str | None
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.free is None else self.needed <= self.free
+
+    def line(self) -> str:
+        need = (f"checkpoints need up to {size_words(self.needed)} (runs keeping their newest: {self.keeping}, "
+                f"saving one if a signal stops them: {self.stop_only}; largest {size_words(self.largest)}, "
+                "predicted from the model state)")
+        if self.free is None:
+            return f"disk: {need}; free space unknown: {self.free_missing_reason}"
+        if self.fits:
+            return f"disk: {need}; {size_words(self.free)} free in {self.folder}"
+        return (f"disk: NOT ENOUGH: {need}, {size_words(self.free)} free in {self.folder}: keep fewer "
+                "(keep_checkpoints: 1), checkpoint fewer runs, or free space before submitting")
+
+
+def disk_need(exp: Experiment, site: Site) -> DiskNeed:
+    sizes: dict[tuple, int] = {}
+    needed = keeping = largest = 0
+    for run in exp.runs:
+        resolved = exp.resolved(run)
+        key = (resolved.config, resolved.dims, resolved.layout)  # repeats share it
+        if key not in sizes:
+            sizes[key] = checkpoint_bytes(resolved.config, resolved.dims, resolved.layout)
+        largest = max(largest, sizes[key])
+        kept = run.train.get("keep_checkpoints", site.keep_checkpoints) if resolved.config.checkpoint_every else 1
+        needed += kept * sizes[key]
+        keeping += bool(resolved.config.checkpoint_every)
+    root = Path(expand_path(site.project_dir)) / expand_path(site.results_root)
+    free, reason = None, None
+    if root.is_dir():
+        try:
+            free = shutil.disk_usage(root).free
+        except OSError as exc:
+            reason = f"cannot ask {root}: {exc.strerror or exc}"
+    else:
+        reason = f"{root} does not exist on this machine"
+    return DiskNeed(needed, keeping, len(exp.runs) - keeping, largest, root, free, reason)
