@@ -39,7 +39,6 @@ import hashlib
 import json
 import re
 import shutil
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,18 +68,6 @@ def fingerprint(config: TrainConfig, dp_size: int, data: DataMeta) -> dict:
     """What a checkpoint must have been made with for this run to continue it (JSON-ready)."""
     settings = {k: getattr(config, k) for k in MUST_MATCH}
     return {"data": data.identity, **settings, "dp_size": dp_size}
-
-
-def require_whole(paths: list[Path]) -> None:
-    """Raise, naming the first file, if any of ``paths`` is missing or cut short: ``torch.save``
-    writes a zip archive whose directory is at its end, so reading the directory reads the
-    whole file's extent. Every rank checks every rank's file of a checkpoint, not only its own,
-    so that all refuse a damaged checkpoint alike (and rank 0, which alone prints, says which)."""
-    for path in paths:
-        try:
-            zipfile.ZipFile(path).close()
-        except (OSError, zipfile.BadZipFile) as exc:
-            raise RuntimeError(f"{path.name}: {exc}") from None
 
 
 def _tag(step: int) -> str:

@@ -36,7 +36,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from hpml_core import measure_model_state, tensor_parallel
-from hpml_core.checkpoint import Resume, require_whole
+from hpml_core.checkpoint import Resume
 from hpml_core.measure_model_state import local_part
 from hpml_core.mesh import Mesh, Position
 from hpml_core.model import GPT, initial_value
@@ -170,10 +170,8 @@ class FSDPStepper(TorchStepper):
 
     @staticmethod
     def read_state(folder: Path, tag: str, position: Position) -> dict:
-        """This rank's file, memory-mapped; raises if it is unreadable or lacks a part, or if any
-        other rank's file is missing or cut short."""
-        require_whole([_state_file(folder, tag, dp, tp) for dp in range(position.dp_size)
-                       for tp in range(position.tp_size)])
+        """This rank's file, memory-mapped; raises if it is unreadable or lacks a part (every rank
+        has checked every rank's file against the checkpoint's manifest before)."""
         state = torch.load(_state_file(folder, tag, position.dp_rank, position.tp_rank), map_location="cpu",
                            weights_only=True, mmap=True)
         state["model"], state["optimizer"], state["scaler"]  # noqa: B018 - all three must be there

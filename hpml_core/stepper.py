@@ -19,8 +19,9 @@ still exist). What a step folder of a checkpoint holds is therefore the stepper'
 - PyTorch: ``state-tp<r>.pt`` per tensor-parallel rank (model shard, optimizer and loss scaler),
   written by the first data-parallel replica (the others hold the same), and read back before
   training starts (``state_reader``), so a corrupt one is refused before any process group exists;
-- ZeRO-3: DeepSpeed's own checkpoint of the partitioned state, every rank writing its partition,
-  the step folder's name as its tag; read by the engine once it exists;
+- ZeRO (stages 1 to 3): DeepSpeed's own checkpoint of the partitioned state, every rank writing
+  its partition, each file atomically (``hpml_core.zero``), the step folder's name as its tag;
+  checked against the manifest like the others, read by the engine once it exists;
 - FSDP2: ``state-dp<d>-tp<r>.pt`` per rank (its shards of the model and the optimizer, and the
   loss scaler), read back before training like PyTorch's.
 """
@@ -39,7 +40,7 @@ from torch.autograd.profiler import record_function
 from torch.nn.parallel import DistributedDataParallel
 
 from hpml_core import measure_model_state, tensor_parallel
-from hpml_core.checkpoint import Resume, StateReader, require_whole
+from hpml_core.checkpoint import Resume, StateReader
 from hpml_core.loss_scaling import DynamicLossScaler
 from hpml_core.mesh import Mesh, Position
 from hpml_core.model import GPT
@@ -172,9 +173,8 @@ class TorchStepper:
 
     @staticmethod
     def read_state(folder: Path, tag: str, position: Position) -> dict:
-        """This TP rank's file, memory-mapped; raises if it is unreadable or lacks a part, or if
-        another TP rank's file is missing or cut short."""
-        require_whole([_state_file(folder, tag, tp) for tp in range(position.tp_size)])
+        """This TP rank's file, memory-mapped; raises if it is unreadable or lacks a part (every
+        rank has checked every rank's file against the checkpoint's manifest before)."""
         state = torch.load(_state_file(folder, tag, position.tp_rank), map_location="cpu", weights_only=True,
                            mmap=True)
         state["model"], state["optimizer"], state["scaler"]  # noqa: B018 - all three must be there
