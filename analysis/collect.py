@@ -3,9 +3,11 @@
 Sources, per run folder: the rank files of every attempt (``<run>/attempts/<n>/rank-<k>.json``,
 ``hpml_core.contract.attempts``; each validated against the schema of ``hpml_core.contract.rank_file``)
 and the run's state and why, decided by ``jobs.observe`` exactly as for ``hpml status``: Slurm
-is asked, with the same timeout, and when it does not answer the states are as last recorded,
-which the report's notes then say. The decisions are used, never recorded: the report writes
-nothing but its own folder, so it can run on a results folder it may only read.
+is asked once, with the same timeouts, and when it does not answer the states are as last
+recorded, which the report's notes then say (as they say which part did not answer, when its
+accounting or its controller alone is unreachable). The decisions are used, never recorded:
+the report writes nothing but its own folder, so it can run on a results folder it may only
+read.
 
 A run's record holds each attempt (its number, its rank files, its Slurm job and nodes); the
 loss curve from step 0 to the end, rank 0's losses of each attempt placed at their steps, a
@@ -153,9 +155,20 @@ def collect(folder: Path, runs: Mapping[str, int], repeated: bool) -> tuple[list
             raise ValueError(f"{path}: not a valid rank file")
         return read[path]
 
-    states, note = observe.current(runs, folder, already_read, record=False)
+    # Slurm asked once, for the ledger's jobs (the states) and the attempts' (the hours), so that
+    # a part of it that does not answer costs its timeout once.
+    attempt_jobs = {attempt.job_id for tried in attempts.values() for attempt in tried if attempt.job_id}
+    asked: dict[str, Mapping[str, slurm_query.JobInfo]] = {}
+
+    def query(job_ids: list[str]) -> Mapping[str, slurm_query.JobInfo]:
+        asked["answer"] = {}  # asked, whether it answers or not
+        asked["answer"] = slurm_query.query(sorted(set(job_ids) | attempt_jobs))
+        return asked["answer"]
+
+    states, note = observe.current(runs, folder, already_read, record=False, query=query)
     jobs = {name: _job_ids(attempts[name], states[name].entry) for name in runs}
-    elapsed = _slurm_elapsed(sorted({job for ids in jobs.values() for job in ids}))
+    elapsed = (_elapsed(asked["answer"]) if asked
+               else _slurm_elapsed(sorted({job for ids in jobs.values() for job in ids})))
     results = [RunResult(name, configuration_of(name, repeated), states[name].state, states[name].reason or None,
                          world, attempts[name], {job: elapsed[job] for job in jobs[name] if job in elapsed})
                for name, world in runs.items()]
@@ -176,7 +189,10 @@ def _slurm_elapsed(job_ids: list[str]) -> dict[str, float]:
     if not job_ids:
         return {}
     try:
-        infos = slurm_query.query(job_ids)
+        return _elapsed(slurm_query.query(job_ids))
     except slurm_query.SlurmError:
         return {}
+
+
+def _elapsed(infos: Mapping[str, slurm_query.JobInfo]) -> dict[str, float]:
     return {job: info.elapsed_s for job, info in infos.items() if info.elapsed_s is not None}

@@ -13,7 +13,10 @@ ending Slurm last gave it. With ``record=False`` (``hpml report``, which writes 
 folder) the decisions are the same and the ledger is left as it is.
 
 When Slurm does not answer, ``current`` decides without it and says so: the runs Slurm was
-queueing or running stay as last recorded, while the rank files still count.
+queueing or running stay as last recorded, while the rank files still count. When it answers in
+part (accounting unreachable, or the controller restarting: ``slurm_query.Answer``), the jobs it
+could not tell about are decided the same way, and ``current``'s note says which part did not
+answer.
 """
 
 from __future__ import annotations
@@ -43,14 +46,15 @@ def progress(own: dict | None, state: str) -> str:
     """The engine's own word from ``status.json``, next to the state, in lower case so that it
     reads as prose beside the state column: "running, step 120/625", "stopped, step 162/600",
     "out of memory, step 2/4"; "ended at step k/n" when the job ended under a running engine
-    (killed, cancelled); "last attempt: ..." while the next one waits."""
+    (killed, cancelled, its node lost); "last attempt: ..." while the next one waits."""
     if own is None:
         return "starting" if state == RUNNING else "waiting" if state in ACTIVE else "-"
     at = f"step {own['step']}/{own['total_steps']}"
     said = own["state"].lower().replace("_", " ")
+    ended_under_it = own["state"] in ENGINE_ACTIVE and state != RUNNING  # it could not say so itself
     if state in (PENDING, SUBMITTING):
-        return f"last attempt: {said}, {at}"
-    if own["state"] in ENGINE_ACTIVE and state not in ACTIVE:
+        return f"last attempt: {'ended at ' + at if ended_under_it else f'{said}, {at}'}"
+    if ended_under_it and state not in ACTIVE:
         return f"ended at {at}"
     return f"{said}, {at}"
 
@@ -63,6 +67,7 @@ class RunState:
     entry: dict  # the run's ledger entry after this decision ({}: never submitted)
     attempts: tuple[int, ...]  # the run folder's attempts, oldest first
     own: dict | None  # the engine's status.json
+    requeued_after: str = ""  # how the previous run of its Slurm job ended, if Slurm requeued it ("NODE_FAIL on n1")
 
     @property
     def active(self) -> bool:
@@ -134,6 +139,14 @@ def submitter_alive(entry: dict) -> bool:
     return True
 
 
+def _requeued(after: str) -> str:
+    """Why Slurm runs the job again, from how its previous run ended ("NODE_FAIL on n1")."""
+    state, _, nodes = after.partition(" on ")
+    if state == "REQUEUED":  # scontrol requeue: by the job script after a stop signal, or by hand
+        return "requeued" + (f" from {nodes}" if nodes else "")
+    return f"requeued after {after}"
+
+
 def judge(entry: dict, run_dir: Path, world_size: int, *, info: slurm_query.JobInfo | None = None,
           answered: bool = True, ended: tuple[str, str] | None = None,
           read: Reader = rank_file.read) -> tuple[str, str]:
@@ -143,6 +156,8 @@ def judge(entry: dict, run_dir: Path, world_size: int, *, info: slurm_query.JobI
     scheduler, said_by = ended if ended else (None, "Slurm")
     if info is not None:
         scheduler, said_by = run_states.from_slurm(info.state), f"Slurm ({info.source}): {info.state}"
+        if info.requeued_after:
+            said_by += f", {_requeued(info.requeued_after)}"
     return run_states.decide(entry.get("state"), scheduler,
                              files_say(run_dir, last_attempt(run_dir, entry), world_size, read),
                              submitter_alive(entry) and ended is None, entry.get("backend") == "local",
@@ -165,23 +180,26 @@ def _decide_all(worlds: Mapping[str, int], folder: Path, entries: dict[str, dict
             if any(entry.get(key) != value for key, value in changes.items()):
                 entry.update(changes, updated_at=ledger.now())
         found[name] = RunState(name, state, why, dict(entry), tuple(attempts.attempt_numbers(folder / name)),
-                               read_status(folder / name))
+                               read_status(folder / name), info.requeued_after if info else "")
     return found
 
 
 def _decide(worlds: Mapping[str, int], folder: Path, query: Query | None, read: Reader,
-            record: bool) -> dict[str, RunState]:
-    """``query``: whom to ask about the ledger's Slurm jobs; None: no one (it did not answer)."""
+            record: bool) -> tuple[dict[str, RunState], str | None]:
+    """``query``: whom to ask about the ledger's Slurm jobs; None: no one (it did not answer).
+    Returns the states, and the answer's note when Slurm answered in part."""
     recorded = ledger.read(folder)
     job_ids = sorted({e["job_id"] for e in recorded.values() if e.get("backend") == "slurm" and e.get("job_id")})
     infos = query(job_ids) if query and job_ids else {}
-    asked = set(job_ids) if query else set()
+    # A job Slurm could not tell about (slurm_query.Answer's unanswered) is not a job it forgot.
+    asked = set(job_ids) - set(getattr(infos, "unanswered", ())) if query else set()
+    note = getattr(infos, "note", None)
     # Nothing submitted yet: nothing to record. A results folder this user may only read (a
     # teammate's), or a caller that must not write it: decide all the same, without recording.
     if not record or not recorded or not os.access(folder, os.W_OK):
-        return _decide_all(worlds, folder, recorded, infos, asked, read)
+        return _decide_all(worlds, folder, recorded, infos, asked, read), note
     with ledger.locked(folder) as entries:  # decided on the entries as they are now, then recorded
-        return _decide_all(worlds, folder, entries, infos, asked, read)
+        return _decide_all(worlds, folder, entries, infos, asked, read), note
 
 
 def refresh(worlds: Mapping[str, int], folder: Path, read: Reader = rank_file.read, *,
@@ -190,15 +208,16 @@ def refresh(worlds: Mapping[str, int], folder: Path, read: Reader = rank_file.re
     on its job, and recorded in the ledger unless ``record`` is False. ``query``: the site's
     backend's (``backend.for_site(site).query``); without one, Slurm's (``slurm_query.query``).
     Raises SlurmError when the scheduler does not answer: what submit and cancel need before
-    they act."""
-    return _decide(worlds, folder, query or slurm_query.query, read, record)
+    they act (a job it could not tell about, when it answers in part, stays as last recorded)."""
+    return _decide(worlds, folder, query or slurm_query.query, read, record)[0]
 
 
 def current(worlds: Mapping[str, int], folder: Path, read: Reader = rank_file.read, *,
             record: bool = True, query: Query | None = None) -> tuple[dict[str, RunState], str | None]:
     """As ``refresh``, but when the scheduler does not answer, decided without it (its jobs as
-    last recorded), with a note that says so: what status and report show."""
+    last recorded), with a note that says so, or which part of it did not answer (accounting,
+    the controller): what status and report show."""
     try:
-        return refresh(worlds, folder, read, record=record, query=query), None
+        return _decide(worlds, folder, query or slurm_query.query, read, record)
     except slurm_query.SlurmError as exc:
-        return _decide(worlds, folder, None, read, record), f"Slurm did not answer ({exc}): states as last recorded"
+        return _decide(worlds, folder, None, read, record)[0], f"Slurm did not answer ({exc}): states as last recorded"

@@ -1,10 +1,21 @@
 """Asking Slurm where jobs stand, read-only and with a timeout: what ``hpml status``, ``hpml
 submit``, ``hpml cancel`` and ``hpml report`` all need, apart from submitting (``jobs.slurm``).
 
-Job states come from ``sacct`` (every job, finished ones included) and, where accounting is
-disabled or its database is unreachable, from ``squeue``, which knows only recent jobs. Both run
-with a timeout, so a status query answers even on a cluster without accounting, where waiting
-on submitit's watcher would wait forever. A job's restart after a requeue keeps its job id.
+Job states come from ``sacct`` (accounting: every job, finished ones included, through
+slurmdbd) and ``squeue`` (the controller: the jobs it still holds, and those that ended in the
+last few minutes). Both are asked, each with a timeout, so a query answers even on a cluster
+without accounting, where waiting on submitit's watcher would wait forever. For a job both
+know, the controller's word wins where they differ, as accounting lags seconds behind it: a job
+requeued after a node failure is PENDING in squeue at once, while sacct says NODE_FAIL until its
+new run is recorded. A job's restart after a requeue keeps its job id; sacct also says how its
+previous run ended (``requeued_after``).
+
+When one of them does not answer, the other's word stands, and the answer says so in one line
+(``Answer.note``): accounting unreachable (slurmdbd down: the jobs squeue no longer lists are
+``unanswered``, not forgotten), or the controller unreachable (slurmctld down or restarting:
+the jobs accounting does not list yet are ``unanswered``). A cluster whose accounting is disabled
+has only squeue, and a job it no longer lists is forgotten. Neither answering is a SlurmError.
+
 Only this user's jobs are listed: on a shared cluster the others are many, and none of ours.
 A job array's task is its own job here, ``<array job id>_<task>`` as both commands print it:
 sacct does not know a task still pending in its array, squeue does.
@@ -14,8 +25,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+
+from hpml_core.contract.run_states import ACTIVE, from_slurm
 
 QUERY_TIMEOUT_S = 30
 # sacct without -j lists only today's jobs: find_jobs searches from here unless given a start.
@@ -24,6 +37,8 @@ EARLIEST = datetime(2000, 1, 1).astimezone()
 # keeps jobs submitted this much earlier, so that neither rounding nor a clock a little behind
 # the login node's hides the job an sbatch queued.
 SINCE_SLACK_S = 60
+# The controller's states of a job whose run has ended and which Slurm is still cleaning up after.
+ENDING = frozenset({"COMPLETING", "STAGE_OUT"})
 
 
 class SlurmError(Exception):
@@ -41,6 +56,8 @@ class JobInfo:
     elapsed: str  # [days-]hours:minutes:seconds, as Slurm prints it
     nodes: str  # the node list, or the reason a pending job waits
     source: str  # sacct or squeue: which command said so
+    # How the job's previous run ended when Slurm requeued it ("NODE_FAIL on n1"; "" if it was not).
+    requeued_after: str = ""
 
     @property
     def elapsed_s(self) -> float | None:
@@ -80,16 +97,31 @@ def _submitted_since(submitted: str, since: datetime | None) -> bool:
     return when >= since - timedelta(seconds=SINCE_SLACK_S)
 
 
-def _sacct(selection: list[str], since: datetime | None = None) -> dict[str, JobInfo]:
+def _sacct(selection: list[str], since: datetime | None = None, runs: bool = False) -> dict[str, JobInfo]:
+    """``runs``: every run of a requeued job (sacct -D), its latest one as the job's state and the
+    one before it as ``requeued_after``; else the latest run alone."""
     # Imported here, not above: every command may catch a SlurmError, few ask Slurm anything.
     from submitit.slurm.slurm import SlurmInfoWatcher
 
-    # -X: allocations only, not steps (and a requeued job's latest run only).
-    output = run(["sacct", "-X", "--parsable2", "--format=JobID,State,Elapsed,NodeList,Submit", *selection])
-    found = SlurmInfoWatcher().read_info(output)  # submitit's parser of sacct's table
+    # -X: allocations only, not steps. -D: a row per run of a requeued job, in the order they ran.
+    output = run(["sacct", "-X", *(["-D"] if runs else []), "--parsable2",
+                  "--format=JobID,State,Elapsed,NodeList,Submit", *selection])
+    found = SlurmInfoWatcher().read_info(output)  # submitit's parser of sacct's table: the last row of a job wins
+    job_runs: dict[str, list[str]] = {}  # each job's runs, oldest first, as _ended says them
+    for line in output.splitlines()[1:]:
+        job_id, state, _, nodes = (line.split("|") + [""] * 4)[:4]
+        if job_id and "." not in job_id and "[" not in job_id:
+            job_runs.setdefault(job_id, []).append(_ended(state, nodes))
     return {job_id: JobInfo(job_id, info["State"].split()[0], info["Elapsed"],
-                            info["NodeList"].replace("None assigned", ""), "sacct")
+                            info["NodeList"].replace("None assigned", ""), "sacct",
+                            job_runs[job_id][-2] if len(job_runs.get(job_id, ())) > 1 else "")
             for job_id, info in found.items() if _submitted_since(info.get("Submit", ""), since)}
+
+
+def _ended(state: str, nodes: str) -> str:
+    """How one run of a job ended, in words: "NODE_FAIL on n1"."""
+    nodes = nodes.replace("None assigned", "").strip()
+    return f"{state.split()[0] if state else 'UNKNOWN'}" + (f" on {nodes}" if nodes else "")
 
 
 def _squeue(selection: list[str], since: datetime | None = None) -> dict[str, JobInfo]:
@@ -107,7 +139,7 @@ def _squeue(selection: list[str], since: datetime | None = None) -> dict[str, Jo
 
 def _from_sacct(job_ids: list[str]) -> dict[str, JobInfo]:
     # With -j, sacct searches from the epoch, not just today.
-    found = _sacct(["-j", ",".join(job_ids)])
+    found = _sacct(["-j", ",".join(job_ids)], runs=True)
     return {job_id: info for job_id, info in found.items() if job_id in job_ids}
 
 
@@ -118,24 +150,76 @@ def _from_squeue(job_ids: list[str]) -> dict[str, JobInfo]:
 
 
 def _combined(sacct_error: SlurmError | None, squeue_error: SlurmError) -> SlurmError:
-    return SlurmError(f"{sacct_error}; and {squeue_error}" if sacct_error else str(squeue_error))
+    return SlurmError(f"{_one_line(sacct_error)}; and {_one_line(squeue_error)}" if sacct_error
+                      else _one_line(squeue_error))
 
 
-def query(job_ids: list[str]) -> dict[str, JobInfo]:
-    """The state of each job Slurm knows; ids it has forgotten are left out. sacct first; squeue
-    for what sacct cannot tell (accounting off, or a job too new to have reached the database)."""
-    found, sacct_error = {}, None
+def _one_line(error: SlurmError) -> str:
+    """A Slurm command's error in one line: its last (sacct prints three for one refused connection)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def accounting_disabled(error: SlurmError) -> bool:
+    """Whether sacct failed because the cluster keeps no accounting (AccountingStorageType=none):
+    its configuration, not a fault, and squeue is then the only word on jobs."""
+    return "accounting storage is disabled" in str(error)
+
+
+class Answer(dict):
+    """What ``query`` found: job id -> JobInfo for each job Slurm knows; ``unanswered``: the jobs
+    whose fate no one could tell (the command that would know did not answer: they are not
+    forgotten); ``note``: which command did not answer, in one line (None when both did)."""
+
+    def __init__(self, found: dict[str, JobInfo], unanswered: frozenset[str] = frozenset(),
+                 note: str | None = None):
+        super().__init__(found)
+        self.unanswered, self.note = unanswered, note
+
+
+def _live(accounted: JobInfo | None, queued: JobInfo | None) -> JobInfo | None:
+    """One job's word from both. Accounting (sacct) lags the controller (squeue) by seconds, so
+    where they differ the controller's wins: a job it queues or runs again while accounting still
+    shows how its run ended was requeued after that ending; a job it has ended while accounting
+    still shows it queued or running has ended. Only a job whose run ended in accounting while
+    the controller is still cleaning up after it (COMPLETING) keeps accounting's ending."""
+    if queued is None or accounted is None:
+        return accounted or queued
+    if queued.state == accounted.state:
+        return accounted
+    ended = from_slurm(accounted.state) not in ACTIVE
+    if ended and (queued.state in ENDING or from_slurm(queued.state) not in ACTIVE):
+        return accounted
+    return replace(queued, requeued_after=_ended(accounted.state, accounted.nodes) if ended
+                   else accounted.requeued_after)
+
+
+def query(job_ids: list[str]) -> Answer:
+    """Each job's state as Slurm knows it (sacct and squeue, see the module's doc); ids it has
+    forgotten are left out. Raises SlurmError when neither sacct nor squeue answers."""
+    if not job_ids:
+        return Answer({})
+    accounted, sacct_error = {}, None
     try:
-        found = _from_sacct(job_ids) if job_ids else {}
+        accounted = _from_sacct(job_ids)
     except SlurmError as exc:
         sacct_error = exc
-    missing = [job_id for job_id in job_ids if job_id not in found]
-    if missing:
-        try:
-            found.update(_from_squeue(missing))
-        except SlurmError as squeue_error:
+    try:
+        queued = _from_squeue(job_ids)
+    except SlurmError as squeue_error:
+        if sacct_error:
             raise _combined(sacct_error, squeue_error) from None
-    return found
+        missing = frozenset(job_ids) - set(accounted)
+        return Answer(accounted, missing, f"Slurm's controller is unreachable ({_one_line(squeue_error)}): states "
+                                          "from accounting (sacct)" + ("; jobs it does not list yet as last recorded"
+                                                                       if missing else ""))
+    found = {job_id: info for job_id in job_ids if (info := _live(accounted.get(job_id), queued.get(job_id)))}
+    if sacct_error is None or accounting_disabled(sacct_error):
+        return Answer(found)
+    missing = frozenset(job_ids) - set(found)
+    return Answer(found, missing, f"Slurm's accounting is unreachable ({_one_line(sacct_error)}): states from the "
+                                  "controller (squeue)" + ("; jobs it no longer lists as last recorded"
+                                                           if missing else ""))
 
 
 def _job_number(info: JobInfo) -> tuple[int, str]:

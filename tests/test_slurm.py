@@ -10,15 +10,18 @@ temporary results folder through a site profile made for the test.
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -33,6 +36,25 @@ from jobs import render, slurm_query
 from tests.conftest import REPO, rank_files
 
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
+# Held by every test that uses the cluster: shared here, exclusive by the tests that break it
+# (tests/test_slurm_faults.py: a lost node, a restarted controller, a stopped slurmdbd), so that
+# no test meets another's fault while `make test` runs two files at once (or two sessions share
+# this machine's cluster).
+CLUSTER_LOCK = Path(tempfile.gettempdir()) / "hpml-local-slurm-tests.lock"
+
+
+@contextmanager
+def cluster(exclusive: bool = False):
+    """Hold the local Slurm (see CLUSTER_LOCK) for the block."""
+    with open(CLUSTER_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _cluster_shared():
+    with cluster():
+        yield
 
 
 def _responding() -> list[str]:
@@ -40,7 +62,9 @@ def _responding() -> list[str]:
     if not shutil.which("sinfo"):
         return []
     try:
-        done = subprocess.run(["sinfo", "--Node", "--noheader", "--format=%N"], capture_output=True, text=True, timeout=15)
+        with cluster():  # not while a fault test has the controller down
+            done = subprocess.run(["sinfo", "--Node", "--noheader", "--format=%N"], capture_output=True, text=True,
+                                  timeout=15)
     except subprocess.TimeoutExpired:
         return []
     return sorted(set(done.stdout.split())) if done.returncode == 0 else []
