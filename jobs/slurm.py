@@ -96,13 +96,16 @@ def _last_line(exc: Exception) -> str:
 def test_only(script: str, where: str, *, timeout_s: int = SUBMIT_TIMEOUT_S) -> None:
     """Let Slurm check the script without submitting it (``sbatch --test-only``): an unknown
     partition or account, or more GPUs than a node has, is a usage error before anything runs.
-    No answer within ``timeout_s`` is not a refusal: SlurmTimeout, as from ``submit``."""
+    No answer within ``timeout_s``, or a controller sbatch cannot reach, is not a refusal:
+    SlurmTimeout or SlurmError, as from ``submit`` (exit status 1, not 2)."""
     try:
         run(["sbatch", "--test-only"], stdin=script, timeout_s=timeout_s)
     except SlurmTimeout:
         raise
     except SlurmError as exc:
         message = str(exc).removeprefix("sbatch: ").replace("sbatch: error: ", "").replace("\n", " ")
+        if "Unable to contact slurm controller" in message:  # no answer, not a refusal of the script
+            raise SlurmError(f"the controller is unreachable (sbatch --test-only: {message})") from None
         raise UsageError(where, f"Slurm refuses it: {message}") from None
 
 

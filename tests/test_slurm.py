@@ -311,8 +311,9 @@ def test_a_failed_run_shows_failed_and_only_failed_submits_just_that_one(slurm_s
         - {name: broken, mode: single, gpus: 1, batch_size: 4}
         - {name: fine, mode: single, gpus: 1, batch_size: 4}
     """)
-    (folder / "broken" / "checkpoints").mkdir(parents=True)  # a corrupt checkpoint: --resume refuses it
-    (folder / "broken" / "checkpoints" / "latest.json").write_text("{not json")
+    # its only checkpoint corrupt (an unreadable manifest): --resume has none to fall back to, and refuses it
+    (folder / "broken" / "checkpoints" / "step-00000001").mkdir(parents=True)
+    (folder / "broken" / "checkpoints" / "step-00000001" / "manifest.json").write_text("{not json")
     submitted = hpml("submit", str(exp), "--site", str(slurm_site), "--report")
     assert submitted.returncode == 0, submitted.stderr
     jobs = {name: entry["job_id"] for name, entry in ledger(folder).items()}
@@ -327,7 +328,7 @@ def test_a_failed_run_shows_failed_and_only_failed_submits_just_that_one(slurm_s
     assert re.search(r"^\| broken \|.*\| FAILED \|$", summary, re.M) and re.search(r"^\| fine \|.*\| COMPLETED \|$",
                                                                                    summary, re.M), summary
 
-    (folder / "broken" / "checkpoints" / "latest.json").unlink()
+    shutil.rmtree(folder / "broken" / "checkpoints")
     again = hpml("submit", str(exp), "--site", str(slurm_site), "--only-failed")
     assert again.returncode == 0 and "1 to run, 1 skipped (not failed)" in again.stdout
     entries = ledger(folder)

@@ -262,6 +262,23 @@ def test_slurmctld_restarted_mid_study_loses_no_job_and_no_ledger_entry(slurm_si
              "accounting to know both jobs completed")
 
 
+def test_submit_while_slurmctld_is_down_says_so_and_submits_nothing(slurm_site, faults):
+    """With the controller stopped, `hpml submit` is not told the script is bad: sbatch cannot
+    reach it, which is Slurm's failure (one line, exit status 1), not bad input (2); no job is
+    recorded in the ledger, so the next submit starts the run afresh."""
+    exp, folder = experiment(slurm_site, "ctld_down", "- {name: later, mode: single, gpus: 1, batch_size: 4}")
+    faults.append(folder)
+    local_slurm("stop-ctld")
+    try:
+        done = hpml("submit", str(exp), "--site", str(slurm_site), timeout=300)
+    finally:
+        local_slurm("start-ctld")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1 and "the controller is unreachable" in done.stderr, done.stderr
+    recorded = ledger(folder) if (folder / "ledger.json").exists() else {}
+    assert not any(entry.get("job_id") for entry in recorded.values()), recorded
+
+
 def test_with_slurmdbd_stopped_status_and_report_answer_from_squeue_and_say_accounting_is_unreachable(slurm_site,
                                                                                                        faults):
     """slurmdbd is stopped (sacct: "Connection refused"), then a run is submitted and trains:
