@@ -14,7 +14,7 @@ SITE ?= local
 REPEATS ?=
 STUDY = $(EXP) --site $(SITE) $(if $(REPEATS),--repeats $(REPEATS))
 
-.PHONY: venv data demo submit-all status cancel report bench bench-memory bench-report bench-cli bench-planner gpu-check gpu-wheels test schema slurm-up slurm-down
+.PHONY: venv data demo submit-all status cancel report bench bench-memory bench-report bench-cli bench-planner chaos gpu-check gpu-wheels test schema slurm-up slurm-down
 
 # The venv holds everything: the login side (pip install hpml), the engine and the tests.
 # torch==2.13.0 goes in first: on a machine without a GPU it is the CPU build on this disk, and
@@ -94,6 +94,13 @@ bench-cli: demo
 # calibrated on the other half of the configurations (target: median error at most 30 %).
 bench-planner: demo
 	$(PY) -m jobs.bench_planner
+
+# A study of 24 short runs on the local Slurm (NODES=2 make slurm-up; root) while ranks are
+# killed, tasks cancelled, slurmctld restarted and the results disk filled; then hpml submit again
+# until every run completes: runs lost and tracebacks seen must be 0 (jobs/chaos.py, ~10 minutes).
+CHAOS_ARGS ?=
+chaos: venv data
+	$(PY) -m jobs.chaos $(CHAOS_ARGS)
 
 # The suite on both cores (pytest-xdist: one file per worker at a time), then its 15 slowest
 # tests. TEST_ARGS="tests/test_report.py -x" picks tests; TEST_WORKERS=0 runs it in one process.
