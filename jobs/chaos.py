@@ -7,8 +7,8 @@ checkpoint every 50 of their 400 steps), results on a tmpfs of their own (so the
 filled without touching this machine's), trained on the demo's prepared WikiText-2. While the
 first submission's jobs run, every 1.5 to 4 s one fault strikes, at random (seeded): a rank
 killed with SIGKILL, or an array task cancelled with ``scancel``; once, slurmctld is restarted
-(``jobs/local-slurm restart-ctld``); once, the results disk is filled for 6 s (every write then
-fails with ENOSPC). When no job is left, ``hpml submit`` is run again (what a user does:
+(``jobs/local-slurm restart-ctld``); once, the results disk is filled but for 2 MB for 8 s (a
+checkpoint then fails with ENOSPC, a rank file still fits and says so). When no job is left, ``hpml submit`` is run again (what a user does:
 ``make submit-all``), and again, until every run has completed or ``--minutes`` have passed.
 
 Printed: the rank files that say a write was refused (the fill's effect); runs completed; runs lost (not completed at the end: must be 0); resubmission rounds and
@@ -48,7 +48,8 @@ NAME = "chaos"
 # (name, mode, processes): repeated to make up the study's runs
 SHAPES = (("single", "single", 1), ("ddp", "ddp", 2), ("fsdp2", "fsdp2", 2), ("zero1", "zero1", 2))
 DISK_BYTES = 1 << 30
-FILL_SECONDS = 6
+FILL_SECONDS = 8
+LEFT_FREE = 2 << 20  # under one checkpoint of the study's runs (4.5 to 6.1 MB), over a rank file
 TRACEBACK = "Traceback (most recent call last)"
 
 
@@ -91,12 +92,14 @@ def engine_pids(disk: Path) -> list[int]:
 
 
 def fill_for_a_while(disk: Path) -> None:
-    """Take every free byte of ``disk`` for FILL_SECONDS, then give it back."""
+    """Take all but LEFT_FREE bytes of ``disk`` for FILL_SECONDS, then give them back: a disk
+    nearly full, where a checkpoint no longer fits but a rank file, a status file and a log line
+    still do, so the runs can say what happened."""
     filler = disk / ".chaos-filler"
     with open(filler, "wb") as f:
         try:
-            while True:
-                f.write(b"\0" * (1 << 20))
+            while (room := shutil.disk_usage(disk).free - LEFT_FREE) > 0:
+                f.write(b"\0" * min(room, 1 << 20))
                 f.flush()
         except OSError:
             pass
@@ -218,8 +221,7 @@ def _study(runs: int, minutes: float, rng: random.Random, seed: int, scratch: Pa
     entries = ledger.read(folder)
     sent_again = sum(max(0, entry.get("submissions", 0) - 1) for entry in entries.values())
     seen = tracebacks(disk, outputs)
-    refused = sum("cannot write" in path.read_text(errors="replace")
-                  for path in folder.glob("*/attempts/*/rank-*.json"))
+    refused = sum("cannot write" in path.read_text(errors="replace") for path in folder.glob("*/attempts/*/rank-*.json"))
 
     print(f"make chaos: {len(exp.runs)} runs of {NAME} on the local Slurm, seed {seed}, "
           f"{time.monotonic() - started:.0f} s ({chaos_s:.0f} s under faults)")
