@@ -128,8 +128,10 @@ def save(folder: Path, step: int, stepper: Stepper, rank: int, made_by: dict, ke
     failure = None
     if rank == 0:
         manifest = {"step": step, "tag": tag, "fingerprint": made_by, "files": dict(sorted(files.items()))}
-        failure = _failure_of(lambda: (atomic_write_json(step_dir / MANIFEST, manifest), _prune(folder, step, keep)))
+        failure = _failure_of(lambda: atomic_write_json(step_dir / MANIFEST, manifest))
     _raise_agreed(failure, folder, tag, rank)
+    if rank == 0:  # a checkpoint now: the ones it replaces can go
+        _prune(folder, step, keep)
 
 
 def _digest(path: Path) -> dict:
