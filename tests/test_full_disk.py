@@ -106,6 +106,10 @@ def test_a_full_results_disk_is_one_line_for_the_report_and_submit(small_disk, t
     assert main(["submit", str(exp), "--site", str(site)]) == 0
     assert report([str(exp), "--site", str(site)]) == 0
     folder = disk / "mini"
+    capsys.readouterr()
+    assert main(["plan", str(exp), "--site", str(site)]) == 0  # the rank files now measured, and counted
+    rank_file = (folder / "single" / "attempts" / "1" / "rank-0.json").stat().st_size
+    assert f"rank files and traces {rank_file:,} bytes per rank, as measured" in capsys.readouterr().out
     fill(disk)
     before = snapshot(folder)
     capsys.readouterr()

@@ -23,7 +23,7 @@ NON_DEFAULT = dict(
     mode="zero3", model="tiny", tp_size=2, batch_size=3, grad_accum=2, seq_len=64, steps=9, warmup_steps=2,
     vocab_size=50257, max_samples=700, precision="fp16", grad_ckpt=True, attn="eager", compile=True, optimizer="sgd", lr=0.01,
     weight_decay=0.0, grad_clip=0.5, seed=7, data=Path("/data/wikitext-2"), out=Path("/results/x/run"),
-    run_id="run-7", checkpoint_every=3, checkpoint_dir=Path("/ckpt/run"), resume=True, save_model=True,
+    run_id="run-7", checkpoint_every=3, keep_checkpoints=3, checkpoint_dir=Path("/ckpt/run"), resume=True, save_model=True,
     zero_stage=3, zero_persistence_threshold=0, dist_backend="gloo", test=True, profile_steps=5,
     fsdp_reshard_after_forward=False,
 )
