@@ -230,10 +230,12 @@ def _read_manifest(path: Path, step: int) -> dict:
         if manifest["step"] != step or not isinstance(manifest["files"], dict) or not manifest["files"]:
             raise ValueError("not this step's manifest")
         for name, entry in manifest["files"].items():
-            int(entry["bytes"]), str(entry["sha256"])
+            if not (isinstance(entry["bytes"], int) and isinstance(entry["sha256"], str)):
+                raise ValueError(f"{name!r}: no size and checksum")
             if Path(name).is_absolute() or ".." in Path(name).parts:
                 raise ValueError(f"names a file outside its folder: {name!r}")
-        manifest["fingerprint"]  # noqa: B018 - must be there
+        if not isinstance(manifest["fingerprint"], dict):
+            raise ValueError("no fingerprint")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise Damaged(f"{MANIFEST} unreadable: {type(exc).__name__}: {exc}") from None
     return manifest

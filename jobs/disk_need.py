@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpml_core.contract.checkpoint_size import checkpoint_bytes
-from hpml_core.contract.errors import size_words
+from hpml_core.contract.units import size_words
 from jobs.experiment import Experiment
 from jobs.site import Site, expand_path
 

@@ -3,6 +3,9 @@
 the file system would not take (status 5: out of space or quota, or not allowed)."""
 
 
+from hpml_core.contract.units import size_words
+
+
 class UsageError(Exception):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
@@ -23,15 +26,6 @@ class WriteRefused(Exception):
 
     def __reduce__(self):  # sent whole to the other ranks (``hpml_core.checkpoint``)
         return WriteRefused, (self.path, self.reason, self.needed, self.free)
-
-
-def size_words(n: int) -> str:
-    """A byte count a reader takes in at a glance: exact below a megabyte ("10,646 bytes"), else
-    three digits ("9.31 GB")."""
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n:,} bytes"
 
 
 EXIT_USAGE = 2
