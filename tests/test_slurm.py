@@ -168,6 +168,43 @@ def own_step(run_dir: Path) -> int:
         return -1
 
 
+def job_processes(job_number: str) -> set[int]:
+    """Every process of a Slurm job on this host: its slurmstepds ("slurmstepd: [123.batch]")
+    and all they started."""
+    table = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+    rows = [line.split(None, 2) for line in table.splitlines()]
+    children: dict[int, list[int]] = {}
+    for pid, ppid, *_ in rows:
+        children.setdefault(int(ppid), []).append(int(pid))
+    found = {int(pid) for pid, _, *args in rows if args and args[0].startswith(f"slurmstepd: [{job_number}.")}
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def release_requeued(job: str) -> None:
+    """Start a requeued job now instead of after Slurm's hold (cred_expire + 1 s: two minutes),
+    but only once Slurm is done with its last attempt, which is what the hold waits for: no
+    process of it left on any node, no message to a node still queued in the controller (a node
+    back from the dead gets the old attempt's kill late, and it would kill the new one), and
+    two seconds since (slurmd refuses a credential made in the second it revoked the old one's:
+    "Job credential revoked", and the job FAILED)."""
+    number = subprocess.run(["scontrol", "show", "-o", "job", job], capture_output=True, text=True,
+                            check=True).stdout.split("JobId=", 1)[1].split()[0]
+
+    def settled() -> bool:
+        pending = subprocess.run(["sdiag"], capture_output=True, text=True).stdout
+        return not job_processes(number) and "No pending RPCs" in pending
+
+    wait_for(settled, 60, f"job {job}'s last attempt to be gone from its nodes", every=0.2)
+    time.sleep(2)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+
+
 def stop_and_requeue(job: str, run_dir: Path, steps: int, after: int = 20) -> None:
     """Send the stop signal (as Slurm does before the time limit) once ``after`` steps are done,
     wait for the requeue, and release the job: Slurm holds a requeued job a while (reason
@@ -178,7 +215,7 @@ def stop_and_requeue(job: str, run_dir: Path, steps: int, after: int = 20) -> No
     # and exits non-zero). Whether the engine got it is what the requeue below shows.
     subprocess.run(["scancel", "--signal=USR1", job], capture_output=True)
     wait_for(lambda: job_state(job) == "PENDING" and own_step(run_dir) < steps, 180, "the requeue")
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    release_requeued(job)
 
 
 # The tiny study's layouts, each twice: all that two concurrent submissions, Slurm's arrays and

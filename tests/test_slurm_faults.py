@@ -22,8 +22,8 @@ from hpml_core.contract import attempts
 from hpml_core.contract.run_states import ACTIVE, COMPLETED, PENDING, RUNNING, from_slurm
 from jobs import slurm_query
 from tests.conftest import REPO, rank_files
-from tests.test_slurm import (cluster, experiment, hpml, ledger, nodes, own_step, slurm_job,  # noqa: F401 (fixtures)
-                              slurm_site, wait_finished, wait_for)
+from tests.test_slurm import (cluster, experiment, hpml, job_processes, ledger, nodes,  # noqa: F401 (fixtures)
+                              own_step, release_requeued, slurm_job, slurm_site, wait_finished, wait_for)
 
 LOCAL_SLURM = REPO / "jobs" / "local-slurm"
 PIDS = Path("/var/lib/hpml-slurm/run")  # where jobs/local-slurm's daemons keep their PID files
@@ -79,24 +79,6 @@ def faults(nodes):
                 subprocess.run(["scancel", *jobs], capture_output=True)
             wait_for(lambda: all(show("node", node)["State"] in ("IDLE", "MIXED", "ALLOCATED") for node in nodes),
                      60, "every node back in service")
-
-
-def job_processes(job_number: str) -> set[int]:
-    """Every process of a Slurm job on this host: its slurmstepds ("slurmstepd: [123.batch]")
-    and all they started."""
-    table = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
-    rows = [line.split(None, 2) for line in table.splitlines()]
-    children: dict[int, list[int]] = {}
-    for pid, ppid, *_ in rows:
-        children.setdefault(int(ppid), []).append(int(pid))
-    found = {int(pid) for pid, _, *args in rows if args and args[0].startswith(f"slurmstepd: [{job_number}.")}
-    todo = list(found)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def lose_node(node: str, jobs: list[str]) -> None:
@@ -198,7 +180,7 @@ def test_a_lost_node_s_jobs_resume_from_their_checkpoints_requeued_by_slurm_or_b
     if show("node", node)["State"].startswith("DOWN"):
         subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
     wait_for(lambda: not show("node", node)["State"].startswith("DOWN"), 60, f"{node} back in service")
-    subprocess.run(["scontrol", "update", f"JobId={jobs['requeued']}", "StartTime=now"], check=True)  # no 2 min hold
+    release_requeued(jobs["requeued"])
     assert wait_finished(jobs["requeued"]) == wait_finished(resent) == COMPLETED
     assert wait_finished(ledger(ref_folder)["reference"]["job_id"]) == COMPLETED
     assert status(exp, slurm_site)[0] == {name: (COMPLETED, "completed, step 12/12") for name in jobs}
