@@ -72,7 +72,7 @@ def engine_script_with_tiny_sized_as(dims, folder: Path) -> Path:
     sizes = dict(n_layer=dims.n_layer, n_head=dims.n_head, n_embd=dims.n_embd, n_positions=dims.n_positions)
     script = folder / f"engine_{dims.name}.py"
     script.write_text(f"from hpml_core.contract import models\nmodels.PRESETS['tiny'] = {sizes!r}\n"
-                      "import sys\nfrom hpml_core.train import main\nsys.exit(main())\n")
+                      "from hpml_core.train import exit_quickly, main\nexit_quickly(main())\n")
     return script
 
 

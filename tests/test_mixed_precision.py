@@ -73,12 +73,12 @@ SHARDED_TOLERANCES = {"bf16": (STEPS * torch.finfo(torch.bfloat16).eps, 5e-4),
 # TP leaves replicated; HPML_TEST_POISON_STEP makes rank 1's gradient overflow at that step;
 # HPML_TEST_NO_AGREEMENT removes the all-reduce of the overflow decision.
 WRAPPER = '''
-import os, sys
+import os
 import torch
 from torch.distributed.tensor import DTensor
 from hpml_core import loss_scaling
 from hpml_core.stepper import TorchStepper
-from hpml_core.train import main
+from hpml_core.train import exit_quickly, main
 
 RANK = int(os.environ.get("RANK", "0"))
 POISON_STEP = int(os.environ.get("HPML_TEST_POISON_STEP", "-1"))
@@ -107,7 +107,7 @@ def probed_step(self, micro_batches, measure=False):
 
 
 loss_scaling.DynamicLossScaler.unscale_, TorchStepper.step = poisoned_unscale, probed_step
-sys.exit(main())
+exit_quickly(main())
 '''
 
 

@@ -113,11 +113,10 @@ def test_breaking_the_tp_backward_all_reduce_breaks_the_equivalence(tmp_path, to
     its own share of the gradient of the activations entering a column-parallel layer."""
     script = tmp_path / "broken_tp.py"
     script.write_text(
-        "import sys\n"
         "from hpml_core import tensor_parallel\n"
         "tensor_parallel._CopyToTP.backward = staticmethod(lambda ctx, grad: (grad, None))\n"
-        "from hpml_core.train import main\n"
-        "sys.exit(main())\n"
+        "from hpml_core.train import exit_quickly, main\n"
+        "exit_quickly(main())\n"
     )
     out = tmp_path / "broken"
     args = [*COMMON, *OPTIMIZERS["sgd"][0], "--data", str(token_data), "--out", str(out),
@@ -133,7 +132,6 @@ def test_breaking_the_tp_backward_all_reduce_breaks_the_equivalence(tmp_path, to
 
 
 SUMMING_DDP = (
-    "import sys\n"
     "import torch.distributed as dist\n"
     "from torch.nn.parallel import DistributedDataParallel\n"
     "def summed(group, bucket):  # DDP's own hook divides by the group's size first; this one does not\n"
@@ -143,8 +141,8 @@ SUMMING_DDP = (
     "    original(self, *args, **kwargs)\n"
     "    self.register_comm_hook(self.process_group, summed)\n"
     "DistributedDataParallel.__init__ = init\n"
-    "from hpml_core.train import main\n"
-    "sys.exit(main())\n"
+    "from hpml_core.train import exit_quickly, main\n"
+    "exit_quickly(main())\n"
 )
 
 
