@@ -27,3 +27,9 @@ LAYOUTS = {
     "fsdp2-2-accum-2": (2, "fsdp2", 1, 1, 2),
     "dp2xtp2-fsdp2": (4, "fsdp2", 2, 2, 1),
 }
+# AdamW, the second optimizer, on one layout of each mode and on those whose optimizer state
+# other tests read back (resume, checkpoints, compile): its moments partitioned, sharded and
+# restored in each mode. The others train with SGD alone, where a gradient of the wrong scale
+# shows; their AdamW model state is exact in tests/test_memory_model.py and test_zero12_contract.py.
+ADAMW_LAYOUTS = ("ddp-2-accum-2", "tp-2", "zero3-2", "dp2xtp2-zero3", "zero1-2", "dp2xtp2-zero1", "zero2-2",
+                 "dp2xtp2-zero2", "fsdp2-2", "dp2xtp2-fsdp2")
