@@ -23,7 +23,9 @@ def cancel(experiment: Experiment, site: Site, only: list[str] | None) -> int:
     folder = site.experiment_folder(experiment.name)
     ledger.check_site(folder, site.name, record=False)
     runner = backend.for_site(site)
-    states = refresh(experiment.world_sizes, folder, query=runner.query)
+    states, note = refresh(experiment.world_sizes, folder, query=runner.query)
+    if note:  # decided on a partial answer: a job only the silent part knew is cancelled as last recorded
+        print(f"note: {note}")
     chosen = {name: states[name].entry["job_id"] for name in (only or names)
               if states[name].state in (PENDING, RUNNING) and states[name].entry.get("job_id")}
     runner.cancel(sorted(chosen.values()))

@@ -167,7 +167,7 @@ def smoke(site: Site, dataset: str) -> Check:
     folder = site.experiment_folder(name)
     deadline = time.monotonic() + SMOKE_TIMEOUT_S
     while True:
-        state = observe.refresh({"smoke": 1}, folder, query=backend.for_site(site).query)["smoke"]
+        state = observe.refresh({"smoke": 1}, folder, query=backend.for_site(site).query)[0]["smoke"]
         if not state.active or time.monotonic() > deadline:
             break
         time.sleep(2)

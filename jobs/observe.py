@@ -203,13 +203,14 @@ def _decide(worlds: Mapping[str, int], folder: Path, query: Query | None, read: 
 
 
 def refresh(worlds: Mapping[str, int], folder: Path, read: Reader = rank_file.read, *,
-            record: bool = True, query: Query | None = None) -> dict[str, RunState]:
+            record: bool = True, query: Query | None = None) -> tuple[dict[str, RunState], str | None]:
     """Every run's state (``worlds``: run name -> world size), decided with the scheduler's word
     on its job, and recorded in the ledger unless ``record`` is False. ``query``: the site's
     backend's (``backend.for_site(site).query``); without one, Slurm's (``slurm_query.query``).
     Raises SlurmError when the scheduler does not answer: what submit and cancel need before
-    they act (a job it could not tell about, when it answers in part, stays as last recorded)."""
-    return _decide(worlds, folder, query or slurm_query.query, read, record)[0]
+    they act. When it answers in part, a job it could not tell about stays as last recorded, and
+    the note returned beside the states says which part did not answer, for them to print."""
+    return _decide(worlds, folder, query or slurm_query.query, read, record)
 
 
 def current(worlds: Mapping[str, int], folder: Path, read: Reader = rank_file.read, *,

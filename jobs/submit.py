@@ -88,7 +88,9 @@ def submit(experiment: Experiment, site: Site, only_failed: bool, force: bool, d
     if not DataMeta.exists(data):
         raise UsageError("dataset", f"{data} holds no prepared data (no meta.json): prepare it first, `hpml data "
                          f"prepare ... --site {site.name} --dataset {experiment.dataset}` (docs/cluster.md#data)")
-    states = observe.refresh(experiment.world_sizes, folder, query=runner.query)
+    states, note = observe.refresh(experiment.world_sizes, folder, query=runner.query)
+    if note:  # decided on a partial answer: which runs count as active may be out of date
+        print(f"note: {note}")
     runs = select(experiment, states, only_failed, force)
     if fit_check:
         check_fit(experiment, site, runs)

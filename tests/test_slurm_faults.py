@@ -269,9 +269,10 @@ def test_with_slurmdbd_stopped_status_and_report_answer_from_squeue_and_say_acco
                                                                                                        faults):
     """slurmdbd is stopped (sacct: "Connection refused"), then a run is submitted and trains:
     `hpml status` and `hpml report` answer from squeue and the ledger, exit status 0, and say in
-    one line that accounting is unreachable. A run whose job squeue no longer lists (one that
-    ended long ago: its job id made up here, as squeue forgets a job only 5 minutes after it
-    ended) stays as last recorded, not lost, while accounting, which would know, does not answer.
+    one line that accounting is unreachable, as `hpml submit` and `hpml cancel` do before they
+    act. A run whose job squeue no longer lists (one that ended long ago: its job id made up
+    here, as squeue forgets a job only 5 minutes after it ended) stays as last recorded, not
+    lost, while accounting, which would know, does not answer.
     Once slurmdbd is back, accounting knows the job that ran meanwhile as COMPLETED, and the
     forgotten one is FAILED ("Slurm no longer knows the job")."""
     exp, folder = experiment(slurm_site, "dbd_down", "- {name: live, mode: single, gpus: 1, batch_size: 4}",
@@ -291,9 +292,14 @@ def test_with_slurmdbd_stopped_status_and_report_answer_from_squeue_and_say_acco
     assert rows["live"][0] in ACTIVE and ledger(folder)["live"]["state_from"] == "squeue"
     assert below == ["Slurm's accounting is unreachable (sacct: error: Problem talking to the database: Connection "
                      "refused): states from the controller (squeue)"], below
+    partial = below[0]
     rows, below = status(old_exp, slurm_site)
     assert rows["old"][0] == RUNNING and ledger(old_folder)["old"]["state"] == RUNNING  # not lost: not known
     assert below[0].endswith("; jobs it no longer lists as last recorded") and len(below) == 1, below
+    # submit decides on the same partial answer and says so: the old run, as last recorded, is not sent again
+    again = hpml("submit", str(old_exp), "--site", str(slurm_site))
+    assert again.returncode == 0 and again.stdout.splitlines() == [
+        f"note: {below[0]}", "dbd_down_old: 0 to run, 0 skipped (completed), 1 pending or running"], again.stdout
 
     watch = hpml("status", str(exp), "--site", str(slurm_site), "--watch", "1", timeout=300)
     assert watch.returncode == 0 and watch.stderr == "", watch.stderr
@@ -305,6 +311,9 @@ def test_with_slurmdbd_stopped_status_and_report_answer_from_squeue_and_say_acco
     assert said in (folder / "report" / "summary.md").read_text()
     rows = list(csv.DictReader((folder / "report" / "runs.csv").open()))
     assert [(row["run"], row["status"]) for row in rows] == [("live", COMPLETED)]
+    cancelled = hpml("cancel", str(exp), "--site", str(slurm_site))  # and so does cancel
+    assert cancelled.returncode == 0 and cancelled.stdout.splitlines() == [
+        f"note: {partial}", "dbd_down: 0 job(s) cancelled (none was pending or running)"], cancelled.stdout
 
     local_slurm("start-dbd")  # the controller sends accounting what it kept meanwhile
     wait_for(lambda: accounted([job]) == {job: COMPLETED}, 60, "accounting to know the job completed")
