@@ -10,10 +10,11 @@ the report writes nothing but its own folder, so it can run on a results folder 
 read.
 
 A run's record holds each attempt (its number, its rank files, its Slurm job and nodes); the
-loss curve from step 0 to the end, rank 0's losses of each attempt placed at their steps, a
-later attempt winning where two overlap (a resumed attempt repeats the steps after its
-checkpoint) and gaps left as gaps; the step times of every attempt, each labelled with it; and
-the attempt whose step times give the run's throughput: the last one that has them (an attempt
+loss curve from step 0 to the end, rank 0's losses of each attempt placed at their steps (of an
+attempt killed before rank 0 wrote its file, the losses it wrote with its last checkpoint,
+``<run>/attempts/<n>/losses.json``), a later attempt winning where two overlap (a resumed
+attempt repeats the steps after its checkpoint) and gaps left as gaps; the step times of every
+attempt, each labelled with it; and the attempt whose step times give the run's throughput: the last one that has them (an attempt
 resumed with only warm-up steps left has none, and its rank files say why); and the Slurm jobs
 that ran it (each attempt's, and the one the ledger records, which may have died before any rank
 wrote a file), with the elapsed time ``sacct`` gives each, for the hours the run spent.
@@ -28,16 +29,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from hpml_core.contract import attempts as attempt_files
 from hpml_core.contract import rank_file
-from hpml_core.contract.rank_file import RankFile
+from hpml_core.contract.rank_file import Loss, RankFile
 from hpml_core.contract.run_states import COMPLETED
 from jobs import observe, slurm_query
 
 REPEAT_SUFFIX = re.compile(r"-r\d+$")
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Problem:
 class Attempt:
     number: int
     ranks: dict[int, RankFile]  # its valid rank files, by rank
+    checkpointed_losses: Loss | None = None  # its losses.json: its losses up to its last checkpoint
 
     def _slurm(self, field_name: str) -> str | None:
         values = [getattr(f.slurm, field_name) for f in self.ranks.values() if f.slurm is not None]
@@ -96,11 +100,12 @@ class RunResult:
 
     def loss_curve(self) -> list[tuple[int, float, int]]:
         """(step, loss, attempt) from step 0 on: rank 0's losses (the mean over data-parallel
-        ranks) of each attempt at their steps; where attempts overlap, the later one's."""
+        ranks) of each attempt at their steps, or, for an attempt killed before rank 0 wrote its
+        file, those it wrote with its last checkpoint; where attempts overlap, the later one's."""
         by_step: dict[int, tuple[float, int]] = {}
         for attempt in self.attempts:
-            if 0 in attempt.ranks:
-                loss = attempt.ranks[0].loss
+            loss = attempt.ranks[0].loss if 0 in attempt.ranks else attempt.checkpointed_losses
+            if loss is not None:
                 for offset, value in enumerate(loss.values):
                     by_step[loss.start_step + offset] = (value, attempt.number)
         return [(step, *by_step[step]) for step in sorted(by_step)]
@@ -124,20 +129,30 @@ def configuration_of(run_name: str, repeated: bool) -> str:
 
 
 def _read_attempt(run_dir: Path, number: int, problems: list[Problem], read: dict[Path, RankFile | None]) -> Attempt:
-    """The attempt's valid rank files; each file read goes into ``read`` (None: not valid)."""
+    """The attempt's valid rank files, each file read going into ``read`` (None: not valid),
+    and its checkpointed losses when rank 0 left no file (otherwise its file has them all)."""
     ranks = {}
     for rank, path in attempt_files.rank_files(run_dir, number).items():
-        read[path] = None
-        try:
-            ranks[rank] = read[path] = RankFile.model_validate_json(path.read_bytes())
-        except OSError as exc:
-            problems.append(Problem(str(path), f"unreadable: {exc.strerror}"))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "file"
-            kind = "not JSON" if first["type"] == "json_invalid" else f"{where}: {first['msg']}"
-            problems.append(Problem(str(path), f"does not match the rank-file schema ({kind})"))
-    return Attempt(number, ranks)
+        read[path] = record = _valid(path, RankFile, "rank-file", problems)
+        if record is not None:
+            ranks[rank] = record
+    losses = attempt_files.losses_path(run_dir, number)
+    checkpointed = _valid(losses, Loss, "loss-file", problems) if 0 not in ranks and losses.exists() else None
+    return Attempt(number, ranks, checkpointed)
+
+
+def _valid(path: Path, schema: type[ModelT], name: str, problems: list[Problem]) -> ModelT | None:
+    """``path`` read as ``schema``, or None with the reason in ``problems``."""
+    try:
+        return schema.model_validate_json(path.read_bytes())
+    except OSError as exc:
+        problems.append(Problem(str(path), f"unreadable: {exc.strerror}"))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "file"
+        kind = "not JSON" if first["type"] == "json_invalid" else f"{where}: {first['msg']}"
+        problems.append(Problem(str(path), f"does not match the {name} schema ({kind})"))
+    return None
 
 
 def collect(folder: Path, runs: Mapping[str, int], repeated: bool) -> tuple[list[RunResult], list[Problem], str | None]:

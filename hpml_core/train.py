@@ -46,9 +46,10 @@ from hpml_core.model import GPT
 from hpml_core.parallelize import parallelize
 from hpml_core.plan import Plan, make_plan
 from hpml_core.profile_window import profile_window
-from hpml_core.rank_result import Measured, build_rank_file, cpu_name, throughput
+from hpml_core.rank_result import Measured, build_rank_file, cpu_name, loss_values, throughput
 from hpml_core.contract import rank_file as rf
-from hpml_core.contract.attempts import attempt_folder
+from hpml_core.contract.atomic import atomic_write_json
+from hpml_core.contract.attempts import attempt_folder, losses_path
 from hpml_core.contract.config import TrainConfig
 from hpml_core.contract.errors import (EXIT_FAILED, EXIT_OOM, EXIT_STOPPED, EXIT_USAGE, EXIT_WRITE_REFUSED, UsageError,
                                       WriteRefused)
@@ -107,13 +108,22 @@ def build(plan: Plan, device: torch.device, mesh: Mesh, attempt_dir: Path) -> St
     return parallelize(model, mesh, plan.config, device, attempt_dir)
 
 
-def save_checkpoint(plan: Plan, stepper: Stepper, out: Path, step: int) -> None:
+def save_checkpoint(plan: Plan, stepper: Stepper, out: Path, step: int, measured: Measured, attempt: int) -> None:
+    """Collective. The attempt's losses so far first, as its rank file will hold them (averaged
+    over data-parallel ranks: one small all-reduce), written by rank 0 beside its rank file, then
+    the checkpoint: an attempt killed before it writes its rank files (a lost node, the kernel's
+    out-of-memory killer) leaves its loss curve up to a step no earlier than the newest checkpoint,
+    the one the next attempt resumes from (``hpml_core.contract.attempts``)."""
+    losses = rf.Loss(start_step=measured.start_step, values=loss_values(measured.losses, ranks_alive=True),
+                     averaged_over_dp=True)
+    if plan.env.rank == 0:
+        atomic_write_json(losses_path(out, attempt), losses.model_dump())
     checkpoint.save(resuming.checkpoint_dir(plan.config, out), step, stepper, plan.env.rank,
                     checkpoint.fingerprint(plan.config, plan.layout.dp_size, plan.batches.data.meta),
                     plan.config.keep_checkpoints)
 
 
-def train_steps(plan: Plan, stepper: Stepper, measured: Measured, device: torch.device, out: Path,
+def train_steps(plan: Plan, stepper: Stepper, measured: Measured, device: torch.device, out: Path, attempt: int,
                 stop: StopRequest, progress: Progress) -> bool:
     """Train from ``measured.start_step`` to the last step; False if a stop signal ended it
     early, after a checkpoint. Losses and step times go into ``measured`` as they come."""
@@ -135,7 +145,7 @@ def train_steps(plan: Plan, stepper: Stepper, measured: Measured, device: torch.
             done = step + 1
             saved = config.checkpoint_every > 0 and done % config.checkpoint_every == 0
             if saved:
-                save_checkpoint(plan, stepper, out, done)
+                save_checkpoint(plan, stepper, out, done, measured, attempt)
             now = time.perf_counter()  # the host's clock: no wait for the device
             if done % report_every == 0 or done == total or now - last_report >= REPORT_SECONDS:
                 _log(plan, f"step {done}/{total}  {now - started:.1f} s")
@@ -143,7 +153,7 @@ def train_steps(plan: Plan, stepper: Stepper, measured: Measured, device: torch.
                 last_report = now
             if done < total and stop.agreed():
                 if not saved:
-                    save_checkpoint(plan, stepper, out, done)
+                    save_checkpoint(plan, stepper, out, done, measured, attempt)
                 _log(plan, f"stopped by {stop.signal_name} after step {done}; checkpoint saved, resume with --resume")
                 return False
     finally:
@@ -180,7 +190,7 @@ def train(plan: Plan, stop: StopRequest) -> int:
             stepper.load_state(plan.resume_state)
             measured.start_step = plan.resume_state.step
         measured.memory.end_setup()
-        if not train_steps(plan, stepper, measured, device, out, stop, progress):
+        if not train_steps(plan, stepper, measured, device, out, attempt, stop, progress):
             status, error = STOPPED, f"stopped by {stop.signal_name}; checkpoint saved"
         run_throughput = throughput(plan, measured.timer, device) if measured.timer.timed_steps else None
         if config.save_model and status == COMPLETED:

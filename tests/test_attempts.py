@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from analysis import collect
 from hpml_core import data
+from hpml_core.contract import attempts
 from tests.conftest import REPO, engine, losses, rank_files, snapshot
 
 # 10 steps of which 5 warm-up, a checkpoint at step 8: stopped (or ended) there, a resume has
@@ -150,3 +152,44 @@ def test_a_stop_signal_during_start_up_stops_the_run_cleanly(tmp_path, token_dat
     assert record["throughput"] is None and "the 9 steps left after resuming at step 1 were all warm-up" in \
         record["throughput_missing_reason"]
     assert losses(out, attempt=1) + losses(out, attempt=2) == losses(whole)
+
+
+def test_an_attempt_killed_before_its_rank_file_leaves_its_loss_curve_up_to_its_checkpoint(tmp_path, token_data):
+    """kill -9 (a lost node, the kernel's out-of-memory killer) once a run has saved its second
+    checkpoint: no rank file, but ``attempts/1/losses.json``, written with each checkpoint. Resumed,
+    the run's loss curve as the report assembles it has every step from 0, attempt 1's up to at
+    least the checkpoint attempt 2 resumed from, each equal to an uninterrupted run's. A
+    ``losses.json`` that is not the schema is a listed problem, and the curve then has the gap."""
+    out, whole = tmp_path / "results" / "killed", tmp_path / "results" / "whole"
+    args = [*ARGS, "--warmup-steps", "1", "--checkpoint-every", "2", "--profile-steps", "0", "--data", str(token_data)]
+    proc = subprocess.Popen([sys.executable, "-m", "hpml_core.train", *args, "--steps", "100000", "--out", str(out)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoints" / "step-00000004" / "manifest.json").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, "no second checkpoint"
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+    proc.wait()
+    assert rank_files(out, attempt=1) == {}
+    saved = json.loads(attempts.losses_path(out, 1).read_text())
+    resume_at = max(int(p.parent.name.removeprefix("step-")) for p in (out / "checkpoints").glob("step-*/manifest.json"))
+    assert saved["start_step"] == 0 and len(saved["values"]) >= resume_at >= 4
+
+    steps = resume_at + 3
+    engine([*args, "--steps", str(steps), "--resume", "--out", str(out)])
+    engine([*args, "--steps", str(steps), "--out", str(whole)])
+    (result,), problems, _ = collect.collect(out.parent, {"killed": 1}, repeated=False)
+    assert not problems and [attempt.number for attempt in result.attempts] == [1, 2]
+    curve = result.loss_curve()
+    assert [(step, attempt) for step, _, attempt in curve] == [(step, 1 if step < resume_at else 2)
+                                                                for step in range(steps)]
+    assert [loss for _, loss, _ in curve] == losses(whole)
+
+    attempts.losses_path(out, 1).write_text('{"start_step": 0}')  # cut short: no values
+    (result,), problems, _ = collect.collect(out.parent, {"killed": 1}, repeated=False)
+    assert [(p.path, p.reason) for p in problems] == [
+        (str(attempts.losses_path(out, 1)), "does not match the loss-file schema (values: Field required)")]
+    assert [step for step, _, _ in result.loss_curve()] == list(range(resume_at, steps))

@@ -7,6 +7,11 @@ picks ``n`` as one more than the highest attempt folder there and creates it bef
 The run-level files stay where they were: ``<run>/status.json`` (the current attempt's
 progress, with its number), ``<run>/run.json`` and ``<run>/checkpoints/``.
 
+With each checkpoint, rank 0 also writes ``<run>/attempts/<n>/losses.json`` (the attempt's
+losses so far, as its rank file will hold them: ``rank_file.Loss``), just before the checkpoint:
+an attempt killed too hard to write its rank files (a lost node, the kernel's out-of-memory
+killer) still leaves its loss curve up to the checkpoint the next attempt resumes from.
+
 A run's record is assembled from all its attempts (the report's loss curve from step 0, the
 step times of each attempt, each attempt's Slurm job and nodes); its outcome is the last
 attempt's.
@@ -19,6 +24,7 @@ from pathlib import Path
 
 ATTEMPTS = "attempts"
 RANK_FILE = re.compile(r"^rank-(\d+)\.json$")
+LOSSES_FILE = "losses.json"
 
 
 def attempt_folder(run_dir: Path, attempt: int) -> Path:
@@ -41,6 +47,10 @@ def latest_attempt(run_dir: Path) -> int | None:
 
 def next_attempt(run_dir: Path) -> int:
     return (latest_attempt(run_dir) or 0) + 1
+
+
+def losses_path(run_dir: Path, attempt: int) -> Path:
+    return attempt_folder(run_dir, attempt) / LOSSES_FILE
 
 
 def rank_file_path(run_dir: Path, attempt: int, rank: int) -> Path:
