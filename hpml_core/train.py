@@ -59,8 +59,9 @@ from hpml_core.stepper import Stepper
 from hpml_core.stopping import StopRequest
 from hpml_core.timing import StepTimer
 
-# Start-up and exit. Every rank of every launch imports torch and DeepSpeed and, with its first
-# optimizer, torch's compiler: some hundred thousand objects that live as long as the process.
+# Start-up and exit. Every rank of every launch imports torch (under ZeRO, DeepSpeed too) and,
+# with its first optimizer, torch's compiler: up to half a million objects that live as long as
+# the process.
 # While they are made, the cycle collector would walk them again and again (0.4 s of a rank's
 # start-up), and at the exit once more (0.7 to 1 s), each measured on this project's 2-core
 # machine (docs/testing.md). So it is off during the imports, and what they made is frozen, out
