@@ -14,10 +14,11 @@ loss curve from step 0 to the end, rank 0's losses of each attempt placed at the
 attempt killed before rank 0 wrote its file, the losses it wrote with its last checkpoint,
 ``<run>/attempts/<n>/losses.json``), a later attempt winning where two overlap (a resumed
 attempt repeats the steps after its checkpoint) and gaps left as gaps; the step times of every
-attempt, each labelled with it; and the attempt whose step times give the run's throughput: the last one that has them (an attempt
-resumed with only warm-up steps left has none, and its rank files say why); and the Slurm jobs
-that ran it (each attempt's, and the one the ledger records, which may have died before any rank
-wrote a file), with the elapsed time ``sacct`` gives each, for the hours the run spent.
+attempt, each labelled with it; and the attempt whose step times give the run's throughput: the
+last one that has them (an attempt resumed with only warm-up steps left has none, and its rank
+files say why); and the Slurm jobs that ran it (each attempt's, and the one the ledger records,
+which may have died before any rank wrote a file), with the elapsed time ``sacct`` gives each,
+for the hours the run spent.
 
 Nothing is dropped: a run with no rank files, a missing rank or an unreadable file keeps its
 row, with its state and why, and every unreadable or schema-invalid file is listed by path.

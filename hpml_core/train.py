@@ -61,12 +61,12 @@ from hpml_core.timing import StepTimer
 
 # Start-up and exit. Every rank of every launch imports torch (under ZeRO, DeepSpeed too) and,
 # with its first optimizer, torch's compiler: up to half a million objects that live as long as
-# the process.
-# While they are made, the cycle collector would walk them again and again (0.4 s of a rank's
-# start-up), and at the exit once more (0.7 to 1 s), each measured on this project's 2-core
-# machine (docs/testing.md). So it is off during the imports, and what they made is frozen, out
-# of its reach, before it is on again and before the process exits (``exit_quickly``). Nothing
-# else changes: objects are still freed by reference count, atexit handlers still run.
+# the process. While they are made, the cycle collector would walk them again and again (0.4 s
+# of a rank's start-up), and at the exit once more (0.7 to 1 s), each measured on this project's
+# 2-core machine (docs/testing.md). So it is off during the imports, and what they made is
+# frozen, out of its reach, before it is on again and before the process exits
+# (``exit_quickly``). Nothing else changes: objects are still freed by reference count, atexit
+# handlers still run.
 if __name__ == "__main__":
     gc.freeze()
     gc.enable()

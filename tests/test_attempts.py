@@ -175,7 +175,8 @@ def test_an_attempt_killed_before_its_rank_file_leaves_its_loss_curve_up_to_its_
     proc.wait()
     assert rank_files(out, attempt=1) == {}
     saved = json.loads(attempts.losses_path(out, 1).read_text())
-    resume_at = max(int(p.parent.name.removeprefix("step-")) for p in (out / "checkpoints").glob("step-*/manifest.json"))
+    resume_at = max(int(manifest.parent.name.removeprefix("step-"))  # the newest whole checkpoint
+                    for manifest in (out / "checkpoints").glob("step-*/manifest.json"))
     assert saved["start_step"] == 0 and len(saved["values"]) >= resume_at >= 4
 
     steps = resume_at + 3
