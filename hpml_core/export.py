@@ -3,8 +3,8 @@
 - ``<out>/model.pt``: a plain GPT state dict in fp32 (hpml's own names, the padded vocabulary).
   It is how a TP or ZeRO-3 run's result is compared with a single process's.
 - ``<out>/hf/``: the same model in the ecosystem's format, the folder
-  ``transformers.GPT2LMHeadModel.from_pretrained`` loads: ``config.json`` (a ``GPT2Config`` with
-  the run's sizes) and ``model.safetensors`` (GPT-2's parameter names and layout, fp32). It is
+  ``transformers.GPT2LMHeadModel.from_pretrained`` loads: ``config.json`` (a ``GPT2Config``'s
+  fields with the run's sizes) and ``model.safetensors`` (GPT-2's parameter names and layout, fp32). It is
   how a trained model leaves the cluster.
 
 The mapping (``hf_state_dict``), for ``d`` = n_embd and ``V`` the real vocabulary::
@@ -38,6 +38,7 @@ exact erf would be "gelu"), 4d MLP, scaled dot-product attention, tied LM head, 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -81,20 +82,23 @@ def save_full_model(stepper: Stepper, out: Path, rank: int, *, dims: ModelDims |
     return path
 
 
-def hf_config(dims: ModelDims, vocab_size: int):
-    """The ``GPT2Config`` of hpml's GPT of sizes ``dims`` with the real vocabulary ``vocab_size``."""
-    from transformers import GPT2Config
-
-    return GPT2Config(
-        vocab_size=vocab_size, n_positions=dims.n_positions, n_embd=dims.n_embd, n_layer=dims.n_layer,
-        n_head=dims.n_head, n_inner=4 * dims.n_embd, activation_function="gelu_new",  # F.gelu(approximate="tanh")
-        layer_norm_epsilon=dims.layer_norm_epsilon, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        summary_first_dropout=0.0, scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False,
-        reorder_and_upcast_attn=False, tie_word_embeddings=True,
+def hf_config(dims: ModelDims, vocab_size: int) -> dict:
+    """The ``config.json`` of hpml's GPT of sizes ``dims`` with the real vocabulary ``vocab_size``:
+    the fields of ``GPT2Config`` that describe the model, the library's generic ones (labels,
+    generation) left to its defaults. Written out rather than built with ``GPT2Config``, which
+    would import transformers into every rank 0 that saves a model (0.8 s of CPU, most of it
+    indexing the library); tests/test_export_hf.py reads it back as the config it stands for."""
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": vocab_size,
+        "n_positions": dims.n_positions, "n_embd": dims.n_embd, "n_layer": dims.n_layer, "n_head": dims.n_head,
+        "n_inner": 4 * dims.n_embd, "activation_function": "gelu_new",  # F.gelu(approximate="tanh")
+        "layer_norm_epsilon": dims.layer_norm_epsilon, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+        "summary_first_dropout": 0.0, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False, "tie_word_embeddings": True,
         # GPT2Config's 50256 is GPT-2's tokenizer's <|endoftext|>; the data's tokenizer may differ,
         # and the export does not read it.
-        bos_token_id=None, eos_token_id=None, architectures=["GPT2LMHeadModel"], dtype="float32",
-    )
+        "bos_token_id": None, "eos_token_id": None, "dtype": "float32",
+    }
 
 
 def hf_state_dict(state: dict[str, torch.Tensor], dims: ModelDims, vocab_size: int) -> dict[str, torch.Tensor]:
@@ -136,5 +140,5 @@ def save_hf(state: dict[str, torch.Tensor], dims: ModelDims, vocab_size: int, fo
     (folder / HF_CONFIG_FILE).unlink(missing_ok=True)  # written last: its presence means the weights are complete
     atomic_write(folder / HF_WEIGHTS_FILE, lambda f: f.write(save(tensors, metadata={"format": "pt"})))
     del tensors
-    atomic_write(folder / HF_CONFIG_FILE, lambda f: f.write(config.to_json_string(use_diff=False).encode()))
+    atomic_write(folder / HF_CONFIG_FILE, lambda f: f.write(json.dumps(config, indent=2).encode()))
     return folder

@@ -1,12 +1,18 @@
 """Shared fixtures: real WikiText-2 text from ../shared, tokenized once per test session, and
-a helper that runs the engine the way a user would (a subprocess, or torchrun)."""
+a helper that runs the engine the way a user would (a process, or one per rank)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -52,18 +58,57 @@ def token_data(tmp_path_factory, wikitext_valid) -> Path:
 
 def engine(args: list[str], nproc: int = 1, env: dict | None = None, check: bool = True,
            script: Path | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m hpml_core.train`` (or ``script``) alone, or under torchrun with ``nproc`` ranks."""
-    target = [str(script)] if script else ["-m", "hpml_core.train"]
-    if nproc == 1:
-        cmd = [sys.executable, *target, *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               *target, *args]
+    """Run ``python -m hpml_core.train`` (or ``script``) alone, or as ``nproc`` gloo ranks."""
+    cmd = [sys.executable, *([str(script)] if script else ["-m", "hpml_core.train"]), *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
+    if nproc == 1:
+        proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
+    else:
+        proc = ranks(cmd, nproc, full_env, timeout=600)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(f"{' '.join(cmd)} on {nproc} ranks exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def ranks(cmd: list[str], nproc: int, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """``cmd`` as ``nproc`` ranks on this machine, started as the deepspeed launcher starts them:
+    each with its RANK, LOCAL_RANK and WORLD_SIZE and one rendezvous address (the engine's "env"
+    launch, ``hpml_core.launch``). torchrun, which the local backend and the Slurm job scripts
+    use, is tested through them; here it would be one more torch process per launch, 1.5 to 2 s
+    of the two cores each time. As torchrun does, the first rank to fail takes the others down
+    (SIGTERM, SIGKILL 30 s later); the exit status is that rank's own (torchrun's is 1), and
+    stdout and stderr hold every rank's, as they would on a terminal."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rendezvous = {"WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1",
+                  "MASTER_PORT": str(port)}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        procs = [subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err, text=True,
+                                  env={**env, **rendezvous, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+                 for rank in range(nproc)]
+        deadline = time.monotonic() + timeout
+        while True:
+            codes = [p.poll() for p in procs]
+            if None not in codes or any(code not in (None, 0) for code in codes) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)  # torchrun's --monitor-interval
+        failed = next((code for code in codes if code not in (None, 0)), None)
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if failed is None and any(p.returncode != 0 for p in procs):  # out of time: every rank was stopped
+        raise subprocess.TimeoutExpired(cmd, timeout, stdout, stderr)
+    return subprocess.CompletedProcess(cmd, failed or 0, stdout, stderr)
 
 
 def engine_script_with_tiny_sized_as(dims, folder: Path) -> Path:
@@ -94,26 +139,50 @@ def snapshot(folder: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
 
 
+def shared_folder(tmp_path_factory, name: str) -> Path:
+    """A folder of this test session that every pytest-xdist worker sees (each worker's own
+    temporary folders lie inside the session's, which is removed with it)."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """Hold an exclusive lock on ``path`` (created if missing), across processes."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, token_data):
-    """Train a layout of tests/layouts.py once per session and hand back its run folder."""
+    """Train a layout of tests/layouts.py once per session and hand back its run folder. The
+    two workers of `make test` share the runs (one lock each), so a layout that files on both
+    of them read is trained once; the runs are the same wherever they are trained (the same
+    seed and data), and the tests only read them."""
     from tests.layouts import COMMON, LAYOUTS, OPTIMIZERS
 
-    root = tmp_path_factory.mktemp("layouts")
-    done: dict[tuple, object] = {}
+    root = shared_folder(tmp_path_factory, "layouts")
 
     def run(optimizer: str, layout: str, extra: tuple[str, ...] = ()):
-        key = (optimizer, layout, extra)
-        if key not in done:
-            out = root / f"{optimizer}-{layout}-{len(done)}"
-            args = [*COMMON, *OPTIMIZERS[optimizer][0], "--data", str(token_data), "--out", str(out), *extra]
-            if layout == "single":
-                engine([*args, "--batch-size", "4"])
-            else:
-                nproc, mode, tp, batch, accum = LAYOUTS[layout]
-                engine([*args, "--mode", mode, "--tp-size", str(tp), "--batch-size", str(batch),
-                        "--grad-accum", str(accum)], nproc=nproc)
-            done[key] = out
-        return done[key]
+        out = root / "-".join([optimizer, layout, *(flag.strip("-") for flag in extra)])
+        done = out.with_name(out.name + ".trained")  # beside the run: its folder is only the engine's
+        with locked(out.with_name(out.name + ".lock")):
+            if not done.exists():
+                shutil.rmtree(out, ignore_errors=True)  # a run of this session that failed
+                args = [*COMMON, *OPTIMIZERS[optimizer][0], "--data", str(token_data), "--out", str(out), *extra]
+                if layout == "single":
+                    engine([*args, "--batch-size", "4"])
+                else:
+                    nproc, mode, tp, batch, accum = LAYOUTS[layout]
+                    engine([*args, "--mode", mode, "--tp-size", str(tp), "--batch-size", str(batch),
+                            "--grad-accum", str(accum)], nproc=nproc)
+                done.touch()
+        return out
 
     return run

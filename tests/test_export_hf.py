@@ -27,7 +27,7 @@ from hpml_core import export
 from hpml_core.contract.data_meta import TOKENS_FILE, DataMeta
 from hpml_core.model import GPT, model_dims
 
-# The layouts whose export is checked; "dp2xtp2-fsdp2" joins once it trains.
+# The layouts whose export is checked.
 LAYOUTS = ["single", "dp2xtp2-zero3", "dp2xtp2-fsdp2"]
 RELATIVE_TOLERANCE = 1e-5
 
@@ -119,6 +119,22 @@ def test_padded_rows_are_dropped(tmp_path, token_data):
 
     export.save_full_model(Stepper(), tmp_path / "other-rank", rank=1, vocab_size=600)
     assert not (tmp_path / "other-rank").exists()  # rank 0 writes, the others only take part
+
+
+def test_config_json_reads_back_as_the_gpt2_config_it_stands_for(tmp_path):
+    """The engine writes config.json without transformers (``export.hf_config``): every field it
+    writes is one of GPT2Config's, transformers reads each back with its value, and the config
+    it reads is the one GPT2Config builds from those fields, the rest at their defaults."""
+    from transformers import GPT2Config
+
+    dims = model_dims("tiny", 600)
+    fields = export.hf_config(dims, 600)
+    export.save_hf(GPT(dims, seed=3).state_dict(), dims, 600, tmp_path)
+    read = GPT2Config.from_pretrained(tmp_path, local_files_only=True).to_dict()
+    built = GPT2Config(**fields).to_dict()
+    assert set(fields) <= set(GPT2Config().to_dict())  # a misspelt field would be kept as an attribute of its own
+    assert {name: read[name] for name in fields} == fields
+    assert read == built
 
 
 def test_wrong_mappings_are_caught(tmp_path, trained, token_data, monkeypatch):

@@ -57,7 +57,7 @@ def test_a_disk_too_small_for_a_checkpoint_is_said_in_one_line(layout, small_dis
     """Checkpoints on a tmpfs that holds one checkpoint and a half: the step-4 save fails on every
     rank with one line naming the file, the bytes it needed and the bytes free; the rank files say
     FAILED with that line; no step-4 folder or temporary file is left; step 2's checkpoint is whole
-    (it still verifies); one process exits 5, not a training failure's 1."""
+    (it still verifies); the launch exits 5, not a training failure's 1."""
     probe = tmp_path / "probe"
     args, nproc = _args(layout, token_data, probe)
     engine([*args, "--steps", "2", "--checkpoint-every", "2"], nproc=nproc)
@@ -68,8 +68,7 @@ def test_a_disk_too_small_for_a_checkpoint_is_said_in_one_line(layout, small_dis
     args, nproc = _args(layout, token_data, out)
     proc = engine([*args, "--steps", "6", "--checkpoint-every", "2", "--checkpoint-dir", str(disk)], nproc=nproc,
                   check=False)
-    if nproc == 1:
-        assert proc.returncode == EXIT_WRITE_REFUSED, proc.stderr
+    assert proc.returncode == EXIT_WRITE_REFUSED, proc.stderr
     refused = [line for line in proc.stderr.splitlines() if "cannot write" in line]
     assert refused and all(f"cannot write {disk}/step-00000004/" in line and "no space left on device" in line
                            and "free there)" in line and "it needs " in line for line in refused), proc.stderr
