@@ -107,7 +107,7 @@ chaos: venv data
 TEST_WORKERS ?= 2
 TEST_ARGS ?=
 test: venv
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 $(TEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 $(TEST_ARGS)
 
 # Regenerate the JSON Schema of the rank files (hpml_core/contract/schemas/) after changing
 # hpml_core/contract/rank_file.py.

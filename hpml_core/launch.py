@@ -25,8 +25,8 @@ class ProcessEnv:
     world_size: int
     master_addr: str
     master_port: int
-    launcher: str
-    local_world_size: int = 1  # processes on this node  # "none", "torchrun", "env" (deepspeed and other RANK/WORLD_SIZE launchers) or "srun"
+    launcher: str  # "none", "torchrun", "env" (deepspeed and other RANK/WORLD_SIZE launchers) or "srun"
+    local_world_size: int = 1  # processes on this node
 
 
 def first_host(nodelist: str) -> str:

@@ -8,11 +8,9 @@ import fcntl
 import json
 import os
 import shutil
-import socket
+import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -25,12 +23,14 @@ WIKITEXT = SHARED / "data" / "wikitext-2"
 
 
 # `make test` runs the suite on two workers (pytest-xdist, --dist loadfile: each file on one
-# worker, so a file's module fixtures are built once). The longest files start first, so that
-# the short ones fill the end and both workers finish together: the real-Slurm file first (it
-# also waits on the scheduler, while the other worker's CPU-bound files run), then the others
-# by their time in CI.
-FIRST = ("test_slurm.py", "test_layouts_study.py", "test_setup_memory.py", "test_memory_model.py", "test_train.py",
-         "test_parallel_equivalence.py", "test_resume.py", "test_bench.py", "test_submit_local.py")
+# worker, so a file's module fixtures are built once; --no-loadscope-reorder, or xdist would
+# start the files with the most tests first). The longest files start first, so that the short
+# ones fill the end and both workers finish together: the real-Slurm file first (it also waits
+# on the scheduler, while the other worker's CPU-bound files run), then the others by their
+# time in a full run.
+FIRST = ("test_slurm.py", "test_layouts_study.py", "test_parallel_equivalence.py", "test_setup_memory.py",
+         "test_memory_model.py", "test_slurm_faults.py", "test_resume.py", "test_bench.py",
+         "test_mixed_precision.py", "test_train.py", "test_tune.py", "test_submit_local.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -58,57 +58,28 @@ def token_data(tmp_path_factory, wikitext_valid) -> Path:
 
 def engine(args: list[str], nproc: int = 1, env: dict | None = None, check: bool = True,
            script: Path | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m hpml_core.train`` (or ``script``) alone, or as ``nproc`` gloo ranks."""
-    cmd = [sys.executable, *([str(script)] if script else ["-m", "hpml_core.train"]), *args]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    """Run ``python -m hpml_core.train`` (or ``script``) alone, or as ``nproc`` gloo ranks started
+    by tests/forked_ranks.py (which says why not torchrun; tests/test_train.py runs DDP under
+    torchrun, the local backend and the Slurm job scripts use it). ``env`` beyond HPML_* test
+    hooks (glibc's MALLOC_*, read when a process starts) gets each rank a fresh interpreter."""
+    target = [str(script)] if script else ["-m", "hpml_core.train"]
     if nproc == 1:
-        proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
+        cmd = [sys.executable, *target, *args]
     else:
-        proc = ranks(cmd, nproc, full_env, timeout=600)
+        fresh = ["--fresh"] if any(not name.startswith("HPML_") for name in env or {}) else []
+        cmd = [sys.executable, "-m", "tests.forked_ranks", *fresh, str(nproc), *target, *args]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    with subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as launch:
+        try:
+            stdout, stderr = launch.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            os.killpg(launch.pid, signal.SIGKILL)  # the ranks too
+            raise
+    proc = subprocess.CompletedProcess(cmd, launch.returncode, stdout, stderr)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} on {nproc} ranks exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
-
-
-def ranks(cmd: list[str], nproc: int, env: dict, timeout: float) -> subprocess.CompletedProcess:
-    """``cmd`` as ``nproc`` ranks on this machine, started as the deepspeed launcher starts them:
-    each with its RANK, LOCAL_RANK and WORLD_SIZE and one rendezvous address (the engine's "env"
-    launch, ``hpml_core.launch``). torchrun, which the local backend and the Slurm job scripts
-    use, is tested through them; here it would be one more torch process per launch, 1.5 to 2 s
-    of the two cores each time. As torchrun does, the first rank to fail takes the others down
-    (SIGTERM, SIGKILL 30 s later); the exit status is that rank's own (torchrun's is 1), and
-    stdout and stderr hold every rank's, as they would on a terminal."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    rendezvous = {"WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1",
-                  "MASTER_PORT": str(port)}
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        procs = [subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err, text=True,
-                                  env={**env, **rendezvous, "RANK": str(rank), "LOCAL_RANK": str(rank)})
-                 for rank in range(nproc)]
-        deadline = time.monotonic() + timeout
-        while True:
-            codes = [p.poll() for p in procs]
-            if None not in codes or any(code not in (None, 0) for code in codes) or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)  # torchrun's --monitor-interval
-        failed = next((code for code in codes if code not in (None, 0)), None)
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if failed is None and any(p.returncode != 0 for p in procs):  # out of time: every rank was stopped
-        raise subprocess.TimeoutExpired(cmd, timeout, stdout, stderr)
-    return subprocess.CompletedProcess(cmd, failed or 0, stdout, stderr)
 
 
 def engine_script_with_tiny_sized_as(dims, folder: Path) -> Path:

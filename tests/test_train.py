@@ -1,6 +1,7 @@
 """End-to-end runs of the engine: one process, and DDP under torchrun (gloo on the CPU)."""
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -26,8 +27,14 @@ def single_run(tmp_path_factory, token_data):
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory, token_data):
+    """DDP on 2 ranks under torchrun (the other tests start their ranks themselves, tests/conftest.py)."""
     out = tmp_path_factory.mktemp("ddp") / "run"
-    engine([*COMMON, "--mode", "baseline", "--data", str(token_data), "--out", str(out), "--batch-size", "2"], nproc=2)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "hpml_core.train", *COMMON, "--mode", "baseline", "--data", str(token_data),
+                           "--out", str(out), "--batch-size", "2"],
+                          cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     return out
 
 
