@@ -2,7 +2,7 @@
 
 Two kinds of evidence, both from the engine's own code on the CPU with gloo:
 
-- In-process measurements (this file is also the script torchrun starts: ``worker`` below):
+- In-process measurements (this file is also the script each rank runs: ``worker`` below):
   each rank builds the model exactly as the engine does (``hpml_core.parallelize`` on a GPT
   built on the meta device: TP, each rank's weights, DDP or DeepSpeed ZeRO-3), for every layout
   (single; DDP 2 and 4; ZeRO-3 2 and 4; TP 2; DP 2 x TP 2 with all-reduce and with ZeRO-3), fp32
@@ -17,7 +17,7 @@ Two kinds of evidence, both from the engine's own code on the CPU with gloo:
   ZeRO-3's whole parameters, persistent and gathered at the start of a later step's backward.
   The activation lines must be within 5% of the saved bytes (they are exact on the CPU), the
   model-state, bucket and ZeRO-3 lines equal to what is measured.
-- Real engine launches (``python -m hpml_core.train`` under torchrun), one per layout, their
+- Real engine launches (``python -m hpml_core.train`` on each rank), one per layout, their
   rank files' ``model_state`` equal to the prediction, byte for byte, with a non-zero
   persistence threshold on one ZeRO-3 run.
 
@@ -104,7 +104,7 @@ def _zero3_settings(reuse_distance: int | None):
     return settings
 
 
-# ---------------------------------------------------------------- the worker (torchrun runs this file)
+# ---------------------------------------------------------------- the worker (each rank runs this file)
 
 def _param_storages(model) -> set[int]:
     return {p.untyped_storage().data_ptr() for p in model.parameters() if p.numel() > 0}

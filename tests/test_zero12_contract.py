@@ -6,7 +6,7 @@ them (``hpml_core.contract.memory_model``), the collectives of a step
 Three kinds of evidence:
 
 - hand computations of the contract, on the tiny model and on GPT-2 Large;
-- in-process measurements (this file is also the script torchrun starts: ``worker`` below): each
+- in-process measurements (this file is also the script each rank runs: ``worker`` below): each
   rank builds the model exactly as the engine does (``hpml_core.parallelize``), for ZeRO-1 and
   ZeRO-2 on 2 and 4 DP ranks and on DP 2 x TP 2, fp32 and bf16, AdamW and SGD, on the tiny model
   and on an odd-sized one (width 90, 3 layers, 96 positions) whose vector group (3,690 elements;
@@ -18,7 +18,7 @@ Three kinds of evidence:
   gradients before their reduction), the model state with ``measure_model_state.zero12_engine`` between
   ``engine.backward`` and ``engine.step`` (where the gradients exist), and what is left of the
   gradients after ``engine.step`` (nothing: why the stepper must measure before it);
-- real engine launches (``python -m hpml_core.train`` under torchrun, the odd model, bf16, AdamW,
+- real engine launches (``python -m hpml_core.train`` on each rank, the odd model, bf16, AdamW,
   clipping on), whose profiled steps' collectives must equal the contract's, kind by kind, and
   whose rank files' model state must equal each rank's expectation. The latter needs
   ``DeepSpeedStepper.step`` to measure ZeRO-1/2 before ``engine.step()`` and ``rank_result`` to
@@ -214,7 +214,7 @@ def test_step_time_for_zero12():
             assert all_reduce.hidden_s > 0
 
 
-# ---------------------------------------------------------------- the worker (torchrun runs this file)
+# ---------------------------------------------------------------- the worker (each rank runs this file)
 
 def builds_for(world: int) -> list[dict]:
     builds = [dict(mode=mode, layout=layout, size=size, precision=precision, optimizer=optimizer)
