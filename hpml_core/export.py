@@ -4,8 +4,8 @@
   It is how a TP or ZeRO-3 run's result is compared with a single process's.
 - ``<out>/hf/``: the same model in the ecosystem's format, the folder
   ``transformers.GPT2LMHeadModel.from_pretrained`` loads: ``config.json`` (a ``GPT2Config``'s
-  fields with the run's sizes) and ``model.safetensors`` (GPT-2's parameter names and layout, fp32). It is
-  how a trained model leaves the cluster.
+  fields with the run's sizes) and ``model.safetensors`` (GPT-2's parameter names and layout,
+  fp32). It is how a trained model leaves the cluster.
 
 The mapping (``hf_state_dict``), for ``d`` = n_embd and ``V`` the real vocabulary::
 
@@ -86,8 +86,9 @@ def hf_config(dims: ModelDims, vocab_size: int) -> dict:
     """The ``config.json`` of hpml's GPT of sizes ``dims`` with the real vocabulary ``vocab_size``:
     the fields of ``GPT2Config`` that describe the model, the library's generic ones (labels,
     generation) left to its defaults. Written out rather than built with ``GPT2Config``, which
-    would import transformers into every rank 0 that saves a model (0.8 s of CPU, most of it
-    indexing the library); tests/test_export_hf.py reads it back as the config it stands for."""
+    would import transformers into every rank 0 that saves a model (0.65 s of a 2.8 s tiny run
+    on this project's 2-core machine, most of it the library indexing itself: docs/testing.md);
+    tests/test_export_hf.py reads it back as the config it stands for."""
     return {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": vocab_size,
         "n_positions": dims.n_positions, "n_embd": dims.n_embd, "n_layer": dims.n_layer, "n_head": dims.n_head,

@@ -29,7 +29,6 @@ import socket
 import sys
 import time
 
-ZERO_MODES = {"zero1", "zero2", "zero3", "hybrid"}  # the modes whose ranks import DeepSpeed
 ENGINE_MODULES = ("checkpoint", "export", "launch", "resuming", "stopping", "memory", "mesh", "model",
                   "parallelize", "plan", "profile_window", "rank_result", "stepper", "timing", "fsdp", "zero")
 
@@ -44,8 +43,10 @@ def preload(args: list[str]) -> None:
 
     for name in ENGINE_MODULES:
         importlib.import_module(f"hpml_core.{name}")
+    from hpml_core.contract.config import MODE_ALIASES, ZERO_STAGES
+
     modes = [value for flag, value in zip(args, args[1:]) if flag == "--mode"]
-    if modes and modes[-1] in ZERO_MODES:  # the last one given wins, as in argparse
+    if modes and MODE_ALIASES.get(modes[-1], modes[-1]) in ZERO_STAGES:  # the last one wins, as in argparse
         import deepspeed  # noqa: F401
         import deepspeed.runtime.zero.muon.muon_optimizer  # noqa: F401  (ZeRO's optimizer check imports it)
 
