@@ -3,6 +3,7 @@ a helper that runs the engine the way a user would (a process, or one per rank).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
@@ -14,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests import forked_ranks, rank_server
 
 REPO = Path(__file__).resolve().parents[1]
 # The tests see the shipped site profiles only, never the user's own (~/.config/hpml/sites).
@@ -58,28 +61,38 @@ def token_data(tmp_path_factory, wikitext_valid) -> Path:
 
 def engine(args: list[str], nproc: int = 1, env: dict | None = None, check: bool = True,
            script: Path | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m hpml_core.train`` (or ``script``) alone, or as ``nproc`` gloo ranks started
-    by tests/forked_ranks.py (which says why not torchrun; tests/test_train.py runs DDP under
-    torchrun, the local backend and the Slurm job scripts use it). ``env`` beyond HPML_* test
-    hooks (glibc's MALLOC_*, read when a process starts) gets each rank a fresh interpreter."""
+    """Run the engine (``python -m hpml_core.train``, or ``script``) as one process or as ``nproc``
+    gloo ranks, forked by this worker's rank server (tests/rank_server.py, which says why; the
+    local backend and the Slurm job scripts start theirs with torchrun and srun, and
+    tests/test_train.py runs DDP under torchrun). ``env`` beyond HPML_* test hooks (glibc's
+    MALLOC_*, read when a process starts), or a GPU on this machine, gets fresh processes."""
     target = [str(script)] if script else ["-m", "hpml_core.train"]
-    if nproc == 1:
-        cmd = [sys.executable, *target, *args]
-    else:
-        fresh = ["--fresh"] if any(not name.startswith("HPML_") for name in env or {}) else []
-        cmd = [sys.executable, "-m", "tests.forked_ranks", *fresh, str(nproc), *target, *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    if any(not name.startswith("HPML_") for name in env or {}) or Path("/dev/nvidiactl").exists():
+        cmd = [sys.executable, *target, *args] if nproc == 1 else \
+            [sys.executable, "-m", "tests.forked_ranks", str(nproc), *target, *args]
+    else:
+        server = RANK_SERVERS[forked_ranks.uses_deepspeed(args)]
+        socket_path = server.ensure_started({**os.environ, "OMP_NUM_THREADS": "1"}, REPO)
+        cmd = [sys.executable, "-m", "tests.rank_server", "launch", socket_path, str(nproc), *target, *args]
     with subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True) as launch:
         try:
             stdout, stderr = launch.communicate(timeout=600)
         except subprocess.TimeoutExpired:
-            os.killpg(launch.pid, signal.SIGKILL)  # the ranks too
+            os.killpg(launch.pid, signal.SIGKILL)  # the ranks too (a rank server's launcher kills them)
             raise
     proc = subprocess.CompletedProcess(cmd, launch.returncode, stdout, stderr)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+# This worker's rank servers, without DeepSpeed and with it (imported only for a ZeRO mode, as
+# in a fresh rank), each started by the first launch that needs it.
+RANK_SERVERS = {deepspeed: rank_server.RankServer(deepspeed) for deepspeed in (False, True)}
+for _server in RANK_SERVERS.values():
+    atexit.register(_server.stop)
 
 
 def engine_script_with_tiny_sized_as(dims, folder: Path) -> Path:
