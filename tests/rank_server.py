@@ -1,5 +1,5 @@
 """One process per pytest worker that has imported what the engine's ranks import, and forks
-every test launch from there: a launch costs its own start-up and training, not the 2 to 4.5 s
+every test launch from there: a launch costs its own start-up and training, not the 2 to 5 s
 of CPU that importing torch, its compiler, DTensor and the engine (and DeepSpeed, under ZeRO)
 takes each time (tests/forked_ranks.py says what is imported and why forking is safe).
 
@@ -11,9 +11,10 @@ small client, torch-free, that hands the server its standard input, output and e
 arguments, environment and working directory, waits, and exits with the launch's status. The
 server forks a launcher for it, which takes those as its own and forks the ranks (one process
 alone gets no rendezvous, as when started by hand), so the ranks write straight to the test's
-pipes. If the client is killed (a test's timeout), the launcher kills the ranks. A setting read
-when a process starts (glibc's MALLOC_*, PYTHON* variables) cannot reach a forked rank: such
-launches, and any on a machine with a GPU, start fresh processes instead (conftest's engine).
+pipes. If the client is killed (a test's timeout), the launcher kills the ranks. A setting that
+a launch adds to the environment and that is read when a process starts (glibc's MALLOC_*)
+cannot reach a forked rank: such launches, and any on a machine with a GPU, start fresh
+processes instead (conftest's engine); the server itself starts with the worker's environment.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ MAX_FDS = 3  # standard input, output and error
 
 
 def serve(path: str, ready_fd: int, deepspeed: bool) -> int:
-    """Import, listen, say so on ``ready_fd`` (its standard output has DeepSpeed's notes), then fork a launcher per connection until
-    the process that started this one is gone. A launcher leaves this function only by exiting
-    (its ranks too: their SystemExit unwinds through here to the interpreter's own exit), so
-    nothing below may catch SystemExit or BaseException."""
+    """Import, listen, say so on ``ready_fd`` (its standard output has DeepSpeed's notes), then
+    fork a launcher per connection until the process that started this one is gone. A launcher
+    leaves this function only by exiting, and so do its ranks (their SystemExit unwinds through
+    here to the interpreter's own exit): nothing below may catch SystemExit or BaseException."""
     parent = os.getppid()
     gc.disable()
     forked_ranks.preload(deepspeed)

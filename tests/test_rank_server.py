@@ -19,8 +19,8 @@ RANK_SCRIPT = """
 import os, sys, time
 from pathlib import Path
 rank = int(os.environ.get("RANK", -1))
-print(f"rank {rank} of {os.environ.get('WORLD_SIZE')} in {os.getcwd()} sees {os.environ.get('HPML_TEST_PROBE')}",
-      flush=True)
+line = f"rank {rank} of {os.environ.get('WORLD_SIZE')} in {os.getcwd()} sees {os.environ.get('HPML_TEST_PROBE')}\\n"
+os.write(1, line.encode())  # one write, so that the ranks' lines do not interleave on the shared pipe
 Path(sys.argv[1], f"pid-{rank}").write_text(str(os.getpid()))
 if sys.argv[2] == "fail" and rank == 1:
     sys.exit(7)
