@@ -960,3 +960,17 @@ def test_rank_files_written_with_the_seed_mode_names_read_as_ddp_and_zero3(tmp_p
                                              ("0:10", 10), ("INVALID", None), ("", None), ("x-01:00", None)])
 def test_slurm_elapsed_times_are_read_as_slurm_prints_them(elapsed, seconds):
     assert slurm_query.JobInfo("1", "COMPLETED", elapsed, "n1", "sacct").elapsed_s == seconds
+
+
+def test_two_precision_regimes_the_report_tells_apart_never_share_a_phrase():
+    """The report keys baselines by the regime and names it by its phrase: a note saying "trains
+    in fp32, this in fp32" would explain nothing (ZeRO's fp32 keeps a master copy, single does not)."""
+    from hpml_core.contract.config import MODES
+    from hpml_core.contract.precision import regime
+
+    held = {regime(mode, precision) for mode in MODES for precision in ("fp32", "bf16", "fp16")}
+    phrases = {}
+    for one in held:
+        phrases.setdefault(one.short(), set()).add(one.key())
+    assert all(len(keys) == 1 for keys in phrases.values()), phrases
+    assert regime("zero3", "fp32").short() == "fp32 weights, fp32 master" and regime("single", "fp32").short() == "fp32"

@@ -59,13 +59,14 @@ def test_bad_input_is_one_line(here, capsys):
 
 
 def test_the_tuned_tiny_study_runs_here(here, token_data, capsys):
-    """On the local site (CPU processes: no GPU memory to fit, the batch given), the written
-    experiment is submitted and every run completes, and the report reads it."""
+    """On the local site (CPU processes: no GPU memory to fit, the batch given; fp32, which a CPU
+    computes natively), the written experiment is submitted and every run completes, and the report
+    reads it."""
     profile = here / "site.yaml"
     profile.write_text(f"name: here\nscheduler: local\nproject_dir: .\nresults_root: {here / 'results'}\n"
                        f"data_root: {token_data.parent}\ndevice_tflops: 0.03\ndevice_memory_gb_per_s: 3.0\n")
     assert main(["tune", "--model", "tiny", "--gpus", "4", "--site", str(profile), "--top", "4", "--repeats", "1",
-                 "--seq-len", "64", "--batch-size", "4", "--steps", "4", "--warmup-steps", "2",
+                 "--seq-len", "64", "--batch-size", "4", "--steps", "4", "--warmup-steps", "2", "--precision", "fp32",
                  "--dataset", token_data.name, "--name", "tuned"]) == 0
     assert "fit: not judged" in capsys.readouterr().out
     assert main(["submit", str(here / "tuned.yaml"), "--site", str(profile)]) == 0

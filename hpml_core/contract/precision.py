@@ -43,9 +43,10 @@ class PrecisionRegime(BaseModel):
     loss_scaling: Literal["none", "dynamic loss scale, overflow agreed over all ranks", "DeepSpeed dynamic"]
 
     def short(self) -> str:
-        """One phrase for a table's description: "fp32 weights, bf16 autocast" and so on."""
+        """One phrase for a table's description: "fp32 weights, bf16 autocast" and so on; two
+        regimes with different keys never share a phrase (ZeRO's fp32 keeps a master copy)."""
         if self.compute == "fp32":
-            return "fp32"
+            return "fp32" if self.master_weights == "none" else "fp32 weights, fp32 master"
         if self.compute == "autocast":
             return f"fp32 weights, {self.matmul_dtype} autocast"
         if self.compute == "cast when gathered":
