@@ -156,7 +156,7 @@ def fit(ranks: list[RankSteps], site_name: str, experiments: list[str], device_t
         record = rank.record
         config, layout = record.config, Layout(record.world_size, record.tp_size)
         dims = model_dims(config.model, record.model.vocab_size)
-        key = rate_key(record.precision, device_type, rank.ranks_per_node, config.compile)
+        key = rate_key(config.mode, record.precision, device_type, rank.ranks_per_node, config.compile)
         flops = compute_flops(config, dims, layout)
         if config.compile:  # the recomputation runs inside the compiled backward: timed there
             flops = {"forward": flops["forward"], "backward": flops["backward"] + flops["recompute"], "recompute": 0.0}

@@ -45,11 +45,11 @@ KEYS = ("bf16 autocast", "bf16 cast model")  # PyTorch's AMP and DeepSpeed's bf1
 DIMS = model_dims("gpt2-large", 50304)
 
 
-def profiled_step(record: rf.RankFile) -> ProfiledStep:
-    """One step of ``record``'s run as the known rates make it."""
+def profiled_step(record: rf.RankFile, pace: float = 1.0) -> ProfiledStep:
+    """One step of ``record``'s run as the known rates make it, its compute at ``pace`` times them."""
     config, layout = record.config, Layout(record.world_size, record.tp_size)
     flops = compute_flops(config, DIMS, layout)
-    parts = dict.fromkeys(PARTS, 0.0) | {part: flops[part] / (TFLOPS[part] * 1e12) for part in TFLOPS}
+    parts = dict.fromkeys(PARTS, 0.0) | {part: flops[part] / (pace * TFLOPS[part] * 1e12) for part in TFLOPS}
     parts |= {"optimizer": optimizer_bytes(config, DIMS, layout)[0] / (OPTIMIZER_GB_PER_S * 1e9),
               "data": DATA_S, "other": OTHER_S}
     sizes = {"dp": layout.dp_size, "tp": layout.tp_size, "world": layout.world_size}
@@ -68,26 +68,27 @@ def profiled_step(record: rf.RankFile) -> ProfiledStep:
                         comm_hidden_s=hidden_total)
 
 
-def write_study(tmp_path, device_name: str = A100) -> tuple:
-    """The runs' rank files under a site's results folder, the experiment file and the site."""
+def write_study(tmp_path, device_name: str = A100, precision: str = "bf16", paces: dict | None = None) -> tuple:
+    """The runs' rank files under a site's results folder, the experiment file and the site;
+    ``paces``: a mode's compute pace against TFLOPS (default 1)."""
     exp = tmp_path / "calib.yaml"
     runs = "\n".join(f"  - {{name: {name}, mode: {mode}, gpus: {world}, tp_size: {tp}, batch_size: {batch}, "
                      f"grad_ckpt: {str(ckpt).lower()}}}" for name, (mode, world, tp, batch, ckpt) in RUNS.items())
     exp.write_text(textwrap.dedent("""\
         name: calib
         dataset: wikitext-103
-        defaults: {model: gpt2-large, seq_len: 1024, precision: bf16, steps: 10, time_limit: "01:00:00"}
+        defaults: {model: gpt2-large, seq_len: 1024, precision: PRECISION, steps: 10, time_limit: "01:00:00"}
         runs:
-        """) + runs + "\n")
+        """).replace("PRECISION", precision) + runs + "\n")
     profile = tmp_path / "site.yaml"
     profile.write_text(f"name: calibsite\nscheduler: local\nproject_dir: .\nresults_root: {tmp_path / 'results'}\n"
                        f"data_root: {tmp_path / 'data'}\ngpu_model: a100-80gb\n")
     for name, (mode, world, tp, batch, ckpt) in RUNS.items():
         for rank in range(world):
             record = rank_file(run=name, rank=rank, mode=mode, world=world, tp=tp, batch=batch,
-                               device_name=device_name, job_id=None)
+                               device_name=device_name, job_id=None, precision=precision)
             record = record.model_copy(update={"config": record.config.model_copy(update={"grad_ckpt": ckpt})})
-            step = profiled_step(record)
+            step = profiled_step(record, (paces or {}).get(mode, 1.0))
             timed = record.throughput.model_copy(update={  # the timed steps at the profiled step's pace
                 "step_times_s": [step.wall_s] * record.throughput.timed_steps, "step_time_median_s": step.wall_s,
                 "step_time_mean_s": step.wall_s})
@@ -214,3 +215,16 @@ def test_the_profilers_measured_cost_is_taken_out_of_the_parts(tmp_path):
     fitted = calibrate.fit(slowed, "calibsite", ["calib"], "cuda", A100, "today")
     assert fitted.compute_tflops[KEYS[0]]["forward"].value == pytest.approx(TFLOPS["forward"], rel=0.01)
     assert fitted.links["intra-node"]["all-reduce"].gb_per_s == pytest.approx(LINK["all-reduce"][1], rel=0.01)
+
+
+def test_in_fp32_each_training_path_gets_its_own_compute_rate(tmp_path, user_sites):
+    """fp32 is one regime's computation for PyTorch's path and DeepSpeed's, yet their pace
+    differs (DeepSpeed's hooks: on the demo's CPU about half); one rate for both would predict
+    each wrongly. The DeepSpeed runs here compute at half the PyTorch runs' rates."""
+    exp, profile = write_study(tmp_path, precision="fp32", paces={"zero3": 0.5})
+    assert main(["calibrate", str(exp), "--site", str(profile)]) == 0
+    fitted = Calibration.model_validate(yaml.safe_load((user_sites / "calibrations" / "calibsite.yaml").read_text()))
+    assert set(fitted.compute_tflops) == {"fp32", "fp32 DeepSpeed"}
+    for part, rate in TFLOPS.items():
+        assert fitted.compute_tflops["fp32"][part].value == pytest.approx(rate, rel=0.01), part
+        assert fitted.compute_tflops["fp32 DeepSpeed"][part].value == pytest.approx(rate / 2, rel=0.01), part

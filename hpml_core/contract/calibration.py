@@ -8,8 +8,8 @@ has one kind of device, and so one calibration. What is fitted, each rate with t
 points behind it and their spread (the largest deviation of one point's own rate from the fit):
 
 - **compute**: model TFLOP/s per rank, separately for the forward, the backward and the
-  recomputation, per precision regime's computation (bf16 under autocast, a bf16 model) and
-  compiled or not; on a CPU also per number of processes on the node, since they
+  recomputation, per precision regime's computation (bf16 under autocast, a bf16 model; in fp32
+  per training path) and compiled or not; on a CPU also per number of processes on the node, since they
   share its cores (4 ranks on 2 cores each compute at about half one process's pace);
 - **optimizer**: the GB/s at which the update reads and writes its bytes (``optimizer_bytes``);
 - **collectives**: per collective kind, within a node and between nodes, a latency per
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hpml_core.contract.config import ZERO_STAGES, Mode
 from hpml_core.contract.precision import PrecisionRegime
 
 SCOPES = ("intra-node", "inter-node")
@@ -72,10 +73,20 @@ class Calibration(_Strict):
         return f"calibrated from {len(self.runs)} runs of {', '.join(self.experiments)}, {self.made_on}"
 
 
-def rate_key(precision: PrecisionRegime, device_type: str, ranks_per_node: int, compiled: bool) -> str:
+# In fp32 every path multiplies in fp32, so the regime's computation does not tell them apart;
+# their pace differs all the same: the demo's 1-process fp32 runs (commit f42cb5f, a CPU) reached 0.040
+# to 0.048 model TFLOP/s on the PyTorch path and 0.023 to 0.027 under ZeRO-3's hooks.
+FP32_PATHS = {**dict.fromkeys(ZERO_STAGES, "DeepSpeed"), "fsdp2": "FSDP2"}
+
+
+def rate_key(mode: Mode, precision: PrecisionRegime, device_type: str, ranks_per_node: int, compiled: bool) -> str:
     """Which compute, optimizer and overhead rates apply: how the model computes (its matrix dtype,
-    and under autocast or cast: a CPU runs autocast's bf16 at another pace than a bf16 model),
-    whether it is compiled, and on a CPU the processes that share its cores."""
-    how = precision.matmul_dtype if precision.compute == "fp32" else f"{precision.matmul_dtype} {precision.compute}"
+    and under autocast or cast: a CPU runs autocast's bf16 at another pace than a bf16 model; in
+    fp32, the path: PyTorch's, DeepSpeed's or FSDP2's), whether it is compiled, and on a CPU the
+    processes that share its cores."""
+    if precision.compute == "fp32":
+        how = " ".join([precision.matmul_dtype, *([FP32_PATHS[mode]] if mode in FP32_PATHS else [])])
+    else:
+        how = f"{precision.matmul_dtype} {precision.compute}"
     return ", ".join([how, *(["compiled"] if compiled else []),
                       *([f"{ranks_per_node} per node"] if device_type == "cpu" else [])])
