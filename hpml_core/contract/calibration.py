@@ -74,8 +74,9 @@ class Calibration(_Strict):
 
 
 # In fp32 every path multiplies in fp32, so the regime's computation does not tell them apart;
-# their pace differs all the same: the demo's 1-process fp32 runs (commit f42cb5f, a CPU) reached 0.040
-# to 0.048 model TFLOP/s on the PyTorch path and 0.023 to 0.027 under ZeRO-3's hooks.
+# their pace differs all the same: the demo's 1-process fp32 runs (commit f42cb5f, a CPU)
+# reached 0.040 to 0.048 model TFLOP/s on the PyTorch path and 0.023 to 0.027 under ZeRO-3's
+# hooks.
 FP32_PATHS = {**dict.fromkeys(ZERO_STAGES, "DeepSpeed"), "fsdp2": "FSDP2"}
 
 

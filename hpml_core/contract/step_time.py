@@ -244,7 +244,8 @@ def predict_step(config: TrainConfig, dims: ModelDims, layout: Layout, ranks_per
     precision = regime(config.mode, config.precision)
     matmul_dtype = precision.matmul_dtype
     calibration = performance.calibration
-    key = rate_key(config.mode, precision, calibration.device_type if calibration else "cuda", ranks_per_node, config.compile)
+    device_type = calibration.device_type if calibration else "cuda"
+    key = rate_key(config.mode, precision, device_type, ranks_per_node, config.compile)
     fitted = calibration.compute_tflops.get(key, {}) if calibration else {}
     if gpu is not None:
         peak = gpu.fp32_tflops if matmul_dtype == "fp32" else gpu.tensor_16bit_tflops
