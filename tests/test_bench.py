@@ -4,11 +4,13 @@ gpu tests collected and skipped), and the summary and each benchmark's JSON hold
 measurement reports (the figures themselves need a GPU)."""
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 
+from hpml_core.bench import source
 from tests.conftest import REPO, SHARED, engine
 
 
@@ -82,6 +84,46 @@ def test_memory_table_sets_each_layout_beside_the_prediction(gpu_check):
     assert {c["kind"] for c in rows["zero3-4"]["collectives"]} == {"all-gather", "reduce-scatter", "all-reduce"}
     assert rows["single"]["collectives"] == [] and len(rows["ddp-4"]["parts_ms_per_rank"]) == 4
     assert "| dp2xtp2-zero3 | " in (gpu_check[0] / "gpu-check.md").read_text().split("Where the step goes")[1]
+
+
+def test_every_raw_file_names_the_code_that_ran(gpu_check):
+    """The summary and each benchmark's JSON carry the commit, whether the tree was clean and the
+    source fingerprint, all the same: the checkout the check ran in."""
+    out, _ = gpu_check
+    here = source.describe(REPO)
+    summary = json.loads((out / "gpu-check.json").read_text())
+    raw = [summary, *(json.loads((out / folder / f"{folder}.json").read_text()) for folder in ("bench", "memory", "profile"))]
+    assert all(record["source"] == here for record in raw)
+    assert f"Code: {source.line(here)}." in (out / "gpu-check.md").read_text()
+
+
+def test_the_source_record_tells_a_modified_tree_and_a_copy_without_git(tmp_path):
+    """Committed and unchanged: the commit and a clean tree. A source file changed: the tree is
+    not clean and the fingerprint differs. A copy without .git (a GPU machine's): no commit, the
+    reason said, and the same fingerprint as the checkout it was copied from."""
+    repo = tmp_path / "repo"
+    (repo / "hpml_core").mkdir(parents=True)
+    (repo / "hpml_core" / "train.py").write_text("print('one')\n")
+    (repo / "jobs" / "__pycache__").mkdir(parents=True)
+    (repo / "jobs" / "__pycache__" / "cached.py").write_text("not source\n")
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "one"]):
+        subprocess.run([*git, *command], check=True)
+    committed = source.describe(repo)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert (committed["commit"], committed["tree_clean"], committed["files"]) == (head, True, 1)
+
+    copy = tmp_path / "copy"
+    shutil.copytree(repo, copy, ignore=shutil.ignore_patterns(".git"))
+    copied = source.describe(copy)
+    assert copied["commit"] is None and copied["tree_clean"] is None and "no .git" in copied["commit_missing_reason"]
+    assert copied["fingerprint"] == committed["fingerprint"]
+
+    (repo / "hpml_core" / "train.py").write_text("print('two')\n")
+    changed = source.describe(repo)
+    assert changed["commit"] == head and changed["tree_clean"] is False
+    assert changed["fingerprint"] != committed["fingerprint"]
 
 
 def test_a_section_out_of_time_is_recorded_not_guessed(tmp_path):

@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from hpml_core.bench import common_arguments
+from hpml_core.bench import common_arguments, source
 from hpml_core.contract import rank_file
 from hpml_core.contract.attempts import latest_rank_files
 from hpml_core.contract.atomic import atomic_write_json
@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": baseline["device"],
         "driver": nvidia_driver(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda},
+        "source": source.describe(),
         "commands": commands,
         "original": baseline,
         "engines": engines,

@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from hpml_core.bench.__main__ import nvidia_driver
+from hpml_core.bench import source
 from hpml_core.contract.atomic import atomic_write, atomic_write_json
 from hpml_core.contract.run_states import COMPLETED
 from hpml_core.contract.units import GIB
@@ -114,8 +115,9 @@ class Check:
         self.args, self.scale = args, REDUCED if args.reduced else FULL
         self.out: Path = args.out
         self.started = time.monotonic()
-        self.summary: dict = {"date": datetime.now(timezone.utc).isoformat(), "form": "reduced" if args.reduced
-                              else "full", "budget_s": args.budget_s, "scale": self.scale.__dict__, "sections": []}
+        self.summary: dict = {"date": datetime.now(timezone.utc).isoformat(), "source": source.describe(),
+                              "form": "reduced" if args.reduced else "full", "budget_s": args.budget_s,
+                              "scale": self.scale.__dict__, "sections": []}
 
     @property
     def data(self) -> Path:
@@ -319,6 +321,7 @@ def _parts_lines(memory: dict) -> list[str]:
 
 def markdown(summary: dict) -> str:
     lines = [f"# gpu-check ({summary['form']} form), {summary['date']}", "",
+             f"Code: {source.line(summary['source'])}.", "",
              "| section | status | seconds |", "| --- | --- | ---: |"]
     lines += [f"| {s['name']} | {s['status']}{': ' + s['why'] if 'why' in s else ''} | {s.get('seconds', '')} |"
               for s in summary["sections"]]
