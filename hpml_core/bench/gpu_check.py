@@ -39,8 +39,8 @@ from pathlib import Path
 
 import torch
 
-from hpml_core.bench.__main__ import nvidia_driver
 from hpml_core.bench import source
+from hpml_core.bench.__main__ import nvidia_driver
 from hpml_core.contract.atomic import atomic_write, atomic_write_json
 from hpml_core.contract.run_states import COMPLETED
 from hpml_core.contract.units import GIB

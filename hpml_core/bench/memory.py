@@ -95,7 +95,7 @@ def _error(predicted: int | None, measured: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    rows, code = [], source.describe()
+    rows, ran = [], source.describe()  # the code these layouts run
     comparable = (args.model, args.batch_size, args.seq_len) == STUDY_SETTINGS
     for name, flags, processes, reported in LAYOUTS:
         run = command(flags, processes, args, args.out / name)
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(layout_row(name, run, files, reported if comparable else None))
         # after each layout, so that a run cut short keeps the layouts it measured
         atomic_write_json(args.out / "memory.json", {"model": args.model, "batch_size": args.batch_size,
-                                                     "seq_len": args.seq_len, "source": code, "layouts": rows})
+                                                     "seq_len": args.seq_len, "source": ran, "layouts": rows})
     table = Table(title=f"Peak memory per rank: {args.model}, batch {args.batch_size}, sequence {args.seq_len}, "
                         f"on {rows[0]['device']} ({rows[0]['memory_metric']})")
     for column in ("layout", "ranks", "peak per rank, max (GiB)", "predicted (GiB)", "model state per rank (GiB)",

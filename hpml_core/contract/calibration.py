@@ -86,7 +86,7 @@ def rate_key(mode: Mode, precision: PrecisionRegime, device_type: str, ranks_per
     fp32, the path: PyTorch's, DeepSpeed's or FSDP2's), whether it is compiled, and on a CPU the
     processes that share its cores."""
     if precision.compute == "fp32":
-        how = " ".join([precision.matmul_dtype, *([FP32_PATHS[mode]] if mode in FP32_PATHS else [])])
+        how = " ".join(filter(None, [precision.matmul_dtype, FP32_PATHS.get(mode)]))
     else:
         how = f"{precision.matmul_dtype} {precision.compute}"
     return ", ".join([how, *(["compiled"] if compiled else []),
