@@ -39,6 +39,7 @@ from hpml_core.contract.config import ZERO_STAGES, TrainConfig
 from hpml_core.mesh import DeepSpeedMPU, Mesh
 
 CONFIG_FILE = "deepspeed_config.json"
+SHM_COMM_OP = "deepspeed_shm_comm"  # DeepSpeed's name for its CPU shared-memory all-reduce
 
 
 def _zero_optimization(config: TrainConfig) -> dict:
@@ -80,9 +81,22 @@ def deepspeed_config(config: TrainConfig, mesh: Mesh) -> dict:
     }
 
 
-def _quiet_deprecations() -> None:
-    """DeepSpeed's collectives use names PyTorch has deprecated; one warning per call would drown the log."""
+def _prepare_deepspeed() -> None:
+    """What hpml settles before DeepSpeed's first call.
+
+    DeepSpeed's collectives use names PyTorch has deprecated; one warning per call would drown
+    the log. And on a CPU, DeepSpeed's communication layer compiles its shared-memory all-reduce
+    (a C++ extension: 26 s and 51 CPU-seconds more for a ZeRO-3 launch on 4 ranks of a 2-core
+    machine, once per venv) as it starts, though only its inference all-reduce
+    (``deepspeed.comm.inference_all_reduce``) would use it: ZeRO's collectives go through
+    torch.distributed. DeepSpeed asks its table of compatible ops whether to build it, a table it
+    keeps in its module so that edits persist (its own comment); marked incompatible there, the op
+    is neither built nor loaded. On a GPU DeepSpeed has no such op, so nothing changes there.
+    """
+    import deepspeed.ops
+
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False
 
 
 def _mpu(mesh: Mesh) -> DeepSpeedMPU | None:
@@ -94,7 +108,7 @@ def partitioner(config: TrainConfig, mesh: Mesh) -> Callable[[nn.Module], None]:
     """What partitions one filled part of the model over its data-parallel group, at once."""
     import deepspeed
 
-    _quiet_deprecations()
+    _prepare_deepspeed()
     # DeepSpeed's communication layer over the process group that exists (zero.Init reads the
     # data-parallel size through it, and would take 1 before it is set up).
     deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
@@ -112,7 +126,7 @@ def initialize(model: nn.Module, optimizer: torch.optim.Optimizer, config: Train
     """DeepSpeed's engine around ``model``, whose parameters ``partitioner`` has partitioned."""
     import deepspeed
 
-    _quiet_deprecations()
+    _prepare_deepspeed()
     settings = deepspeed_config(config, mesh)
     if mesh.rank == 0:
         atomic_write_json(record_dir / CONFIG_FILE, settings)
