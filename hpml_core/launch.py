@@ -1,8 +1,9 @@
 """Who am I in this launch? Rank, world size and rendezvous address from the launcher.
 
-The engine runs alone, under torchrun, under the deepspeed launcher, or as one srun task per
-GPU. torchrun and deepspeed export RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT; srun
-exports SLURM_* instead, from which the same values are derived. Nothing here touches
+The engine runs alone, under torchrun, under the deepspeed launcher or the local site's
+(``hpml_core.local_ranks``), or as one srun task per GPU. The launchers export
+RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT; srun exports SLURM_* instead, from which the
+same values are derived. Nothing here touches
 torch.distributed, so a bad layout can be refused before any process group exists.
 """
 
@@ -25,7 +26,9 @@ class ProcessEnv:
     world_size: int
     master_addr: str
     master_port: int
-    launcher: str  # "none", "torchrun", "env" (deepspeed and other RANK/WORLD_SIZE launchers) or "srun"
+    # "none", "torchrun", "env" (hpml_core.local_ranks, deepspeed's and other RANK/WORLD_SIZE
+    # launchers) or "srun"
+    launcher: str
     local_world_size: int = 1  # processes on this node
 
 

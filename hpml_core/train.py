@@ -1,7 +1,7 @@
 """Training job entry point: ``python -m hpml_core.train`` (or ``hpml train``).
 
-Runs alone, under torchrun, under the deepspeed launcher, or as srun tasks (see
-``hpml_core.launch``). Every bad input is refused before a process group exists, with one
+Runs alone, under torchrun, under the deepspeed launcher or the local site's
+(``hpml_core.local_ranks``), or as srun tasks (see ``hpml_core.launch``). Every bad input is refused before a process group exists, with one
 line naming the flag and exit status 2 (``hpml_core.plan``, through the contract's checks). Then:
 build the model on the meta device, parallelize it (``hpml_core.parallelize``: TP, each rank's
 part of the weights, checkpointing, compile, DDP or ZeRO-3, returning the stepper that trains
@@ -220,8 +220,8 @@ def train(plan: Plan, stop: StopRequest) -> int:
     progress.update(status, record.steps_completed, error)
     if status == STOPPED and dist.is_initialized():
         # Every rank stopped at the agreed step and is healthy: wait until all have written their
-        # checkpoint and rank file, so that the first rank to exit (which makes srun or torchrun
-        # end the others) cannot cut another's files short.
+        # checkpoint and rank file, so that the first rank to exit (which makes srun or the
+        # launcher end the others) cannot cut another's files short.
         dist.barrier()
         dist.destroy_process_group()
     if status != COMPLETED:

@@ -1,10 +1,11 @@
 """The backend of a site without a scheduler (``--site local``): the runs execute here.
 
 One after another, from the site's project_dir (as a job would), each run's processes started by
-torchrun in a session of their own, output in ``<run>/local-<attempt>.out``. A run's state comes
-from its rank files, as for Slurm (torchrun reports an engine's exit status 3, out of memory, or
-4, stopped, as 1). Its ``hpml submit`` is its job: there is nothing to cancel but that process,
-and no scheduler to ask how a job stands.
+``hpml_core.local_ranks`` (torchrun's part, forking the ranks from one process that imported
+torch once where the machine has no GPU) in a session of their own, output in
+``<run>/local-<attempt>.out``. A run's state comes from its rank files, as for Slurm. Its
+``hpml submit`` is its job: there is nothing to cancel but that process, and no scheduler to
+ask how a job stands.
 """
 
 from __future__ import annotations
@@ -68,11 +69,11 @@ class LocalBackend:
 
 
 def local_command(run: Run, run_spec: Path) -> list[str]:
-    """The engine on this machine: one process, or torchrun starting one per "GPU"."""
+    """The engine on this machine: one process, or hpml's launcher starting one per "GPU"."""
     engine = ["-m", "hpml_core.train", "--config", str(run_spec)]
     if run.gpus == 1:
         return [sys.executable, *engine]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={run.gpus}", *engine]
+    return [sys.executable, "-m", "hpml_core.local_ranks", str(run.gpus), *engine]
 
 
 def _signal_group(group: int, signum: int) -> None:

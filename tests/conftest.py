@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import forked_ranks, rank_server
+from hpml_core import local_ranks
+from tests import rank_server
 
 REPO = Path(__file__).resolve().parents[1]
 # The tests see the shipped site profiles only, never the user's own (~/.config/hpml/sites).
@@ -63,16 +64,17 @@ def engine(args: list[str], nproc: int = 1, env: dict | None = None, check: bool
            script: Path | None = None) -> subprocess.CompletedProcess:
     """Run the engine (``python -m hpml_core.train``, or ``script``) as one process or as ``nproc``
     gloo ranks, forked by this worker's rank server (tests/rank_server.py, which says why; the
-    local backend and the Slurm job scripts start theirs with torchrun and srun, and
-    tests/test_train.py runs DDP under torchrun). ``env`` beyond HPML_* test hooks (glibc's
-    MALLOC_*, read when a process starts), or a GPU on this machine, gets fresh processes."""
+    local backend starts its ranks with hpml_core/local_ranks.py, the Slurm job scripts with
+    srun, and tests/test_train.py runs DDP under torchrun). ``env`` beyond HPML_* test hooks
+    (glibc's MALLOC_*, read when a process starts), or a GPU on this machine, gets fresh
+    processes, started by hpml_core/local_ranks.py."""
     target = [str(script)] if script else ["-m", "hpml_core.train"]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    if any(not name.startswith("HPML_") for name in env or {}) or Path("/dev/nvidiactl").exists():
+    if any(not name.startswith("HPML_") for name in env or {}) or local_ranks.has_gpu():
         cmd = [sys.executable, *target, *args] if nproc == 1 else \
-            [sys.executable, "-m", "tests.forked_ranks", str(nproc), *target, *args]
+            [sys.executable, "-m", "hpml_core.local_ranks", "--fresh", str(nproc), *target, *args]
     else:
-        server = RANK_SERVERS[forked_ranks.uses_deepspeed(args)]
+        server = RANK_SERVERS[local_ranks.uses_deepspeed(args)]
         socket_path = server.ensure_started({**os.environ, "OMP_NUM_THREADS": "1"}, REPO)
         cmd = [sys.executable, "-m", "tests.rank_server", "launch", socket_path, str(nproc), *target, *args]
     with subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -1,7 +1,7 @@
 """One process per pytest worker that has imported what the engine's ranks import, and forks
 every test launch from there: a launch costs its own start-up and training, not the 2 to 5 s
 of CPU that importing torch, its compiler, DTensor and the engine (and DeepSpeed, under ZeRO)
-takes each time (tests/forked_ranks.py says what is imported and why forking is safe).
+takes each time (hpml_core/local_ranks.py says what is imported and why forking is safe).
 
     python -m tests.rank_server serve SOCKET READY_FD [--deepspeed]   (started by RankServer)
     python -m tests.rank_server launch SOCKET NPROC (-m hpml_core.train | SCRIPT) ARGS...
@@ -19,7 +19,6 @@ processes instead (conftest's engine); the server itself starts with the worker'
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import select
@@ -30,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests import forked_ranks
+from hpml_core import local_ranks
 
 MAX_FDS = 3  # standard input, output and error
 
@@ -41,10 +40,7 @@ def serve(path: str, ready_fd: int, deepspeed: bool) -> int:
     leaves this function only by exiting, and so do its ranks (their SystemExit unwinds through
     here to the interpreter's own exit): nothing below may catch SystemExit or BaseException."""
     parent = os.getppid()
-    gc.disable()
-    forked_ranks.preload(deepspeed)
-    gc.freeze()
-    gc.enable()
+    local_ranks.preload(deepspeed)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(16)
@@ -101,8 +97,8 @@ def _launch(conn: socket.socket, request: dict, fds: list[int]) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
-    pids = forked_ranks.start(request["nproc"], request["target"], fresh=False, in_rank=conn.close)
-    code = forked_ranks.supervise(pids, abandoned=lambda: _client_gone(conn))
+    pids = local_ranks.start(request["nproc"], request["target"], fresh=False, in_rank=conn.close)
+    code = local_ranks.supervise(pids, abandoned=lambda: _client_gone(conn))
     try:
         conn.sendall(f"{code}\n".encode())
     except OSError:

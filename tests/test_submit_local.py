@@ -85,7 +85,7 @@ def test_dry_run_runs_nothing(study, capsys):
     exp, site, folder = study
     assert main(["submit", str(exp), "--site", str(site), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "would run single" in out and "--nproc_per_node=2" in out
+    assert "would run single" in out and "hpml_core.local_ranks 2 -m hpml_core.train" in out
     assert not (folder / "ledger.json").exists()
 
 
@@ -201,27 +201,31 @@ def test_force_starts_from_step_0_and_keeps_the_old_run_aside(tmp_path, token_da
 INJECT_OOM = '''
 import os
 
-if os.environ.get("RANK") == "1":  # only rank 1 of a torchrun run: nothing else is touched
-    import torch
+import torch
 
-    from hpml_core import model
+from hpml_core import model
 
-    forward, calls = model.GPT.forward, []
+forward, calls = model.GPT.forward, []
 
-    def out_of_memory_on_the_third_call(self, *args, **kwargs):
+
+def out_of_memory_on_rank_1_s_third_call(self, *args, **kwargs):
+    # Asked at the call: the ranks are forked from the launcher after this file ran in it.
+    if os.environ.get("RANK") == "1":
         calls.append(1)
         if len(calls) == 3:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
-        return forward(self, *args, **kwargs)
+    return forward(self, *args, **kwargs)
 
-    model.GPT.forward = out_of_memory_on_the_third_call
+
+model.GPT.forward = out_of_memory_on_rank_1_s_third_call
 '''
 
 
 def test_a_local_out_of_memory_is_out_of_memory_in_ledger_status_and_report(tmp_path, token_data, monkeypatch,
                                                                            capsys):
-    """Rank 1 of 2 runs out of memory at its third step: the engine exits 3, torchrun reports 1,
-    and the run is OUT_OF_MEMORY everywhere, from the rank files, not the exit status."""
+    """Rank 1 of 2 runs out of memory at its third step: the engine exits 3, the launcher passes
+    it on, and the run is OUT_OF_MEMORY everywhere, from the rank files (as on Slurm, where a
+    multi-node job's torchrun turns 3 into 1)."""
     inject = tmp_path / "inject"
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(INJECT_OOM)
@@ -229,7 +233,7 @@ def test_a_local_out_of_memory_is_out_of_memory_in_ledger_status_and_report(tmp_
     exp, site, folder = one_run(tmp_path, token_data, "{name: ddp-2, mode: ddp, gpus: 2, batch_size: 2}", steps=6)
     assert main(["submit", str(exp), "--site", str(site)]) == 1
     entry = ledger(folder)["ddp-2"]
-    assert (entry["state"], entry["exit_code"]) == ("OUT_OF_MEMORY", 1)
+    assert (entry["state"], entry["exit_code"]) == ("OUT_OF_MEMORY", 3)
     assert entry["why"].startswith("rank 1: out of memory at batch size 2 per rank: OutOfMemoryError: CUDA out of")
     files = rank_files(folder / "ddp-2")
     assert files[1]["status"] == "OUT_OF_MEMORY" and files[1]["steps_completed"] == 2
@@ -247,21 +251,23 @@ def test_a_local_out_of_memory_is_out_of_memory_in_ledger_status_and_report(tmp_
 
 
 def engine_processes(run_spec) -> dict[int, dict]:
-    """The processes (launcher and workers) training from ``run_spec``, by pid, with each one's
-    RANK (None for the launcher), read from /proc."""
+    """The processes (launcher and ranks) training from ``run_spec``, by pid, with each one's
+    rank (None for the launcher), read from /proc. A rank that hpml_core.local_ranks forked has
+    the launcher's command line and environment there: it is told by its parent, and its rank by
+    its place among the launcher's children, forked in rank order."""
     found = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
-            environ = dict(item.split(b"=", 1) for item in (proc / "environ").read_bytes().split(b"\0") if b"=" in item)
-        except OSError:  # gone meanwhile, or not ours
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # gone meanwhile, or not ours
             continue
         if b"hpml_core.train" in argv and str(run_spec).encode() in argv:
-            rank = environ.get(b"RANK")
-            found[int(proc.name)] = {"rank": int(rank) if rank and b"torch.distributed.run" not in argv else None}
-    return found
+            found[int(proc.name)] = parent
+    children = sorted(pid for pid, parent in found.items() if parent in found)
+    return {pid: {"rank": children.index(pid) if pid in children else None} for pid in found}
 
 
 def start_submit(exp, site) -> subprocess.Popen:
