@@ -58,7 +58,7 @@ def command(flags: list[str], processes: int, args: argparse.Namespace, out: Pat
         return [sys.executable, *engine]
     if 0 < torch.cuda.device_count() < processes:
         engine.append("--dist-backend=gloo")  # the ranks share GPU 0
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *engine]
+    return [sys.executable, "-m", "hpml_core.local_ranks", str(processes), *engine]  # as the local site starts them
 
 
 def layout_row(name: str, run: list[str], files: list[rank_file.RankFile], reported_gb: float | None) -> dict:
