@@ -3,8 +3,8 @@
     python -m hpml_core.local_ranks [--fresh] NPROC (-m hpml_core.train | SCRIPT) ARGS...
 
 What it gives each rank is what torchrun and the deepspeed launcher give: RANK, LOCAL_RANK,
-WORLD_SIZE and one rendezvous address (the engine's "env" launch), and standard output and
-error shared with the launcher. The first rank to fail takes the others down (SIGTERM, SIGKILL
+WORLD_SIZE and one rendezvous address (the engine's "env" launch), standard output and error
+shared with the launcher, and, as torchrun does, OMP_NUM_THREADS=1 unless it is set. The first rank to fail takes the others down (SIGTERM, SIGKILL
 30 s later) and the launch ends with that rank's status, the engine's own (3: out of memory,
 4: stopped), where torchrun would say 1. A stop signal to the launcher (SIGTERM, SIGUSR1;
 SIGINT and SIGHUP as SIGTERM) is passed on to the ranks, which save a checkpoint and stop,
@@ -190,6 +190,11 @@ def main(argv: list[str]) -> int:
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
     nproc, target = int(argv[0]), argv[1:]
+    if nproc > 1:
+        # As torchrun does: ranks that each start a thread per core oversubscribe the cores, and
+        # OpenMP's idle threads spin while they wait. Set before torch is imported, here or in a
+        # fresh rank, which is when OpenMP reads it.
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     fresh = fresh or has_gpu()
     if not fresh:
         preload(uses_deepspeed(target))

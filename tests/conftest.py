@@ -22,6 +22,11 @@ from tests import rank_server
 REPO = Path(__file__).resolve().parents[1]
 # The tests see the shipped site profiles only, never the user's own (~/.config/hpml/sites).
 os.environ["HPML_SITES"] = str(REPO / "tests" / "no-user-sites")
+# One OpenMP thread per process, in every process the tests start (engine() sets it too): the two
+# workers' processes share the cores, and a thread per core in each spins while it waits for
+# the others (a 1-process ZeRO-3 step of the tiny model beside two busy processes: 0.092 s with
+# a thread per core, 0.057 s with one).
+os.environ["OMP_NUM_THREADS"] = "1"
 SHARED = Path(os.environ.get("HPML_SHARED", REPO.parent / "shared"))
 WIKITEXT = SHARED / "data" / "wikitext-2"
 

@@ -153,7 +153,7 @@ class Check:
                 code = process.wait(timeout=limit)
                 status = "passed" if code == 0 else f"failed (exit status {code})"
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, 9)  # the section's whole process group: torchrun's ranks too
+                os.killpg(process.pid, 9)  # the section's whole process group: its ranks too
                 process.wait()
                 status = f"timed out after {limit:.0f} s"
         section.update(status=status, seconds=round(time.monotonic() - started, 1), log=str(log.relative_to(self.out)))
