@@ -36,10 +36,11 @@ WIKITEXT = SHARED / "data" / "wikitext-2"
 # start the files with the most tests first). The longest files start first, so that the short
 # ones fill the end and both workers finish together: the real-Slurm file first (it also waits
 # on the scheduler, while the other worker's CPU-bound files run), then the others by their
-# time in a full run.
+# time in a full run, except the Slurm fault file, which holds the cluster alone: it comes when
+# test_slurm.py is likely over (in a full run of 296ca1e it waited 71 s for it, its worker idle).
 FIRST = ("test_slurm.py", "test_layouts_study.py", "test_parallel_equivalence.py", "test_setup_memory.py",
-         "test_memory_model.py", "test_slurm_faults.py", "test_resume.py", "test_bench.py",
-         "test_mixed_precision.py", "test_train.py", "test_tune.py", "test_submit_local.py")
+         "test_memory_model.py", "test_resume.py", "test_bench.py", "test_mixed_precision.py", "test_train.py",
+         "test_slurm_faults.py", "test_tune.py", "test_submit_local.py")
 
 
 def pytest_collection_modifyitems(config, items):
