@@ -3,8 +3,8 @@
 The engine runs alone, under torchrun, under the deepspeed launcher or the local site's
 (``hpml_core.local_ranks``), or as one srun task per GPU. The launchers export
 RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT; srun exports SLURM_* instead, from which the
-same values are derived. Nothing here touches
-torch.distributed, so a bad layout can be refused before any process group exists.
+same values are derived. Nothing here touches torch.distributed, so a bad layout can be refused
+before any process group exists.
 """
 
 from __future__ import annotations

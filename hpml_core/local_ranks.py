@@ -4,11 +4,11 @@
 
 What it gives each rank is what torchrun and the deepspeed launcher give: RANK, LOCAL_RANK,
 WORLD_SIZE and one rendezvous address (the engine's "env" launch), standard output and error
-shared with the launcher, and, as torchrun does, OMP_NUM_THREADS=1 unless it is set. The first rank to fail takes the others down (SIGTERM, SIGKILL
-30 s later) and the launch ends with that rank's status, the engine's own (3: out of memory,
-4: stopped), where torchrun would say 1. A stop signal to the launcher (SIGTERM, SIGUSR1;
-SIGINT and SIGHUP as SIGTERM) is passed on to the ranks, which save a checkpoint and stop,
-and the launcher waits for them.
+shared with the launcher, and, as torchrun does, OMP_NUM_THREADS=1 unless it is set. The first
+rank to fail takes the others down (SIGTERM, SIGKILL 30 s later) and the launch ends with that
+rank's status, the engine's own (3: out of memory, 4: stopped), where torchrun would say 1. A
+stop signal to the launcher (SIGTERM, SIGUSR1; SIGINT and SIGHUP as SIGTERM) is passed on to
+the ranks, which save a checkpoint and stop, and the launcher waits for them.
 
 Why not torchrun: on a CPU, most of a small run's time is its ranks starting. Each rank imports
 torch, its compiler (any optimizer imports it), DTensor (DDP does) and, under ZeRO, DeepSpeed
@@ -18,7 +18,7 @@ per rank (it has one thread then, so forking is safe). Each child runs the engin
 script) as ``__main__``, exactly as ``python -m hpml_core.train`` would after its imports: the
 engine's own module, its start-up (the stop handler, gc) and its exit run in the child; only
 the libraries were loaded before. A ZeRO-3 launch of the tiny model on 4 ranks of a 2-core
-machine took 10.7 s of CPU this way against 22.8 s under torchrun (docs/testing.md).
+machine took 10.5 s of CPU this way against 22.8 s under torchrun (docs/testing.md).
 
 CUDA must not be touched before a fork, so on a machine with a GPU, and with ``--fresh``, each
 child execs a new interpreter instead (for settings read when a process starts, such as glibc's

@@ -1,13 +1,14 @@
 """Training job entry point: ``python -m hpml_core.train`` (or ``hpml train``).
 
 Runs alone, under torchrun, under the deepspeed launcher or the local site's
-(``hpml_core.local_ranks``), or as srun tasks (see ``hpml_core.launch``). Every bad input is refused before a process group exists, with one
-line naming the flag and exit status 2 (``hpml_core.plan``, through the contract's checks). Then:
-build the model on the meta device, parallelize it (``hpml_core.parallelize``: TP, each rank's
-part of the weights, checkpointing, compile, DDP or ZeRO-3, returning the stepper that trains
-it), restore a checkpoint, and run the loop below, which reads like nanoGPT's: get the batch,
-step, time it, log, checkpoint, stop when asked. Memory peaks are recorded for the setup and
-for the training, from the first timed step (``hpml_core.memory``).
+(``hpml_core.local_ranks``), or as srun tasks (see ``hpml_core.launch``). Every bad input is
+refused before a process group exists, with one line naming the flag and exit status 2
+(``hpml_core.plan``, through the contract's checks). Then: build the model on the meta device,
+parallelize it (``hpml_core.parallelize``: TP, each rank's part of the weights, checkpointing,
+compile, DDP or ZeRO-3, returning the stepper that trains it), restore a checkpoint, and run the
+loop below, which reads like nanoGPT's: get the batch, step, time it, log, checkpoint, stop when
+asked. Memory peaks are recorded for the setup and for the training, from the first timed step
+(``hpml_core.memory``).
 
 Each launch that trains is one attempt of the run (``hpml_core.resuming``): every rank writes
 ``<run>/attempts/<n>/rank-<k>.json`` at the end, also when training failed (status FAILED,
