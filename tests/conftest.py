@@ -22,7 +22,7 @@ from tests import rank_server
 REPO = Path(__file__).resolve().parents[1]
 # The tests see the shipped site profiles only, never the user's own (~/.config/hpml/sites).
 os.environ["HPML_SITES"] = str(REPO / "tests" / "no-user-sites")
-# One OpenMP thread per process, in every process the tests start (engine() sets it too): the two
+# One OpenMP thread per process, in every process the tests start: the two
 # workers' processes share the cores, and a thread per core in each spins while it waits for
 # the others (a 1-process ZeRO-3 step of the tiny model beside two busy processes: 0.092 s with
 # a thread per core, 0.057 s with one).
@@ -75,13 +75,13 @@ def engine(args: list[str], nproc: int = 1, env: dict | None = None, check: bool
     (glibc's MALLOC_*, read when a process starts), or a GPU on this machine, gets fresh
     processes, started by hpml_core/local_ranks.py."""
     target = [str(script)] if script else ["-m", "hpml_core.train"]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env = {**os.environ, **(env or {})}
     if any(not name.startswith("HPML_") for name in env or {}) or local_ranks.has_gpu():
         cmd = [sys.executable, *target, *args] if nproc == 1 else \
             [sys.executable, "-m", "hpml_core.local_ranks", "--fresh", str(nproc), *target, *args]
     else:
         server = RANK_SERVERS[local_ranks.uses_deepspeed(args)]
-        socket_path = server.ensure_started({**os.environ, "OMP_NUM_THREADS": "1"}, REPO)
+        socket_path = server.ensure_started(dict(os.environ), REPO)
         cmd = [sys.executable, "-m", "tests.rank_server", "launch", socket_path, str(nproc), *target, *args]
     with subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True) as launch:

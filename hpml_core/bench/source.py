@@ -5,8 +5,9 @@ source files themselves, recorded in the JSON files of ``make gpu-check``, ``mak
 The fingerprint is there because a GPU machine may get a copy of the tree without its ``.git``:
 there the commit cannot be read, so the raw file says why and keeps the fingerprint, and
 ``python -m hpml_core.bench.source`` in a checkout of the commit tells whether it is the same
-code (equal fingerprints: the same bytes in every source file). Where ``.git`` is there, the commit and whether anything differs from it are recorded as
-well: a figure measured on a modified tree names the commit it was not.
+code (equal fingerprints: the same bytes in every source file). Where ``.git`` is there, the
+commit and whether anything differs from it are recorded as well: a figure measured on a
+modified tree names the commit it was not.
 
     python -m hpml_core.bench.source [DIR]     # DIR's record as JSON (default: this checkout)
 """
