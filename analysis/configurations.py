@@ -31,6 +31,7 @@ class ConfigurationRow:
     samples_per_s: Spread
     tokens_per_s_per_gpu: Spread
     mfu: Spread
+    joules_per_token: Spread
     peak_memory_per_gpu_max_gib: Spread
     setup_memory_per_gpu_max_gib: Spread
     model_state_per_gpu_mib: Spread
@@ -58,6 +59,7 @@ class ConfigurationRow:
     prediction_note: str | None
     speed_prediction_note: str | None
     mfu_missing_reason: str | None
+    energy_missing_reason: str | None
     throughput_note: str | None  # run by run, named
     parts: RunParts | None = field(default=None, metadata=APART)  # its median repeat's (analysis.time_parts)
     parts_missing_reason: str | None = None
@@ -107,12 +109,13 @@ def _configuration_row(name: str, label: str, runs: list[RunRow]) -> Configurati
                for part in run.hours.device_hours_source.split(" + ")}
     peak_error = spread(lambda r: r.predictions.peak_error_pct)
     mfu = spread(lambda r: r.throughput.mfu)
+    joules = spread(lambda r: r.throughput.joules_per_token)
     return ConfigurationRow(
         configuration=name, label=label, status=status, runs_completed=len(done), runs_total=len(runs), reason=reason,
         setting=described[0].setting if described else Setting(),
         tokens_per_s=spread(lambda r: r.throughput.tokens_per_s),
         samples_per_s=spread(lambda r: r.throughput.samples_per_s),
-        tokens_per_s_per_gpu=spread(lambda r: r.throughput.tokens_per_s_per_gpu), mfu=mfu,
+        tokens_per_s_per_gpu=spread(lambda r: r.throughput.tokens_per_s_per_gpu), mfu=mfu, joules_per_token=joules,
         peak_memory_per_gpu_max_gib=spread(lambda r: r.memory.peak_memory_per_gpu_max_gib),
         setup_memory_per_gpu_max_gib=spread(lambda r: r.memory.setup_memory_per_gpu_max_gib),
         model_state_per_gpu_mib=spread(lambda r: r.model_state.model_state_per_gpu_mib),
@@ -139,6 +142,7 @@ def _configuration_row(name: str, label: str, runs: list[RunRow]) -> Configurati
         prediction_note=None if peak_error.known else _first(run.predictions.prediction_note for run in done),
         speed_prediction_note=_first(run.predictions.speed_prediction_note for run in done),
         mfu_missing_reason=None if mfu.known else _first(run.throughput.mfu_missing_reason for run in done),
+        energy_missing_reason=None if joules.known else _first(run.throughput.energy_missing_reason for run in done),
         throughput_note="; ".join(f"{run.run}: {run.throughput_note}" for run in done if run.throughput_note) or None,
         parts=median_repeat([run.parts for run in done if run.parts is not None]),
         parts_missing_reason=_first(run.parts_missing_reason for run in done))

@@ -226,6 +226,11 @@ def _result_notes(rows: list[SummaryRow]) -> list[str]:
     lines += [f"Step time: {timing}." for timing in sorted({r.figures.timing for r in rows if r.figures.timing})]
     lines += [f"MFU n/a: {reason}" for reason in sorted({r.figures.mfu_missing_reason for r in rows
                                                          if r.figures.mfu_missing_reason})]
+    if any(r.figures.joules_per_token.known for r in rows):
+        lines.append("Energy: the joules the run's GPUs drew over its timed steps (NVML's counter, each GPU once) "
+                     "per token trained in them, in mJ; idle draw included.")
+    lines += [f"Energy n/a: {reason}" for reason in sorted({r.figures.energy_missing_reason for r in rows
+                                                            if r.figures.energy_missing_reason})]
     for key, group in _grouped(rows, lambda r: r.figures.setting.regime_key).items():
         lines.append(f"Precision regime {group[0].figures.setting.regime!r} ({key}): {_labels(group)}.")
     lines += _baseline_notes(rows)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from analysis.collect import Attempt, RunResult
 from analysis.columns import APART
 from analysis.time_parts import RunParts, run_parts
-from hpml_core.contract import gpus, metrics
+from hpml_core.contract import energy, gpus, metrics
 from hpml_core.contract.layout import Layout
 from hpml_core.contract.models import model_dims
 from hpml_core.contract.precision import regime
@@ -92,6 +92,8 @@ class Throughput:
     mfu: float | None = None
     mfu_missing_reason: str | None = None
     timing: str | None = None  # how the engine timed a step
+    joules_per_token: float | None = None  # the run's GPUs over the timed steps (hpml_core.contract.energy)
+    energy_missing_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -222,7 +224,18 @@ def _throughput(files: list[RankFile]) -> Throughput:
         samples_per_s=first.global_batch / slowest, tokens_per_s_per_gpu=tokens_per_s / first.world_size,
         flops_per_token=first.flops.flops_per_token, achieved_tflops_per_gpu=achieved, peak_tflops_per_gpu=peak,
         peak_source=first.flops.peak_source, mfu=metrics.mfu(achieved, peak),
-        mfu_missing_reason=None if peak else first.flops.mfu_missing_reason, timing=first.throughput.timing)
+        mfu_missing_reason=None if peak else first.flops.mfu_missing_reason, timing=first.throughput.timing,
+        **_energy(files))
+
+
+def _energy(files: list[RankFile]) -> dict:
+    """Joules per token from every rank's reading of its GPU, each GPU counted once; why not, else."""
+    readings = [(f.energy.device, f.energy.joules) if f.energy else None for f in files]
+    if None in readings:
+        why = next((f.energy_missing_reason for f in files if f.energy is None and f.energy_missing_reason),
+                   "not recorded (rank files written before hpml measured energy)")
+        return {"energy_missing_reason": why}
+    return {"joules_per_token": energy.run_joules_per_token(readings, files[0].energy.run_tokens)}
 
 
 def _memory(files: list[RankFile]) -> MemoryFigures:

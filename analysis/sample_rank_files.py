@@ -67,7 +67,8 @@ def rank_file(*, run: str, rank: int, mode: str, world: int, tp: int, batch: int
               regime_recorded: bool = True, model_state: tuple[int, int, int] | None = None,
               prediction: bool = True, predicted_state: int | None = None,
               predicted_gib: float | None = None, wall_time_s: float = 60.0,
-              parts_ms: dict[str, float] | None = None) -> rf.RankFile:
+              parts_ms: dict[str, float] | None = None, joules: float | None = None,
+              gpu: str | None = None) -> rf.RankFile:
     """One rank file of attempt ``attempt``, which ran ``losses`` from step ``start_step``; of
     those, the last ``timed`` (default: 5 when it completed, none otherwise) were timed, each at
     ``step_median`` seconds. No timed step: no throughput, and the engine's reason why.
@@ -79,7 +80,9 @@ def rank_file(*, run: str, rank: int, mode: str, world: int, tp: int, batch: int
     prediction; otherwise it predicts ``predicted_state`` bytes of model state (default: the
     measured total, exact) and ``predicted_gib`` allocated (default: 0.9 × ``memory_gib``, 10 % under).
     ``parts_ms``: a profiled window of one step with these parts (ms; the others 0), whose
-    collectives move exactly the contract's bytes; None: not profiled."""
+    collectives move exactly the contract's bytes; None: not profiled. ``joules``: what the rank's
+    GPU (PCI bus id ``gpu``, default one per rank) drew over the timed steps, whose span is their
+    step times; None: no energy reading, and the engine's reason for a GPU without NVML."""
     layout = Layout(world_size=world, tp_size=tp)
     completed = status == COMPLETED
     timed = (5 if completed else 0) if timed is None else timed
@@ -110,6 +113,11 @@ def rank_file(*, run: str, rank: int, mode: str, world: int, tp: int, batch: int
                      achieved_tflops_per_s=DECOY, peak_tflops_per_s=peak.tflops, peak_source=peak.source,
                      mfu=DECOY if peak.tflops else None, mfu_missing_reason=peak.missing_reason) if timed else None
     dp_rank, tp_rank = layout.position(rank)
+    energy = rf.Energy(device=gpu or f"00000000:{rank + 1:02X}:00.0", joules=joules, span_s=step_median * timed,
+                       timed_steps=timed, run_tokens=global_batch * seq_len * timed, mean_power_w=DECOY,
+                       run_joules_per_token=DECOY) if joules is not None and timed else None
+    no_energy = (f"no energy counter on a {device} device (NVML measures NVIDIA GPUs)" if device != "cuda"
+                 else "NVML's energy counter could not be read: NVMLError_LibraryNotFound: NVML Shared Library Not Found")
     return rf.RankFile(
         run_id=run, status=status, error=error, config=config, mode=mode, world_size=world,
         dp_size=layout.dp_size, tp_size=tp,
@@ -138,6 +146,7 @@ def rank_file(*, run: str, rank: int, mode: str, world: int, tp: int, batch: int
         loss=rf.Loss(start_step=start_step, values=list(losses), averaged_over_dp=completed),
         profile=_profile(config, layout, parts_ms) if parts_ms is not None and completed else None,
         profile_missing_reason=None if parts_ms is not None else "--profile-steps 0",
+        energy=energy, energy_missing_reason=None if energy else no_energy,
     )
 
 
@@ -156,11 +165,13 @@ def _profile(config: TrainConfig, layout: Layout, parts_ms: dict[str, float]) ->
 
 
 def write_run(folder: Path, run: str, *, ranks: list[int] | None = None, step_medians: list[float] | None = None,
-              memory_gib: list[float] | None = None, wall_times_s: list[float] | None = None, **fields) -> None:
+              memory_gib: list[float] | None = None, wall_times_s: list[float] | None = None,
+              joules: list[float | None] | None = None, gpus: list[str] | None = None, **fields) -> None:
     """Write the rank files of one run: all of ``range(world)`` unless ``ranks`` names some."""
     world = fields["world"]
     for rank in ranks if ranks is not None else range(world):
         record = rank_file(run=run, rank=rank, step_median=(step_medians or [0.5] * world)[rank],
                            memory_gib=(memory_gib or [10.0] * world)[rank],
-                           wall_time_s=(wall_times_s or [60.0] * world)[rank], **fields)
+                           wall_time_s=(wall_times_s or [60.0] * world)[rank],
+                           joules=(joules or [None] * world)[rank], gpu=(gpus or [None] * world)[rank], **fields)
         rf.write(folder / run, record)

@@ -15,8 +15,8 @@ from analysis.time_parts import UNPREDICTED, parts_present
 HEADERS = ("Configuration", "Description", "Memory (GiB/GPU)", "Model state (MiB/GPU)",
            "Predicted − measured (state; peak; tokens/s)", "MFU", "Tokens/s",
            "Weak scaling eff.", "Strong scaling eff.", "Status")
-RESULT_HEADERS = ("Configuration", "Repeats", "Tokens/s", "MFU", "Memory (GiB/GPU)", "Model state (MiB/GPU)",
-                  "Weak scaling eff.", "Strong scaling eff.")
+RESULT_HEADERS = ("Configuration", "Repeats", "Tokens/s", "MFU", "Energy (mJ/token)", "Memory (GiB/GPU)",
+                  "Model state (MiB/GPU)", "Weak scaling eff.", "Strong scaling eff.")
 # Each measurement beside its prediction and the error: (group, its columns).
 PREDICTION_HEADERS = (("", ("Configuration",)), *((group, ("measured", "predicted", "error")) for group in (
     "Model state (MiB/GPU)", "Training peak (GiB/GPU)", "Tokens/s")))
@@ -51,6 +51,12 @@ def _model_state_cell(row: SummaryRow) -> str:
         return text
     change = -reduction
     return f"{text} ({'±0%' if abs(change) < 0.005 else f'{change:+.0%}'.replace('-', '−')})"
+
+
+def _millijoules_cell(row: SummaryRow) -> str:
+    joules = row.figures.joules_per_token
+    in_mj = Spread(*(None if value is None else value * 1000 for value in (joules.median, joules.low, joules.high)))
+    return _spread(in_mj, row.figures.runs_completed, 2)
 
 
 def _signed_percent(value: float | None) -> str:
@@ -104,8 +110,8 @@ def result_rows(rows: list[SummaryRow]) -> list[tuple[str, str, list[str]]]:
         figures = row.figures
         out.append((row.label, figures.setting.description or "-", [
             f"{figures.runs_completed}/{figures.runs_total}", _spread(figures.tokens_per_s, figures.runs_completed),
-            _spread(figures.mfu, figures.runs_completed, 1, percent=True), _memory_cell(row), _model_state_cell(row),
-            _weak(row), _strong(row)]))
+            _spread(figures.mfu, figures.runs_completed, 1, percent=True), _millijoules_cell(row), _memory_cell(row),
+            _model_state_cell(row), _weak(row), _strong(row)]))
     return out
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from hpml_core.energy import EnergyMeter
 from hpml_core.memory import PhasePeaks
 from hpml_core.plan import Plan
 from hpml_core.contract import memory_model, metrics, model_state
@@ -33,12 +34,15 @@ class Measured:
 
     timer: StepTimer
     memory: PhasePeaks
+    energy: EnergyMeter
     start_step: int = 0
     losses: list[torch.Tensor] = field(default_factory=list)  # one per step, still on the device
     model_state: dict | None = None  # measured at the last step (hpml_core.measure_model_state)
     memory_before_window: rf.Memory | None = None  # the peaks as they stood before the profiled window
     profile: rf.StepProfile | None = None  # the profiled window after the last step (hpml_core.profile_window)
     profile_missing_reason: str | None = None
+    energy_record: rf.Energy | None = None  # the GPU's energy over the timed steps (hpml_core.energy)
+    energy_missing_reason: str | None = None
 
 
 def _version(package: str) -> str | None:
@@ -193,6 +197,7 @@ def build_rank_file(plan: Plan, measured: Measured, run_id: str, attempt: int, s
         prediction=prediction_record(plan, device.type),
         loss=rf.Loss(start_step=start_step, values=losses, averaged_over_dp=alive),
         profile=measured.profile, profile_missing_reason=profile_missing_reason(config, status, measured),
+        energy=measured.energy_record, energy_missing_reason=energy_missing_reason(status, measured),
     )
 
 
@@ -205,3 +210,11 @@ def profile_missing_reason(config: TrainConfig, status: str, measured: Measured)
     if config.profile_steps == 0:
         return "--profile-steps 0"
     return f"the attempt did not complete ({status})" if status != COMPLETED else None
+
+
+def energy_missing_reason(status: str, measured: Measured) -> str | None:
+    """Why a rank file has no energy figure: no counter on the device, or no timed step to read it over."""
+    if measured.energy_record is not None:
+        return None
+    return (measured.energy_missing_reason or measured.energy.missing_reason
+            or f"no timed step was completed (the attempt: {status})")

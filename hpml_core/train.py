@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 
 from hpml_core import checkpoint, export, launch, resuming, stopping
+from hpml_core.energy import EnergyMeter
 from hpml_core.memory import PhasePeaks
 from hpml_core.mesh import Mesh, build_mesh
 from hpml_core.model import GPT
@@ -51,6 +52,7 @@ from hpml_core.parallelize import parallelize
 from hpml_core.plan import Plan, make_plan
 from hpml_core.profile_window import profile_window
 from hpml_core.rank_result import Measured, build_rank_file, cpu_name, loss_values, throughput
+from hpml_core.contract import memory_model
 from hpml_core.contract import rank_file as rf
 from hpml_core.contract.atomic import atomic_write_json
 from hpml_core.contract.attempts import attempt_folder, losses_path
@@ -59,6 +61,7 @@ from hpml_core.contract.errors import (EXIT_FAILED, EXIT_OOM, EXIT_STOPPED, EXIT
                                       WriteRefused)
 from hpml_core.contract.run_states import COMPLETED, FAILED, OUT_OF_MEMORY, RUNNING, STARTING, STOPPED
 from hpml_core.contract.status_file import Progress
+from hpml_core.contract.units import GIB
 from hpml_core.stepper import Stepper
 from hpml_core.stopping import StopRequest
 from hpml_core.timing import StepTimer
@@ -142,11 +145,14 @@ def train_steps(plan: Plan, stepper: Stepper, measured: Measured, device: torch.
             timed = step >= first_timed
             if step == first_timed:
                 measured.memory.start_training()  # the training phase's peaks start here
+                measured.energy.start()  # ...and the GPU's energy counter is read
             if timed:
                 measured.timer.start()
             loss = stepper.step(plan.batches.micro_batches(step, device), measure=step == total - 1)
             if timed:
                 measured.timer.stop()
+            if timed and step == total - 1:
+                measured.energy.stop()
             measured.losses.append(loss)
             done = step + 1
             saved = config.checkpoint_every > 0 and done % config.checkpoint_every == 0
@@ -189,7 +195,7 @@ def train(plan: Plan, stop: StopRequest) -> int:
                f"{plan.total_steps} steps, {config.precision}, on {device_name}")
 
     status, error, run_throughput, refused = COMPLETED, None, None, False
-    measured = Measured(StepTimer(device), PhasePeaks(device))
+    measured = Measured(StepTimer(device), PhasePeaks(device), EnergyMeter(device))
     try:
         stepper = build(plan, device, mesh, attempt_folder(out, attempt))
         if plan.resume_state:
@@ -199,6 +205,9 @@ def train(plan: Plan, stop: StopRequest) -> int:
         if not train_steps(plan, stepper, measured, device, out, attempt, stop, progress):
             status, error = STOPPED, f"stopped by {stop.signal_name}; checkpoint saved"
         run_throughput = throughput(plan, measured.timer, device) if measured.timer.timed_steps else None
+        if run_throughput is not None:  # collective on a GPU, as the throughput
+            measured.energy_record, measured.energy_missing_reason = measured.energy.record(
+                run_throughput.timed_steps, run_throughput.tokens_per_step * run_throughput.timed_steps)
         if config.save_model and status == COMPLETED:
             export.save_full_model(stepper, out, plan.env.rank, dims=plan.dims,
                                    vocab_size=config.vocab_size or plan.batches.data.vocab_size)  # unpadded
@@ -212,7 +221,7 @@ def train(plan: Plan, stop: StopRequest) -> int:
         status, refused = OUT_OF_MEMORY if is_out_of_memory(exc) else FAILED, isinstance(exc, WriteRefused)
         error = str(exc) if refused else f"{type(exc).__name__}: {exc}".strip()
         if status == OUT_OF_MEMORY:
-            error = f"out of memory at batch size {config.batch_size} per rank: {error}"
+            error = f"out of memory at batch size {config.batch_size} per rank{predicted_against(plan, device)}: {error}"
         print(f"[hpml] rank {plan.env.rank}: {status}: {error}", file=sys.stderr, flush=True)
 
     record = build_rank_file(plan, measured, run_id, attempt, status, error, run_throughput, device, device_name,
@@ -232,6 +241,15 @@ def train(plan: Plan, stop: StopRequest) -> int:
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
+
+
+def predicted_against(plan: Plan, device: torch.device) -> str:
+    """On a GPU: what the memory model predicted for this rank, against the GPU's memory."""
+    if device.type != "cuda":
+        return ""
+    predicted = memory_model.predict(plan.config, plan.dims, plan.layout, "cuda", dp_rank=plan.position.dp_rank)
+    total = torch.cuda.get_device_properties(device).total_memory
+    return f" (predicted {predicted.total_bytes / GIB:.1f} GiB of the GPU's {total / GIB:.1f} GiB)"
 
 
 def window_line(profile: rf.StepProfile | None, missing_reason: str | None) -> str:

@@ -65,22 +65,26 @@ class RankSteps:
 
 
 def completed_ranks(exp: experiment.Experiment, profile: site.Site) -> list[RankSteps]:
-    """Every rank of the runs whose latest attempt completed on every rank with a profiled window;
-    unreadable files and incomplete runs are left out (``hpml report`` says why)."""
-    found = []
-    for run in exp.runs:
-        paths = attempts.latest_rank_files(profile.experiment_folder(exp.name) / run.name)
-        try:
-            records = [rf.read(path) for path in paths.values()]
-        except (OSError, ValueError, ValidationError):
-            continue
-        if (len(records) != run.world_size or not records
-                or any(r.status != COMPLETED or r.profile is None or not r.profile.steps or r.precision is None
-                       for r in records)):
-            continue
-        nodes = len({(r.slurm.node if r.slurm and r.slurm.node else r.hostname) for r in records})
-        found += [RankSteps(f"{exp.name}/{run.name}", r, r.world_size // nodes) for r in records]
-    return found
+    """Every rank of the experiment's runs whose latest attempt completed on every rank with a
+    profiled window; unreadable files and incomplete runs are left out (``hpml report`` says why)."""
+    return [rank for run in exp.runs
+            for rank in profiled_run(profile.experiment_folder(exp.name) / run.name, f"{exp.name}/{run.name}")]
+
+
+def profiled_run(folder: Path, name: str) -> list[RankSteps]:
+    """The ranks of the run in ``folder`` if its latest attempt completed on every rank with a
+    profiled window; none otherwise."""
+    paths = attempts.latest_rank_files(folder)
+    try:
+        records = [rf.read(path) for path in paths.values()]
+    except (OSError, ValueError, ValidationError):
+        return []
+    if (not records or len(records) != records[0].world_size
+            or any(r.status != COMPLETED or r.profile is None or not r.profile.steps or r.precision is None
+                   for r in records)):
+        return []
+    nodes = len({(r.slurm.node if r.slurm and r.slurm.node else r.hostname) for r in records})
+    return [RankSteps(name, r, r.world_size // nodes) for r in records]
 
 
 def check_device(ranks: list[RankSteps], profile: site.Site) -> tuple[str, str]:

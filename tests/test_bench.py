@@ -5,6 +5,7 @@ measurement reports (the figures themselves need a GPU)."""
 
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -28,7 +29,7 @@ def gpu_check(tmp_path_factory):
 
 def test_every_section_ran_and_is_summarised(gpu_check):
     out, sections = gpu_check
-    assert list(sections) == ["environment", "data", "bench", "profile", "tests", "memory"]
+    assert list(sections) == ["environment", "data", "bench", "planner", "tests", "memory", "profile"]
     assert all(section["status"] == "passed" for section in sections.values())
     markdown = (out / "gpu-check.md").read_text()
     assert all(f"## {name}" in markdown for name in sections)
@@ -42,20 +43,71 @@ def test_every_section_ran_and_is_summarised(gpu_check):
 def test_bench_compares_the_original_loop_with_each_engine_variant(gpu_check):
     out, sections = gpu_check
     report = sections["bench"]["results"]
-    original, variants = report["original"], report["engines"]
-    assert [v["engine_args"] for v in variants] == ["--precision fp32 --batch-size 4", "--precision fp32 --batch-size 2"]
-    assert [v["settings"]["batch_size"] for v in variants] == [4, 2]  # each variant's flags win over the default
-    for result in (original, *variants):
+    originals, variants = report["originals"], report["engines"]
+    # The reduced form: the original loop at the study's batch (4) twice, the repeats, and at 2
+    # once; each engine variant once, and the fastest once more.
+    assert [(o["settings"]["batch_size"], o["repeat"]) for o in originals] == [(4, 0), (4, 1), (2, 0)]
+    first = variants[:2]
+    assert [v["engine_args"] for v in first] == ["--precision fp32 --batch-size 4", "--precision fp32 --batch-size 2"]
+    assert [v["settings"]["batch_size"] for v in first] == [4, 2]  # each variant's flags win over the default
+    fastest = max(first, key=lambda v: v["tokens_per_s"])
+    assert [(v["engine_args"], v["repeat"]) for v in variants[2:]] == [(fastest["engine_args"], 1)]
+    for result in (*originals, *variants):
         assert result["tokens_per_s"] > 0 and result["achieved_tflops_per_s"] > 0 and result["peak_memory_bytes"] > 0
         assert result["mfu"] is None and "cpu" in result["mfu_missing_reason"]  # no GPU peak: missing, not guessed
+        assert result["joules_per_token"] is None and "cpu device" in result["energy_missing_reason"]
         assert len(result["losses"]) == 6
         assert result["tokens_per_s"] == 64 * result["settings"]["batch_size"] / result["step_time_median_s"]
         # Both peaks cover the same span, the timed steps (hpml_core.memory), in the same metric.
         assert result["memory_metric"] == "cpu_rss_hwm"
         # --vocab-size gives both models the same vocabulary, so the same FLOP count.
-        assert result["flops_per_token"] == original["flops_per_token"]
+        assert result["flops_per_token"] == originals[0]["flops_per_token"]
+    study = statistics.median(o["tokens_per_s"] for o in originals[:2])
     for variant in variants:
-        assert variant["tokens_per_s_ratio_over_original"] == variant["tokens_per_s"] / original["tokens_per_s"]
+        assert variant["tokens_per_s_ratio_over_original"] == variant["tokens_per_s"] / study
+
+
+def test_the_headline_is_the_fastest_variant_s_median_against_the_original_s(gpu_check):
+    """Medians over the repeats with their range, by hand from the runs' own figures: at the
+    study's batch, and at each one's fastest batch."""
+    out, sections = gpu_check
+    report = sections["bench"]["results"]
+    originals, variants, head = report["originals"], report["engines"], report["headline"]
+
+    def figures(values):
+        return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
+
+    engine = {args: figures([v["tokens_per_s"] for v in variants if v["engine_args"] == args])
+              for args in dict.fromkeys(v["engine_args"] for v in variants)}
+    original = {batch: figures([o["tokens_per_s"] for o in originals if o["settings"]["batch_size"] == batch])
+                for batch in (4, 2)}
+    best = max(engine, key=lambda args: engine[args]["median"])
+    assert head["best_engine"]["engine_args"] == best and head["best_engine"]["tokens_per_s"] == engine[best]
+    assert head["original"]["batch_size"] == 4 and head["original"]["tokens_per_s"] == original[4]
+    at_4 = "--precision fp32 --batch-size 4"
+    same = head["same_batch"]
+    assert (same["engine_args"], same["engine_batch"], same["original_batch"]) == (at_4, 4, 4)
+    assert same["ratio"] == engine[at_4]["median"] / original[4]["median"]
+    assert (same["min"], same["max"]) == (engine[at_4]["min"] / original[4]["max"],
+                                          engine[at_4]["max"] / original[4]["min"])
+    fastest_batch = max(original, key=lambda batch: original[batch]["median"])
+    assert head["best_batches"]["original_batch"] == fastest_batch
+    assert head["best_batches"]["ratio"] == engine[best]["median"] / original[fastest_batch]["median"]
+    assert f"{same['ratio']:.2f}× [{same['min']:.2f}–{same['max']:.2f}]" in (out / "gpu-check.md").read_text()
+
+
+def test_the_planner_is_calibrated_on_the_bench_s_profiled_engine_runs(gpu_check):
+    """Each variant's first run (profiled) is fitted and predicted, its measured step the run's
+    own median; the repeats (not profiled) are not among them."""
+    out, sections = gpu_check
+    planner = sections["planner"]["results"]
+    assert [row["run"] for row in planner["runs"]] == ["engine-0", "engine-1"]
+    engines = {f"engine-{index}": run for index, run in enumerate(sections["bench"]["results"]["engines"][:2])}
+    for row in planner["runs"]:
+        assert row["measured_s"] == engines[row["run"]]["step_time_median_s"]
+        assert row["calibrated_error_pct"] == pytest.approx(100 * (row["calibrated_s"] / row["measured_s"] - 1))
+        assert row["fitted_on"] == "all (in sample)"
+    assert "| engine-1 | " in (out / "gpu-check.md").read_text().split("## planner")[1]
 
 
 def test_profile_says_where_the_step_time_goes(gpu_check):
@@ -133,6 +185,24 @@ def test_a_section_out_of_time_is_recorded_not_guessed(tmp_path):
     assert done.returncode == 1
     bench = json.loads((tmp_path / "gpu-check.json").read_text())["sections"][1]
     assert bench["status"] == "not run" and "budget" in bench["why"] and "results" not in bench
+
+
+def test_a_second_call_keeps_the_first_call_s_other_sections(tmp_path):
+    """A short rerun (``--only``) into the same folder adds its sections to the summary; the first
+    call's others stay, marked with their call, and do not decide the second's exit status."""
+    command = [sys.executable, "-m", "hpml_core.bench.gpu_check", "--reduced", "--shared", str(SHARED),
+               "--out", str(tmp_path)]
+    first = subprocess.run([*command, "--only", "environment,bench", "--budget-s", "5"], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == 1  # the bench was not run
+    date = json.loads((tmp_path / "gpu-check.json").read_text())["date"]
+    second = subprocess.run([*command, "--only", "environment"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    sections = json.loads((tmp_path / "gpu-check.json").read_text())["sections"]
+    assert [(s["name"], s["status"], s.get("earlier_call")) for s in sections] == [
+        ("bench", "not run", date), ("environment", "passed", None)]
+    assert "| bench | not run: the check's 5 s budget left" in (tmp_path / "gpu-check.md").read_text()
+    assert f"(in the call of {date})" in (tmp_path / "gpu-check.md").read_text()
 
 
 def test_gpu_check_refuses_an_unknown_section(tmp_path):

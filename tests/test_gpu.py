@@ -1,7 +1,8 @@
 """What only happens on a GPU: CUDA-event timing, the peak table looked up by the device's name
 and so MFU, ``max_memory_allocated``, bf16 and fp16 autocast on CUDA, ``torch.compile``, fused
 AdamW, pinned batches, SDPA's flash kernel, NCCL, DeepSpeed's ZeRO stages and FSDP2 on CUDA,
-and every layout training what one process trains, on the GPU.
+every layout training what one process trains, on the GPU, the GPU's energy counter, and a real
+CUDA out-of-memory error.
 
 Marked ``gpu`` and deselected by ``make test`` (pyproject's addopts); ``make gpu-check`` runs
 them (``pytest -m gpu``). Ranks that must share the one GPU talk over gloo, as
@@ -48,6 +49,47 @@ def assert_measured_on_the_gpu(record: dict) -> None:
         assert flops["mfu"] is None and flops["mfu_missing_reason"]
     else:
         assert 0 < flops["mfu"] < 1
+    energy = record["energy"]  # NVML's counter (a short run's span may be too short for it to tick)
+    assert energy is not None, record["energy_missing_reason"]
+    assert energy["joules"] >= 0 and energy["timed_steps"] == record["throughput"]["timed_steps"]
+    assert energy["run_tokens"] == record["throughput"]["tokens_per_step"] * energy["timed_steps"]
+
+
+def test_energy_per_token_is_read_from_the_gpu_s_counter(tmp_path, token_data):
+    """A run long enough for NVML's counter (about 2 s of timed steps): a plausible mean power,
+    and the run's joules per token its one GPU's joules over the tokens of the timed steps."""
+    record = short_run(tmp_path, token_data, "--model", "gpt2", "--seq-len", "1024", "--batch-size", "16",
+                       "--precision", "bf16", "--steps", "45", "--warmup-steps", "5", "--profile-steps", "0")
+    energy = record["energy"]
+    assert energy["joules"] > 0 and 30 < energy["mean_power_w"] < 1500, energy
+    assert energy["span_s"] >= sum(record["throughput"]["step_times_s"]) * 0.99
+    assert energy["run_joules_per_token"] == pytest.approx(energy["joules"] / energy["run_tokens"])
+
+
+def test_a_batch_predicted_not_to_fit_runs_out_of_memory_and_says_so(tmp_path, token_data):
+    """A real CUDA out-of-memory error, at a batch the memory model predicts needs 25 % more than
+    the GPU has: OUT_OF_MEMORY in the rank file, exit status 3, the prediction beside it."""
+    from hpml_core.contract.config import TrainConfig
+    from hpml_core.contract.layout import Layout
+    from hpml_core.contract.memory_model import predict
+    from hpml_core.model import model_dims
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    config = TrainConfig(model="gpt2-large", seq_len=1024, precision="bf16", data=token_data)
+    dims = model_dims("gpt2-large", 512)  # the tests' data: a 512-token vocabulary
+    batch = next(b for b in range(1, 4096)
+                 if predict(config.model_copy(update={"batch_size": b}), dims, Layout(1, 1)).total_bytes > 1.25 * total)
+    out = tmp_path / "oom"
+    proc = engine(["--model", "gpt2-large", "--seq-len", "1024", "--precision", "bf16", "--batch-size", str(batch),
+                   "--steps", "3", "--warmup-steps", "1", "--profile-steps", "0", "--data", str(token_data),
+                   "--out", str(out)], check=False)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    record = rank_files(out)[0]
+    assert record["status"] == "OUT_OF_MEMORY" and record["steps_completed"] == 0
+    assert record["prediction"]["total_bytes"] > 1.25 * total
+    assert record["error"].startswith(f"out of memory at batch size {batch} per rank (predicted "
+                                      f"{record['prediction']['total_bytes'] / 2**30:.1f} GiB of the GPU's "
+                                      f"{total / 2**30:.1f} GiB)")
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -127,7 +169,13 @@ def test_layout_trains_like_one_process_on_the_gpu(tmp_path, token_data, one_pro
     out = tmp_path / layout
     engine([*common, "--mode", mode, "--tp-size", str(tp), "--batch-size", str(batch), "--grad-accum", str(accum),
             "--dist-backend", "gloo", "--out", str(out)], nproc=nproc)
-    assert all(r["device_name"] == torch.cuda.get_device_name(0) for r in rank_files(out).values())
+    files = rank_files(out).values()
+    assert all(r["device_name"] == torch.cuda.get_device_name(0) for r in files)
+    # The ranks share the GPU, and so its energy counter: counted once, as their mean.
+    energies = [r["energy"] for r in files]
+    assert len({e["device"] for e in energies}) == 1
+    assert energies[0]["run_joules_per_token"] == pytest.approx(
+        sum(e["joules"] for e in energies) / len(energies) / energies[0]["run_tokens"])
     assert losses(out) == pytest.approx(losses(reference), rel=1e-4)
     ours, ref = torch.load(out / "model.pt"), torch.load(reference / "model.pt")
     worst = max(((name, ((ours[name] - ref[name]).norm() / ref[name].norm()).item()) for name in ref),

@@ -400,6 +400,39 @@ def test_an_engine_run_records_a_prediction_whose_model_state_equals_the_measure
     assert summary.loc["single", "model_state_error_pct_median"] == 0.0
 
 
+def test_energy_per_token_counts_each_gpu_once_and_says_why_it_is_missing(tmp_path, slurm_says):
+    """Joules per token from the rank files' readings, never a rank's own figure (a decoy in the
+    samples): four GPUs summed; four ranks sharing one GPU read its one counter, counted once
+    (their mean); a rank without a reading makes the run's figure n/a, with its reason."""
+    exp = tmp_path / "energy.yaml"
+    exp.write_text("name: energy\ndataset: d\ndefaults: {model: gpt2-large, steps: 10}\nrepeats: 2\n"
+                   "runs: [{name: ddp-4, mode: ddp, gpus: 4}, {name: shared, mode: ddp, gpus: 4},"
+                   " {name: single, mode: single}]\n")
+    folder = tmp_path / "results" / "energy"
+    four = dict(mode="ddp", world=4, tp=1, batch=8)
+    write_run(folder, "ddp-4-r0", joules=[100.0, 110.0, 120.0, 130.0], **four)
+    write_run(folder, "ddp-4-r1", joules=[200.0, 200.0, 200.0, 200.0], **four)
+    write_run(folder, "shared-r0", joules=[100.0, 102.0, 98.0, 100.0], gpus=["00000000:3B:00.0"] * 4, **four)
+    write_run(folder, "shared-r1", joules=[100.0, 100.0, None, 100.0], gpus=["00000000:3B:00.0"] * 4, **four)
+    write_run(folder, "single-r0", mode="single", world=1, tp=1, batch=8, device="cpu")
+    write_run(folder, "single-r1", mode="single", world=1, tp=1, batch=8, device="cpu")
+    assert main([str(exp), "--site", str(local_site(tmp_path))]) == 0
+    runs = pd.read_csv(folder / "report" / "runs.csv").set_index("run")
+    tokens = 5 * 4 * 8 * SEQ  # 5 timed steps of the global batch
+    assert runs.loc["ddp-4-r0"].joules_per_token == pytest.approx(460.0 / tokens)
+    assert runs.loc["ddp-4-r1"].joules_per_token == pytest.approx(800.0 / tokens)
+    assert runs.loc["shared-r0"].joules_per_token == pytest.approx(100.0 / tokens)
+    assert pd.isna(runs.loc["shared-r1"].joules_per_token)
+    assert runs.loc["shared-r1"].energy_missing_reason.startswith("NVML's energy counter could not be read")
+    summary = pd.read_csv(folder / "report" / "summary.csv").set_index("configuration")
+    assert summary.loc["ddp-4"].joules_per_token_median == pytest.approx(630.0 / tokens)
+    assert summary.loc["shared"].joules_per_token_median == pytest.approx(100.0 / tokens)  # the one reading
+    assert pd.isna(summary.loc["single"].joules_per_token_median)
+    page = (folder / "report" / "report.html").read_text()
+    assert f"<td>{630 / tokens * 1000:,.2f}<br>[{460 / tokens * 1000:,.2f}–{800 / tokens * 1000:,.2f}]</td>" in page
+    assert "Energy n/a: no energy counter on a cpu device (NVML measures NVIDIA GPUs)" in page
+
+
 def test_scaling_efficiency_is_missing_without_a_matching_baseline(study):
     """Without the 1-process ZeRO-3 runs, the ZeRO-3 layouts have no baseline in their precision
     regime: 'single' trains in another, and the reason says so; without 'single' either, DDP's
@@ -649,8 +682,8 @@ def test_report_html_opens_in_headless_chromium_with_every_figure_drawn(study, t
     assert notes["part-predictions"]["bottom"] <= tables["runs"]["top"] <= notes["runs"]["top"]
     assert layout["next"] == {id_: f"{id_}-notes" for id_ in layout["next"]}
     assert layout["items"]["results"].startswith("OL:") and int(layout["items"]["results"][3:]) > 5  # numbered
-    assert layout["headers"] == ["Configuration", "Repeats", "Tokens/s", "MFU", "Memory (GiB/GPU)",
-                                 "Model state (MiB/GPU)", "Weak scaling eff.", "Strong scaling eff."]
+    assert layout["headers"] == ["Configuration", "Repeats", "Tokens/s", "MFU", "Energy (mJ/token)",
+                                 "Memory (GiB/GPU)", "Model state (MiB/GPU)", "Weak scaling eff.", "Strong scaling eff."]
 
 
 def test_where_the_time_goes_matches_a_hand_computation(study):

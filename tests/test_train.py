@@ -69,6 +69,20 @@ def test_throughput_and_flops_figures_follow_from_the_step_times(single_run):
     # A CPU has no peak to compare with: MFU is missing, with the reason, never guessed.
     assert f["mfu"] is None and f["peak_tflops_per_s"] is None and "cpu" in f["mfu_missing_reason"]
     assert record["memory"]["cpu_peak_rss_bytes"] > 50e6 and record["memory"]["cuda_max_allocated_bytes"] is None
+    # Nor an energy counter: missing with the reason, never estimated from a nominal power.
+    assert record["energy"] is None and "cpu device" in record["energy_missing_reason"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU, tests/test_gpu.py reads the counter")
+def test_a_gpu_without_nvml_has_no_energy_figure_and_says_why():
+    from hpml_core.energy import EnergyMeter
+
+    meter = EnergyMeter(torch.device("cuda", 0))  # NVML's library is looked for first: not on this machine
+    meter.start()
+    meter.stop()
+    assert meter.span is None
+    assert meter.record(timed_steps=6, run_tokens=1536) == (None, meter.missing_reason)
+    assert meter.missing_reason.startswith("NVML's energy counter could not be read: NVMLError_LibraryNotFound")
 
 
 def test_ddp_losses_equal_the_single_process_run(single_run, ddp_run):

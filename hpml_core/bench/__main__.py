@@ -1,14 +1,18 @@
 """``make bench`` (``python -m hpml_core.bench``): the original study's style of training loop
-against hpml's engine, on one device, same model, sequence length and data, each variant in
-its own process. Prints and writes ``OUT/bench.json``: tokens/s, TFLOP/s per device, MFU and
-peak memory of each, and the ratio of the engine's tokens/s to the original loop's.
+against hpml's engine, on one device, same model, sequence length and data, each run in its own
+process. Prints and writes ``OUT/bench.json``: tokens/s, TFLOP/s per device, MFU, peak memory
+and energy per token of each run, each engine run's ratio to the original loop, and the
+headline: the fastest engine variant against the original loop, at the same batch and at each
+one's best batch, with the spread of their repeats.
 
 ``--engine-args`` may be given several times: each is one engine variant (its own process and
-run folder), all measured against the same original-loop run, so that one call shows what
-each speed setting is worth on the device at hand.
+run folder). ``--original-batch`` too: the first is the study's batch (8). ``--repeats N`` runs
+the original loop at the study's batch, and the fastest engine variant, N times in all, so the
+headline's figures are medians with their range. ``bench.json`` is rewritten after every run, so
+a benchmark cut short keeps what it measured.
 
-    python -m hpml_core.bench --model gpt2-large --data DATA --vocab-size 50257 \
-        --engine-args "--precision bf16" --engine-args "--precision bf16 --compile --batch-size 16"
+    python -m hpml_core.bench --model gpt2-large --data DATA --vocab-size 50257 --repeats 3 \
+        --engine-args "--precision bf16 --compile" --engine-args "--precision bf16 --compile --batch-size 32"
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import shlex
 import subprocess
 import sys
@@ -40,16 +45,23 @@ DEFAULT_ENGINE_ARGS = "--precision bf16 --compile"
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m hpml_core.bench", description=__doc__.split("\n\n")[0])
     common_arguments(parser, out=Path("results/bench"), steps=30, warmup_steps=10)
-    parser.add_argument("--original-batch", type=int, default=8, help="the original study's batch (8)")
+    parser.add_argument("--original-batch", type=int, action="append",
+                        help="a batch for the original loop; repeat for several, the first being the study's "
+                             "(default: 8, the original study's)")
     parser.add_argument("--original-precision", choices=("fp16", "bf16", "fp32"), default="fp16")
     parser.add_argument("--engine-batch", type=int, default=8, help="the largest batch that fits, for the engine")
     parser.add_argument("--engine-args", action="append",
                         help=f"one engine variant's settings, after --batch-size ENGINE_BATCH, so they may change it; "
                              f"repeat for several variants (default: {DEFAULT_ENGINE_ARGS!r})")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs in all of the original loop at the study's batch and of the fastest engine variant")
     parser.add_argument("--vocab-size", type=int,
                         help="both models' vocabulary, at least the data's (50257: GPT-2's over any prepared data)")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats: must be at least 1, not {args.repeats}")
     args.engine_args = args.engine_args or [DEFAULT_ENGINE_ARGS]
+    args.original_batch = args.original_batch or [8]
     return args
 
 
@@ -92,68 +104,195 @@ def engine_result(run_dir: Path, engine_args: str) -> dict:
         "mfu_missing_reason": record.flops.mfu_missing_reason,
         "peak_memory_bytes": peak_bytes,
         "memory_metric": metric,
+        "joules_per_token": record.energy.run_joules_per_token if record.energy else None,
+        "mean_power_w": record.energy.mean_power_w if record.energy else None,
+        "energy_missing_reason": record.energy_missing_reason,
         "losses": record.loss.values,
     }
 
 
+def spread(runs: list[dict], key: str) -> dict | None:
+    """The median of a figure over the completed runs that have it, with its range."""
+    values = [run[key] for run in runs if run.get("status", COMPLETED) == COMPLETED and run.get(key) is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
+
+
+def _batch(run: dict) -> int:
+    return run["settings"]["batch_size"] if "settings" in run else run["batch_size"]
+
+
+def _group(runs: list[dict], **fixed) -> dict:
+    """One variant's runs summed up: its tokens/s, MFU and joules per token over its repeats."""
+    return {**fixed, "batch_size": _batch(runs[0]), "runs": len(runs),
+            **{figure: spread(runs, figure) for figure in ("tokens_per_s", "mfu", "joules_per_token")}}
+
+
+def _ratio(engine: dict, original: dict, why: str) -> dict:
+    """Median over median, and the range the two spreads allow (fastest over slowest and back)."""
+    e, o = engine["tokens_per_s"], original["tokens_per_s"]
+    return {"why": why, "engine_args": engine["engine_args"], "engine_batch": engine["batch_size"],
+            "original_batch": original["batch_size"], "ratio": e["median"] / o["median"],
+            "min": e["min"] / o["max"], "max": e["max"] / o["min"]}
+
+
+def headline(originals: list[dict], engines: list[dict]) -> dict:
+    """The fastest engine variant against the original loop: at the study's batch (the original's
+    first) and at each one's best batch, each a ratio of medians over the repeats."""
+    by_batch: dict[int, list[dict]] = {}
+    for run in originals:
+        by_batch.setdefault(_batch(run), []).append(run)
+    by_args: dict[str, list[dict]] = {}
+    for run in engines:
+        by_args.setdefault(run["engine_args"], []).append(run)
+    original_groups = [g for g in (_group(runs, variant=runs[0]["variant"]) for runs in by_batch.values())
+                       if g["tokens_per_s"] is not None]
+    measured = [g for g in (_group(runs, engine_args=args) for args, runs in by_args.items())
+                if g["tokens_per_s"] is not None]
+    if not original_groups or not measured:
+        return {"missing_reason": "no engine variant completed" if original_groups else "the original loop did not run"}
+    study, best_original = original_groups[0], max(original_groups, key=lambda g: g["tokens_per_s"]["median"])
+    best = max(measured, key=lambda g: g["tokens_per_s"]["median"])
+    same = [g for g in measured if g["batch_size"] == study["batch_size"]]
+    return {
+        "best_engine": best, "original": study, "best_original": best_original,
+        "same_batch": _ratio(max(same, key=lambda g: g["tokens_per_s"]["median"]), study,
+                             f"the fastest engine variant at the study's batch {study['batch_size']}") if same else
+        {"missing_reason": f"no engine variant completed at the study's batch {study['batch_size']}"},
+        "best_batches": _ratio(best, best_original, "the fastest engine variant against the original loop at its "
+                                                    "fastest batch"),
+    }
+
+
+class Bench:
+    """The benchmark's runs so far, written to ``bench.json`` after each."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args, self.commands, self.originals, self.engines = args, {}, [], []
+        self.report = {"date": datetime.now(timezone.utc).isoformat(), "device": None, "driver": nvidia_driver(),
+                       "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                                    "cuda": torch.version.cuda},
+                       "source": source.describe()}
+        common = ["--model", args.model, "--seq-len", str(args.seq_len), "--steps", str(args.steps),
+                  "--warmup-steps", str(args.warmup_steps), "--data", str(args.data)]
+        self.common = common + (["--vocab-size", str(args.vocab_size)] if args.vocab_size is not None else [])
+
+    def save(self) -> None:
+        atomic_write_json(self.args.out / "bench.json", {
+            **self.report, "commands": self.commands, "originals": self.originals, "engines": self.engines,
+            "headline": headline(self.originals, self.engines)})
+
+    def original(self, batch: int, repeat: int) -> None:
+        name = f"original-b{batch}-r{repeat}"
+        command = [sys.executable, "-m", "hpml_core.bench.original_loop", *self.common, "--batch-size", str(batch),
+                   "--precision", self.args.original_precision, "--out", str(self.args.out / f"{name}.json")]
+        code = _run(command, f"original loop, batch {batch}, run {repeat + 1}")
+        written = self.args.out / f"{name}.json"
+        if code != 0 and (batch == self.args.original_batch[0] or not written.exists()):
+            raise SystemExit(f"[bench] the original loop failed at batch {batch} (exit status {code})")
+        result = json.loads(written.read_text())  # at a larger batch, it may have run out of memory
+        self.report["device"] = self.report["device"] or result.get("device")
+        self.commands[name] = shlex.join(command)
+        self.originals.append({**result, "repeat": repeat})
+        self.save()
+
+    def engine(self, index: int, engine_args: str, repeat: int) -> dict:
+        # A variant's first run has the engine's profiled window after its timed steps (where its
+        # step goes, which jobs.bench_planner calibrates the planner on); its repeats, which only
+        # add to the spread of tokens/s, spare the GPU's seconds.
+        name = f"engine-{index}" + (f"-r{repeat}" if repeat else "")
+        command = [sys.executable, "-m", "hpml_core.train", "--mode", "single", *self.common, "--batch-size",
+                   str(self.args.engine_batch), *(["--profile-steps", "0"] if repeat else []),
+                   *shlex.split(engine_args), "--out", str(self.args.out / name)]
+        if (_run(command, f"hpml engine {engine_args}, run {repeat + 1}") == EXIT_USAGE
+                or not latest_rank_files(self.args.out / name)):
+            raise SystemExit(f"[bench] hpml engine {engine_args} refused its flags or failed before training")
+        result = {**engine_result(self.args.out / name, engine_args), "repeat": repeat}
+        study = spread([o for o in self.originals if _batch(o) == self.args.original_batch[0]], "tokens_per_s")
+        if result["status"] == COMPLETED:
+            result["tokens_per_s_ratio_over_original"] = result["tokens_per_s"] / study["median"]
+        self.commands[name] = shlex.join(command)
+        self.engines.append(result)
+        self.save()
+        return result
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    common = ["--model", args.model, "--seq-len", str(args.seq_len), "--steps", str(args.steps),
-              "--warmup-steps", str(args.warmup_steps), "--data", str(args.data)]
-    if args.vocab_size is not None:
-        common += ["--vocab-size", str(args.vocab_size)]
-    original = [sys.executable, "-m", "hpml_core.bench.original_loop", *common, "--batch-size",
-                str(args.original_batch), "--precision", args.original_precision, "--out",
-                str(args.out / "original.json")]
-    if _run(original, "original loop") != 0:
-        raise SystemExit("[bench] the original loop failed: nothing to compare with")
-    baseline = json.loads((args.out / "original.json").read_text())
-    commands, engines = {"original": shlex.join(original)}, []
-    for index, engine_args in enumerate(args.engine_args):
-        # No profiled window: the benchmark wants tokens/s, and a GPU's minutes (the memory bench's
-        # layouts are profiled, and hpml_core.bench.step_profile profiles one variant in depth).
-        engine = [sys.executable, "-m", "hpml_core.train", "--mode", "single", *common, "--batch-size",
-                  str(args.engine_batch), "--profile-steps", "0", *shlex.split(engine_args),
-                  "--out", str(args.out / f"engine-{index}")]
-        if _run(engine, f"hpml engine {engine_args}") == EXIT_USAGE or not latest_rank_files(args.out / f"engine-{index}"):
-            raise SystemExit(f"[bench] hpml engine {engine_args} refused its flags or failed before training")
-        result = engine_result(args.out / f"engine-{index}", engine_args)
-        if result["status"] == COMPLETED:
-            result["tokens_per_s_ratio_over_original"] = result["tokens_per_s"] / baseline["tokens_per_s"]
-        commands[f"engine-{index}"] = shlex.join(engine)
-        engines.append(result)
-    report = {
-        "date": datetime.now(timezone.utc).isoformat(),
-        "device": baseline["device"],
-        "driver": nvidia_driver(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda},
-        "source": source.describe(),
-        "commands": commands,
-        "original": baseline,
-        "engines": engines,
-    }
-    atomic_write_json(args.out / "bench.json", report)
+    bench = Bench(args)
+    for batch in args.original_batch:
+        for repeat in range(args.repeats if batch == args.original_batch[0] else 1):
+            bench.original(batch, repeat)
+    first = [bench.engine(index, engine_args, 0) for index, engine_args in enumerate(args.engine_args)]
+    done = [(index, result) for index, result in enumerate(first) if result["status"] == COMPLETED]
+    if done:
+        fastest, _ = max(done, key=lambda pair: pair[1]["tokens_per_s"])
+        for repeat in range(1, args.repeats):
+            bench.engine(fastest, args.engine_args[fastest], repeat)
+    print_tables(bench, args)
+    return 0
 
-    table = Table(title=f"{args.model}, sequence {args.seq_len}, on {report['device']}")
-    for column in ("variant", "batch", "precision", "tokens/s", "TFLOP/s", "MFU", "peak memory (GiB)", "x original"):
+
+def print_tables(bench: Bench, args: argparse.Namespace) -> None:
+    table = Table(title=f"{args.model}, sequence {args.seq_len}, on {bench.report['device']}")
+    for column in ("variant", "run", "batch", "precision", "tokens/s", "TFLOP/s", "MFU", "mJ/token",
+                   "peak memory (GiB)", "x original"):
         table.add_column(column, justify="left" if column in ("variant", "precision") else "right")
-    for result in (baseline, *engines):
+    for result in (*bench.originals, *bench.engines):
+        run = str(result["repeat"] + 1)
         if result.get("status", COMPLETED) != COMPLETED:
-            table.add_row(result["variant"], str(result["batch_size"]), "", result["status"], "", "", "", "")
+            table.add_row(result["variant"], run, str(result["batch_size"]), "", result["status"], "", "", "", "", "")
             continue
         mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a"
+        joules = f"{result['joules_per_token'] * 1e3:.3g}" if result.get("joules_per_token") is not None else "n/a"
         ratio = result.get("tokens_per_s_ratio_over_original")
-        table.add_row(result["variant"], str(result["settings"]["batch_size"]), result["settings"]["precision"],
-                      f"{result['tokens_per_s']:,.0f}", f"{result['achieved_tflops_per_s']:.3g}", mfu,
+        table.add_row(result["variant"], run, str(result["settings"]["batch_size"]), result["settings"]["precision"],
+                      f"{result['tokens_per_s']:,.0f}", f"{result['achieved_tflops_per_s']:.3g}", mfu, joules,
                       f"{result['peak_memory_bytes'] / 1024**3:.2f} ({result['memory_metric']})",
-                      f"{ratio:.2f}" if ratio is not None else "1")
-    console = Console(width=160)
+                      f"{ratio:.2f}" if ratio is not None else "")
+    console = Console(width=170)
     console.print(table)
-    reason = next((e["mfu_missing_reason"] for e in engines if e.get("mfu_missing_reason")), None)
-    if reason:
-        console.print(f"MFU n/a: {reason}")
+    for line in headline_lines(headline(bench.originals, bench.engines)):
+        console.print(line)
+    for figure in ("mfu", "energy"):
+        reason = next((r[f"{figure}_missing_reason"] for r in (*bench.originals, *bench.engines)
+                       if r.get(f"{figure}_missing_reason")), None)
+        if reason:
+            console.print(f"{'MFU' if figure == 'mfu' else 'Energy'} n/a: {reason}")
     console.print(f"wrote {args.out / 'bench.json'}")
-    return 0
+
+
+def _median_range(figure: dict | None, scale: float = 1, digits: str = ",.0f", unit: str = "") -> str:
+    if figure is None:
+        return "n/a"
+    text = f"{figure['median'] * scale:{digits}}{unit}"
+    if figure["runs"] > 1:
+        text += f" [{figure['min'] * scale:{digits}}–{figure['max'] * scale:{digits}}{unit}]"
+    return text
+
+
+def headline_lines(head: dict) -> list[str]:
+    """The headline in words: medians [min–max] over the repeats, and the two ratios."""
+    if "missing_reason" in head:
+        return [f"No headline: {head['missing_reason']}."]
+    best, original = head["best_engine"], head["original"]
+    lines = [f"Fastest engine variant ({best['engine_args']}, batch {best['batch_size']}, {best['runs']} run(s)): "
+             f"{_median_range(best['tokens_per_s'])} tokens/s, MFU {_median_range(best['mfu'], 100, '.1f', ' %')}, "
+             f"energy {_median_range(best['joules_per_token'], 1e3, '.3g', ' mJ/token')}.",
+             f"Original loop at the study's batch {original['batch_size']} ({original['runs']} run(s)): "
+             f"{_median_range(original['tokens_per_s'])} tokens/s, MFU "
+             f"{_median_range(original['mfu'], 100, '.1f', ' %')}, "
+             f"energy {_median_range(original['joules_per_token'], 1e3, '.3g', ' mJ/token')}."]
+    for key in ("same_batch", "best_batches"):
+        ratio = head[key]
+        if "missing_reason" in ratio:
+            lines.append(f"No ratio at the same batch: {ratio['missing_reason']}.")
+            continue
+        lines.append(f"{ratio['ratio']:.2f}× [{ratio['min']:.2f}–{ratio['max']:.2f}]: {ratio['why']} "
+                     f"(engine batch {ratio['engine_batch']}, original batch {ratio['original_batch']}; medians, "
+                     f"the range from the runs' extremes).")
+    return lines
 
 
 if __name__ == "__main__":

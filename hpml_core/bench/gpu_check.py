@@ -3,11 +3,14 @@ that fits a short lease of a GPU machine, writing everything into one folder:
 
 1. ``environment``: the device, driver and versions;
 2. ``data``: WikiText-2 from ``--shared`` tokenized for the benchmarks;
-3. ``tests``: the tests marked ``gpu`` (``tests/test_gpu.py``), each one's outcome;
-4. ``bench``: ``make bench``, the original study's loop against the engine's variants;
-5. ``profile``: where the engine's step time goes (``hpml_core.bench.step_profile``);
+3. ``bench``: ``make bench``, the original study's loop against the engine's variants, the fastest
+   and the original at the study's batch repeated (the headline's spread), energy per token too;
+4. ``planner``: the step-time model calibrated on the bench's engine runs, against each
+   (``jobs.bench_planner --runs``);
+5. ``tests``: the tests marked ``gpu`` (``tests/test_gpu.py``), each one's outcome;
 6. ``memory``: ``make bench-memory``, the four layouts' per-rank training peak (four ranks
-   sharing the GPU) beside the memory model's prediction and the original study's figures.
+   sharing the GPU) beside the memory model's prediction and the original study's figures;
+7. ``profile``: where the engine's step time goes, kernel by kind (``hpml_core.bench.step_profile``).
 
 Each section runs in its own process with its own time limit, and the summary
 (``gpu-check.json`` and ``gpu-check.md``) is rewritten after each, so a section that fails or
@@ -15,7 +18,7 @@ runs out of time costs only itself, and what ran before it is kept. A section th
 ``--budget-s`` leaves no time for is recorded as not run, never guessed.
 
 Without a GPU it runs in a reduced form (the tiny model on short sequences; the gpu tests are
-collected and skipped), which ``tests/test_gpu_check.py`` runs in ``make test``.
+collected and skipped), which ``tests/test_bench.py`` runs in ``make test``.
 
     python -m hpml_core.bench.gpu_check --out results/gpu-check            # on a GPU
     python -m hpml_core.bench.gpu_check --reduced --out /tmp/gpu-check     # anywhere
@@ -28,6 +31,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -40,7 +44,7 @@ from pathlib import Path
 import torch
 
 from hpml_core.bench import source
-from hpml_core.bench.__main__ import nvidia_driver
+from hpml_core.bench.__main__ import headline_lines, nvidia_driver
 from hpml_core.contract.atomic import atomic_write, atomic_write_json
 from hpml_core.contract.run_states import COMPLETED
 from hpml_core.contract.units import GIB
@@ -58,9 +62,10 @@ class Scale:
     warmup_steps: int
     vocab_size: int  # the tokenizer trained on WikiText-2 (it stops short of GPT-2's 50257 there)
     model_vocab_size: int  # the model's: GPT-2's, so the LM head and the loss are the study's
-    original_batch: int
+    original_batches: tuple[int, ...]  # the first is the study's, the others its loop at a larger batch
     original_precision: str
     engine_variants: tuple[str, ...]
+    repeats: int  # of the original loop at the study's batch and of the fastest engine variant
     profile_args: str
     memory_batch: int
     memory_args: str
@@ -68,24 +73,26 @@ class Scale:
 
 FULL = Scale(
     model="gpt2-large", seq_len=1024, steps=20, warmup_steps=8, vocab_size=50257, model_vocab_size=50257,
-    original_batch=8, original_precision="fp16",
-    engine_variants=("--precision bf16 --batch-size 8",
+    original_batches=(8, 32), original_precision="fp16",
+    engine_variants=("--precision bf16 --compile --batch-size 8",
                      "--precision bf16 --compile --batch-size 16",
                      "--precision bf16 --compile --batch-size 32"),
+    repeats=3,
     profile_args="--precision bf16 --compile --batch-size 32",
     memory_batch=8, memory_args="--precision bf16 --grad-ckpt",
 )
 REDUCED = Scale(
     model="tiny", seq_len=64, steps=6, warmup_steps=2, vocab_size=512, model_vocab_size=512,
-    original_batch=4, original_precision="fp32",
+    original_batches=(4, 2), original_precision="fp32",
     engine_variants=("--precision fp32 --batch-size 4",),
+    repeats=2,
     profile_args="--precision fp32 --batch-size 4",
     memory_batch=4, memory_args="--precision fp32 --zero-persistence-threshold 0",
 )
 # In the order they run: the benchmark's figures first, as the ones a short lease must not lose.
-SECTIONS = ("environment", "data", "bench", "profile", "tests", "memory")
+SECTIONS = ("environment", "data", "bench", "planner", "tests", "memory", "profile")
 # Each section's own limit in seconds (full form); the reduced form's are the same.
-TIME_LIMITS = {"data": 60, "tests": 240, "bench": 300, "profile": 150, "memory": 300}
+TIME_LIMITS = {"data": 60, "bench": 360, "planner": 60, "tests": 240, "memory": 300, "profile": 150}
 MIN_SECONDS = 20  # a section is not started with less time left than this
 
 
@@ -109,7 +116,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 class Check:
-    """The check's folder and its summary, rewritten after every section."""
+    """The check's folder and its summary, rewritten after every section. A second call into the
+    same folder (``--only`` what the first could not run) keeps the first's other sections in the
+    summary, each marked with the call it came from."""
 
     def __init__(self, args: argparse.Namespace):
         self.args, self.scale = args, REDUCED if args.reduced else FULL
@@ -117,7 +126,15 @@ class Check:
         self.started = time.monotonic()
         self.summary: dict = {"date": datetime.now(timezone.utc).isoformat(), "source": source.describe(),
                               "form": "reduced" if args.reduced else "full", "budget_s": args.budget_s,
-                              "scale": self.scale.__dict__, "sections": []}
+                              "scale": self.scale.__dict__, "sections": self.earlier_sections()}
+
+    def earlier_sections(self) -> list[dict]:
+        try:
+            earlier = json.loads((self.out / "gpu-check.json").read_text())
+            return [{**section, "earlier_call": section.get("earlier_call", earlier["date"])}
+                    for section in earlier["sections"] if section["name"] not in self.args.only]
+        except (OSError, ValueError, KeyError, TypeError):  # none, or not a summary: started afresh
+            return []
 
     @property
     def data(self) -> Path:
@@ -227,14 +244,17 @@ def main(argv: list[str] | None = None) -> int:
         variants = [arg for variant in args.engine_args or scale.engine_variants for arg in ("--engine-args", variant)]
         check.run("bench", [python, "-m", "hpml_core.bench", *common, "--steps", str(scale.steps), "--warmup-steps",
                             str(scale.warmup_steps), "--vocab-size", str(scale.model_vocab_size),
-                            "--original-batch", str(scale.original_batch), "--original-precision",
-                            scale.original_precision, *variants, "--out", str(check.out / "bench")],
+                            *[arg for batch in scale.original_batches for arg in ("--original-batch", str(batch))],
+                            "--original-precision", scale.original_precision, "--repeats", str(scale.repeats),
+                            *variants, "--out", str(check.out / "bench")],
                   results=lambda: json.loads((check.out / "bench" / "bench.json").read_text()))
-    if "profile" in args.only:
-        check.run("profile", [python, "-m", "hpml_core.bench.step_profile", "--out", str(check.out / "profile"),
-                              "--warmup-steps", str(scale.warmup_steps), "--", *common, "--vocab-size",
-                              str(scale.model_vocab_size), *shlex.split(scale.profile_args)],
-                  results=lambda: json.loads((check.out / "profile" / "profile.json").read_text()))
+    if "planner" in args.only:
+        # each variant's first run, the profiled one (its repeats are engine-<i>-r<k>)
+        folders = sorted(str(folder) for folder in (check.out / "bench").glob("engine-*")
+                         if re.fullmatch(r"engine-\d+", folder.name))
+        check.run("planner", [python, "-m", "jobs.bench_planner", "--runs", *folders,
+                              "--json", str(check.out / "planner.json")],
+                  results=lambda: json.loads((check.out / "planner.json").read_text()))
     if "tests" in args.only:
         junit = check.out / "tests.xml"
         # pytest-xdist, where installed (the GPU machines' image has it), runs the tiny runs side by side.
@@ -248,7 +268,12 @@ def main(argv: list[str] | None = None) -> int:
                              "--engine-args", f"--vocab-size {scale.model_vocab_size} {scale.memory_args}",
                              "--out", str(check.out / "memory")],
                   results=lambda: json.loads((check.out / "memory" / "memory.json").read_text()))
-    failed = [s["name"] for s in check.summary["sections"] if s["status"] != "passed"]
+    if "profile" in args.only:
+        check.run("profile", [python, "-m", "hpml_core.bench.step_profile", "--out", str(check.out / "profile"),
+                              "--warmup-steps", str(scale.warmup_steps), "--", *common, "--vocab-size",
+                              str(scale.model_vocab_size), *shlex.split(scale.profile_args)],
+                  results=lambda: json.loads((check.out / "profile" / "profile.json").read_text()))
+    failed = [s["name"] for s in check.summary["sections"] if s["status"] != "passed" and "earlier_call" not in s]
     print(f"[gpu-check] {'all sections passed' if not failed else 'not passed: ' + ', '.join(failed)}; "
           f"{check.out / 'gpu-check.md'}", flush=True)
     return 1 if failed else 0
@@ -262,19 +287,24 @@ def _gib(value: int | None) -> str:
 
 def _bench_lines(bench: dict) -> list[str]:
     lines = [f"On {bench['device']} (driver {bench['driver']}); tokens/s from the median step time after warm-up; "
-             "MFU by the PaLM formula against the dense peak of hpml_core/contract/gpus.py.", "",
-             "| variant | batch | precision | tokens/s | TFLOP/s | MFU | peak memory (GiB) | × original |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for result in (bench["original"], *bench["engines"]):
+             "MFU by the PaLM formula against the dense peak of hpml_core/contract/gpus.py; energy from NVML's "
+             "counter over the timed steps.", "", *[f"- {line}" for line in headline_lines(bench["headline"])], "",
+             "| variant | run | batch | precision | tokens/s | TFLOP/s | MFU | mJ/token | peak memory (GiB) "
+             "| × original |", "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for result in (*bench["originals"], *bench["engines"]):
+        run = result["repeat"] + 1
         if result.get("status", COMPLETED) != COMPLETED:
-            lines.append(f"| {result['variant']} | {result['batch_size']} | | {result['status']}: "
-                         f"{result['error'][:120]} | | | | |")
+            lines.append(f"| {result['variant']} | {run} | {result['batch_size']} | | {result['status']}: "
+                         f"{result['error'][:120]} | | | | | |")
             continue
         mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a"
-        ratio = result.get("tokens_per_s_ratio_over_original", 1.0)
-        lines.append(f"| {result['variant']} | {result['settings']['batch_size']} | {result['settings']['precision']} "
-                     f"| {result['tokens_per_s']:,.0f} | {result['achieved_tflops_per_s']:.3g} | {mfu} "
-                     f"| {_gib(result['peak_memory_bytes'])} ({result['memory_metric']}) | {ratio:.2f} |")
+        joules = f"{result['joules_per_token'] * 1e3:.3g}" if result.get("joules_per_token") is not None else "n/a"
+        ratio = result.get("tokens_per_s_ratio_over_original")
+        lines.append(f"| {result['variant']} | {run} | {result['settings']['batch_size']} "
+                     f"| {result['settings']['precision']} | {result['tokens_per_s']:,.0f} "
+                     f"| {result['achieved_tflops_per_s']:.3g} | {mfu} | {joules} "
+                     f"| {_gib(result['peak_memory_bytes'])} ({result['memory_metric']}) "
+                     f"| {'' if ratio is None else f'{ratio:.2f}'} |")
     return lines
 
 
@@ -287,6 +317,22 @@ def _profile_lines(profile: dict) -> list[str]:
     lines += [f"| {kind} | {s * 1e3:.2f} | {s / profile['busy_s_per_step']:.1%} |"
               for kind, s in profile["by_kind_s_per_step"].items()]
     return lines
+
+
+def _planner_lines(planner: dict) -> list[str]:
+    lines = [f"{planner['title']} (target: within {planner['target_pct']:.0f} % of each measured step).", "",
+             "| run | measured (ms) | assumed rates (ms) | error | calibrated (ms) | error |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+
+    def ms(value: float | None) -> str:
+        return "n/a" if value is None else f"{value * 1e3:.1f}"
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:+.1f} %"
+
+    return lines + [f"| {row['run']} | {ms(row['measured_s'])} | {ms(row['assumed_s'])} | "
+                    f"{pct(row['assumed_error_pct'])} | {ms(row['calibrated_s'])} | {pct(row['calibrated_error_pct'])} |"
+                    for row in planner["runs"]]
 
 
 def _memory_lines(memory: dict) -> list[str]:
@@ -323,7 +369,8 @@ def markdown(summary: dict) -> str:
     lines = [f"# gpu-check ({summary['form']} form), {summary['date']}", "",
              f"Code: {source.line(summary['source'])}.", "",
              "| section | status | seconds |", "| --- | --- | ---: |"]
-    lines += [f"| {s['name']} | {s['status']}{': ' + s['why'] if 'why' in s else ''} | {s.get('seconds', '')} |"
+    lines += [f"| {s['name']} | {s['status']}{': ' + s['why'] if 'why' in s else ''}"
+              f"{' (in the call of ' + s['earlier_call'] + ')' if 'earlier_call' in s else ''} | {s.get('seconds', '')} |"
               for s in summary["sections"]]
     for section in summary["sections"]:
         results = section.get("results")
@@ -343,6 +390,8 @@ def markdown(summary: dict) -> str:
             lines += _bench_lines(results)
         elif section["name"] == "profile" and results:
             lines += _profile_lines(results)
+        elif section["name"] == "planner" and results:
+            lines += _planner_lines(results)
         elif section["name"] == "memory" and results:
             lines += _memory_lines(results)
         if "results_missing" in section:

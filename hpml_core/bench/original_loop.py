@@ -3,7 +3,8 @@ transformers' ``GPT2LMHeadModel`` (unpadded vocabulary), fp16 autocast with a Gr
 gradient checkpointing, torch's AdamW (not fused), and the loss read back every step, as a loop
 that prints it does. Everything else matches hpml's engine so that only the loop differs: the
 same prepared tokens and batches, the same step timing (median of the steps after warm-up, the
-device synchronised at each step's end) and the same FLOP formula and peak table for MFU.
+device synchronised at each step's end), the same FLOP formula and peak table for MFU, and the
+same energy counter over the same steps (``hpml_core.energy``).
 
     python -m hpml_core.bench.original_loop --model gpt2-large --data DATA --out original.json
 """
@@ -22,15 +23,19 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from hpml_core.batches import TokenBatches, TokenData
 from hpml_core.bench import common_arguments
+from hpml_core.energy import EnergyMeter
 from hpml_core.memory import PhasePeaks
 from hpml_core.rank_result import cpu_name
 from hpml_core.contract.atomic import atomic_write_json
 from hpml_core.contract import metrics
 from hpml_core.contract.metrics import FORMULA, lookup_peak, palm_flops_per_token
+from hpml_core.contract.errors import EXIT_OOM
 from hpml_core.contract.layout import Layout
+from hpml_core.contract.run_states import OUT_OF_MEMORY
 from hpml_core.contract.models import PRESETS
 
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
+VARIANT = "original study's loop (transformers GPT2LMHeadModel)"
 
 
 def matmul_weights(model: GPT2LMHeadModel) -> int:
@@ -55,6 +60,36 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def train(args: argparse.Namespace, model: GPT2LMHeadModel, optimizer: torch.optim.Optimizer,
+          scaler: torch.amp.GradScaler, batches: TokenBatches, memory: PhasePeaks, energy: EnergyMeter,
+          device: torch.device) -> tuple[list[float], list[float]]:
+    """The loop as the study wrote it: each step's loss and wall time."""
+    dtype = AUTOCAST[args.precision]
+    losses, times = [], []
+    for step in range(args.steps):
+        if step == args.warmup_steps:
+            memory.start_training()
+            energy.start()
+        started = time.perf_counter()
+        inputs, targets = (t.to(device, non_blocking=True) for t in batches.batch(step))
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(input_ids=inputs).logits
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(loss.item())  # the host waits for the device here, every step
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - started)
+    energy.stop()
+    memory.end_training()
+    return losses, times
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -74,33 +109,20 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     batches = TokenBatches(data, args.seq_len, args.batch_size, layout=Layout(1, 1), dp_rank=0, seed=args.seed)
-    dtype = AUTOCAST[args.precision]
     # The engine's memory spans (hpml_core.memory), so both variants' peaks cover the same steps.
     memory = PhasePeaks(device)
     memory.end_setup()
+    energy = EnergyMeter(device)  # ...and the engine's energy span, the timed steps
 
-    losses, times = [], []
-    for step in range(args.steps):
-        if step == args.warmup_steps:
-            memory.start_training()
-        started = time.perf_counter()
-        inputs, targets = (t.to(device, non_blocking=True) for t in batches.batch(step))
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(input_ids=inputs).logits
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(optimizer)
-        scaler.update()
-        losses.append(loss.item())  # the host waits for the device here, every step
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - started)
-
-    memory.end_training()
+    try:
+        losses, times = train(args, model, optimizer, scaler, batches, memory, energy, device)
+    except torch.OutOfMemoryError as exc:  # at a batch too large for the device: said, with no figures
+        atomic_write_json(args.out, {"variant": VARIANT, "status": OUT_OF_MEMORY, "batch_size": args.batch_size,
+                                     "error": f"out of memory at batch size {args.batch_size}: {exc}"[:2000]})
+        print(f"original_loop: out of memory at batch size {args.batch_size}", file=sys.stderr)
+        return EXIT_OOM
     timed = times[args.warmup_steps:]
+    joules, energy_missing_reason = energy.record(len(timed), args.batch_size * args.seq_len * len(timed))
     median = statistics.median(timed)
     tokens_per_s = metrics.tokens_per_s(args.batch_size * args.seq_len, median)
     n = matmul_weights(model)
@@ -109,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = lookup_peak(device.type, device_name, args.precision)
     peak_bytes, metric = memory.record().peak()
     result = {
-        "variant": "original study's loop (transformers GPT2LMHeadModel)",
+        "variant": VARIANT,
         "settings": {"model": args.model, "seq_len": args.seq_len, "batch_size": args.batch_size,
                      "precision": args.precision, "grad_ckpt": args.grad_ckpt, "optimizer": "torch AdamW (foreach)",
                      "vocab_size": config.vocab_size, "steps": args.steps, "warmup_steps": args.warmup_steps},
@@ -128,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         "mfu_missing_reason": peak.missing_reason,
         "peak_memory_bytes": peak_bytes,
         "memory_metric": metric,
+        "joules_per_token": joules.run_joules_per_token if joules else None,
+        "mean_power_w": joules.mean_power_w if joules else None,
+        "energy_missing_reason": energy_missing_reason,
         "losses": losses,
     }
     atomic_write_json(args.out, result)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hpml_core.contract.atomic import atomic_write, atomic_write_json
 from hpml_core.contract.attempts import rank_file_path
 from hpml_core.contract.config import ConfigSource, Mode, TrainConfig
+from hpml_core.contract.energy import Energy
 from hpml_core.contract.precision import PrecisionRegime
 from hpml_core.contract.status_file import Outcome
 from hpml_core.contract.step_parts import StepProfile
@@ -243,6 +244,9 @@ class RankFile(_Strict):
     profile: StepProfile | None = Field(None, description="where the time of a few steps after the timed ones went "
                                         "(hpml_core.contract.step_parts); null when not profiled")
     profile_missing_reason: str | None = Field(None, description="why there is no profile")
+    energy: Energy | None = Field(None, description="the GPU's energy over the timed steps and the run's joules per "
+                                  "token (hpml_core.contract.energy); null when not measured")
+    energy_missing_reason: str | None = Field(None, description="why there is no energy figure")
 
 
 def write(run_dir: Path, record: RankFile) -> Path:
