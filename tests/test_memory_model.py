@@ -175,11 +175,47 @@ def _measure(build: dict, rank: int, world: int, record_dir: Path) -> list[dict]
         saved.append(_saved_bytes(stepper, x, y))
     stepper.step([(x, y)], measure=True)  # the engine's own step and model-state measurement
     zero3 = config.mode == "zero3"
-    common = {"rank": rank, "model_state": stepper.model_state,
+    peaks = {}
+    if build["layout"] in PEAK_LAYOUTS:
+        for variant in PEAK_VARIANTS:
+            _set_variant(stepper, **variant)
+            peaks[_variant_key(variant)] = _allocated_peak(stepper, x, y, record_dir / f"timeline-{rank}.json")
+    common = {"rank": rank, "model_state": stepper.model_state, "allocated_peaks": peaks,
               "persistent_bytes": _whole_bytes(stepper.model, persistent=True) if zero3 else 0,
               "gathered_bytes": _gathered_at_backward(stepper, x, y) if zero3 else 0,
               "ddp_bucket_bytes": _ddp_bucket_bytes(stepper.trained) if not zero3 else 0}
     return [{**build, **variant, **common, "saved_bytes": bytes_} for variant, bytes_ in zip(VARIANTS, saved)]
+
+
+# The step's whole peak is measured for PyTorch's own steppers, whose moments the memory model
+# tells apart (the start of the backward, a recomputed block, the update), with SDPA: eager
+# attention's backward makes T² gradients the model does not count (docs/memory-model.md).
+# Without TP: the profiler's memory timeline cannot follow a custom autograd function that
+# returns its input (TP's region functions), and refuses the trace.
+PEAK_LAYOUTS = ("single", "ddp-2", "ddp-4")
+PEAK_VARIANTS = [dict(attn="sdpa", grad_ckpt=False), dict(attn="sdpa", grad_ckpt=True)]
+
+
+def _variant_key(variant: dict) -> str:
+    return f"{variant['attn']}{' ckpt' if variant['grad_ckpt'] else ''}"
+
+
+def _allocated_peak(stepper, x, y, timeline: Path) -> int:
+    """The most bytes of tensors alive at once in one engine step (after one that warms it up),
+    from the profiler's memory timeline: every allocation and release of the CPU allocator, as
+    ``torch.cuda.max_memory_allocated`` counts a GPU's."""
+    import warnings
+
+    from torch.profiler import ProfilerActivity, profile
+
+    stepper.step([(x, y)])
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        stepper.step([(x, y)])
+    with warnings.catch_warnings():  # deprecated for CUDA's memory snapshots, which a CPU has not
+        warnings.simplefilter("ignore", FutureWarning)
+        prof.export_memory_timeline(str(timeline), device="cpu")
+    _, sizes = json.loads(timeline.read_text())
+    return max(sum(size) for size in sizes)
 
 
 def _ddp_bucket_bytes(trained) -> int:
@@ -269,12 +305,28 @@ def test_activations_are_what_the_forward_pass_saves(measured):
     print(f"worst relative error of the activation prediction over {len(measured)} rank-cases: {worst:.2%}")
 
 
+def test_the_whole_peak_of_pytorch_s_steppers_is_predicted(measured):
+    """The allocated peak of a whole engine step (forward, backward, update), measured from every
+    allocation, against the prediction's allocated bytes on the CPU: at the start of the backward
+    (no gradient made yet), at a recomputed block, or at the update, whichever holds the most."""
+    cases = [(case, key, peak) for case in measured for key, peak in case["allocated_peaks"].items()
+             if key == _variant_key(case)]
+    assert {case["layout"] for case, _, _ in cases} == set(PEAK_LAYOUTS)
+    worst = 0.0
+    for case, key, peak in cases:
+        predicted = _predicted(case).allocated_bytes
+        error = predicted / peak - 1
+        assert abs(error) <= 0.01, f"{_name(case)}: predicted {predicted:,} B, measured {peak:,} B ({error:+.2%})"
+        worst = max(worst, abs(error))
+    print(f"worst relative error of the whole peak over {len(cases)} rank-cases: {worst:.2%}")
+
+
 def test_model_state_is_exactly_what_the_engine_measures(measured):
     for case in measured:
         prediction, state = _predicted(case), case["model_state"]
         for line, key in [("parameters", "params_bytes"), ("gradients", "grads_bytes"),
                           ("optimizer states", "optimizer_bytes")]:
-            assert prediction.line(line).bytes == state[key], f"{_name(case)}: {line}"
+            assert prediction.state_line(line).bytes == state[key], f"{_name(case)}: {line}"
 
 
 def test_persistent_parameters_are_the_ones_zero3_keeps_whole(measured):
@@ -344,7 +396,7 @@ def test_lines_are_named_explained_and_add_up():
     assert not {"CUDA context", "cuBLAS workspace", "allocator rounding"} & {line.name for line in on_cpu.lines}
     ddp = predict(case_config(dict(layout="ddp-4", precision="fp32", attn="sdpa", grad_ckpt=False)),
                   SIZES["tiny"], Layout(4, 1))
-    assert ddp.line("DDP gradient buckets").bytes == ddp.line("gradients").bytes  # a flat copy of every gradient
+    assert ddp.line("DDP gradient buckets").bytes == ddp.state_line("gradients").bytes  # a flat copy of every gradient
 
 
 def test_checkpointing_peaks_at_the_logits_or_at_a_recomputed_block():
@@ -411,8 +463,8 @@ def test_rank_files_model_state_is_predicted_exactly(layout, engine_runs):
         prediction = predict(config, SIZES[size], Layout(record["world_size"], config.tp_size),
                              dp_rank=record["dp_rank"])
         state = record["model_state"]
-        assert (prediction.line("parameters").bytes, prediction.line("gradients").bytes,
-                prediction.line("optimizer states").bytes) == \
+        assert (prediction.state_line("parameters").bytes, prediction.state_line("gradients").bytes,
+                prediction.state_line("optimizer states").bytes) == \
                (state["params_bytes"], state["grads_bytes"], state["optimizer_bytes"]), f"{layout} rank {rank}"
         assert state["expected_bytes"] == state["total_bytes"]  # the rank file's own expectation is exact too
         assert record["prediction"]["model_state_bytes"] == state["total_bytes"]  # and the one it recorded

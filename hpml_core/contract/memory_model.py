@@ -19,8 +19,8 @@ import functools
 
 from dataclasses import dataclass
 
-from hpml_core.contract.buckets import (DDP_BUCKET_BYTES, ZERO3_MAX_REUSE_DISTANCE, ZERO3_PREFETCH_BUCKET,
-                                        ZERO3_REDUCE_BUCKET, ZERO12_BUCKET)
+from hpml_core.contract.buckets import (DDP_BUCKET_BYTES, ZERO3_MAX_REUSE_DISTANCE, ZERO3_REDUCE_BUCKET,
+                                        ZERO12_BUCKET)
 from hpml_core.contract.config import ZERO_STAGES, TrainConfig
 from hpml_core.contract.layout import Layout
 from hpml_core.contract.model_state import (DTYPE_BYTES, fsdp2_group_elements, is_persistent, param_numels,
@@ -48,7 +48,8 @@ class Line:
 
 @dataclass(frozen=True)
 class Prediction:
-    lines: tuple[Line, ...]
+    lines: tuple[Line, ...]  # what the rank holds at the moment of its peak
+    state: tuple[Line, ...]  # its model state (MODEL_STATE_LINES), all of it, whether or not held at the peak
 
     @property
     def total_bytes(self) -> int:
@@ -61,14 +62,20 @@ class Prediction:
 
     @property
     def model_state_bytes(self) -> int:
-        """The model state's lines: what the engine measures as the rank file's model_state.total_bytes."""
-        return sum(line.bytes for line in self.lines if line.name in MODEL_STATE_LINES)
+        """Parameters, gradients and optimizer states: what the engine measures as the rank file's
+        model_state.total_bytes, at the last step's update."""
+        return sum(line.bytes for line in self.state)
 
     def line(self, name: str) -> Line:
+        """A line of the peak."""
         for line in self.lines:
             if line.name == name:
                 return line
         raise KeyError(f"no line {name!r}; the lines are {[line.name for line in self.lines]}")
+
+    def state_line(self, name: str) -> Line:
+        """A line of the model state (one of MODEL_STATE_LINES)."""
+        return next(line for line in self.state if line.name == name)
 
 
 @dataclass(frozen=True)
@@ -410,14 +417,64 @@ def _framework_lines(tensors: list[int]) -> list[Line]:
             Line("allocator rounding", rounding, f"Σ (ceil(b / 512) x 512 - b) over {len(tensors)} tensors")]
 
 
+def _optimizer_step_line(config: TrainConfig, dims: ModelDims, layout: Layout, device_type: str) -> list[Line]:
+    """What PyTorch's optimizer allocates beside the model state while it updates: on a GPU AdamW
+    is fused (in place) and SGD runs over all tensors at once (its weight decay a new copy of
+    every gradient); on a CPU both go tensor by tensor (AdamW's sqrt and division of one moment,
+    SGD's decayed gradient, for the largest tensor)."""
+    numels = [n for _, n in param_numels(dims, layout.tp_size)]
+    if device_type == "cuda":
+        if config.optimizer == "adamw" or config.weight_decay == 0:
+            return []
+        return [Line("optimizer step", 4 * sum(numels), f"4 B x {sum(numels):,} elements: SGD's weight decay, "
+                                                         "a new copy of every gradient (foreach)")]
+    copies = 2 if config.optimizer == "adamw" else int(config.weight_decay != 0)
+    return [Line("optimizer step", copies * 4 * max(numels),
+                 f"{copies} x 4 B x {max(numels):,} elements (the largest tensor): "
+                 + ("AdamW's sqrt of a moment and its quotient" if copies == 2 else "SGD's decayed gradient"))
+            ] if copies else []
+
+
+def _gradients_made_after_the_peak(config: TrainConfig, act_lines: list[Line]) -> bool:
+    """PyTorch's own steppers free the gradients after each update (``zero_grad(set_to_none=True)``)
+    and the backward makes them again, after its start; so without accumulation, a peak at the
+    start of the backward (the logits' gradients) holds none."""
+    return config.grad_accum == 1 and any(line.name == "logits gradients" for line in act_lines)
+
+
+def _framework(lines: list[Line], tensors: list[int], device_type: str) -> tuple[Line, ...]:
+    return tuple(lines + (_framework_lines(tensors) if device_type == "cuda" else []))
+
+
 def predict(config: TrainConfig, dims: ModelDims, layout: Layout, device_type: str = "cuda",
             dp_rank: int | None = None) -> Prediction:
     """Predicted training-peak bytes (per GPU) of DP rank ``dp_rank``, or of the rank holding the
-    most (None); only ZeRO-1/2's and FSDP2's ranks differ."""
+    most (None); only ZeRO-1/2's and FSDP2's ranks differ.
+
+    The peak is one of a step's moments: the start of the backward (what the forward saved, the
+    logits' gradients), the recomputation of a block under checkpointing, or, for PyTorch's own
+    steppers, the optimizer's update (the whole model state, and no activations), whichever holds
+    the most; the lines are those of that moment."""
     state_lines, state_tensors = _model_state_lines(config, dims, layout, dp_rank)
+    state = tuple(line for line in state_lines if line.name in MODEL_STATE_LINES)  # as the engine measures it
     act_lines, act_tensors = _activation_lines(config, _shape(config, dims, layout, device_type))
-    lines = state_lines + act_lines + _buffer_lines(config, dims, layout, dp_rank)
-    if device_type == "cuda":
-        tensors = state_tensors + [size for _, size, count in act_tensors for _ in range(count)]
-        lines += _framework_lines(tensors)
-    return Prediction(tuple(lines))
+    buffers = _buffer_lines(config, dims, layout, dp_rank)
+    activations = [size for _, size, count in act_tensors for _ in range(count)]
+    if config.mode not in ("single", "ddp"):  # DeepSpeed's and FSDP2's gradients: held as their lines say
+        return Prediction(_framework(state_lines + act_lines + buffers, state_tensors + activations, device_type),
+                          state)
+    if _gradients_made_after_the_peak(config, act_lines):
+        grads = next(line for line in state_lines if line.name == "gradients")
+        none_yet = Line("gradients", 0, f"none yet: the backward makes them ({grads.formula}) after its start, "
+                                        "the peak")
+        without = list(state_tensors)
+        for _, numel in param_numels(dims, layout.tp_size):
+            without.remove(4 * numel)  # each parameter's fp32 gradient
+        at_backward = _framework([none_yet if line is grads else line for line in state_lines] + act_lines + buffers,
+                                 without + activations, device_type)
+    else:
+        at_backward = _framework(state_lines + act_lines + buffers, state_tensors + activations, device_type)
+    update = _optimizer_step_line(config, dims, layout, device_type)
+    at_update = _framework(state_lines + buffers + update, state_tensors + [line.bytes for line in update],
+                           device_type)
+    return Prediction(max(at_backward, at_update, key=lambda lines: sum(line.bytes for line in lines)), state)
