@@ -29,7 +29,7 @@ def gpu_check(tmp_path_factory):
 
 def test_every_section_ran_and_is_summarised(gpu_check):
     out, sections = gpu_check
-    assert list(sections) == ["environment", "data", "bench", "planner", "tests", "memory", "profile"]
+    assert list(sections) == ["environment", "data", "bench", "planner", "tests", "memory", "peak", "profile"]
     assert all(section["status"] == "passed" for section in sections.values())
     markdown = (out / "gpu-check.md").read_text()
     assert all(f"## {name}" in markdown for name in sections)
@@ -108,6 +108,19 @@ def test_the_planner_is_calibrated_on_the_bench_s_profiled_engine_runs(gpu_check
         assert row["calibrated_error_pct"] == pytest.approx(100 * (row["calibrated_s"] / row["measured_s"] - 1))
         assert row["fitted_on"] == "all (in sample)"
     assert "| engine-1 | " in (out / "gpu-check.md").read_text().split("## planner")[1]
+
+
+def test_the_peak_is_taken_apart_beside_the_memory_model_s_lines(gpu_check):
+    """One step's timeline of every allocation: its peak, by the profiler's categories, equals
+    the memory model's allocated bytes (the single layout, SDPA, no checkpointing: the start of
+    the backward, where no gradient exists yet)."""
+    out, sections = gpu_check
+    peak = sections["peak"]["results"]
+    assert sum(peak["by_category_bytes"].values()) == peak["peak_bytes"]
+    assert peak["by_category_bytes"]["gradients"] == 0 and peak["by_category_bytes"]["activations"] > 0
+    assert peak["predicted_allocated_bytes"] == pytest.approx(peak["peak_bytes"], rel=0.01)
+    assert peak["max_memory_allocated_bytes"] is None  # a CPU's allocator keeps no such statistic
+    assert "at the peak, by category:" in (out / "gpu-check.md").read_text().split("## peak")[1]
 
 
 def test_profile_says_where_the_step_time_goes(gpu_check):

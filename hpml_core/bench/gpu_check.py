@@ -10,7 +10,9 @@ that fits a short lease of a GPU machine, writing everything into one folder:
 5. ``tests``: the tests marked ``gpu`` (``tests/test_gpu.py``), each one's outcome;
 6. ``memory``: ``make bench-memory``, the four layouts' per-rank training peak (four ranks
    sharing the GPU) beside the memory model's prediction and the original study's figures;
-7. ``profile``: where the engine's step time goes, kernel by kind (``hpml_core.bench.step_profile``).
+7. ``peak``: what the single layout's step holds at its peak, by kind of tensor, beside the memory
+   model's lines (``hpml_core.bench.peak_memory``);
+8. ``profile``: where the engine's step time goes, kernel by kind (``hpml_core.bench.step_profile``).
 
 Each section runs in its own process with its own time limit, and the summary
 (``gpu-check.json`` and ``gpu-check.md``) is rewritten after each, so a section that fails or
@@ -45,6 +47,7 @@ import torch
 
 from hpml_core.bench import source
 from hpml_core.bench.__main__ import headline_lines, nvidia_driver
+from hpml_core.bench.peak_memory import lines as peak_lines
 from hpml_core.contract.atomic import atomic_write, atomic_write_json
 from hpml_core.contract.run_states import COMPLETED
 from hpml_core.contract.units import GIB
@@ -90,9 +93,9 @@ REDUCED = Scale(
     memory_batch=4, memory_args="--precision fp32 --zero-persistence-threshold 0",
 )
 # In the order they run: the benchmark's figures first, as the ones a short lease must not lose.
-SECTIONS = ("environment", "data", "bench", "planner", "tests", "memory", "profile")
+SECTIONS = ("environment", "data", "bench", "planner", "tests", "memory", "peak", "profile")
 # Each section's own limit in seconds (full form); the reduced form's are the same.
-TIME_LIMITS = {"data": 60, "bench": 360, "planner": 60, "tests": 240, "memory": 300, "profile": 150}
+TIME_LIMITS = {"data": 60, "bench": 360, "planner": 60, "tests": 240, "memory": 300, "peak": 120, "profile": 150}
 MIN_SECONDS = 20  # a section is not started with less time left than this
 
 
@@ -268,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
                              "--engine-args", f"--vocab-size {scale.model_vocab_size} {scale.memory_args}",
                              "--out", str(check.out / "memory")],
                   results=lambda: json.loads((check.out / "memory" / "memory.json").read_text()))
+    if "peak" in args.only:  # the memory section's single run, its peak taken apart
+        check.run("peak", [python, "-m", "hpml_core.bench.peak_memory", "--out", str(check.out / "peak"), "--",
+                           *common, "--vocab-size", str(scale.model_vocab_size), "--batch-size",
+                           str(scale.memory_batch), *shlex.split(scale.memory_args)],
+                  results=lambda: json.loads((check.out / "peak" / "peak.json").read_text()))
     if "profile" in args.only:
         check.run("profile", [python, "-m", "hpml_core.bench.step_profile", "--out", str(check.out / "profile"),
                               "--warmup-steps", str(scale.warmup_steps), "--", *common, "--vocab-size",
@@ -392,6 +400,8 @@ def markdown(summary: dict) -> str:
             lines += _profile_lines(results)
         elif section["name"] == "planner" and results:
             lines += _planner_lines(results)
+        elif section["name"] == "peak" and results:
+            lines += ["```", *peak_lines(results), "```"]
         elif section["name"] == "memory" and results:
             lines += _memory_lines(results)
         if "results_missing" in section:
