@@ -206,7 +206,10 @@ def _activation_lines(config: TrainConfig, s: _Shape) -> tuple[list[Line], list[
     at_logits = Line("logits gradients", _sum(grads), f"2 x 4 x B·T·V/tp = 2 x {grads[0][1]:,}")
     if config.grad_ckpt:
         again = _block(s, recomputed=True) + [(what, size, 1) for what, size, _ in _weight_copies(s, blocks=True)[:1]]
-        recompute = Line("recomputed block", _sum(again), f"one block again in the backward: {_describe(again)}")
+        missed = ("; eager attention's backward then adds gradients of the T² probabilities, not counted "
+                  "(docs/studies.md)" if s.eager else "")
+        recompute = Line("recomputed block", _sum(again),
+                         f"one block again in the backward: {_describe(again)}{missed}")
         loss = next(line for line in lines if line.name == "logits and loss")
         if recompute.bytes > loss.bytes + at_logits.bytes:
             freed = _loss(s)
