@@ -120,7 +120,7 @@ def test_the_peak_is_taken_apart_beside_the_memory_model_s_lines(gpu_check):
     assert peak["by_category_bytes"]["gradients"] == 0 and peak["by_category_bytes"]["activations"] > 0
     assert peak["predicted_allocated_bytes"] == pytest.approx(peak["peak_bytes"], rel=0.01)
     assert peak["max_memory_allocated_bytes"] is None  # a CPU's allocator keeps no such statistic
-    assert "at the peak, by category:" in (out / "gpu-check.md").read_text().split("## peak")[1]
+    assert "of the step, by category:" in (out / "gpu-check.md").read_text().split("## peak")[1]
 
 
 def test_profile_says_where_the_step_time_goes(gpu_check):

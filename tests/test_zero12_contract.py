@@ -163,7 +163,7 @@ def test_memory_model_lines_for_zero12():
         assert [p.model_state_bytes for p in per_rank] == [
             rank_model_state(config, odd, 1, 4, r).total for r in range(4)]
         for p in [most, *per_rank]:
-            assert p.line(buffer).bytes > 0 and p.line(buffer).formula
+            assert p.whole_line(buffer).bytes > 0 and p.whole_line(buffer).formula
             assert p.total_bytes == sum(line.bytes for line in p.lines)
         names = {line.name for line in most.lines}
         assert "autocast weight copies" not in names  # DeepSpeed casts the model itself
@@ -172,7 +172,7 @@ def test_memory_model_lines_for_zero12():
         if mode == "zero1":  # with the kept gradients, every gradient of the rank
             for r, p in enumerate(per_rank):
                 kept = sum(sum(g.held) for g in zero12_groups(odd, 1, 4, r))
-                assert p.line(buffer).bytes == 2 * (whole - kept)
+                assert p.whole_line(buffer).bytes == 2 * (whole - kept)
         else:
             assert most.line(buffer).bytes == 2 * 2 * ZERO12_BUCKET
     # activations: the cast model's, as under ZeRO-3
@@ -351,7 +351,7 @@ def test_zero2_allocates_two_reduce_buckets_and_zero1_holds_every_gradient_until
     for case in measured:
         config, dims, layout = case_config(case), SIZES[case["size"]], _layout(case)
         prediction = predict(config, dims, layout, device_type="cpu", dp_rank=case["dp_rank"])
-        lines = {line.name: line.bytes for line in prediction.lines}
+        lines = {line.name: prediction.whole_line(line.name).bytes for line in prediction.lines}
         kept = DTYPE_BYTES[case["precision"]] * sum(
             sum(g.held) for g in zero12_groups(dims, layout.tp_size, layout.dp_size, case["dp_rank"]))
         if case["mode"] == "zero2":

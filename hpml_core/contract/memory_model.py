@@ -50,6 +50,7 @@ class Line:
 class Prediction:
     lines: tuple[Line, ...]  # what the rank holds at the moment of its peak
     state: tuple[Line, ...]  # its model state (MODEL_STATE_LINES), all of it, whether or not held at the peak
+    made_later: tuple[Line, ...] = ()  # lines the peak holds none of yet (0 bytes there), as they are once made
 
     @property
     def total_bytes(self) -> int:
@@ -76,6 +77,10 @@ class Prediction:
     def state_line(self, name: str) -> Line:
         """A line of the model state (one of MODEL_STATE_LINES)."""
         return next(line for line in self.state if line.name == name)
+
+    def whole_line(self, name: str) -> Line:
+        """A line as it is once made: the peak's, unless the peak came before it was made."""
+        return next((line for line in self.made_later if line.name == name), None) or self.line(name)
 
 
 @dataclass(frozen=True)
@@ -438,11 +443,21 @@ def _optimizer_step_line(config: TrainConfig, dims: ModelDims, layout: Layout, d
             ] if copies else []
 
 
+# The lines of gradients a layout's backward makes, after its start: its stepper freed them at
+# the last update (PyTorch's ``zero_grad(set_to_none=True)``, DeepSpeed's stage 1 likewise;
+# FSDP2's sharded gradients and the block's unsharded ones before their reduce-scatter). Measured
+# on the CPU (tests/test_memory_model.py, docs/studies.md). DeepSpeed's ZeRO-2 and ZeRO-3 reduce
+# into buffers of their own, and their lines are kept whole (ZeRO-3 within 1.3 % on the H200).
+MADE_IN_THE_BACKWARD = {"single": ("gradients",), "ddp": ("gradients",),
+                        "zero1": ("gradients", "ZeRO-1 gradients until reduced"),
+                        "fsdp2": ("gradients", "FSDP2 gradients before their reduce-scatter")}
+
+
 def _gradients_made_after_the_peak(config: TrainConfig, act_lines: list[Line]) -> bool:
-    """PyTorch's own steppers free the gradients after each update (``zero_grad(set_to_none=True)``)
-    and the backward makes them again, after its start; so without accumulation, a peak at the
-    start of the backward (the logits' gradients) holds none."""
-    return config.grad_accum == 1 and any(line.name == "logits gradients" for line in act_lines)
+    """Without accumulation (whose later micro-steps find the earlier ones' gradients), a peak at
+    the start of the backward (the logits' gradients) holds none of them."""
+    return (config.mode in MADE_IN_THE_BACKWARD and config.grad_accum == 1
+            and any(line.name == "logits gradients" for line in act_lines))
 
 
 def _framework(lines: list[Line], tensors: list[int], device_type: str) -> tuple[Line, ...]:
@@ -463,21 +478,25 @@ def predict(config: TrainConfig, dims: ModelDims, layout: Layout, device_type: s
     act_lines, act_tensors = _activation_lines(config, _shape(config, dims, layout, device_type))
     buffers = _buffer_lines(config, dims, layout, dp_rank)
     activations = [size for _, size, count in act_tensors for _ in range(count)]
-    if config.mode not in ("single", "ddp"):  # DeepSpeed's and FSDP2's gradients: held as their lines say
+    if config.mode not in MADE_IN_THE_BACKWARD:  # ZeRO-2 and ZeRO-3: held as their lines say
         return Prediction(_framework(state_lines + act_lines + buffers, state_tensors + activations, device_type),
                           state)
+    at_backward = _framework(state_lines + act_lines + buffers, state_tensors + activations, device_type)
+    made_later: tuple[Line, ...] = ()
     if _gradients_made_after_the_peak(config, act_lines):
-        grads = next(line for line in state_lines if line.name == "gradients")
-        none_yet = Line("gradients", 0, f"none yet: the backward makes them ({grads.formula}) after its start, "
-                                        "the peak")
+        made = MADE_IN_THE_BACKWARD[config.mode]
+        made_later = tuple(line for line in state_lines + buffers if line.name in made)
         without = list(state_tensors)
-        for _, numel in param_numels(dims, layout.tp_size):
-            without.remove(4 * numel)  # each parameter's fp32 gradient
-        at_backward = _framework([none_yet if line is grads else line for line in state_lines] + act_lines + buffers,
-                                 without + activations, device_type)
-    else:
-        at_backward = _framework(state_lines + act_lines + buffers, state_tensors + activations, device_type)
-    update = _optimizer_step_line(config, dims, layout, device_type)
+        if config.mode in ("single", "ddp"):  # the allocator's rounding: each parameter's fp32 gradient gone
+            for _, numel in param_numels(dims, layout.tp_size):
+                without.remove(4 * numel)
+        at_backward = _framework([Line(line.name, 0, f"none yet: the backward makes them ({line.formula}) after "
+                                                     "its start, the peak") if line.name in made else line
+                                  for line in state_lines + act_lines + buffers], without + activations, device_type)
+    # the update: the whole model state and the buffers, the activations freed (PyTorch's optimizer's
+    # temporaries where it is PyTorch's; DeepSpeed's own are not known to this model)
+    update = _optimizer_step_line(config, dims, layout, device_type) if config.mode != "zero1" else []
     at_update = _framework(state_lines + buffers + update, state_tensors + [line.bytes for line in update],
                            device_type)
-    return Prediction(max(at_backward, at_update, key=lambda lines: sum(line.bytes for line in lines)), state)
+    peak = max(at_backward, at_update, key=lambda lines: sum(line.bytes for line in lines))
+    return Prediction(peak, state, made_later if peak is at_backward else ())
