@@ -470,9 +470,10 @@ def predict(config: TrainConfig, dims: ModelDims, layout: Layout, device_type: s
     most (None); only ZeRO-1/2's and FSDP2's ranks differ.
 
     The peak is one of a step's moments: the start of the backward (what the forward saved, the
-    logits' gradients), the recomputation of a block under checkpointing, or, for PyTorch's own
-    steppers, the optimizer's update (the whole model state, and no activations), whichever holds
-    the most; the lines are those of that moment."""
+    logits' gradients), the recomputation of a block under checkpointing, or, for the layouts
+    whose backward makes their gradients (``MADE_IN_THE_BACKWARD``), the optimizer's update (the
+    whole model state, and no activations), whichever holds the most; the lines are those of that
+    moment."""
     state_lines, state_tensors = _model_state_lines(config, dims, layout, dp_rank)
     state = tuple(line for line in state_lines if line.name in MODEL_STATE_LINES)  # as the engine measures it
     act_lines, act_tensors = _activation_lines(config, _shape(config, dims, layout, device_type))
@@ -493,8 +494,9 @@ def predict(config: TrainConfig, dims: ModelDims, layout: Layout, device_type: s
         at_backward = _framework([Line(line.name, 0, f"none yet: the backward makes them ({line.formula}) after "
                                                      "its start, the peak") if line.name in made else line
                                   for line in state_lines + act_lines + buffers], without + activations, device_type)
-    # the update: the whole model state and the buffers, the activations freed (PyTorch's optimizer's
-    # temporaries where it is PyTorch's; DeepSpeed's own are not known to this model)
+    # the update: the whole model state, the activations freed, the buffers as in the backward (a
+    # bound for ZeRO-1's and FSDP2's, which the update has released), and PyTorch's optimizer's
+    # temporaries where it is PyTorch's (DeepSpeed's own are not known to this model)
     update = _optimizer_step_line(config, dims, layout, device_type) if config.mode != "zero1" else []
     at_update = _framework(state_lines + buffers + update, state_tensors + [line.bytes for line in update],
                            device_type)
