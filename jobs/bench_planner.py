@@ -96,12 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     profile = site.load(args.site)
     assumed = replace(profile.performance(), calibration=None)
     if args.runs:
-        by_run = {folder.name: calibrate.profiled_run(folder, folder.name) for folder in args.runs}
-        missing = [name for name, ranks in by_run.items() if not ranks]
-        if missing or not by_run:
-            print(f"bench-planner: --runs: no completed run with a profiled window in {', '.join(missing)}",
+        found = {folder.name: calibrate.profiled_run(folder, folder.name) for folder in args.runs}
+        by_run = {name: ranks for name, ranks in found.items() if ranks}
+        left_out = [name for name, ranks in found.items() if not ranks]
+        if not by_run:
+            print(f"bench-planner: --runs: no completed run with a profiled window in {', '.join(left_out)}",
                   file=sys.stderr)
             return 2
+        if left_out:  # out of memory, say: not a point of the fit, and said
+            print(f"left out (no completed run with a profiled window): {', '.join(left_out)}")
         names = list(by_run)
         rows, target, title = (predictions(by_run, names, names, "all (in sample)", assumed, profile, []),
                                TARGET_IN_SAMPLE_PCT, f"planner's step time against {len(names)} runs on site "

@@ -123,6 +123,20 @@ def test_the_peak_is_taken_apart_beside_the_memory_model_s_lines(gpu_check):
     assert "of the step, by category:" in (out / "gpu-check.md").read_text().split("## peak")[1]
 
 
+def test_the_planner_leaves_out_a_run_without_a_profiled_window_and_says_so(gpu_check, tmp_path):
+    """A variant that ran out of memory on the GPU has no profiled window: the fit goes on without
+    it, named; with no run left, one line and exit status 2."""
+    out, _ = gpu_check
+    (tmp_path / "engine-9").mkdir()
+    command = [sys.executable, "-m", "jobs.bench_planner", "--runs"]
+    done = subprocess.run([*command, str(out / "bench" / "engine-0"), str(tmp_path / "engine-9")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "left out (no completed run with a profiled window): engine-9" in done.stdout
+    alone = subprocess.run([*command, str(tmp_path / "engine-9")], cwd=REPO, capture_output=True, text=True,
+                           timeout=120)
+    assert alone.returncode == 2 and alone.stderr.count("\n") == 1 and "engine-9" in alone.stderr
+
+
 def test_profile_says_where_the_step_time_goes(gpu_check):
     _, sections = gpu_check
     profile = sections["profile"]["results"]
