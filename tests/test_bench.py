@@ -232,6 +232,18 @@ def test_a_second_call_keeps_the_first_call_s_other_sections(tmp_path):
     assert f"(in the call of {date})" in (tmp_path / "gpu-check.md").read_text()
 
 
+def test_a_second_bench_into_the_same_folder_overwrites_nothing_the_first_wrote(tmp_path):
+    from hpml_core.bench.__main__ import Bench, parse, unused
+
+    (tmp_path / "bench.json").write_text('{"first": true}')
+    (tmp_path / "original-b4-r0.json").write_text('{"first": true}')
+    Bench(parse(["--data", str(tmp_path), "--out", str(tmp_path)]))
+    assert json.loads((tmp_path / "bench-earlier.json").read_text()) == {"first": True}
+    assert not (tmp_path / "bench.json").exists()  # this call's own, written after its first run
+    assert unused(tmp_path / "original-b4-r0.json") == tmp_path / "original-b4-r0.2.json"
+    assert unused(tmp_path / "original-b4-r1.json") == tmp_path / "original-b4-r1.json"
+
+
 def test_gpu_check_refuses_an_unknown_section(tmp_path):
     done = subprocess.run([sys.executable, "-m", "hpml_core.bench.gpu_check", "--only", "bench,speed",
                            "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -165,11 +165,26 @@ def headline(originals: list[dict], engines: list[dict]) -> dict:
     }
 
 
+def unused(path: Path) -> Path:
+    """``path``, or, where an earlier bench in the same folder wrote it, ``<stem>.<k>.json`` for the
+    first k free: a second call adds its files beside the first's and overwrites none of them."""
+    k = 2
+    while path.exists():
+        path = path.with_name(f"{path.name.split('.')[0]}.{k}.json")
+        k += 1
+    return path
+
+
 class Bench:
-    """The benchmark's runs so far, written to ``bench.json`` after each."""
+    """The benchmark's runs so far, written to ``bench.json`` after each. An earlier call's
+    ``bench.json`` in the same folder is kept, renamed (``unused``); its engine runs' folders get
+    this call's runs as their next attempts."""
 
     def __init__(self, args: argparse.Namespace):
         self.args, self.commands, self.originals, self.engines = args, {}, [], []
+        earlier = args.out / "bench.json"
+        if earlier.exists():
+            earlier.rename(unused(args.out / "bench-earlier.json"))
         self.report = {"date": datetime.now(timezone.utc).isoformat(), "device": None, "driver": nvidia_driver(),
                        "versions": {"python": platform.python_version(), "torch": torch.__version__,
                                     "cuda": torch.version.cuda},
@@ -184,11 +199,11 @@ class Bench:
             "headline": headline(self.originals, self.engines)})
 
     def original(self, batch: int, repeat: int) -> None:
-        name = f"original-b{batch}-r{repeat}"
+        written = unused(self.args.out / f"original-b{batch}-r{repeat}.json")
+        name = written.stem
         command = [sys.executable, "-m", "hpml_core.bench.original_loop", *self.common, "--batch-size", str(batch),
-                   "--precision", self.args.original_precision, "--out", str(self.args.out / f"{name}.json")]
+                   "--precision", self.args.original_precision, "--out", str(written)]
         code = _run(command, f"original loop, batch {batch}, run {repeat + 1}")
-        written = self.args.out / f"{name}.json"
         if code != 0 and (batch == self.args.original_batch[0] or not written.exists()):
             raise SystemExit(f"[bench] the original loop failed at batch {batch} (exit status {code})")
         result = json.loads(written.read_text())  # at a larger batch, it may have run out of memory
