@@ -233,15 +233,21 @@ def test_a_second_call_keeps_the_first_call_s_other_sections(tmp_path):
 
 
 def test_a_second_bench_into_the_same_folder_overwrites_nothing_the_first_wrote(tmp_path):
-    from hpml_core.bench.__main__ import Bench, parse, unused
+    """What an earlier call wrote is renamed out of the way, never overwritten; twice too."""
+    from hpml_core.bench import keep_earlier
+    from hpml_core.bench.__main__ import Bench, parse
 
-    (tmp_path / "bench.json").write_text('{"first": true}')
-    (tmp_path / "original-b4-r0.json").write_text('{"first": true}')
+    (tmp_path / "bench.json").write_text('{"call": 1}')
     Bench(parse(["--data", str(tmp_path), "--out", str(tmp_path)]))
-    assert json.loads((tmp_path / "bench-earlier.json").read_text()) == {"first": True}
+    assert json.loads((tmp_path / "bench-earlier.json").read_text()) == {"call": 1}
     assert not (tmp_path / "bench.json").exists()  # this call's own, written after its first run
-    assert unused(tmp_path / "original-b4-r0.json") == tmp_path / "original-b4-r0.2.json"
-    assert unused(tmp_path / "original-b4-r1.json") == tmp_path / "original-b4-r1.json"
+    for call in (1, 2):
+        (tmp_path / "peak-rank0.json").write_text(f'{{"call": {call}}}')
+        assert keep_earlier(tmp_path / "peak-rank0.json") == tmp_path / "peak-rank0.json"
+    assert not (tmp_path / "peak-rank0.json").exists()
+    assert [json.loads((tmp_path / name).read_text())["call"]
+            for name in ("peak-rank0-earlier.json", "peak-rank0-earlier-2.json")] == [1, 2]
+    assert keep_earlier(tmp_path / "profile.txt") == tmp_path / "profile.txt"  # nothing there: nothing moved
 
 
 def test_gpu_check_refuses_an_unknown_section(tmp_path):

@@ -31,7 +31,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from hpml_core.bench import common_arguments, source
+from hpml_core.bench import common_arguments, keep_earlier, source
 from hpml_core.contract import rank_file
 from hpml_core.contract.attempts import latest_rank_files
 from hpml_core.contract.atomic import atomic_write_json
@@ -165,26 +165,14 @@ def headline(originals: list[dict], engines: list[dict]) -> dict:
     }
 
 
-def unused(path: Path) -> Path:
-    """``path``, or, where an earlier bench in the same folder wrote it, ``<stem>.<k>.json`` for the
-    first k free: a second call adds its files beside the first's and overwrites none of them."""
-    k = 2
-    while path.exists():
-        path = path.with_name(f"{path.name.split('.')[0]}.{k}.json")
-        k += 1
-    return path
-
-
 class Bench:
-    """The benchmark's runs so far, written to ``bench.json`` after each. An earlier call's
-    ``bench.json`` in the same folder is kept, renamed (``unused``); its engine runs' folders get
-    this call's runs as their next attempts."""
+    """The benchmark's runs so far, written to ``bench.json`` after each. An earlier call's files
+    in the same folder are kept, renamed (``keep_earlier``); its engine runs' folders get this
+    call's runs as their next attempts."""
 
     def __init__(self, args: argparse.Namespace):
         self.args, self.commands, self.originals, self.engines = args, {}, [], []
-        earlier = args.out / "bench.json"
-        if earlier.exists():
-            earlier.rename(unused(args.out / "bench-earlier.json"))
+        keep_earlier(args.out / "bench.json")
         self.report = {"date": datetime.now(timezone.utc).isoformat(), "device": None, "driver": nvidia_driver(),
                        "versions": {"python": platform.python_version(), "torch": torch.__version__,
                                     "cuda": torch.version.cuda},
@@ -199,8 +187,8 @@ class Bench:
             "headline": headline(self.originals, self.engines)})
 
     def original(self, batch: int, repeat: int) -> None:
-        written = unused(self.args.out / f"original-b{batch}-r{repeat}.json")
-        name = written.stem
+        name = f"original-b{batch}-r{repeat}"
+        written = keep_earlier(self.args.out / f"{name}.json")
         command = [sys.executable, "-m", "hpml_core.bench.original_loop", *self.common, "--batch-size", str(batch),
                    "--precision", self.args.original_precision, "--out", str(written)]
         code = _run(command, f"original loop, batch {batch}, run {repeat + 1}")

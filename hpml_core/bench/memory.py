@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from hpml_core.bench import common_arguments, source
+from hpml_core.bench import common_arguments, keep_earlier, source
 from hpml_core.contract import rank_file
 from hpml_core.contract.attempts import latest_rank_files
 from hpml_core.contract.atomic import atomic_write_json
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         files = [rank_file.read(path) for _, path in sorted(latest_rank_files(args.out / name).items())]
         rows.append(layout_row(name, run, files, reported if comparable else None))
         # after each layout, so that a run cut short keeps the layouts it measured
-        atomic_write_json(args.out / "memory.json", {"model": args.model, "batch_size": args.batch_size,
+        atomic_write_json(keep_earlier(args.out / "memory.json"), {"model": args.model, "batch_size": args.batch_size,
                                                      "seq_len": args.seq_len, "source": ran, "layouts": rows})
     table = Table(title=f"Peak memory per rank: {args.model}, batch {args.batch_size}, sequence {args.seq_len}, "
                         f"on {rows[0]['device']} ({rows[0]['memory_metric']})")

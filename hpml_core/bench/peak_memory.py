@@ -29,7 +29,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from hpml_core import launch
-from hpml_core.bench import source
+from hpml_core.bench import keep_earlier, source
 from hpml_core.contract.atomic import atomic_write, atomic_write_json
 from hpml_core.contract.memory_model import predict
 from hpml_core.contract.units import MIB
@@ -115,13 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         "source": source.describe(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / f"peak-rank{plan.env.rank}.json", result)
+    atomic_write_json(keep_earlier(args.out / f"peak-rank{plan.env.rank}.json"), result)
     if plan.env.world_size > 1:
         torch.distributed.destroy_process_group()
     if plan.env.rank == 0:
-        atomic_write_json(args.out / "peak.json", result)
+        atomic_write_json(keep_earlier(args.out / "peak.json"), result)
         text = "\n".join(lines(result)) + "\n"
-        atomic_write(args.out / "peak.txt", lambda f: f.write(text.encode()))
+        atomic_write(keep_earlier(args.out / "peak.txt"), lambda f: f.write(text.encode()))
         print(text)
     return 0
 

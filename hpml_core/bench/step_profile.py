@@ -23,7 +23,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from hpml_core import launch
-from hpml_core.bench import source
+from hpml_core.bench import keep_earlier, source
 from hpml_core.mesh import build_mesh
 from hpml_core.contract.atomic import atomic_write, atomic_write_json
 from hpml_core.plan import make_plan
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name, us, count in sorted(timed, key=lambda t: -t[1])[:args.rows]],
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "profile.json", {**result, "source": source.describe()})
+    atomic_write_json(keep_earlier(args.out / "profile.json"), {**result, "source": source.describe()})
     lines = [f"{result['device']}: {config.model}, batch {config.batch_size}, sequence {config.seq_len}, "
              f"{config.precision}, compile {config.compile}; {result['measured']}",
              f"per step: wall {result['wall_s_per_step'] * 1e3:.1f} ms, busy {result['busy_s_per_step'] * 1e3:.1f} ms"
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"{row['s_per_step'] * 1e3:9.3f}  {row['share_of_busy']:6.1%}  {row['calls_per_step']:6.1f}  "
               f"{row['name'][:110]}" for row in result["top"]]
     text = "\n".join(lines) + "\n"
-    atomic_write(args.out / "profile.txt", lambda f: f.write(text.encode()))
+    atomic_write(keep_earlier(args.out / "profile.txt"), lambda f: f.write(text.encode()))
     print(text)
     return 0
 
