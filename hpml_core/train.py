@@ -51,8 +51,7 @@ from hpml_core.model import GPT
 from hpml_core.parallelize import parallelize
 from hpml_core.plan import Plan, make_plan
 from hpml_core.profile_window import profile_window
-from hpml_core.rank_result import Measured, build_rank_file, cpu_name, loss_values, throughput
-from hpml_core.contract import memory_model
+from hpml_core.rank_result import Measured, build_rank_file, cpu_name, loss_values, prediction_record, throughput
 from hpml_core.contract import rank_file as rf
 from hpml_core.contract.atomic import atomic_write_json
 from hpml_core.contract.attempts import attempt_folder, losses_path
@@ -247,9 +246,9 @@ def predicted_against(plan: Plan, device: torch.device) -> str:
     """On a GPU: what the memory model predicted for this rank, against the GPU's memory."""
     if device.type != "cuda":
         return ""
-    predicted = memory_model.predict(plan.config, plan.dims, plan.layout, "cuda", dp_rank=plan.position.dp_rank)
+    predicted = prediction_record(plan, device.type).total_bytes  # as the rank file records it
     total = torch.cuda.get_device_properties(device).total_memory
-    return f" (predicted {predicted.total_bytes / GIB:.1f} GiB of the GPU's {total / GIB:.1f} GiB)"
+    return f" (predicted {predicted / GIB:.1f} GiB of the GPU's {total / GIB:.1f} GiB)"
 
 
 def window_line(profile: rf.StepProfile | None, missing_reason: str | None) -> str:

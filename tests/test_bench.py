@@ -163,6 +163,8 @@ def test_memory_table_sets_each_layout_beside_the_prediction(gpu_check):
     assert {c["kind"] for c in rows["zero3-4"]["collectives"]} == {"all-gather", "reduce-scatter", "all-reduce"}
     assert rows["single"]["collectives"] == [] and len(rows["ddp-4"]["parts_ms_per_rank"]) == 4
     assert "| dp2xtp2-zero3 | " in (gpu_check[0] / "gpu-check.md").read_text().split("Where the step goes")[1]
+    # one call rewrites its own summary as it goes, and keeps none of it as an earlier call's
+    assert not [path.name for path in gpu_check[0].rglob("*-earlier*")]
 
 
 def test_every_raw_file_names_the_code_that_ran(gpu_check):

@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         check.run("peak", [python, "-m", "hpml_core.bench.peak_memory", "--out", str(check.out / "peak"), "--",
                            *common, "--vocab-size", str(scale.model_vocab_size), "--batch-size",
                            str(scale.memory_batch), *shlex.split(scale.memory_args)],
-                  results=lambda: json.loads((check.out / "peak" / "peak.json").read_text()))
+                  results=lambda: json.loads((check.out / "peak" / "peak-rank0.json").read_text()))
     if "profile" in args.only:
         check.run("profile", [python, "-m", "hpml_core.bench.step_profile", "--out", str(check.out / "profile"),
                               "--warmup-steps", str(scale.warmup_steps), "--", *common, "--vocab-size",

@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     rows, ran = [], source.describe()  # the code these layouts run
     comparable = (args.model, args.batch_size, args.seq_len) == STUDY_SETTINGS
+    summary = keep_earlier(args.out / "memory.json")  # an earlier call's, kept; this call's rewritten below
     for name, flags, processes, reported in LAYOUTS:
         run = command(flags, processes, args, args.out / name)
         print(f"[memory] {name}: {shlex.join(run)}", file=sys.stderr, flush=True)
@@ -105,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         files = [rank_file.read(path) for _, path in sorted(latest_rank_files(args.out / name).items())]
         rows.append(layout_row(name, run, files, reported if comparable else None))
         # after each layout, so that a run cut short keeps the layouts it measured
-        atomic_write_json(keep_earlier(args.out / "memory.json"), {"model": args.model, "batch_size": args.batch_size,
-                                                     "seq_len": args.seq_len, "source": ran, "layouts": rows})
+        atomic_write_json(summary, {"model": args.model, "batch_size": args.batch_size, "seq_len": args.seq_len,
+                                    "source": ran, "layouts": rows})
     table = Table(title=f"Peak memory per rank: {args.model}, batch {args.batch_size}, sequence {args.seq_len}, "
                         f"on {rows[0]['device']} ({rows[0]['memory_metric']})")
     for column in ("layout", "ranks", "peak per rank, max (GiB)", "predicted (GiB)", "model state per rank (GiB)",

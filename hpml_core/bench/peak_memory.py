@@ -1,16 +1,16 @@
-"""What the memory of a training step holds at its peak: the engine in one process, one step
-after warm-up profiled with ``torch.profiler``'s memory timeline (every allocation and release,
-each tensor put in a category: parameter, optimizer state, gradient, activation, autograd
-detail, temporary, input), set beside the memory model's lines for the same run. Writes
-``OUT/peak.json`` and ``OUT/peak.txt``, so that a prediction that misses a GPU's measured peak
-says which kind of tensor it missed.
+"""What the memory of a training step holds at its peak: the engine (one process, or each rank
+under a launcher), one step after warm-up profiled with ``torch.profiler``'s memory timeline
+(every allocation and release, each tensor put in a category: parameter, optimizer state,
+gradient, activation, autograd detail, temporary, input), set beside the memory model's lines
+for the same run. Writes ``OUT/peak-rank0.json`` and ``OUT/peak.txt``, so that a prediction that
+misses a GPU's measured peak says which kind of tensor it missed.
 
     python -m hpml_core.bench.peak_memory --model gpt2-large --data DATA -- --precision bf16 --grad-ckpt
     python -m hpml_core.local_ranks 2 -m hpml_core.bench.peak_memory --out OUT -- --mode zero1 ...
 
 The flags after ``--`` are the engine's (``python -m hpml_core.train``; ``--mode single`` unless
 they say otherwise); under a launcher each rank measures its own peak and writes
-``OUT/peak-rank<k>.json`` (rank 0 also ``peak.json`` and ``peak.txt``).
+``OUT/peak-rank<k>.json`` (rank 0 also ``peak.txt``).
 The categories are the profiler's own inference from the operators' inputs and outputs; a tensor
 it cannot place is "unknown". On a GPU the step's ``max_memory_allocated`` is recorded beside
 the timeline's peak, as a check of the two.
@@ -93,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         max_allocated = torch.cuda.max_memory_allocated(device) if cuda else None
         try:  # the profiler's inference, which some graphs defeat (DeepSpeed's ZeRO-2 on the CPU)
             peak, by_category, when = timeline_peak(prof, device, Path(scratch))
-            categories_missing = None
+            timeline_missing = None
         except (AssertionError, RuntimeError, ValueError, KeyError) as exc:
             peak, by_category, when = None, None, None
-            categories_missing = f"the profiler's memory timeline failed: {type(exc).__name__}: {str(exc)[:200]}"
+            timeline_missing = f"the profiler's memory timeline failed: {type(exc).__name__}: {str(exc)[:200]}"
     predicted = predict(plan.config, plan.dims, plan.layout, device.type, dp_rank=plan.position.dp_rank)
     result = {
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "measured": "torch.profiler's memory timeline of one step after warm-up: the most bytes of tensors alive at "
                     "once, by the profiler's category" + ("; max_memory_allocated over the same step" if cuda else ""),
         "peak_bytes": peak, "peak_at_fraction_of_step": when, "by_category_bytes": by_category,
-        "timeline_missing_reason": categories_missing, "max_memory_allocated_bytes": max_allocated,
+        "timeline_missing_reason": timeline_missing, "max_memory_allocated_bytes": max_allocated,
         "predicted_allocated_bytes": predicted.allocated_bytes,
         "predicted_lines": [{"name": line.name, "bytes": line.bytes, "formula": line.formula}
                             for line in predicted.lines if line.in_allocated],
@@ -119,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     if plan.env.world_size > 1:
         torch.distributed.destroy_process_group()
     if plan.env.rank == 0:
-        atomic_write_json(keep_earlier(args.out / "peak.json"), result)
         text = "\n".join(lines(result)) + "\n"
         atomic_write(keep_earlier(args.out / "peak.txt"), lambda f: f.write(text.encode()))
         print(text)
