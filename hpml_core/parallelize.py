@@ -2,7 +2,8 @@
 in torchtitan's order, all in this one file, so the model file stays unaware of all of them:
 
 1. tensor parallelism (``hpml_core.tensor_parallel``), still on the meta device, which also
-   decides the loss: a sharded LM head gives each rank a slice of the vocabulary's logits;
+   decides the loss: a sharded LM head gives each rank a slice of the vocabulary's logits; or,
+   with ``--fp8``, the blocks' linear layers swapped for float8 ones (``hpml_core.fp8``);
 2. the weights: each rank fills only its own part of the run's initial weights, one parameter
    at a time (``hpml_core.materialize``); under ZeRO-3 each part of the model is partitioned as
    soon as it is filled, so no rank ever holds the whole model;
@@ -34,7 +35,7 @@ from torch.autograd.profiler import record_function
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
-from hpml_core import fsdp, tensor_parallel, zero
+from hpml_core import fp8, fsdp, tensor_parallel, zero
 from hpml_core.materialize import materialize, parameter_shapes
 from hpml_core.mesh import Mesh
 from hpml_core.model import GPT, next_token_loss
@@ -74,6 +75,8 @@ def parallelize(model: GPT, mesh: Mesh, config: TrainConfig, device: torch.devic
     loss_fn = next_token_loss
     if mesh.tp_size > 1:
         loss_fn = tensor_parallel.apply_tensor_parallel(model, mesh)
+    if config.fp8:  # never with TP (the contract refuses it), always before compile and sharding
+        fp8.apply_fp8(model)
     if config.mode == "fsdp2":
         return parallelize_fsdp2(model, shapes, loss_fn, mesh, config, device)
     by_deepspeed = config.mode in ZERO_STAGES
@@ -82,7 +85,7 @@ def parallelize(model: GPT, mesh: Mesh, config: TrainConfig, device: torch.devic
     # reads them for weight decay; a ZeRO-3 partitioned parameter is an empty tensor).
     optimizer = build_optimizer(model, config, device) if by_deepspeed else None
     materialize(model, shapes, model.dims.n_layer, config.seed, device,
-                TORCH_DTYPES[regime(config.mode, config.precision).weights_dtype],  # the regime's weights
+                TORCH_DTYPES[regime(config.mode, config.precision, config.fp8).weights_dtype],  # the regime's weights
                 then=zero.partitioner(config, mesh) if zero3 else None)
     if config.grad_ckpt:
         apply_activation_checkpointing(model, name_recomputation=not config.compile)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hpml_core import checkpoint, launch, resuming
+from hpml_core import checkpoint, fp8, launch, resuming
 from hpml_core.batches import TokenBatches, TokenData
 from hpml_core.mesh import Position
 from hpml_core.contract.checks import resolve
@@ -51,6 +51,8 @@ def make_plan(argv: list[str] | None, env: launch.ProcessEnv) -> Plan:
     if config.precision == "fp16" and config.mode in ZERO_STAGES and not torch.cuda.is_available():
         raise UsageError("--precision", f"fp16 under DeepSpeed (--mode {config.mode}) needs a GPU: DeepSpeed's CPU "
                                         "accelerator has no fp16 (allowed here: fp32, bf16)")
+    if config.fp8:  # a GPU without FP8 tensor cores, or no torchao
+        fp8.check_device(launch.select_device(env))
     position = Position(layout, env.rank)
     batches = TokenBatches(data, config.seq_len, config.batch_size, layout, position.dp_rank, config.seed,
                            config.grad_accum)

@@ -120,7 +120,7 @@ def throughput(plan: Plan, timer: StepTimer, device: torch.device) -> rf.Through
 def flops_record(plan: Plan, device_type: str, device_name: str, run_tokens_per_s: float) -> rf.Flops:
     per_token = metrics.training_flops_per_token(plan.dims, plan.config.seq_len)
     achieved = metrics.achieved_tflops_per_device(per_token, run_tokens_per_s, plan.env.world_size)
-    peak = metrics.lookup_peak(device_type, device_name, plan.config.precision)
+    peak = metrics.lookup_peak(device_type, device_name, plan.config.precision, plan.config.fp8)
     return rf.Flops(
         formula=metrics.FORMULA, n_params=plan.dims.params_matmul, flops_per_token=per_token,
         achieved_tflops_per_s=achieved, peak_tflops_per_s=peak.tflops, peak_source=peak.source,
@@ -174,7 +174,8 @@ def build_rank_file(plan: Plan, measured: Measured, run_id: str, attempt: int, s
         rank=plan.env.rank, local_rank=plan.env.local_rank, dp_rank=position.dp_rank, tp_rank=position.tp_rank,
         launcher=plan.env.launcher, hostname=socket.gethostname(), device_type=device.type, device_name=device_name,
         versions=rf.Versions(python=platform.python_version(), torch=torch.__version__, deepspeed=_version("deepspeed"),
-                             transformers=_version("transformers"), cuda=torch.version.cuda),
+                             transformers=_version("transformers"), cuda=torch.version.cuda,
+                             torchao=_version("torchao")),
         slurm=_slurm(),
         model=rf.ModelInfo(name=plan.dims.name, n_layer=plan.dims.n_layer, n_head=plan.dims.n_head,
                            n_embd=plan.dims.n_embd, vocab_size=plan.dims.vocab_size, seq_len=config.seq_len,
@@ -190,7 +191,7 @@ def build_rank_file(plan: Plan, measured: Measured, run_id: str, attempt: int, s
         throughput=run_throughput,
         throughput_missing_reason=throughput_missing_reason(plan, start_step, status, run_throughput),
         flops=flops_record(plan, device.type, device_name, run_throughput.run_tokens_per_s) if run_throughput else None,
-        precision=regime(config.mode, config.precision),
+        precision=regime(config.mode, config.precision, config.fp8),
         memory=measured.memory_before_window or measured.memory.record(),  # the window's trace is not the run's
         model_state=model_state_record(plan, measured.model_state)
         if status == COMPLETED and measured.model_state else None,

@@ -55,6 +55,7 @@ from hpml_core.contract.gpus import GpuMemory
 from hpml_core.contract.calibration import Calibration
 from hpml_core.contract.step_time import Performance
 from hpml_core.contract.names import SAFE_NAME
+from hpml_core.contract.units import GIB, MIB
 from jobs.experiment import ExperimentError
 
 SITES = Path(__file__).parent / "sites"
@@ -184,8 +185,8 @@ class Site(_Strict):
         gpu = gpus.BY_KEY[model] if model is not None else None
         label = gpu.label if gpu is not None else (self.gpu_type or "GPU")
         if self.gpu_memory_gib is not None:
-            return GpuMemory(label, round(self.gpu_memory_gib * gpus.GIB), f"gpu_memory_gib in site {self.name}")
-        return GpuMemory(label, gpu.memory_mib * gpus.MIB,
+            return GpuMemory(label, round(self.gpu_memory_gib * GIB), f"gpu_memory_gib in site {self.name}")
+        return GpuMemory(label, gpu.memory_mib * MIB,
                          f"gpu_model {gpu.key}: {gpu.memory_mib} MiB as torch reports it, hpml_core.contract.gpus")
 
     @field_validator("gpu_model")

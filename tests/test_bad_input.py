@@ -69,6 +69,7 @@ def test_a_refused_layout_exits_2_with_one_line_before_any_process_group(tmp_pat
     (["--seq-len", "4096"], "--seq-len"),
     (["--steps", "2", "--warmup-steps", "2"], "--steps"),
     (["--tp-size", "2"], "--tp-size"),  # tensor parallelism in a single process
+    (["--fp8", "--precision", "fp32"], "--fp8"),  # FP8 products run inside bf16 autocast
     pytest.param(["--dist-backend", "nccl"], "--dist-backend",  # NCCL without a GPU
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
     pytest.param(["--mode", "zero2", "--precision", "fp16"], "--precision",  # DeepSpeed's CPU accelerator
@@ -93,6 +94,8 @@ def launched(world: int, per_node: int) -> dict:
     (["--mode", "zero3", "--tp-size", "4"], 4, 2, ["--tp-size", "span nodes"]),
     (["--mode", "ddp", "--zero-stage", "3"], 4, 4, ["--zero-stage", "zero3"]),
     (["--mode", "single"], 2, 2, ["--mode", "2 were launched"]),
+    (["--mode", "zero2", "--fp8"], 2, 2, ["--fp8", "DeepSpeed"]),  # ZeRO casts the model, no float8 layers
+    (["--mode", "ddp", "--tp-size", "2", "--fp8"], 2, 2, ["--fp8", "--tp-size 1"]),
 ])
 def test_layouts_that_cannot_work_are_refused_before_any_process_group(args, world, per_node, words, refused_here,
                                                                       token_data):

@@ -15,11 +15,14 @@ from hpml_core.bench import source
 from tests.conftest import REPO, SHARED, engine
 
 
+FP8 = "--precision bf16 --fp8 --batch-size 4"  # a row of its own, never the headline
+
+
 @pytest.fixture(scope="module")
 def gpu_check(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check")
     arguments = (f"--reduced --shared {SHARED} --out {out} --engine-args '--precision fp32 --batch-size 4' "
-                 "--engine-args '--precision fp32 --batch-size 2'")
+                 f"--engine-args '--precision fp32 --batch-size 2' --engine-args '{FP8}'")
     done = subprocess.run(["make", "--no-print-directory", "gpu-check", "NO_VENV=1", f"PY={sys.executable}",
                            f"GPU_CHECK_ARGS={arguments}"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -45,13 +48,14 @@ def test_bench_compares_the_original_loop_with_each_engine_variant(gpu_check):
     report = sections["bench"]["results"]
     originals, variants = report["originals"], report["engines"]
     # The reduced form: the original loop at the study's batch (4) twice, the repeats, and at 2
-    # once; each engine variant once, and the fastest once more.
+    # once; each 16-bit engine variant once, the fastest once more, then the FP8 variant.
     assert [(o["settings"]["batch_size"], o["repeat"]) for o in originals] == [(4, 0), (4, 1), (2, 0)]
     first = variants[:2]
     assert [v["engine_args"] for v in first] == ["--precision fp32 --batch-size 4", "--precision fp32 --batch-size 2"]
     assert [v["settings"]["batch_size"] for v in first] == [4, 2]  # each variant's flags win over the default
     fastest = max(first, key=lambda v: v["tokens_per_s"])
-    assert [(v["engine_args"], v["repeat"]) for v in variants[2:]] == [(fastest["engine_args"], 1)]
+    assert [(v["engine_args"], v["repeat"]) for v in variants[2:]] == [(fastest["engine_args"], 1), (FP8, 0)]
+    assert variants[-1]["settings"]["fp8"] and not any(v["settings"]["fp8"] for v in variants[:-1])
     for result in (*originals, *variants):
         assert result["tokens_per_s"] > 0 and result["achieved_tflops_per_s"] > 0 and result["peak_memory_bytes"] > 0
         assert result["mfu"] is None and "cpu" in result["mfu_missing_reason"]  # no GPU peak: missing, not guessed
@@ -81,7 +85,7 @@ def test_the_headline_is_the_fastest_variant_s_median_against_the_original_s(gpu
               for args in dict.fromkeys(v["engine_args"] for v in variants)}
     original = {batch: figures([o["tokens_per_s"] for o in originals if o["settings"]["batch_size"] == batch])
                 for batch in (4, 2)}
-    best = max(engine, key=lambda args: engine[args]["median"])
+    best = max((args for args in engine if args != FP8), key=lambda args: engine[args]["median"])
     assert head["best_engine"]["engine_args"] == best and head["best_engine"]["tokens_per_s"] == engine[best]
     assert head["original"]["batch_size"] == 4 and head["original"]["tokens_per_s"] == original[4]
     at_4 = "--precision fp32 --batch-size 4"
@@ -94,6 +98,10 @@ def test_the_headline_is_the_fastest_variant_s_median_against_the_original_s(gpu
     assert head["best_batches"]["original_batch"] == fastest_batch
     assert head["best_batches"]["ratio"] == engine[best]["median"] / original[fastest_batch]["median"]
     assert f"{same['ratio']:.2f}× [{same['min']:.2f}–{same['max']:.2f}]" in (out / "gpu-check.md").read_text()
+    [fp8] = head["fp8"]  # apart: against the fastest 16-bit variant, by tokens/s
+    assert fp8["engine_args"] == FP8 and fp8["tokens_per_s"] == engine[FP8]
+    assert fp8["over_best_16_bit"]["ratio"] == engine[FP8]["median"] / engine[best]["median"]
+    assert f"FP8, a row apart ({FP8}" in (out / "gpu-check.md").read_text()
 
 
 def test_the_planner_is_calibrated_on_the_bench_s_profiled_engine_runs(gpu_check):
@@ -101,8 +109,9 @@ def test_the_planner_is_calibrated_on_the_bench_s_profiled_engine_runs(gpu_check
     own median; the repeats (not profiled) are not among them."""
     out, sections = gpu_check
     planner = sections["planner"]["results"]
-    assert [row["run"] for row in planner["runs"]] == ["engine-0", "engine-1"]
-    engines = {f"engine-{index}": run for index, run in enumerate(sections["bench"]["results"]["engines"][:2])}
+    assert [row["run"] for row in planner["runs"]] == ["engine-0", "engine-1", "engine-2"]  # the FP8 one too
+    first_runs = [run for run in sections["bench"]["results"]["engines"] if run["repeat"] == 0]  # by index
+    engines = {f"engine-{index}": run for index, run in enumerate(first_runs)}
     for row in planner["runs"]:
         assert row["measured_s"] == engines[row["run"]]["step_time_median_s"]
         assert row["calibrated_error_pct"] == pytest.approx(100 * (row["calibrated_s"] / row["measured_s"] - 1))

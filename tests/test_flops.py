@@ -53,3 +53,18 @@ def test_peaks_come_from_the_one_table_of_known_gpus():
     gpu = by_device_name("NVIDIA A100-SXM4-40GB")
     found = lookup_peak("cuda", "NVIDIA A100-SXM4-40GB", "bf16")
     assert (found.tflops, found.source) == (gpu.tensor_16bit_tflops, "NVIDIA A100 dense bf16 tensor core")
+
+
+@pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 1979.0), ("NVIDIA H200", 1979.0),
+                                        ("NVIDIA H100 PCIe", 1513.0), ("NVIDIA L40S", 733.0)])
+def test_an_fp8_run_is_held_to_the_fp8_peak(name, peak):
+    """About twice the 16-bit peak on every part with FP8 tensor cores, as their data sheets give
+    them (the L40S's: 733 against 362.05)."""
+    found = lookup_peak("cuda", name, "bf16", fp8=True)
+    assert (found.tflops, found.missing_reason) == (peak, None) and "FP8" in found.source
+    assert found.tflops == pytest.approx(2 * lookup_peak("cuda", name, "bf16").tflops, rel=0.015)
+
+
+def test_a_gpu_without_fp8_tensor_cores_gives_an_fp8_run_no_peak():
+    found = lookup_peak("cuda", "NVIDIA A100-SXM4-40GB", "bf16", fp8=True)
+    assert found.tflops is None and "no FP8 tensor cores" in found.missing_reason

@@ -62,7 +62,7 @@ def case_config(case: dict, data: Path = Path("unused")) -> TrainConfig:
     _, mode, tp = LAYOUTS[case["layout"]]
     return TrainConfig(mode=mode, model="tiny", tp_size=tp, batch_size=BATCH, seq_len=SEQ, precision=case["precision"],
                        attn=case["attn"], grad_ckpt=case["grad_ckpt"], optimizer="adamw", data=data,
-                       zero_persistence_threshold=case.get("threshold", 0))
+                       zero_persistence_threshold=case.get("threshold", 0), fp8=case.get("fp8", False))
 
 
 VARIANTS = [dict(attn=attn, grad_ckpt=ckpt) for attn in ("sdpa", "eager") for ckpt in (False, True)]
@@ -77,6 +77,8 @@ def builds_for(world: int) -> list[dict]:
     builds = [dict(layout=layout, size=size, precision=precision,
                    threshold=PERSISTENCE if LAYOUTS[layout][1] == "zero3" and size == "odd" else 0)
               for layout in layouts for size in SIZES for precision in ("fp32", "bf16")]
+    if world == 1:  # --fp8: the blocks' float8 layers save no weight copies (a width divisible by 16)
+        builds += [dict(layout="single", size="tiny", precision="bf16", threshold=0, fp8=True)]
     if world == 2:  # ZeRO-3's release rule alone: a short reuse distance, no prefetching
         builds += [dict(layout="zero3-2", size=size, precision="bf16", threshold=0, reuse_distance=REUSE_DISTANCE)
                    for size in SIZES]
@@ -284,14 +286,16 @@ def _predicted(case: dict):
 
 
 def _name(case: dict) -> str:
-    return (f"{case['layout']} {case['size']} {case['precision']} {case['attn']}"
+    return (f"{case['layout']} {case['size']} {case['precision']}{' fp8' if case.get('fp8') else ''} {case['attn']}"
             f"{' ckpt' if case['grad_ckpt'] else ''} rank {case['rank']}")
 
 
 def test_every_case_was_measured(measured):
     # 16 cases a layout (2 sizes x 2 precisions x 2 attentions x checkpointing or not), on each of its ranks
     assert len(measured) == sum(len(builds_for(w)) * len(VARIANTS) * w for w in (1, 2, 4))
-    assert len([case for case in measured if "reuse_distance" not in case]) == 16 * (1 + 3 * 2 + 4 * 4)
+    assert len([case for case in measured if "reuse_distance" not in case and not case.get("fp8")]) == \
+        16 * (1 + 3 * 2 + 4 * 4)
+    assert len([case for case in measured if case.get("fp8")]) == len(VARIANTS)
 
 
 def test_activations_are_what_the_forward_pass_saves(measured):

@@ -1001,7 +1001,11 @@ def test_two_precision_regimes_the_report_tells_apart_never_share_a_phrase():
     from hpml_core.contract.config import MODES
     from hpml_core.contract.precision import regime
 
+    from hpml_core.contract.checks import FP8_MODES
+
     held = {regime(mode, precision) for mode in MODES for precision in ("fp32", "bf16", "fp16")}
+    held |= {regime(mode, "bf16", fp8=True) for mode in FP8_MODES}
+    assert len(held) == 8 + 2  # FP8 linears in the PyTorch path's regime and in FSDP2's
     phrases = {}
     for one in held:
         phrases.setdefault(one.short(), set()).add(one.key())

@@ -25,7 +25,7 @@ NON_DEFAULT = dict(
     weight_decay=0.0, grad_clip=0.5, seed=7, data=Path("/data/wikitext-2"), out=Path("/results/x/run"),
     run_id="run-7", checkpoint_every=3, keep_checkpoints=3, checkpoint_dir=Path("/ckpt/run"), resume=True, save_model=True,
     zero_stage=3, zero_persistence_threshold=0, dist_backend="gloo", test=True, profile_steps=5,
-    fsdp_reshard_after_forward=False,
+    fsdp_reshard_after_forward=False, fp8=True,
 )
 
 

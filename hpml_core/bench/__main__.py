@@ -11,6 +11,10 @@ the original loop at the study's batch, and the fastest engine variant, N times 
 headline's figures are medians with their range. ``bench.json`` is rewritten after every run, so
 a benchmark cut short keeps what it measured.
 
+A variant with ``--fp8`` (FP8 products in the blocks' linear layers) is another numeric regime than
+the original loop's 16-bit products: it is a row of its own, run after the headline's runs, set
+against the fastest 16-bit variant by tokens/s (its MFU is against the FP8 peak), never the headline.
+
     python -m hpml_core.bench --model gpt2-large --data DATA --vocab-size 50257 --repeats 3 \
         --engine-args "--precision bf16 --compile" --engine-args "--precision bf16 --compile --batch-size 32"
 """
@@ -90,8 +94,8 @@ def engine_result(run_dir: Path, engine_args: str) -> dict:
     return {
         **variant,
         "settings": record.config.model_dump(mode="json", include={"model", "seq_len", "batch_size", "precision",
-                                                                   "grad_ckpt", "attn", "compile", "optimizer",
-                                                                   "vocab_size"}),
+                                                                   "grad_ckpt", "attn", "compile", "fp8",
+                                                                   "optimizer", "vocab_size"}),
         "device": record.device_name,
         "timing": record.throughput.timing,
         "step_time_median_s": record.throughput.step_time_median_s,
@@ -117,6 +121,15 @@ def spread(runs: list[dict], key: str) -> dict | None:
     if not values:
         return None
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
+
+
+def is_fp8(engine_args: str) -> bool:
+    return "--fp8" in shlex.split(engine_args)
+
+
+def precision_label(result: dict) -> str:
+    """A completed run's precision as its row says it: "bf16, FP8 linears" for an ``--fp8`` run."""
+    return result["settings"]["precision"] + (", FP8 linears" if result["settings"].get("fp8") else "")
 
 
 def _batch(run: dict) -> int:
@@ -148,14 +161,19 @@ def headline(originals: list[dict], engines: list[dict]) -> dict:
         by_args.setdefault(run["engine_args"], []).append(run)
     original_groups = [g for g in (_group(runs, variant=runs[0]["variant"]) for runs in by_batch.values())
                        if g["tokens_per_s"] is not None]
-    measured = [g for g in (_group(runs, engine_args=args) for args, runs in by_args.items())
-                if g["tokens_per_s"] is not None]
+    groups = [g for g in (_group(runs, engine_args=args) for args, runs in by_args.items())
+              if g["tokens_per_s"] is not None]
+    measured = [g for g in groups if not is_fp8(g["engine_args"])]
     if not original_groups or not measured:
-        return {"missing_reason": "no engine variant completed" if original_groups else "the original loop did not run"}
+        return {"missing_reason": "no 16-bit engine variant completed" if original_groups else
+                "the original loop did not run"}
     study, best_original = original_groups[0], max(original_groups, key=lambda g: g["tokens_per_s"]["median"])
     best = max(measured, key=lambda g: g["tokens_per_s"]["median"])
     same = [g for g in measured if g["batch_size"] == study["batch_size"]]
+    fp8 = [{**g, "over_best_16_bit": _ratio(g, best, "tokens/s of the FP8 variant over the fastest 16-bit one")}
+           for g in groups if is_fp8(g["engine_args"])]
     return {
+        "fp8": fp8,
         "best_engine": best, "original": study, "best_original": best_original,
         "same_batch": _ratio(max(same, key=lambda g: g["tokens_per_s"]["median"]), study,
                              f"the fastest engine variant at the study's batch {study['batch_size']}") if same else
@@ -227,12 +245,16 @@ def main(argv: list[str] | None = None) -> int:
     for batch in args.original_batch:
         for repeat in range(args.repeats if batch == args.original_batch[0] else 1):
             bench.original(batch, repeat)
-    first = [bench.engine(index, engine_args, 0) for index, engine_args in enumerate(args.engine_args)]
-    done = [(index, result) for index, result in enumerate(first) if result["status"] == COMPLETED]
+    sixteen_bit = [(index, variant) for index, variant in enumerate(args.engine_args) if not is_fp8(variant)]
+    first = [(index, bench.engine(index, variant, 0)) for index, variant in sixteen_bit]
+    done = [(index, result) for index, result in first if result["status"] == COMPLETED]
     if done:
         fastest, _ = max(done, key=lambda pair: pair[1]["tokens_per_s"])
         for repeat in range(1, args.repeats):
             bench.engine(fastest, args.engine_args[fastest], repeat)
+    for index, variant in enumerate(args.engine_args):  # after the headline's runs: a row of their own
+        if is_fp8(variant):
+            bench.engine(index, variant, 0)
     print_tables(bench, args)
     return 0
 
@@ -250,7 +272,7 @@ def print_tables(bench: Bench, args: argparse.Namespace) -> None:
         mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a"
         joules = f"{result['joules_per_token'] * 1e3:.3g}" if result.get("joules_per_token") is not None else "n/a"
         ratio = result.get("tokens_per_s_ratio_over_original")
-        table.add_row(result["variant"], run, str(result["settings"]["batch_size"]), result["settings"]["precision"],
+        table.add_row(result["variant"], run, str(result["settings"]["batch_size"]), precision_label(result),
                       f"{result['tokens_per_s']:,.0f}", f"{result['achieved_tflops_per_s']:.3g}", mfu, joules,
                       f"{result['peak_memory_bytes'] / 1024**3:.2f} ({result['memory_metric']})",
                       f"{ratio:.2f}" if ratio is not None else "")
@@ -295,6 +317,12 @@ def headline_lines(head: dict) -> list[str]:
         lines.append(f"{ratio['ratio']:.2f}× [{ratio['min']:.2f}–{ratio['max']:.2f}]: {ratio['why']} "
                      f"(engine batch {ratio['engine_batch']}, original batch {ratio['original_batch']}; medians, "
                      f"the range from the runs' extremes).")
+    for row in head.get("fp8", []):
+        over = row["over_best_16_bit"]
+        lines.append(f"FP8, a row apart ({row['engine_args']}, batch {row['batch_size']}, {row['runs']} run(s)): "
+                     f"{_median_range(row['tokens_per_s'])} tokens/s, {over['ratio']:.2f}× [{over['min']:.2f}–"
+                     f"{over['max']:.2f}] the fastest 16-bit variant's; MFU against the FP8 peak "
+                     f"{_median_range(row['mfu'], 100, '.1f', ' %')}.")
     return lines
 
 

@@ -5,6 +5,7 @@ that fits a short lease of a GPU machine, writing everything into one folder:
 2. ``data``: WikiText-2 from ``--shared`` tokenized for the benchmarks;
 3. ``bench``: ``make bench``, the original study's loop against the engine's variants, the fastest
    and the original at the study's batch repeated (the headline's spread), energy per token too;
+   last, ``--fp8`` at the largest batch, a row apart (FP8 products against the fastest 16-bit run);
 4. ``planner``: the step-time model calibrated on the bench's engine runs, against each
    (``jobs.bench_planner --runs``);
 5. ``tests``: the tests marked ``gpu`` (``tests/test_gpu.py``), each one's outcome;
@@ -46,7 +47,7 @@ from pathlib import Path
 import torch
 
 from hpml_core.bench import source
-from hpml_core.bench.__main__ import headline_lines, nvidia_driver
+from hpml_core.bench.__main__ import headline_lines, nvidia_driver, precision_label
 from hpml_core.bench.peak_memory import lines as peak_lines
 from hpml_core.contract.atomic import atomic_write, atomic_write_json
 from hpml_core.contract.run_states import COMPLETED
@@ -79,7 +80,8 @@ FULL = Scale(
     original_batches=(8, 32), original_precision="fp16",
     engine_variants=("--precision bf16 --compile --batch-size 8",
                      "--precision bf16 --compile --batch-size 16",
-                     "--precision bf16 --compile --batch-size 32"),
+                     "--precision bf16 --compile --batch-size 32",
+                     "--precision bf16 --compile --fp8 --batch-size 32"),  # last: a row apart
     repeats=3,
     profile_args="--precision bf16 --compile --batch-size 32",
     memory_batch=8, memory_args="--precision bf16 --grad-ckpt",
@@ -87,7 +89,7 @@ FULL = Scale(
 REDUCED = Scale(
     model="tiny", seq_len=64, steps=6, warmup_steps=2, vocab_size=512, model_vocab_size=512,
     original_batches=(4, 2), original_precision="fp32",
-    engine_variants=("--precision fp32 --batch-size 4",),
+    engine_variants=("--precision fp32 --batch-size 4", "--precision bf16 --fp8 --batch-size 4"),
     repeats=2,
     profile_args="--precision fp32 --batch-size 4",
     memory_batch=4, memory_args="--precision fp32 --zero-persistence-threshold 0",
@@ -301,8 +303,9 @@ def _gib(value: int | None) -> str:
 
 def _bench_lines(bench: dict) -> list[str]:
     lines = [f"On {bench['device']} (driver {bench['driver']}); tokens/s from the median step time after warm-up; "
-             "MFU by the PaLM formula against the dense peak of hpml_core/contract/gpus.py; energy from NVML's "
-             "counter over the timed steps.", "", *[f"- {line}" for line in headline_lines(bench["headline"])], "",
+             "MFU by the PaLM formula against the dense peak of hpml_core/contract/gpus.py (FP8's for the FP8 row); "
+             "energy from NVML's counter over the timed steps.", "",
+             *[f"- {line}" for line in headline_lines(bench["headline"])], "",
              "| variant | run | batch | precision | tokens/s | TFLOP/s | MFU | mJ/token | peak memory (GiB) "
              "| × original |", "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for result in (*bench["originals"], *bench["engines"]):
@@ -315,7 +318,7 @@ def _bench_lines(bench: dict) -> list[str]:
         joules = f"{result['joules_per_token'] * 1e3:.3g}" if result.get("joules_per_token") is not None else "n/a"
         ratio = result.get("tokens_per_s_ratio_over_original")
         lines.append(f"| {result['variant']} | {run} | {result['settings']['batch_size']} "
-                     f"| {result['settings']['precision']} | {result['tokens_per_s']:,.0f} "
+                     f"| {precision_label(result)} | {result['tokens_per_s']:,.0f} "
                      f"| {result['achieved_tflops_per_s']:.3g} | {mfu} | {joules} "
                      f"| {_gib(result['peak_memory_bytes'])} ({result['memory_metric']}) "
                      f"| {'' if ratio is None else f'{ratio:.2f}'} |")

@@ -88,6 +88,6 @@ def rate_key(mode: Mode, precision: PrecisionRegime, device_type: str, ranks_per
     if precision.compute == "fp32":
         how = " ".join(filter(None, [precision.matmul_dtype, FP32_PATHS.get(mode)]))
     else:
-        how = f"{precision.matmul_dtype} {precision.compute}"
+        how = f"{precision.matmul_dtype} {precision.compute}" + (", FP8 linears" if precision.fp8_linears else "")
     return ", ".join([how, *(["compiled"] if compiled else []),
                       *([f"{ranks_per_node} per node"] if device_type == "cpu" else [])])

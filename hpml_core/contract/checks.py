@@ -61,6 +61,7 @@ def resolve(config: TrainConfig, world_size: int, ranks_per_node: int, data: Dat
     if not config.fsdp_reshard_after_forward and config.mode != "fsdp2":
         raise UsageError("--fsdp-reshard-after-forward", f"false is an FSDP2 setting; --mode {config.mode} "
                                                          "does not shard with FSDP2")
+    check_fp8(config, dims)
     if config.steps is not None and config.steps <= config.warmup_steps:
         raise UsageError("--steps", f"{config.steps} leaves no timed step after {config.warmup_steps} warm-up steps")
     if stage is not None and config.zero_stage is None:
@@ -78,3 +79,25 @@ def resolve(config: TrainConfig, world_size: int, ranks_per_node: int, data: Dat
         raise UsageError("--warmup-steps", f"one epoch of {data.path} is {total_steps} steps of {global_batch}, "
                          f"not more than the {config.warmup_steps} warm-up steps (set --steps)")
     return Resolved(config, dims, layout, global_batch, total_steps)
+
+
+FP8_MODES = ("single", "ddp", "fsdp2")
+
+
+def check_fp8(config: TrainConfig, dims: ModelDims) -> None:
+    """FP8 products where hpml can run them: inside bf16 autocast (torchao's float8 layers return
+    the autocast dtype), on the PyTorch and FSDP2 paths (DeepSpeed casts the model itself, its
+    ZeRO has no float8 layers), without hpml's own tensor-parallel layers (not float8 layers)."""
+    if not config.fp8:
+        return
+    if config.precision != "bf16":
+        raise UsageError("--fp8", f"needs --precision bf16 (the FP8 products run inside bf16 autocast), "
+                                  f"not {config.precision}")
+    if config.mode not in FP8_MODES:
+        raise UsageError("--fp8", f"runs with --mode {', '.join(FP8_MODES)}; --mode {config.mode} is DeepSpeed's, "
+                                  "which casts the model itself and has no float8 layers")
+    if config.tp_size > 1:
+        raise UsageError("--fp8", f"needs --tp-size 1 (hpml's tensor-parallel layers are not float8 layers), "
+                                  f"not {config.tp_size}")
+    if dims.n_embd % 16:  # torch._scaled_mm multiplies matrices whose sides are multiples of 16
+        raise UsageError("--fp8", f"FP8 products need a width divisible by 16; {config.model}'s is {dims.n_embd}")

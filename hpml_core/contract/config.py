@@ -73,6 +73,10 @@ class TrainConfig(BaseModel):
     grad_ckpt: bool = False
     attn: Literal["sdpa", "eager"] = "sdpa"
     compile: bool = False
+    fp8: bool = Field(False, description="the blocks' linear layers multiply in FP8 (torchao's float8 training: e4m3 "
+                                         "inputs and weights, e5m2 gradients, one dynamic scale per tensor); needs "
+                                         "bf16, mode single, ddp or fsdp2, no TP, and a GPU of compute capability "
+                                         "8.9 or above (a CPU runs it through PyTorch's own FP8 product)")
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(0.1, ge=0)
@@ -166,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-ckpt", action="store_true", default=None, help="activation checkpointing of every block")
     p.add_argument("--attn", metavar="{sdpa,eager}")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--fp8", action="store_true", default=None,
+                   help="FP8 matrix products in the blocks' linear layers (torchao float8; with --precision bf16)")
     p.add_argument("--optimizer", metavar="{adamw,sgd}")
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)

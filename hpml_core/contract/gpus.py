@@ -11,7 +11,9 @@ percent with the driver and the ECC setting, so the table holds the lowest figur
 ``gpu_memory_gib``.
 
 Peaks are dense (no sparsity) TFLOP/s from the vendor's data sheet, never guessed: a GPU
-missing here has no peak, and its MFU is reported missing with the reason.
+missing here has no peak, and its MFU is reported missing with the reason. The data sheets give
+FP8 "with sparsity"; the dense figure is half of it (H100 SXM and H200 SXM: 3,958 → 1,979). The
+A100 and A10 have no FP8 tensor cores.
 
 ``GpuMemory`` is what a site's jobs get (``jobs.site.Site.gpu_memory``): a GPU's label and
 memory, or why the site does not say, which ``hpml_core.contract.fit`` judges runs against.
@@ -22,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from hpml_core.contract.units import GIB, MIB
+from hpml_core.contract.units import GIB
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Gpu:
     tensor_16bit_tflops: float  # bf16 and fp16 on tensor cores (equal on all parts listed)
     fp32_tflops: float  # plain fp32 on CUDA cores; hpml leaves TF32 off, PyTorch's default for matmul
     memory_gb_per_s: float  # the data sheet's memory bandwidth (GB/s, 1e9 bytes): the optimizer's pace
+    tensor_fp8_tflops: float | None = None  # FP8 on tensor cores (dense); None: the part has no FP8 tensor cores
 
     def matches(self, device_name: str) -> bool:
         return any(re.search(pattern, device_name, flags=re.IGNORECASE) for pattern in self.patterns)
@@ -46,12 +49,12 @@ class Gpu:
 GPUS: tuple[Gpu, ...] = (
     Gpu("a100-40gb", "A100 40GB", 40326, (r"A100.*40GB",), "NVIDIA A100", 312.0, 19.5, 1555.0),  # SXM4 40536
     Gpu("a100-80gb", "A100 80GB", 81920, (r"A100",), "NVIDIA A100", 312.0, 19.5, 2039.0),
-    Gpu("h100-nvl", "H100 NVL", 95830, (r"H100.*NVL",), "NVIDIA H100 NVL", 835.0, 60.0, 3900.0),  # nvidia-smi's total
-    Gpu("h100-pcie", "H100 PCIe", 81008, (r"H100.*PCIe",), "NVIDIA H100 PCIe", 756.0, 51.0, 2000.0),
-    Gpu("h100-sxm", "H100 SXM", 81082, (r"H100",), "NVIDIA H100 SXM", 989.0, 67.0, 3350.0),  # "NVIDIA H100 80GB HBM3"
-    Gpu("h200-nvl", "H200 NVL", 143156, (r"H200.*NVL",), "NVIDIA H200 NVL", 835.0, 60.0, 4800.0),  # the SXM's 141 GB
-    Gpu("h200", "H200", 143156, (r"H200",), "NVIDIA H200 SXM", 989.0, 67.0, 4800.0),  # GH200's GPU included
-    Gpu("l40s", "L40S", 45589, (r"L40S",), "NVIDIA L40S", 362.0, 91.6, 864.0),
+    Gpu("h100-nvl", "H100 NVL", 95830, (r"H100.*NVL",), "NVIDIA H100 NVL", 835.0, 60.0, 3900.0, 1670.0),  # nvidia-smi's total
+    Gpu("h100-pcie", "H100 PCIe", 81008, (r"H100.*PCIe",), "NVIDIA H100 PCIe", 756.0, 51.0, 2000.0, 1513.0),
+    Gpu("h100-sxm", "H100 SXM", 81082, (r"H100",), "NVIDIA H100 SXM", 989.0, 67.0, 3350.0, 1979.0),  # "NVIDIA H100 80GB HBM3"
+    Gpu("h200-nvl", "H200 NVL", 143156, (r"H200.*NVL",), "NVIDIA H200 NVL", 835.0, 60.0, 4800.0, 1670.0),  # the SXM's 141 GB
+    Gpu("h200", "H200", 143156, (r"H200",), "NVIDIA H200 SXM", 989.0, 67.0, 4800.0, 1979.0),  # GH200's GPU included
+    Gpu("l40s", "L40S", 45589, (r"L40S",), "NVIDIA L40S", 362.0, 91.6, 864.0, 733.0),
     Gpu("a10", "A10", 23028, (r"\bA10\b",), "NVIDIA A10", 125.0, 31.2, 600.0),  # nvidia-smi's total
 )
 BY_KEY: dict[str, Gpu] = {gpu.key: gpu for gpu in GPUS}

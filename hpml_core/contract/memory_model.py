@@ -98,6 +98,7 @@ class _Shape:
     r: int  # residual stream (LayerNorm inputs)
     stat: int  # LayerNorm mean and rstd
     autocast: bool
+    fp8: bool  # the blocks' linear layers are torchao float8 layers: they save no 16-bit weight copies
     eager: bool
     cuda: bool
 
@@ -114,7 +115,7 @@ def _shape(config: TrainConfig, dims: ModelDims, layout: Layout, device_type: st
     return _Shape(B=config.batch_size, T=config.seq_len, d=dims.n_embd, H=dims.n_head, V=dims.vocab_size,
                   L=dims.n_layer, tp=layout.tp_size, a=low, r=low if cast_model else 4,
                   stat=low if cast_model and not cuda else 4,
-                  autocast=not cast_model and config.precision != "fp32",
+                  autocast=not cast_model and config.precision != "fp32", fp8=config.fp8,
                   eager=config.attn == "eager", cuda=cuda)
 
 
@@ -164,12 +165,20 @@ def _loss(s: _Shape) -> list[Tensors]:
             ("gather index (int64)", 8 * BT, 1), ("in-shard mask (bool)", BT, 1), ("sum of exps", 4 * BT, 1)]
 
 
+def _block_weight_copies(s: _Shape, blocks: int) -> list[Tensors]:
+    """Autocast's cached 16-bit casts of ``blocks`` blocks' fp32 weights, saved by their matmuls.
+    A float8 layer saves its weight itself and casts it to FP8 again in the backward."""
+    if not s.autocast or s.fp8 or not blocks:
+        return []
+    return [("block weight copies", s.a * 12 * s.d * s.d // s.tp, blocks)]
+
+
 def _weight_copies(s: _Shape, blocks: bool) -> list[Tensors]:
-    """Autocast's cached 16-bit casts of the fp32 weights, saved by the matmuls."""
+    """Autocast's cached 16-bit casts of the fp32 weights: the blocks' (without checkpointing)
+    and the LM head's."""
     if not s.autocast:
         return []
-    block = [("block weight copies", s.a * 12 * s.d * s.d // s.tp, s.L)] if blocks else []
-    return [*block, ("LM head weight copy", s.a * s.V * s.d // s.tp, 1)]
+    return [*_block_weight_copies(s, s.L if blocks else 0), ("LM head weight copy", s.a * s.V * s.d // s.tp, 1)]
 
 
 def _sum(tensors: list[Tensors]) -> int:
@@ -210,7 +219,7 @@ def _activation_lines(config: TrainConfig, s: _Shape) -> tuple[list[Line], list[
     grads = [("logits gradients (fp32)", 4 * s.B * s.T * s.V // s.tp, 2)]
     at_logits = Line("logits gradients", _sum(grads), f"2 x 4 x B·T·V/tp = 2 x {grads[0][1]:,}")
     if config.grad_ckpt:
-        again = _block(s, recomputed=True) + [(what, size, 1) for what, size, _ in _weight_copies(s, blocks=True)[:1]]
+        again = _block(s, recomputed=True) + _block_weight_copies(s, 1)
         missed = ("; eager attention's backward then adds gradients of the T² probabilities, not counted "
                   "(docs/studies.md)" if s.eager else "")
         recompute = Line("recomputed block", _sum(again),
@@ -360,7 +369,7 @@ def _fsdp2_buffer_lines(config: TrainConfig, dims: ModelDims, layout: Layout) ->
     after its forward) and two blocks (the one computing and the one prefetched) in the weights'
     16-bit dtype, and one block's fp32 gradients waiting for their reduce-scatter. With one rank in
     fp32 nothing is gathered: the shard is the parameter. Not yet compared with a GPU's peak."""
-    low = DTYPE_BYTES[regime(config.mode, config.precision).matmul_dtype]  # fp32 shards gathered cast to it
+    low = DTYPE_BYTES[regime(config.mode, config.precision, config.fp8).matmul_dtype]  # fp32 shards gathered cast to it
     root, block = fsdp2_group_elements(dims, layout.tp_size, layout.dp_size)
     lines = []
     if layout.dp_size > 1 or config.precision != "fp32":

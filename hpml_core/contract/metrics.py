@@ -48,12 +48,20 @@ class PeakLookup:
     missing_reason: str | None
 
 
-def lookup_peak(device_type: str, device_name: str, precision: str) -> PeakLookup:
+def lookup_peak(device_type: str, device_name: str, precision: str, fp8: bool = False) -> PeakLookup:
+    """The peak MFU divides by. With ``--fp8`` it is the FP8 peak, though only the blocks' linear
+    layers multiply in FP8 (the LM head and attention in bf16): such a run's MFU is against the
+    fastest its products could run, and its tokens/s is the figure to compare with a bf16 run."""
     if device_type != "cuda":
         return PeakLookup(None, None, f"device is {device_type} ({device_name}): MFU is only defined against a GPU's peak")
     gpu = by_device_name(device_name)
     if gpu is None:
         return PeakLookup(None, None, f"no peak on record for GPU {device_name!r}; add it to hpml_core.contract.gpus.GPUS")
+    if fp8:
+        if gpu.tensor_fp8_tflops is None:
+            return PeakLookup(None, None, f"the {gpu.label} has no FP8 tensor cores")
+        return PeakLookup(gpu.tensor_fp8_tflops, f"{gpu.datasheet} dense FP8 tensor core (the blocks' linear layers "
+                                                 "in FP8, the LM head and attention in bf16)", None)
     if precision == "fp32":
         return PeakLookup(gpu.fp32_tflops, f"{gpu.datasheet} dense fp32 (no TF32)", None)
     return PeakLookup(gpu.tensor_16bit_tflops, f"{gpu.datasheet} dense {precision} tensor core", None)

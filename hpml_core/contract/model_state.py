@@ -269,7 +269,7 @@ def _fsdp2(config: TrainConfig, dims: ModelDims, tp_size: int, dp_size: int, dp_
     moments = 8 * moments_elements if adamw else 0
     return ModelStateBytes(
         params=4 * padded, grads=4 * padded, optimizer=moments, persistent=0, persistent_count=0, elements=padded,
-        per_element=f"8 B (fp32 shard 4 + grad 4)", tensor_bytes=tuple(tensors),
+        per_element="8 B (fp32 shard 4 + grad 4)", tensor_bytes=tuple(tensors),
         counted=(f"8 B x {padded:,} elements (its FSDP2 shards, ceil(rows / {dp_size}) rows per tensor, padded) + "
                  f"{'8 B x ' + format(moments_elements, ',') + ' unpadded elements of AdamW moments' if adamw else 'no optimizer state (SGD)'}"
                  f" on DP rank {dp_rank}"))

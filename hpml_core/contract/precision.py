@@ -14,6 +14,12 @@ difference between them is partly this difference, not the layout's:
   default); fp16 adds hpml's dynamic loss scaling, overflow agreed over all ranks.
 
 In fp32 all are plain fp32 (ZeRO still keeps a separate fp32 master partition).
+
+``--fp8`` (bf16, PyTorch or FSDP2 path) makes the blocks' linear layers multiply in FP8 through
+torchao's float8 training: each product casts its bf16 input and its weight to e4m3 (and, in the
+backward, the incoming gradient to e5m2) with one scale per tensor taken from its largest value;
+the product accumulates in higher precision and returns bf16. The LM head and attention stay in
+bf16, the weights stay as they were; the regime's ``fp8_linears`` says so.
 The engine records the regime in every rank file; the report prints it and says where two
 compared configurations differ in it.
 """
@@ -41,26 +47,37 @@ class PrecisionRegime(BaseModel):
         description="autocast: fp32 weights, matmuls in 16 bits (PyTorch AMP); cast model: the model itself is "
                     "16-bit; cast when gathered: fp32 shards, gathered in 16 bits for each block (FSDP2)")
     loss_scaling: Literal["none", "dynamic loss scale, overflow agreed over all ranks", "DeepSpeed dynamic"]
+    fp8_linears: bool = Field(False, description="the blocks' linear layers multiply in FP8 (torchao float8, "
+                                                 "tensorwise dynamic scales); the LM head and attention in "
+                                                 "matmul_dtype")
 
     def short(self) -> str:
         """One phrase for a table's description: "fp32 weights, bf16 autocast" and so on; two
         regimes with different keys never share a phrase (ZeRO's fp32 keeps a master copy)."""
         if self.compute == "fp32":
             return "fp32" if self.master_weights == "none" else "fp32 weights, fp32 master"
+        fp8 = ", FP8 linears" if self.fp8_linears else ""
         if self.compute == "autocast":
-            return f"fp32 weights, {self.matmul_dtype} autocast"
+            return f"fp32 weights, {self.matmul_dtype} autocast{fp8}"
         if self.compute == "cast when gathered":
-            return f"fp32 shards, gathered in {self.matmul_dtype}"
+            return f"fp32 shards, gathered in {self.matmul_dtype}{fp8}"
         return f"{self.weights_dtype} weights, fp32 master"
 
     def key(self) -> str:
         """Equal for two runs exactly when they do the same arithmetic in the same dtypes."""
         return (f"weights {self.weights_dtype}, master {self.master_weights}, matmul {self.matmul_dtype}, "
-                f"grad reduce {self.grad_reduce_dtype}, {self.compute}")
+                f"grad reduce {self.grad_reduce_dtype}, {self.compute}" + (", fp8 linears" if self.fp8_linears else ""))
 
 
-def regime(mode: Mode, precision: Precision) -> PrecisionRegime:
-    """The regime hpml's engine trains ``mode`` in at ``precision``."""
+def regime(mode: Mode, precision: Precision, fp8: bool = False) -> PrecisionRegime:
+    """The regime hpml's engine trains ``mode`` in at ``precision`` (with ``--fp8``: a config
+    that ``hpml_core.contract.checks.check_fp8`` accepted)."""
+    if fp8:
+        return _regime(mode, precision).model_copy(update={"fp8_linears": True})
+    return _regime(mode, precision)
+
+
+def _regime(mode: Mode, precision: Precision) -> PrecisionRegime:
     if precision == "fp32":
         return PrecisionRegime(weights_dtype="fp32", master_weights="fp32" if mode in ZERO_STAGES else "none",
                                matmul_dtype="fp32", grad_reduce_dtype="fp32", compute="fp32", loss_scaling="none")

@@ -43,6 +43,8 @@ class Versions(_Strict):
     deepspeed: str | None
     transformers: str | None
     cuda: str | None = Field(description="CUDA version torch was built with; null on a CPU build")
+    torchao: str | None = Field(None, description="torchao's version, whose float8 layers an --fp8 run trains "
+                                                  "with; null where it is not installed")
 
 
 class Slurm(_Strict):

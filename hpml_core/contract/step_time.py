@@ -8,7 +8,8 @@ moves (``hpml_core.contract.collectives``) and the rates and bandwidths its site
   against) × the tokens of the rank's replica in a step (batch × sequence × accumulation) ÷ the
   TP size, since TP ranks split each matrix product; the formula's 6N is 2N **forward** and 4N
   **backward**, and activation checkpointing adds a **recompute** of 2N (each block's forward again);
-- the peak is the GPU's dense peak at the run's matrix precision (``hpml_core.contract.gpus``); the
+- the peak is the GPU's dense peak at the run's matrix precision (``hpml_core.contract.gpus``; the
+  16-bit one for ``--fp8`` runs too, until a calibration measures their rate); the
   efficiency is an MFU the site states (``compute_efficiency``; hpml measured 0.38 to 0.50 for
   GPT-2 Large on one H200, ``hpml_core/bench/RESULTS.md``). A device with no peak (a CPU) is
   given the site's ``device_tflops`` (model TFLOP/s per rank) instead, or has no prediction.
@@ -241,7 +242,7 @@ def predict_step(config: TrainConfig, dims: ModelDims, layout: Layout, ranks_per
                  performance: Performance) -> StepPrediction:
     """The step of one run on ``gpu`` (None: a device with no peak on record, such as a CPU)."""
     tokens = layout.global_batch(config.batch_size, config.grad_accum) * config.seq_len
-    precision = regime(config.mode, config.precision)
+    precision = regime(config.mode, config.precision, config.fp8)
     matmul_dtype = precision.matmul_dtype
     calibration = performance.calibration
     device_type = calibration.device_type if calibration else "cuda"
@@ -251,6 +252,8 @@ def predict_step(config: TrainConfig, dims: ModelDims, layout: Layout, ranks_per
         peak = gpu.fp32_tflops if matmul_dtype == "fp32" else gpu.tensor_16bit_tflops
         rate = peak * performance.compute_efficiency
         rate_how = f"{performance.compute_efficiency:.0%} of {gpu.label}'s {peak:g}"
+        if precision.fp8_linears:  # what FP8 gains, after its casts, is measured, not assumed
+            rate_how += " (its 16-bit peak: no FP8 gain assumed before a calibration)"
     elif performance.device_tflops is not None:
         rate, rate_how = performance.device_tflops, "the site's device_tflops"
     elif "forward" in fitted and "backward" in fitted:  # the calibration gives every pass its rate
