@@ -21,6 +21,7 @@ tests check ``--fp8`` here; its speed is the GPU's to measure.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -58,6 +59,7 @@ def _float8():
     return torchao.float8
 
 
+@functools.cache
 def float8_linear_class() -> type[nn.Linear]:
     from torchao.float8.float8_linear import Float8Linear
 

@@ -1,8 +1,8 @@
 """What only happens on a GPU: CUDA-event timing, the peak table looked up by the device's name
 and so MFU, ``max_memory_allocated``, bf16 and fp16 autocast on CUDA, ``torch.compile``, fused
 AdamW, pinned batches, SDPA's flash kernel, NCCL, DeepSpeed's ZeRO stages and FSDP2 on CUDA,
-every layout training what one process trains, on the GPU, the GPU's energy counter, and a real
-CUDA out-of-memory error.
+every layout training what one process trains, on the GPU, the GPU's energy counter, a real
+CUDA out-of-memory error, and FP8 products (``--fp8``) on a GPU that has them.
 
 Marked ``gpu`` and deselected by ``make test`` (pyproject's addopts); ``make gpu-check`` runs
 them (``pytest -m gpu``). Ranks that must share the one GPU talk over gloo, as
@@ -110,6 +110,23 @@ def test_nccl_and_deepspeed_on_cuda(tmp_path, token_data, mode, precision):
     record = short_run(tmp_path, token_data, "--mode", mode, "--precision", precision, nproc=1)
     assert_measured_on_the_gpu(record)
     assert record["precision"] == regime(mode, precision).model_dump()
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 9),
+                    reason="no FP8 tensor cores (compute capability below 8.9): --fp8 is refused there")
+@pytest.mark.parametrize("mode", ["single", "fsdp2"])
+def test_fp8_products_on_cuda_compiled(tmp_path, token_data, mode):
+    """torchao's float8 layers through torch._scaled_mm's CUDA kernel, compiled as the bench runs
+    them: the run trains, records the regime, and its MFU is against the FP8 peak; its losses
+    are a bf16 run's within FP8's rounding (tests/test_fp8.py, on the CPU: 5.6e-4)."""
+    record = short_run(tmp_path / "fp8", token_data, "--mode", mode, "--precision", "bf16", "--fp8", "--compile")
+    assert_measured_on_the_gpu(record)
+    assert record["precision"]["fp8_linears"] and record["config"]["fp8"]
+    if record["flops"]["peak_tflops_per_s"] is not None:
+        assert "FP8" in record["flops"]["peak_source"]
+    bf16 = short_run(tmp_path / "bf16", token_data, "--mode", mode, "--precision", "bf16", "--compile")
+    assert record["loss"]["values"] != bf16["loss"]["values"]  # the products really ran in FP8
+    assert max(abs(a - b) for a, b in zip(record["loss"]["values"], bf16["loss"]["values"])) <= 2e-3
 
 
 def test_zero3_compiled_on_cuda(tmp_path, token_data):

@@ -46,6 +46,9 @@ CASES = [
     case("epoch-not-above-warmup", {"steps": None, "batch_size": 4000}, "warmup_steps", "is 2 steps of 4000"),
     case("unknown-model", {"model": "gpt5"}, "model", "gpt5"),
     case("batch-size-zero", {"batch_size": 0}, "batch_size", "greater than or equal to 1"),
+    case("fp8-in-fp32", {"fp8": True, "precision": "fp32"}, "fp8", "needs --precision bf16"),
+    case("fp8-under-zero3", {"fp8": True, "mode": "zero3", "gpus": 2}, "fp8", "DeepSpeed's"),
+    case("fp8-with-tp", {"fp8": True, "mode": "ddp", "tp_size": 2, "gpus": 2}, "fp8", "--tp-size 1"),
 ]
 
 
