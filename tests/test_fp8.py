@@ -26,36 +26,23 @@ import pytest
 import torch
 
 from hpml_core.contract.precision import regime
-from tests.conftest import engine, losses, rank_files
-from tests.layouts import LAYOUTS
+from tests.conftest import losses, rank_files
+from tests.layouts import LAYOUTS, STEPS
 
-STEPS = 6
-COMMON = ["--test", "--warmup-steps", "1", "--save-model", "--profile-steps", "0", "--optimizer", "sgd",
-          "--lr", "0.1", "--grad-clip", "0", "--precision", "bf16"]
 BF16_TOLERANCE = 2 * torch.finfo(torch.bfloat16).eps  # tests/test_mixed_precision.py says why
 FP8_TOLERANCE = 8e-2  # relative weight difference per tensor; see the module's docstring
 LOSS_TOLERANCE = 2e-3  # absolute, on losses of 6.2
+BF16 = ("--precision", "bf16")  # over tests/layouts.py's COMMON (fp32, unclipped, --save-model)
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, token_data):
-    root = tmp_path_factory.mktemp("fp8")
-    done: dict[tuple, object] = {}
+@pytest.fixture
+def run(trained):
+    """A layout trained with SGD in bf16, with FP8 products or without, through the session's
+    shared runs (tests/conftest.py ``trained``)."""
 
     def train(layout: str, fp8: bool = True, steps: int = STEPS):
-        key = (layout, fp8, steps)
-        if key not in done:
-            out = root / "-".join(map(str, key))
-            args = [*COMMON, *(["--fp8"] if fp8 else []), "--steps", str(steps), "--data", str(token_data),
-                    "--out", str(out)]
-            if layout == "single":
-                engine([*args, "--batch-size", "4"])
-            else:
-                nproc, mode, tp, batch, accum = LAYOUTS[layout]
-                engine([*args, "--mode", mode, "--tp-size", str(tp), "--batch-size", str(batch),
-                        "--grad-accum", str(accum)], nproc=nproc)
-            done[key] = out
-        return done[key]
+        extra = (*BF16, *(("--fp8",) if fp8 else ()), *(("--steps", str(steps)) if steps != STEPS else ()))
+        return trained("sgd", layout, extra)
 
     return train
 
