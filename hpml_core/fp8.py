@@ -44,18 +44,18 @@ def check_device(device: torch.device) -> None:
 
 def _float8():
     """torchao's float8 module. Its package loads CUDA kernels this path does not use (MX formats,
-    CUTLASS) and logs a warning where they do not load (a CPU build); torch logs a deprecation
-    notice when torchao registers one of its enums: both silenced."""
-    quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]  # and a deprecation
-    levels = [logger.level for logger in quiet]  # notice torchao's registration of an enum meets
-    for logger in quiet:
-        logger.setLevel(logging.ERROR)
+    CUTLASS) and logs a warning where they do not load (a CPU build): its logger is kept to errors.
+    torch logs a deprecation notice when torchao registers one of its enums: silenced for the import."""
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    pytree = logging.getLogger("torch.utils._pytree")
+    level = pytree.level
+    pytree.setLevel(logging.ERROR)
     try:
         import torchao.float8
     except ImportError as exc:
         raise UsageError("--fp8", f"needs torchao, which did not import ({exc}); pip install 'hpml[engine]'") from None
     finally:
-        quiet[1].setLevel(levels[1])
+        pytree.setLevel(level)
     return torchao.float8
 
 
@@ -75,15 +75,12 @@ def float8_linear_class() -> type[nn.Linear]:
     return Float8LinearOnAnyDevice
 
 
-def apply_fp8(model: GPT) -> int:
-    """Swap every block's linear layers for float8 ones (on the meta device or not); returns how many."""
+def apply_fp8(model: GPT) -> None:
+    """Swap every block's linear layers for float8 ones, in place (on the meta device or not)."""
     config = _float8().Float8LinearConfig()  # tensorwise dynamic scaling
     layer = float8_linear_class()
-    swapped = 0
     for block in model.blocks:
         for parent in (block.attn, block.mlp):
             for name, child in list(parent.named_children()):
                 if type(child) is nn.Linear:
                     setattr(parent, name, layer.from_float(child, config=config))
-                    swapped += 1
-    return swapped

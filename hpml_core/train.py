@@ -189,9 +189,10 @@ def train(plan: Plan, stop: StopRequest) -> int:
     if fallback:
         _log(plan, fallback)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    precision = config.precision + (" with FP8 linears" if config.fp8 else "")
     _log(plan, f"run {run_id}, attempt {attempt}: {config.mode}, {config.model}, world {plan.env.world_size} "
                f"(dp {plan.layout.dp_size} x tp {plan.layout.tp_size}), batch {config.batch_size}/rank, "
-               f"{plan.total_steps} steps, {config.precision}{' with FP8 linears' if config.fp8 else ''}, on {device_name}")
+               f"{plan.total_steps} steps, {precision}, on {device_name}")
 
     status, error, run_throughput, refused = COMPLETED, None, None, False
     measured = Measured(StepTimer(device), PhasePeaks(device), EnergyMeter(device))

@@ -20,13 +20,16 @@ see a missing or wrongly scaled update.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from importlib.metadata import version
 
 import pytest
 import torch
 
 from hpml_core.contract.precision import regime
-from tests.conftest import losses, rank_files
+from tests.conftest import REPO, losses, rank_files
 from tests.layouts import LAYOUTS, STEPS
 
 BF16_TOLERANCE = 2 * torch.finfo(torch.bfloat16).eps  # tests/test_mixed_precision.py says why
@@ -99,3 +102,18 @@ def test_fp8_layouts_train_what_one_fp8_process_trains(layout, run):
           f"losses {loss_difference(out, single):.2e}")
     assert difference <= FP8_TOLERANCE, f"{name} differs by {difference:.2e}"
     assert loss_difference(out, single) <= LOSS_TOLERANCE
+
+
+def test_without_torchao_fp8_is_refused_in_one_line_and_nothing_is_written(tmp_path, token_data):
+    """A machine whose torchao does not import (here a package that raises, first on the path)."""
+    shadow = tmp_path / "shadow" / "torchao"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('torchao is not installed here')\n")
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "hpml_core.train", "--test", "--fp8", "--precision", "bf16",
+                           "--data", str(token_data), "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": f"{shadow.parent}{os.pathsep}{REPO}"}, timeout=300)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "--fp8" in line and "torchao is not installed here" in line, line
+    assert not out.exists()

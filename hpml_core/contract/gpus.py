@@ -49,10 +49,13 @@ class Gpu:
 GPUS: tuple[Gpu, ...] = (
     Gpu("a100-40gb", "A100 40GB", 40326, (r"A100.*40GB",), "NVIDIA A100", 312.0, 19.5, 1555.0),  # SXM4 40536
     Gpu("a100-80gb", "A100 80GB", 81920, (r"A100",), "NVIDIA A100", 312.0, 19.5, 2039.0),
-    Gpu("h100-nvl", "H100 NVL", 95830, (r"H100.*NVL",), "NVIDIA H100 NVL", 835.0, 60.0, 3900.0, 1670.0),  # nvidia-smi's total
+    # memory: nvidia-smi's total
+    Gpu("h100-nvl", "H100 NVL", 95830, (r"H100.*NVL",), "NVIDIA H100 NVL", 835.0, 60.0, 3900.0, 1670.0),
     Gpu("h100-pcie", "H100 PCIe", 81008, (r"H100.*PCIe",), "NVIDIA H100 PCIe", 756.0, 51.0, 2000.0, 1513.0),
-    Gpu("h100-sxm", "H100 SXM", 81082, (r"H100",), "NVIDIA H100 SXM", 989.0, 67.0, 3350.0, 1979.0),  # "NVIDIA H100 80GB HBM3"
-    Gpu("h200-nvl", "H200 NVL", 143156, (r"H200.*NVL",), "NVIDIA H200 NVL", 835.0, 60.0, 4800.0, 1670.0),  # the SXM's 141 GB
+    # torch's "NVIDIA H100 80GB HBM3"
+    Gpu("h100-sxm", "H100 SXM", 81082, (r"H100",), "NVIDIA H100 SXM", 989.0, 67.0, 3350.0, 1979.0),
+    # memory: the SXM's 141 GB
+    Gpu("h200-nvl", "H200 NVL", 143156, (r"H200.*NVL",), "NVIDIA H200 NVL", 835.0, 60.0, 4800.0, 1670.0),
     Gpu("h200", "H200", 143156, (r"H200",), "NVIDIA H200 SXM", 989.0, 67.0, 4800.0, 1979.0),  # GH200's GPU included
     Gpu("l40s", "L40S", 45589, (r"L40S",), "NVIDIA L40S", 362.0, 91.6, 864.0, 733.0),
     Gpu("a10", "A10", 23028, (r"\bA10\b",), "NVIDIA A10", 125.0, 31.2, 600.0),  # nvidia-smi's total

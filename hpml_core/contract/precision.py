@@ -20,6 +20,7 @@ torchao's float8 training: each product casts its bf16 input and its weight to e
 backward, the incoming gradient to e5m2) with one scale per tensor taken from its largest value;
 the product accumulates in higher precision and returns bf16. The LM head and attention stay in
 bf16, the weights stay as they were; the regime's ``fp8_linears`` says so.
+
 The engine records the regime in every rank file; the report prints it and says where two
 compared configurations differ in it.
 """
