@@ -2,8 +2,6 @@
 local site, and its report has, for every layout, a row, the 1-process baseline of its own mode
 (each mode trains in its own precision regime) and a spread over its two repeats."""
 
-import shutil
-
 import pandas as pd
 
 from hpml_core.cli import main
@@ -16,7 +14,11 @@ LAYOUT_MODES = {"ddp-4": "single", "zero1-4": "zero1-1", "zero2-4": "zero2-1", "
 
 def test_the_tiny_layouts_study_reports_every_layout_with_its_baseline_and_a_spread(tmp_path, token_data, capsys):
     exp = tmp_path / "tiny_layouts_study.yaml"
-    shutil.copy(experiment_module.experiment_path("tiny_layouts_study"), exp)
+    # Without the profiled window (a second of each 4-rank run here; test_parallel_equivalence.py
+    # checks it under every layout): this test is about rows, baselines and spreads.
+    text = experiment_module.experiment_path("tiny_layouts_study").read_text()
+    assert "\n  warmup_steps: 2\n" in text
+    exp.write_text(text.replace("\n  warmup_steps: 2\n", "\n  warmup_steps: 2\n  profile_steps: 0\n"))
     site = tmp_path / "site.yaml"
     site.write_text(f"name: here\nscheduler: local\nproject_dir: .\nresults_root: {tmp_path / 'results'}\n"
                     f"data_root: {token_data.parent}\n")
