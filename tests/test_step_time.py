@@ -59,6 +59,19 @@ def test_one_process_only_computes_and_checkpointing_adds_a_forward():
     assert fp32.compute_s == pytest.approx(compute_s() * 312 / 19.5)
 
 
+def test_an_fp8_run_is_predicted_at_the_16_bit_rate_until_a_calibration_measures_its_own():
+    """No FP8 gain is assumed (what it gains after its casts is for a run to say), and its rates
+    are kept apart from bf16's in a calibration."""
+    from hpml_core.contract.calibration import rate_key
+    from hpml_core.contract.precision import regime
+
+    h100 = BY_KEY["h100-sxm"]
+    fp8, bf16 = (predict_step(config(fp8=on), DIMS, Layout(1, 1), 1, h100, SPEED) for on in (True, False))
+    assert fp8.parts == bf16.parts and "no FP8 gain assumed" in fp8.how and "FP8" not in bf16.how
+    keys = {rate_key("single", regime("single", "bf16", fp8=on), "cuda", 1, True) for on in (True, False)}
+    assert len(keys) == 2
+
+
 def test_ddp_all_reduces_fp32_gradients_within_a_node_or_across_nodes():
     ring = 2 * 3 / 4 * PARAMS * 4  # fp32 gradients (fp32 weights under autocast)
     within = predict_step(config(mode="ddp"), DIMS, Layout(4, 1), 4, A100, SPEED)
