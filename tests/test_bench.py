@@ -172,8 +172,21 @@ def test_memory_table_sets_each_layout_beside_the_prediction(gpu_check):
     assert {c["kind"] for c in rows["zero3-4"]["collectives"]} == {"all-gather", "reduce-scatter", "all-reduce"}
     assert rows["single"]["collectives"] == [] and len(rows["ddp-4"]["parts_ms_per_rank"]) == 4
     assert "| dp2xtp2-zero3 | " in (gpu_check[0] / "gpu-check.md").read_text().split("Where the step goes")[1]
+    assert not any(row["ranks_share_one_gpu"] for row in rows.values())  # no GPU here to share
     # one call rewrites its own summary as it goes, and keeps none of it as an earlier call's
     assert not [path.name for path in gpu_check[0].rglob("*-earlier*")]
+
+
+def test_ranks_that_shared_one_gpu_are_said_to_have_talked_over_gloo():
+    """On a machine with fewer GPUs than ranks, the breakdown says whose communication was not a node's."""
+    from hpml_core.bench.gpu_check import _parts_lines
+
+    row = {"collectives": [], "parts_ms_per_rank": [{"forward": 10.0, "exposed all-reduce": 5.0}]}
+    lines = _parts_lines({"layouts": [{**row, "layout": "single", "ranks_share_one_gpu": False},
+                                      {**row, "layout": "ddp-4", "ranks_share_one_gpu": True}]})
+    assert "ddp-4: the ranks shared one GPU and talked over gloo" in lines[0] and "single" not in lines[0]
+    assert "shared one GPU" not in _parts_lines({"layouts": [{**row, "layout": "single",
+                                                              "ranks_share_one_gpu": False}]})[0]
 
 
 def test_every_raw_file_names_the_code_that_ran(gpu_check):

@@ -369,7 +369,10 @@ def _memory_lines(memory: dict) -> list[str]:
 
 def _parts_lines(memory: dict) -> list[str]:
     """Where each layout's step goes (rank 0's median profiled step; ranks sharing one GPU talk over gloo)."""
-    lines = ["Where the step goes, rank 0's median profiled step (ms; docs/time-parts.md):", "",
+    shared = [row["layout"] for row in memory["layouts"] if row.get("ranks_share_one_gpu")]
+    lines = ["Where the step goes, rank 0's median profiled step (ms; docs/time-parts.md)"
+             + (f". {', '.join(shared)}: the ranks shared one GPU and talked over gloo, through host memory, so "
+                "their communication parts are not what a node's NVLink would give" if shared else "") + ":", "",
              "| layout | step | parts | collectives (count × bytes) |", "| --- | ---: | --- | --- |"]
     for row in memory["layouts"]:
         parts = (row.get("parts_ms_per_rank") or [None])[0]

@@ -50,14 +50,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def share_one_gpu(processes: int) -> bool:
+    """Whether ``processes`` ranks must share GPU 0 (and so talk over gloo, through host memory)."""
+    return processes > 1 and 0 < torch.cuda.device_count() < processes
+
+
 def command(flags: list[str], processes: int, args: argparse.Namespace, out: Path) -> list[str]:
     engine = ["-m", "hpml_core.train", *flags, "--model", args.model, "--batch-size", str(args.batch_size),
               "--seq-len", str(args.seq_len), "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps),
               "--data", str(args.data), "--out", str(out), *shlex.split(args.engine_args)]
     if processes == 1:
         return [sys.executable, *engine]
-    if 0 < torch.cuda.device_count() < processes:
-        engine.append("--dist-backend=gloo")  # the ranks share GPU 0
+    if share_one_gpu(processes):
+        engine.append("--dist-backend=gloo")
     return [sys.executable, "-m", "hpml_core.local_ranks", str(processes), *engine]  # as the local site starts them
 
 
@@ -71,7 +76,7 @@ def layout_row(name: str, run: list[str], files: list[rank_file.RankFile], repor
     predicted = [f.prediction for f in files]
     metric = files[0].memory.peak()[1]
     return {"layout": name, "command": shlex.join(run), "ranks": len(files), "device": files[0].device_name,
-            "memory_metric": metric, "peak_bytes_per_rank": peaks, "peak_gib_max": max(peaks) / GIB,
+            "ranks_share_one_gpu": share_one_gpu(len(files)), "memory_metric": metric, "peak_bytes_per_rank": peaks, "peak_gib_max": max(peaks) / GIB,
             "model_state_bytes_per_rank": [f.model_state.total_bytes for f in files],
             "predicted_model_state_bytes_per_rank": [p.model_state_bytes if p else None for p in predicted],
             "predicted_peak_bytes_per_rank": [p.allocated_bytes if p and metric.startswith("cuda") else None
