@@ -40,7 +40,7 @@ from hpml_core.materialize import materialize, parameter_shapes
 from hpml_core.mesh import Mesh
 from hpml_core.model import GPT, next_token_loss
 from hpml_core.contract.config import ZERO_STAGES, TrainConfig
-from hpml_core.contract.precision import regime
+from hpml_core.contract.precision import run_regime
 from hpml_core.contract.step_parts import range_name
 from hpml_core.stepper import TORCH_DTYPES, DeepSpeedStepper, Stepper, TorchStepper, build_optimizer
 
@@ -85,7 +85,7 @@ def parallelize(model: GPT, mesh: Mesh, config: TrainConfig, device: torch.devic
     # reads them for weight decay; a ZeRO-3 partitioned parameter is an empty tensor).
     optimizer = build_optimizer(model, config, device) if by_deepspeed else None
     materialize(model, shapes, model.dims.n_layer, config.seed, device,
-                TORCH_DTYPES[regime(config.mode, config.precision, config.fp8).weights_dtype],  # the regime's weights
+                TORCH_DTYPES[run_regime(config).weights_dtype],  # the regime's weights
                 then=zero.partitioner(config, mesh) if zero3 else None)
     if config.grad_ckpt:
         apply_activation_checkpointing(model, name_recomputation=not config.compile)

@@ -23,7 +23,7 @@ from hpml_core.plan import Plan
 from hpml_core.contract import memory_model, metrics, model_state
 from hpml_core.contract import rank_file as rf
 from hpml_core.contract.config import TrainConfig
-from hpml_core.contract.precision import regime
+from hpml_core.contract.precision import run_regime
 from hpml_core.contract.run_states import COMPLETED, STOPPED
 from hpml_core.timing import StepTimer
 
@@ -191,7 +191,7 @@ def build_rank_file(plan: Plan, measured: Measured, run_id: str, attempt: int, s
         throughput=run_throughput,
         throughput_missing_reason=throughput_missing_reason(plan, start_step, status, run_throughput),
         flops=flops_record(plan, device.type, device_name, run_throughput.run_tokens_per_s) if run_throughput else None,
-        precision=regime(config.mode, config.precision, config.fp8),
+        precision=run_regime(config),
         memory=measured.memory_before_window or measured.memory.record(),  # the window's trace is not the run's
         model_state=model_state_record(plan, measured.model_state)
         if status == COMPLETED and measured.model_state else None,

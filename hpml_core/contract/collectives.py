@@ -63,7 +63,7 @@ from hpml_core.contract import model_state
 from hpml_core.contract.model_state import (DTYPE_BYTES, optimizer_groups, param_numels, partition_numel,
                                            zero12_groups)
 from hpml_core.contract.models import ModelDims
-from hpml_core.contract.precision import regime
+from hpml_core.contract.precision import run_regime
 
 BYTES = {**DTYPE_BYTES, "fp64": 8, "uint8": 1}  # the optimizer's scalars and flags too
 ZERO3_MAX_REUSE_DISTANCE = 1_000_000_000  # DeepSpeed's stage3_max_reuse_distance default
@@ -86,7 +86,7 @@ class Collectives:
 
 
 def _tp(config: TrainConfig, dims: ModelDims, accum: int) -> list[Collectives]:
-    precision = regime(config.mode, config.precision, config.fp8)
+    precision = run_regime(config)
     activation = config.batch_size * config.seq_len * dims.n_embd
     tokens = config.batch_size * config.seq_len
     L = dims.n_layer
@@ -113,7 +113,7 @@ def _regathered_blocks(dims: ModelDims, block_elements: int) -> int:
 
 
 def _zero3(config: TrainConfig, dims: ModelDims, layout: Layout) -> list[Collectives]:
-    precision = regime(config.mode, config.precision, config.fp8)
+    precision = run_regime(config)
     dp, accum = layout.dp_size, config.grad_accum
     padded = {name: partition_numel(n, dp) * dp for name, n in param_numels(dims, layout.tp_size)}
     gathered = sum(padded.values())
@@ -145,7 +145,7 @@ def zero1_buckets(numels: list[int], bucket: int = ZERO12_BUCKET) -> int:
 
 
 def _zero12(config: TrainConfig, dims: ModelDims, layout: Layout) -> list[Collectives]:
-    precision = regime(config.mode, config.precision, config.fp8)
+    precision = run_regime(config)
     dp, stage = layout.dp_size, ZERO_STAGES[config.mode]
     names, numels = zip(*param_numels(dims, layout.tp_size))
     in_group_order = [n for group in optimizer_groups(list(names), list(numels)) for n in group]
@@ -184,7 +184,7 @@ def _fsdp2(config: TrainConfig, dims: ModelDims, layout: Layout) -> list[Collect
     root, block = model_state.fsdp2_group_elements(dims, layout.tp_size, dp)
     accum, layers = config.grad_accum, dims.n_layer
     gathers = 2 if config.fsdp_reshard_after_forward else 1
-    low = regime(config.mode, config.precision, config.fp8).matmul_dtype  # FSDP2 gathers its fp32 shards cast to it
+    low = run_regime(config).matmul_dtype  # FSDP2 gathers its fp32 shards cast to it
     found = [Collectives("all-gather", "dp", accum * (1 + gathers * layers), accum * (root + gathers * layers * block),
                          low, "parameters of each FSDP group, gathered for its forward (and its backward)"),
              Collectives("reduce-scatter", "dp", accum * (1 + layers), accum * (root + layers * block), "fp32",
@@ -203,7 +203,7 @@ def per_step(config: TrainConfig, dims: ModelDims, layout: Layout) -> list[Colle
         found += _tp(config, dims, config.grad_accum)
     if config.mode == "ddp" and layout.dp_size > 1:
         grads = sum(n for _, n in param_numels(dims, layout.tp_size))
-        reduce_dtype = regime(config.mode, config.precision, config.fp8).grad_reduce_dtype
+        reduce_dtype = run_regime(config).grad_reduce_dtype
         found.append(Collectives("all-reduce", "dp", None, grads, reduce_dtype, "gradients, in DDP's buckets"))
     if config.mode == "zero3":
         found += _zero3(config, dims, layout)

@@ -25,7 +25,7 @@ from hpml_core.contract.config import ZERO_STAGES, TrainConfig
 from hpml_core.contract.layout import Layout
 from hpml_core.contract.model_state import (DTYPE_BYTES, fsdp2_group_elements, is_persistent, param_numels,
                                            rank_model_state, zero12_groups)
-from hpml_core.contract.precision import regime
+from hpml_core.contract.precision import run_regime
 from hpml_core.contract.models import ModelDims
 from hpml_core.contract.units import MIB
 
@@ -369,7 +369,7 @@ def _fsdp2_buffer_lines(config: TrainConfig, dims: ModelDims, layout: Layout) ->
     after its forward) and two blocks (the one computing and the one prefetched) in the weights'
     16-bit dtype, and one block's fp32 gradients waiting for their reduce-scatter. With one rank in
     fp32 nothing is gathered: the shard is the parameter. Not yet compared with a GPU's peak."""
-    low = DTYPE_BYTES[regime(config.mode, config.precision, config.fp8).matmul_dtype]  # fp32 shards gathered cast to it
+    low = DTYPE_BYTES[run_regime(config).matmul_dtype]  # fp32 shards gathered cast to it
     root, block = fsdp2_group_elements(dims, layout.tp_size, layout.dp_size)
     lines = []
     if layout.dp_size > 1 or config.precision != "fp32":

@@ -31,7 +31,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hpml_core.contract.config import ZERO_STAGES, Mode, Precision
+from hpml_core.contract.config import ZERO_STAGES, Mode, Precision, TrainConfig
 
 
 class PrecisionRegime(BaseModel):
@@ -76,6 +76,11 @@ def regime(mode: Mode, precision: Precision, fp8: bool = False) -> PrecisionRegi
     if fp8:
         return _regime(mode, precision).model_copy(update={"fp8_linears": True})
     return _regime(mode, precision)
+
+
+def run_regime(config: TrainConfig) -> PrecisionRegime:
+    """The regime a run's config trains in: its mode, precision and ``--fp8``."""
+    return regime(config.mode, config.precision, config.fp8)
 
 
 def _regime(mode: Mode, precision: Precision) -> PrecisionRegime:

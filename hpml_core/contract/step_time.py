@@ -69,7 +69,7 @@ from hpml_core.contract.layout import Layout
 from hpml_core.contract.metrics import training_flops_per_token
 from hpml_core.contract.model_state import param_numels, partition_numel, zero12_groups
 from hpml_core.contract.models import ModelDims
-from hpml_core.contract.precision import regime
+from hpml_core.contract.precision import run_regime
 from hpml_core.contract.step_parts import COLLECTIVE_KINDS, PARTS
 
 
@@ -242,7 +242,7 @@ def predict_step(config: TrainConfig, dims: ModelDims, layout: Layout, ranks_per
                  performance: Performance) -> StepPrediction:
     """The step of one run on ``gpu`` (None: a device with no peak on record, such as a CPU)."""
     tokens = layout.global_batch(config.batch_size, config.grad_accum) * config.seq_len
-    precision = regime(config.mode, config.precision, config.fp8)
+    precision = run_regime(config)
     matmul_dtype = precision.matmul_dtype
     calibration = performance.calibration
     device_type = calibration.device_type if calibration else "cuda"
