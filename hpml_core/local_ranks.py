@@ -37,6 +37,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hpml_core import stopping
+
 ENGINE_MODULES = ("checkpoint", "export", "launch", "resuming", "stopping", "memory", "mesh", "model",
                   "parallelize", "plan", "profile_window", "rank_result", "stepper", "timing", "fsdp", "zero")
 # Device files of a GPU driver: where one exists, CUDA (or ROCm) may be used, and ranks start fresh.
@@ -101,7 +103,14 @@ def run_rank(target: list[str]) -> None:
 def start(nproc: int, target: list[str], fresh: bool, in_rank: Callable[[], None] = lambda: None) -> list[int]:
     """Fork the ranks and hand back their pids. In each child ``in_rank`` runs first, then the
     target, whose exit (SystemExit, or an exception) ends the child where it is: this function
-    returns only in the parent. One process alone gets no rendezvous, as when started by hand."""
+    returns only in the parent. One process alone gets no rendezvous, as when started by hand.
+
+    A forked rank takes the engine's stop handler before anything else, where the engine would
+    take it a moment later: a peer that fails first gets it a SIGTERM from ``supervise``, which
+    must stop it as the engine stops, not kill it. A usage error is found by every rank and
+    said by rank 0 alone; a rank 0 still starting when rank 1 had already failed was killed
+    before it said why, and the launch ended with status 2 and nothing on its standard error.
+    (A fresh rank gets the handler from the engine's first lines, as under srun or torchrun.)"""
     rendezvous = {}
     if nproc > 1:
         with socket.socket() as s:
@@ -115,6 +124,8 @@ def start(nproc: int, target: list[str], fresh: bool, in_rank: Callable[[], None
     for rank in range(nproc):
         pid = os.fork()
         if pid == 0:
+            if not fresh:
+                stopping.install()
             in_rank()
             if rendezvous:
                 os.environ.update(rendezvous, RANK=str(rank), LOCAL_RANK=str(rank))

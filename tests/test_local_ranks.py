@@ -22,6 +22,11 @@ rank, out, action = int(os.environ.get("RANK", -1)), Path(sys.argv[1]), sys.argv
 preloaded = "torch" in sys.modules  # imported by the launcher before it forked this rank
 os.write(1, f"rank {rank} of {os.environ['WORLD_SIZE']} at {os.environ['MASTER_PORT']} "
             f"preloaded {preloaded}\\n".encode())  # one write: the ranks share the pipe
+if action == "usage":  # the engine's usage error: every rank finds it, rank 0 alone says it
+    if rank == 0:
+        time.sleep(0.5)  # still starting (a starved process) when rank 1 has failed
+        os.write(2, b"rank 0 says why\\n")
+    os._exit(2)
 def stopped(signum, frame):
     (out / f"stopped-{rank}").write_text(signal.Signals(signum).name)
     os._exit(4)
@@ -47,7 +52,7 @@ def launch(tmp_path):
     def start(nproc: int, action: str, *flags: str) -> subprocess.Popen:
         started.append(subprocess.Popen([sys.executable, "-m", "hpml_core.local_ranks", *flags, str(nproc),
                                          str(script), str(tmp_path), action], cwd=REPO, stdout=subprocess.PIPE,
-                                        text=True, start_new_session=True))
+                                        stderr=subprocess.PIPE, text=True, start_new_session=True))
         return started[-1]
 
     yield start
@@ -74,6 +79,16 @@ def test_the_launch_ends_with_the_status_of_the_first_rank_to_fail(launch):
     launcher = launch(2, "fail")
     launcher.communicate(timeout=120)
     assert launcher.returncode == 7
+
+
+def test_a_rank_still_starting_when_a_peer_fails_is_stopped_as_the_engine_stops_and_says_why(launch):
+    """Rank 1 exits 2 at once; rank 0, half a second behind it, has not yet reached the engine's
+    first line (where the stop handler is taken), and the launcher's SIGTERM must not kill it
+    before it says why: the launch ends with 2 and rank 0's line."""
+    started = launch(2, "usage")
+    _, err = started.communicate(timeout=120)
+    assert started.returncode == 2
+    assert err == "rank 0 says why\n"
 
 
 def test_a_stop_signal_to_the_launcher_reaches_every_rank_and_is_waited_for(launch, tmp_path):
