@@ -8,20 +8,20 @@ in torchtitan's order, all in this one file, so the model file stays unaware of 
    at a time (``hpml_core.materialize``); under ZeRO-3 each part of the model is partitioned as
    soon as it is filled, so no rank ever holds the whole model;
 3. activation checkpointing of every block;
-4. ``torch.compile`` of the model and, without TP, of the loss: its fp32 upcast, log-softmax
-   and gather over the vocabulary then fuse into a few passes over the logits instead of
-   writing fp32 copies of them (measured on an H200: hpml_core/bench/RESULTS.md);
+4. ``torch.compile`` of each block (``compile_blocks``: one compilation that every block
+   reuses) and, without TP, of the loss: its fp32 upcast, log-softmax and gather over the
+   vocabulary then fuse into a few passes over the logits instead of writing fp32 copies of
+   them (measured on an H200: hpml_core/bench/RESULTS.md);
 5. data parallelism: PyTorch DDP over the data-parallel group, DeepSpeed's ZeRO stage 1, 2
    or 3 (``hpml_core.zero``), which owns the optimizer, or PyTorch's FSDP2 (``hpml_core.fsdp``).
    Because this last pass decides how gradients are synchronised and the update applied, it
    returns the ``Stepper`` that trains the result (``hpml_core.stepper``).
 
-Under ZeRO-3, DeepSpeed's hooks must see the plain modules, so compilation happens inside its
-engine (``engine.compile()``) after the wrap instead of before. Under FSDP2 (``parallelize_fsdp2``)
+Under DeepSpeed (ZeRO-1, 2 or 3), compilation happens inside its engine (``engine.compile()``)
+after the wrap, since ZeRO-3's hooks must see the plain modules. Under FSDP2 (``parallelize_fsdp2``)
 the weights come last: ``fully_shard`` is applied on the meta device and each rank then fills
-only its shards; ``torch.compile`` is applied per block (torchtitan's way) to the block's own
-forward, which FSDP2's hooks surround, so its gathers and reduce-scatters stay eager around the
-compiled graphs.
+only its shards; the compiled blocks' forwards are surrounded by FSDP2's hooks, so its gathers
+and reduce-scatters stay eager around the compiled graphs.
 """
 
 from __future__ import annotations
@@ -91,13 +91,30 @@ def parallelize(model: GPT, mesh: Mesh, config: TrainConfig, device: torch.devic
         apply_activation_checkpointing(model, name_recomputation=not config.compile)
     if config.compile and mesh.tp_size == 1:  # the vocabulary-parallel loss has collectives: left eager
         loss_fn = torch.compile(loss_fn)
-    if by_deepspeed:
+    if by_deepspeed:  # compiled by DeepSpeed's engine, if at all
         return DeepSpeedStepper(model, zero.initialize(model, optimizer, config, mesh, record_dir), loss_fn, mesh)
-    trained: nn.Module = torch.compile(model) if config.compile else model
+    if config.compile:
+        compile_blocks(model)
+    trained: nn.Module = model
     if config.mode == "ddp" and mesh.dp_size > 1:  # gradients all-reduced over the DP group only
-        trained = DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None,
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                           process_group=mesh.dp_group)
     return TorchStepper(model, trained, loss_fn, config, mesh, device)
+
+
+def compile_blocks(model: GPT) -> None:
+    """``torch.compile`` of each block's own forward (checkpointed or not), torchtitan's way.
+
+    The blocks share one forward, so it is traced and compiled once and every block reuses the
+    result (their parameters are the graph's inputs, not constants: no recompilation per
+    block); compiling the whole model traced every block into one graph, so its compile time
+    grew with the depth: GPT-2 Medium (24 blocks) on this project's CPU machine took 54 s to
+    compile whole and 14 s by block (docs/speed.md). The embeddings and the final LayerNorm stay
+    eager (a few elementwise passes a step); DDP's gradient buckets can be reduced as each
+    block's backward ends instead of after one whole-model backward; and FSDP2's gathers and
+    reduce-scatters, hooked around each block, stay outside the compiled graphs."""
+    for block in model.blocks:
+        block.forward = torch.compile(block.forward)
 
 
 def parallelize_fsdp2(model: GPT, shapes: dict[str, torch.Size], loss_fn, mesh: Mesh, config: TrainConfig,
@@ -109,8 +126,7 @@ def parallelize_fsdp2(model: GPT, shapes: dict[str, torch.Size], loss_fn, mesh: 
     if config.grad_ckpt:
         apply_activation_checkpointing(model, name_recomputation=not config.compile)
     if config.compile:
-        for block in model.blocks:  # the block's own forward (checkpointed or not), not FSDP2's hooks
-            block.forward = torch.compile(block.forward)
+        compile_blocks(model)
         if mesh.tp_size == 1:  # the vocabulary-parallel loss has collectives: left eager
             loss_fn = torch.compile(loss_fn)
     fsdp.shard(model, mesh, config, device)
