@@ -69,6 +69,12 @@ def test_bench_compares_the_original_loop_with_each_engine_variant(gpu_check):
     study = statistics.median(o["tokens_per_s"] for o in originals[:2])
     for variant in variants:
         assert variant["tokens_per_s_ratio_over_original"] == variant["tokens_per_s"] / study
+    # What each run's process took (start-up and compilation too, what a GPU lease pays for): more
+    # than its timed steps, and all of them together within the bench section's own time.
+    seconds = [result["process_s"] for result in (*originals, *variants)]
+    assert all(s >= 2 * r["step_time_median_s"] for s, r in zip(seconds, (*originals, *variants)))
+    assert sum(seconds) <= sections["bench"]["seconds"]
+    assert "| process s |" in (out / "gpu-check.md").read_text()
 
 
 def test_the_headline_is_the_fastest_variant_s_median_against_the_original_s(gpu_check):

@@ -28,6 +28,7 @@ import statistics
 import shlex
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -69,9 +70,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _run(command: list[str], what: str) -> int:
+def _run(command: list[str], what: str) -> tuple[int, float]:
+    """The run's exit status and its process's wall seconds: start-up, compilation, warm-up, the
+    timed steps and the profiled window, what a GPU lease pays for the run."""
     print(f"[bench] {what}: {shlex.join(command)}", file=sys.stderr, flush=True)
-    return subprocess.run(command).returncode
+    started = time.monotonic()
+    code = subprocess.run(command).returncode
+    return code, round(time.monotonic() - started, 1)
 
 
 def nvidia_driver() -> str | None:
@@ -209,13 +214,13 @@ class Bench:
         written = keep_earlier(self.args.out / f"{name}.json")
         command = [sys.executable, "-m", "hpml_core.bench.original_loop", *self.common, "--batch-size", str(batch),
                    "--precision", self.args.original_precision, "--out", str(written)]
-        code = _run(command, f"original loop, batch {batch}, run {repeat + 1}")
+        code, seconds = _run(command, f"original loop, batch {batch}, run {repeat + 1}")
         if code != 0 and (batch == self.args.original_batch[0] or not written.exists()):
             raise SystemExit(f"[bench] the original loop failed at batch {batch} (exit status {code})")
         result = json.loads(written.read_text())  # at a larger batch, it may have run out of memory
         self.report["device"] = self.report["device"] or result.get("device")
         self.commands[name] = shlex.join(command)
-        self.originals.append({**result, "repeat": repeat})
+        self.originals.append({**result, "repeat": repeat, "process_s": seconds})
         self.save()
 
     def engine(self, index: int, engine_args: str, repeat: int) -> dict:
@@ -226,10 +231,10 @@ class Bench:
         command = [sys.executable, "-m", "hpml_core.train", "--mode", "single", *self.common, "--batch-size",
                    str(self.args.engine_batch), *(["--profile-steps", "0"] if repeat else []),
                    *shlex.split(engine_args), "--out", str(self.args.out / name)]
-        if (_run(command, f"hpml engine {engine_args}, run {repeat + 1}") == EXIT_USAGE
-                or not latest_rank_files(self.args.out / name)):
+        code, seconds = _run(command, f"hpml engine {engine_args}, run {repeat + 1}")
+        if code == EXIT_USAGE or not latest_rank_files(self.args.out / name):
             raise SystemExit(f"[bench] hpml engine {engine_args} refused its flags or failed before training")
-        result = {**engine_result(self.args.out / name, engine_args), "repeat": repeat}
+        result = {**engine_result(self.args.out / name, engine_args), "repeat": repeat, "process_s": seconds}
         study = spread([o for o in self.originals if _batch(o) == self.args.original_batch[0]], "tokens_per_s")
         if result["status"] == COMPLETED:
             result["tokens_per_s_ratio_over_original"] = result["tokens_per_s"] / study["median"]
@@ -262,12 +267,13 @@ def main(argv: list[str] | None = None) -> int:
 def print_tables(bench: Bench, args: argparse.Namespace) -> None:
     table = Table(title=f"{args.model}, sequence {args.seq_len}, on {bench.report['device']}")
     for column in ("variant", "run", "batch", "precision", "tokens/s", "TFLOP/s", "MFU", "mJ/token",
-                   "peak memory (GiB)", "x original"):
+                   "peak memory (GiB)", "x original", "process s"):
         table.add_column(column, justify="left" if column in ("variant", "precision") else "right")
     for result in (*bench.originals, *bench.engines):
         run = str(result["repeat"] + 1)
         if result.get("status", COMPLETED) != COMPLETED:
-            table.add_row(result["variant"], run, str(result["batch_size"]), "", result["status"], "", "", "", "", "")
+            table.add_row(result["variant"], run, str(result["batch_size"]), "", result["status"], "", "", "", "", "",
+                          f"{result['process_s']:.0f}")
             continue
         mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a"
         joules = f"{result['joules_per_token'] * 1e3:.3g}" if result.get("joules_per_token") is not None else "n/a"
@@ -275,7 +281,7 @@ def print_tables(bench: Bench, args: argparse.Namespace) -> None:
         table.add_row(result["variant"], run, str(result["settings"]["batch_size"]), precision_label(result),
                       f"{result['tokens_per_s']:,.0f}", f"{result['achieved_tflops_per_s']:.3g}", mfu, joules,
                       f"{result['peak_memory_bytes'] / 1024**3:.2f} ({result['memory_metric']})",
-                      f"{ratio:.2f}" if ratio is not None else "")
+                      f"{ratio:.2f}" if ratio is not None else "", f"{result['process_s']:.0f}")
     console = Console(width=170)
     console.print(table)
     for line in headline_lines(headline(bench.originals, bench.engines)):

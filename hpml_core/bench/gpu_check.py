@@ -304,15 +304,17 @@ def _gib(value: int | None) -> str:
 def _bench_lines(bench: dict) -> list[str]:
     lines = [f"On {bench['device']} (driver {bench['driver']}); tokens/s from the median step time after warm-up; "
              "MFU by the PaLM formula against the dense peak of hpml_core/contract/gpus.py (FP8's for the FP8 row); "
-             "energy from NVML's counter over the timed steps.", "",
+             "energy from NVML's counter over the timed steps; process s: the run's whole process (start-up, "
+             "compilation, warm-up, timed steps, profiled window).", "",
              *[f"- {line}" for line in headline_lines(bench["headline"])], "",
              "| variant | run | batch | precision | tokens/s | TFLOP/s | MFU | mJ/token | peak memory (GiB) "
-             "| × original |", "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| × original | process s |", "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for result in (*bench["originals"], *bench["engines"]):
         run = result["repeat"] + 1
+        seconds = f"{result['process_s']:.0f}" if "process_s" in result else "n/a"  # not in files before it was kept
         if result.get("status", COMPLETED) != COMPLETED:
             lines.append(f"| {result['variant']} | {run} | {result['batch_size']} | | {result['status']}: "
-                         f"{result['error'][:120]} | | | | | |")
+                         f"{result['error'][:120]} | | | | | | {seconds} |")
             continue
         mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a"
         joules = f"{result['joules_per_token'] * 1e3:.3g}" if result.get("joules_per_token") is not None else "n/a"
@@ -321,7 +323,7 @@ def _bench_lines(bench: dict) -> list[str]:
                      f"| {precision_label(result)} | {result['tokens_per_s']:,.0f} "
                      f"| {result['achieved_tflops_per_s']:.3g} | {mfu} | {joules} "
                      f"| {_gib(result['peak_memory_bytes'])} ({result['memory_metric']}) "
-                     f"| {'' if ratio is None else f'{ratio:.2f}'} |")
+                     f"| {'' if ratio is None else f'{ratio:.2f}'} | {seconds} |")
     return lines
 
 
