@@ -108,11 +108,12 @@ def compile_blocks(model: GPT) -> None:
     The blocks share one forward, so it is traced and compiled once and every block reuses the
     result (their parameters are the graph's inputs, not constants: no recompilation per
     block); compiling the whole model traced every block into one graph, so its compile time
-    grew with the depth: GPT-2 Medium (24 blocks) on this project's CPU machine took 54 s to
-    compile whole and 14 s by block (docs/speed.md). The embeddings and the final LayerNorm stay
-    eager (a few elementwise passes a step); DDP's gradient buckets can be reduced as each
-    block's backward ends instead of after one whole-model backward; and FSDP2's gathers and
-    reduce-scatters, hooked around each block, stay outside the compiled graphs."""
+    grew with the depth: GPT-2 Large (36 blocks) on this project's CPU machine took 78 s to
+    compile whole and 15 s by block (docs/speed.md). The embeddings and the final LayerNorm stay
+    eager (a few elementwise passes a step). Each block's backward is a graph of its own, so
+    DDP's gradient hooks fire as it ends (with the whole model compiled, all of them fired at
+    the end of its one backward); FSDP2's gathers and reduce-scatters, hooked around each
+    block, stay outside the compiled graphs."""
     for block in model.blocks:
         block.forward = torch.compile(block.forward)
 
