@@ -5,8 +5,10 @@
 What it gives each rank is what torchrun and the deepspeed launcher give: RANK, LOCAL_RANK,
 WORLD_SIZE and one rendezvous address (the engine's "env" launch), standard output and error
 shared with the launcher, and, as torchrun does, OMP_NUM_THREADS=1 unless it is set. The first
-rank to fail takes the others down (SIGTERM, SIGKILL 30 s later) and the launch ends with that
-rank's status, the engine's own (3: out of memory, 4: stopped), where torchrun would say 1. A
+rank to fail takes the others down (SIGTERM, SIGKILL 30 s later; after a usage error, which every
+rank finds and rank 0 says, once they have had 10 s to end on their own) and the launch ends
+with that rank's status, the engine's own (2: usage, 3: out of memory, 4: stopped), where
+torchrun would say 1. A
 stop signal to the launcher (SIGTERM, SIGUSR1; SIGINT and SIGHUP as SIGTERM) is passed on to
 the ranks, which save a checkpoint and stop, and the launcher waits for them.
 
@@ -37,12 +39,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hpml_core import stopping
+from hpml_core.contract.errors import EXIT_USAGE
 
 ENGINE_MODULES = ("checkpoint", "export", "launch", "resuming", "stopping", "memory", "mesh", "model",
                   "parallelize", "plan", "profile_window", "rank_result", "stepper", "timing", "fsdp", "zero")
 # Device files of a GPU driver: where one exists, CUDA (or ROCm) may be used, and ranks start fresh.
 GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/kfd")
+# How long the other ranks may take to end on their own after one ended with a usage error.
+USAGE_GRACE_S = 10
 FORWARDED = {signal.SIGTERM: signal.SIGTERM, signal.SIGUSR1: signal.SIGUSR1,
              signal.SIGINT: signal.SIGTERM, signal.SIGHUP: signal.SIGTERM}
 
@@ -103,14 +107,7 @@ def run_rank(target: list[str]) -> None:
 def start(nproc: int, target: list[str], fresh: bool, in_rank: Callable[[], None] = lambda: None) -> list[int]:
     """Fork the ranks and hand back their pids. In each child ``in_rank`` runs first, then the
     target, whose exit (SystemExit, or an exception) ends the child where it is: this function
-    returns only in the parent. One process alone gets no rendezvous, as when started by hand.
-
-    A forked rank takes the engine's stop handler before anything else, where the engine would
-    take it a moment later: a peer that fails first gets it a SIGTERM from ``supervise``, which
-    must stop it as the engine stops, not kill it. A usage error is found by every rank and
-    said by rank 0 alone; a rank 0 still starting when rank 1 had already failed was killed
-    before it said why, and the launch ended with status 2 and nothing on its standard error.
-    (A fresh rank gets the handler from the engine's first lines, as under srun or torchrun.)"""
+    returns only in the parent. One process alone gets no rendezvous, as when started by hand."""
     rendezvous = {}
     if nproc > 1:
         with socket.socket() as s:
@@ -124,8 +121,6 @@ def start(nproc: int, target: list[str], fresh: bool, in_rank: Callable[[], None
     for rank in range(nproc):
         pid = os.fork()
         if pid == 0:
-            if not fresh:
-                stopping.install()
             in_rank()
             if rendezvous:
                 os.environ.update(rendezvous, RANK=str(rank), LOCAL_RANK=str(rank))
@@ -143,8 +138,16 @@ def supervise(pids: list[int], abandoned: Callable[[], bool] = lambda: False) ->
 
     Woken by SIGCHLD as a rank exits, so that the first rank to fail is the one whose status
     the launch ends with: a rank that runs out of memory exits 3, and its peers fail a moment
-    later on the connection it closed (as the tests' out-of-memory run shows)."""
+    later on the connection it closed (as the tests' out-of-memory run shows).
+
+    A usage error (status 2) is found by every rank before they meet, and said by rank 0
+    alone. So the others get up to ``USAGE_GRACE_S`` to end on their own before they are
+    stopped: a rank 0 still starting (not yet past the engine's first lines, where it takes its
+    stop handler) when rank 1 had failed was killed by that stop before it said why, and the
+    launch ended with status 2 and nothing on its standard error."""
     codes: dict[int, int] = {}
+    failed: int | None = None  # the first failure's status
+    stop_at = 0.0
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])  # pending until taken below
     try:
         while len(codes) < len(pids):
@@ -153,17 +156,21 @@ def supervise(pids: list[int], abandoned: Callable[[], bool] = lambda: False) ->
                     done, status = os.waitpid(pid, os.WNOHANG)
                     if done:
                         codes[pid] = os.waitstatus_to_exitcode(status)
-            failed = next((codes[pid] for pid in pids if codes.get(pid, 0) != 0), None)
-            if failed is not None:
+            if failed is None:
+                failed = next((codes[pid] for pid in pids if codes.get(pid, 0) != 0), None)
+                stop_at = time.monotonic() + (USAGE_GRACE_S if failed == EXIT_USAGE else 0)
+            if failed is not None and time.monotonic() >= stop_at:
                 stop([pid for pid in pids if pid not in codes])
-                return failed if failed > 0 else 128 - failed  # killed by a signal: the shell's 128 + n
+                break
             if abandoned():
                 stop([pid for pid in pids if pid not in codes], grace_s=0)
                 return 128 + signal.SIGKILL
             signal.sigtimedwait([signal.SIGCHLD], 0.1)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-    return 0
+    if failed is None:
+        return 0
+    return failed if failed > 0 else 128 - failed  # killed by a signal: the shell's 128 + n
 
 
 def stop(pids: list[int], grace_s: float = 30) -> None:

@@ -81,10 +81,10 @@ def test_the_launch_ends_with_the_status_of_the_first_rank_to_fail(launch):
     assert launcher.returncode == 7
 
 
-def test_a_rank_still_starting_when_a_peer_fails_is_stopped_as_the_engine_stops_and_says_why(launch):
-    """Rank 1 exits 2 at once; rank 0, half a second behind it, has not yet reached the engine's
-    first line (where the stop handler is taken), and the launcher's SIGTERM must not kill it
-    before it says why: the launch ends with 2 and rank 0's line."""
+def test_after_a_usage_error_the_launcher_waits_for_rank_0_to_say_why(launch):
+    """Rank 1 exits 2 at once; rank 0, half a second behind it, has not yet taken a stop handler
+    (the engine takes it in its first lines), so a SIGTERM would kill it before it says why: the
+    launcher lets it end on its own, and the launch ends with 2 and rank 0's line."""
     started = launch(2, "usage")
     _, err = started.communicate(timeout=120)
     assert started.returncode == 2
