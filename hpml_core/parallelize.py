@@ -110,10 +110,9 @@ def compile_blocks(model: GPT) -> None:
     block); compiling the whole model traced every block into one graph, so its compile time
     grew with the depth: GPT-2 Large (36 blocks) on this project's CPU machine took 78 s to
     compile whole and 15 s by block (docs/speed.md). The embeddings and the final LayerNorm stay
-    eager (a few elementwise passes a step). Each block's backward is a graph of its own, so
-    DDP's gradient hooks fire as it ends (with the whole model compiled, all of them fired at
-    the end of its one backward); FSDP2's gathers and reduce-scatters, hooked around each
-    block, stay outside the compiled graphs."""
+    eager (a few elementwise passes a step). Under DDP, dynamo still splits each block's graph
+    at DDP's gradient buckets (its DDPOptimizer), as it split the whole model's; FSDP2's
+    gathers and reduce-scatters, hooked around each block, stay outside the compiled graphs."""
     for block in model.blocks:
         block.forward = torch.compile(block.forward)
 

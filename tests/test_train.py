@@ -173,6 +173,17 @@ def test_compiled_zero3_trains_like_uncompiled(trained):
     assert losses(compiled) == pytest.approx(losses(trained("adamw", "zero3-2")), abs=1e-5)
 
 
+def test_compiled_blocks_under_ddp_and_tensor_parallelism_train_like_uncompiled(trained):
+    """DP 2 x TP 2 with all-reduce: DDP wraps a model whose blocks are compiled one by one, and
+    TP's all-reduces run inside the compiled blocks; the same training (SGD, no clipping: a
+    gradient of the wrong scale shows), up to float32 rounding of fused kernels."""
+    compiled = trained("sgd", "dp2xtp2-allreduce", ("--compile",))
+    plain = trained("sgd", "dp2xtp2-allreduce")
+    assert losses(compiled) == pytest.approx(losses(plain), abs=1e-5)
+    ours, ref = torch.load(compiled / "model.pt"), torch.load(plain / "model.pt")
+    assert max(((ours[k] - ref[k]).norm() / ref[k].norm()).item() for k in ref) <= 1e-5
+
+
 def test_fsdp2_with_checkpointing_and_compile_trains_like_plain_fsdp2(trained):
     """FSDP2 composes them in torchtitan's order (checkpointing, then compile per block, then
     ``fully_shard``), so FSDP2's hooks stay outside the compiled blocks; the same training, up to
