@@ -8,9 +8,9 @@ shared with the launcher, and, as torchrun does, OMP_NUM_THREADS=1 unless it is 
 rank to fail takes the others down (SIGTERM, SIGKILL 30 s later; after a usage error, which every
 rank finds and rank 0 says, once they have had 10 s to end on their own) and the launch ends
 with that rank's status, the engine's own (2: usage, 3: out of memory, 4: stopped), where
-torchrun would say 1. A
-stop signal to the launcher (SIGTERM, SIGUSR1; SIGINT and SIGHUP as SIGTERM) is passed on to
-the ranks, which save a checkpoint and stop, and the launcher waits for them.
+torchrun would say 1. A stop signal to the launcher (SIGTERM, SIGUSR1; SIGINT and SIGHUP as
+SIGTERM) is passed on to the ranks, which save a checkpoint and stop, and the launcher waits
+for them.
 
 Why not torchrun: on a CPU, most of a small run's time is its ranks starting. Each rank imports
 torch, its compiler (any optimizer imports it), DTensor (DDP does) and, under ZeRO, DeepSpeed

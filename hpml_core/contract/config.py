@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", metavar="{fp32,fp16,bf16}", help="fp16 uses loss scaling")
     p.add_argument("--grad-ckpt", action="store_true", default=None, help="activation checkpointing of every block")
     p.add_argument("--attn", metavar="{sdpa,eager}")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile each block, and the loss without TP (ZeRO: DeepSpeed's engine.compile())")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile each block, and the loss without TP (ZeRO: DeepSpeed's engine.compile())")
     p.add_argument("--fp8", action="store_true", default=None,
                    help="FP8 matrix products in the blocks' linear layers (torchao float8; with --precision bf16)")
     p.add_argument("--optimizer", metavar="{adamw,sgd}")
