@@ -308,7 +308,8 @@ def _bench_lines(bench: dict) -> list[str]:
              "compilation, warm-up, timed steps, profiled window).", "",
              *[f"- {line}" for line in headline_lines(bench["headline"])], "",
              "| variant | run | batch | precision | tokens/s | TFLOP/s | MFU | mJ/token | peak memory (GiB) "
-             "| × original | process s |", "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| × original | process s |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for result in (*bench["originals"], *bench["engines"]):
         run = result["repeat"] + 1
         seconds = f"{result['process_s']:.0f}" if "process_s" in result else "n/a"  # not in files before it was kept

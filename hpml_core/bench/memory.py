@@ -76,7 +76,8 @@ def layout_row(name: str, run: list[str], files: list[rank_file.RankFile], repor
     predicted = [f.prediction for f in files]
     metric = files[0].memory.peak()[1]
     return {"layout": name, "command": shlex.join(run), "ranks": len(files), "device": files[0].device_name,
-            "ranks_share_one_gpu": share_one_gpu(len(files)), "memory_metric": metric, "peak_bytes_per_rank": peaks, "peak_gib_max": max(peaks) / GIB,
+            "ranks_share_one_gpu": share_one_gpu(len(files)), "memory_metric": metric, "peak_bytes_per_rank": peaks,
+            "peak_gib_max": max(peaks) / GIB,
             "model_state_bytes_per_rank": [f.model_state.total_bytes for f in files],
             "predicted_model_state_bytes_per_rank": [p.model_state_bytes if p else None for p in predicted],
             "predicted_peak_bytes_per_rank": [p.allocated_bytes if p and metric.startswith("cuda") else None
