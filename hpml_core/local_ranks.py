@@ -1,4 +1,5 @@
-"""Start the ranks of one run on this machine, as torchrun would, for the local site.
+"""Start the ranks of one run on this machine, as torchrun would: by hand, for the benchmarks,
+and (``start`` and ``supervise``, through hpml_core/rank_server.py) for the local site.
 
     python -m hpml_core.local_ranks [--fresh] NPROC (-m hpml_core.train | SCRIPT) ARGS...
 
@@ -24,8 +25,9 @@ machine took 10.5 s of CPU this way against 22.8 s under torchrun (docs/testing.
 
 CUDA must not be touched before a fork, so on a machine with a GPU, and with ``--fresh``, each
 child execs a new interpreter instead (for settings read when a process starts, such as glibc's
-MALLOC_* variables, or memory measured against a fresh process's). The tests' rank server
-(tests/rank_server.py) forks its launches with ``start`` and ``supervise`` too.
+MALLOC_* variables, or memory measured against a fresh process's). The rank server that the
+local site's ``hpml submit`` and the tests fork their launches from (hpml_core/rank_server.py)
+starts and supervises ranks with ``start`` and ``supervise`` too.
 """
 
 from __future__ import annotations
@@ -134,7 +136,8 @@ def start(nproc: int, target: list[str], fresh: bool, in_rank: Callable[[], None
 def supervise(pids: list[int], abandoned: Callable[[], bool] = lambda: False) -> int:
     """Wait for every rank; on the first failure, stop the others as torchrun does. If whoever
     waits for the launch is gone (``abandoned``, asked every 0.1 s, torchrun's
-    --monitor-interval), the ranks are killed at once.
+    --monitor-interval; the rank server's also passes on the stop signals its client relays),
+    the ranks are killed at once.
 
     Woken by SIGCHLD as a rank exits, so that the first rank to fail is the one whose status
     the launch ends with: a rank that runs out of memory exits 3, and its peers fail a moment

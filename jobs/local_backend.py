@@ -1,9 +1,9 @@
 """The backend of a site without a scheduler (``--site local``): the runs execute here.
 
-One after another, from the site's project_dir (as a job would), each run's processes started by
-``hpml_core.local_ranks`` (torchrun's part, forking the ranks from one process that imported
-torch once where the machine has no GPU) in a session of their own, output in
-``<run>/local-<attempt>.out``. A run's state comes from its rank files, as for Slurm. Its
+One after another, from the site's project_dir (as a job would), each run's processes forked from
+a warm process that imported torch once for the whole submission (``jobs/rank_servers.py``;
+its launcher does torchrun's part), with a client of their own standing for them in a session
+of its own, output in ``<run>/local-<attempt>.out``. A run's state comes from its rank files, as for Slurm. Its
 ``hpml submit`` is its job: there is nothing to cancel but that process, and no scheduler to
 ask how a job stands.
 """
@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 
 from hpml_core.contract import attempts
-from hpml_core.contract.config import RUN_SPEC_FILE
+from hpml_core.contract.config import RUN_SPEC_FILE, ZERO_STAGES
 from hpml_core.contract.errors import UsageError
 from hpml_core.contract.run_states import COMPLETED, FAILED, RUNNING
 from jobs import ledger, observe
 from jobs.experiment import Experiment, ExperimentError, Run
+from jobs.rank_servers import RankServerError, RankServers
 from jobs.site import Site, expand_path
 from jobs.slurm_query import JobInfo, SlurmError
 from jobs.submission import Submission, claim
@@ -69,11 +70,22 @@ class LocalBackend:
 
 
 def local_command(run: Run, run_spec: Path) -> list[str]:
-    """The engine on this machine: one process, or hpml's launcher starting one per "GPU"."""
+    """The engine on this machine, as one would start it by hand: one process, or hpml's launcher
+    starting one per "GPU". ``hpml submit`` forks the same from its rank server."""
     engine = ["-m", "hpml_core.train", "--config", str(run_spec)]
     if run.gpus == 1:
         return [sys.executable, *engine]
     return [sys.executable, "-m", "hpml_core.local_ranks", str(run.gpus), *engine]
+
+
+def forked_command(servers: RankServers, run: Run, run_spec: Path, cwd: Path) -> tuple[list[str], str]:
+    """The client that has ``servers`` fork the run (``local_command``'s processes, without their
+    imports); where no server could start, ``local_command`` itself, with why."""
+    target = ["-m", "hpml_core.train", "--config", str(run_spec)]
+    try:
+        return servers.launch_command(run.mode in ZERO_STAGES, run.gpus, target, dict(os.environ), cwd), ""
+    except RankServerError as error:
+        return local_command(run, run_spec), f"started afresh: {error}"
 
 
 def _signal_group(group: int, signum: int) -> None:
@@ -87,11 +99,13 @@ def run_processes(command: list[str], cwd: str, log: Path) -> tuple[int, int | N
     """Run a local run's processes to their end, leaving none behind; returns the launcher's
     exit status and the signal that interrupted ``hpml submit``, if one did.
 
-    They run in a session of their own: when the launcher exits, whatever is left there (a
-    worker blocked in a collective with a killed peer) is killed. The session also keeps a
-    terminal's Ctrl-C from reaching the workers behind our back: SIGINT and SIGTERM to ``hpml
-    submit`` are passed on to the session as SIGTERM, which the engine answers by saving a
-    checkpoint and stopping (STOPPED: the next ``hpml submit`` resumes it); so is SIGHUP."""
+    ``command`` (a rank server's client, or the launcher itself) runs in a session of its own:
+    when it exits, whatever is left there is killed (a rank server's launcher kills the ranks it
+    forked when their client is gone; hpml_core/local_ranks.py's are in this session). The
+    session also keeps a terminal's Ctrl-C from reaching the ranks behind our back: SIGINT and
+    SIGTERM to ``hpml submit`` are passed on to the session as SIGTERM, which the client relays
+    to the ranks and the engine answers by saving a checkpoint and stopping (STOPPED: the next
+    ``hpml submit`` resumes it); so is SIGHUP."""
     received: list[int] = []
     with open(log, "x") as out:  # a new file: an earlier submission's log is never overwritten
         proc = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -137,6 +151,12 @@ def _run_all(submission: Submission) -> int:
         return 0
     if runs:  # from here on the folder is this site's
         ledger.check_site(folder, submission.site.name, record=True)
+    with RankServers() as servers:
+        return _run_each(submission, Path(project_dir), servers)
+
+
+def _run_each(submission: Submission, project_dir: Path, servers: RankServers) -> int:
+    folder, runs = submission.folder, submission.runs
     failures = 0
     for index, run in enumerate(runs, 1):
         # Claimed one at a time, just before it runs: the runs waiting their turn are not RUNNING.
@@ -151,7 +171,10 @@ def _run_all(submission: Submission) -> int:
         print(f"[{index}/{len(runs)}] {run.name}: {run.nodes} x {run.gpus} processes"
               + (f" (the previous run kept in {kept})" if kept else "") + " ...", end="", flush=True)
         started = time.perf_counter()
-        code, interrupted = run_processes(local_command(run, (run_dir / RUN_SPEC_FILE).absolute()), project_dir, log)
+        command, note = forked_command(servers, run, (run_dir / RUN_SPEC_FILE).absolute(), project_dir)
+        if note:
+            print(f" ({note})", end="", flush=True)
+        code, interrupted = run_processes(command, project_dir, log)
         ended = (COMPLETED if code == 0 else FAILED, _exit_words(code))
         state, why = observe.judge(ledger.read(folder)[run.name], run_dir, run.world_size, ended=ended)
         ledger.update(folder, run.name, state=state, why=why, exit_code=code)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from hpml_core import local_ranks
-from tests import rank_server
+from jobs.rank_servers import RankServers
 
 REPO = Path(__file__).resolve().parents[1]
 # The tests see the shipped site profiles only, never the user's own (~/.config/hpml/sites).
@@ -69,8 +69,8 @@ def token_data(tmp_path_factory, wikitext_valid) -> Path:
 def engine(args: list[str], nproc: int = 1, env: dict | None = None, check: bool = True,
            script: Path | None = None) -> subprocess.CompletedProcess:
     """Run the engine (``python -m hpml_core.train``, or ``script``) as one process or as ``nproc``
-    gloo ranks, forked by this worker's rank server (tests/rank_server.py, which says why; the
-    local backend starts its ranks with hpml_core/local_ranks.py, the Slurm job scripts with
+    gloo ranks, forked by this worker's rank server (hpml_core/rank_server.py, which says why; the
+    local backend forks its runs from one of its own, the Slurm job scripts start ranks with
     srun, and tests/test_train.py runs DDP under torchrun). ``env`` beyond HPML_* test hooks
     (glibc's MALLOC_*, read when a process starts), or a GPU on this machine, gets fresh
     processes, started by hpml_core/local_ranks.py."""
@@ -80,9 +80,8 @@ def engine(args: list[str], nproc: int = 1, env: dict | None = None, check: bool
         cmd = [sys.executable, *target, *args] if nproc == 1 else \
             [sys.executable, "-m", "hpml_core.local_ranks", "--fresh", str(nproc), *target, *args]
     else:
-        server = RANK_SERVERS[local_ranks.uses_deepspeed(args)]
-        socket_path = server.ensure_started(dict(os.environ), REPO)
-        cmd = [sys.executable, "-m", "tests.rank_server", "launch", socket_path, str(nproc), *target, *args]
+        cmd = RANK_SERVERS.launch_command(local_ranks.uses_deepspeed(args), nproc, [*target, *args],
+                                          dict(os.environ), REPO)
     with subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True) as launch:
         try:
@@ -98,9 +97,8 @@ def engine(args: list[str], nproc: int = 1, env: dict | None = None, check: bool
 
 # This worker's rank servers, without DeepSpeed and with it (imported only for a ZeRO mode, as
 # in a fresh rank), each started by the first launch that needs it.
-RANK_SERVERS = {deepspeed: rank_server.RankServer(deepspeed) for deepspeed in (False, True)}
-for _server in RANK_SERVERS.values():
-    atexit.register(_server.stop)
+RANK_SERVERS = RankServers()
+atexit.register(RANK_SERVERS.stop)
 
 
 def engine_script_with_tiny_sized_as(dims, folder: Path) -> Path:

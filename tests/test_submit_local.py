@@ -81,6 +81,21 @@ def test_submit_runs_what_has_not_completed_and_only_that(study, capsys):
     assert sorted(rank_files(folder / "single", attempt=2)) == [0] and runs["single"]["first_attempt"] == 2
 
 
+def test_where_no_rank_server_can_start_each_run_starts_its_own_processes_and_says_so(study, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """The runs are forked from a warm process (jobs/rank_servers.py) whose socket lives in a
+    temporary folder; where none can be made, every run still runs, started afresh, as said."""
+    import tempfile
+
+    exp, site, folder = study
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    assert main(["submit", str(exp), "--site", str(site)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(started afresh: hpml's rank server did not start: [Errno 2] No such file") == 2, out
+    assert {entry["state"] for entry in ledger(folder).values()} == {"COMPLETED"}
+    assert sorted(rank_files(folder / "ddp-2")) == [0, 1]
+
+
 def test_dry_run_runs_nothing(study, capsys):
     exp, site, folder = study
     assert main(["submit", str(exp), "--site", str(site), "--dry-run"]) == 0
@@ -250,24 +265,35 @@ def test_a_local_out_of_memory_is_out_of_memory_in_ledger_status_and_report(tmp_
     assert f"ddp-2: ddp-2: OUT_OF_MEMORY ({entry['why']})" in markdown
 
 
-def engine_processes(run_spec) -> dict[int, dict]:
-    """The processes (launcher and ranks) training from ``run_spec``, by pid, with each one's
-    rank (None for the launcher), read from /proc. A rank that hpml_core.local_ranks forked has
-    the launcher's command line and environment there: it is told by its parent, and its rank by
-    its place among the launcher's children, forked in rank order."""
+def processes() -> dict[int, tuple[bytes, int]]:
+    """Every process's command line and parent, by pid, read from /proc."""
     found = {}
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
         try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):  # gone meanwhile, or not ours
+            found[int(proc.name)] = ((proc / "cmdline").read_bytes(),
+                                     int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]))
+        except (OSError, IndexError, ValueError):  # not a process, or gone meanwhile
             continue
-        if b"hpml_core.train" in argv and str(run_spec).encode() in argv:
-            found[int(proc.name)] = parent
-    children = sorted(pid for pid, parent in found.items() if parent in found)
-    return {pid: {"rank": children.index(pid) if pid in children else None} for pid in found}
+    return found
+
+
+def running_ranks(submitter: subprocess.Popen) -> tuple[bytes | None, dict[int, int]]:
+    """The command line of the rank server ``hpml submit`` started, and the ranks forked from it
+    for the run in progress, pid by rank. A forked process keeps its server's command line: the
+    server's child is the run's launcher, whose children are its ranks, forked in rank order."""
+    table = processes()
+    server = next((pid for pid, (argv, parent) in table.items()
+                   if parent == submitter.pid and b"hpml_core.rank_server\0serve" in argv), None)
+    if server is None:
+        return None, {}
+    launchers = [pid for pid, (_, parent) in table.items() if parent == server]
+    ranks = sorted(pid for pid, (_, parent) in table.items() if parent in launchers)
+    return table[server][0], dict(enumerate(ranks))
+
+
+def left_over(server_argv: bytes) -> list[int]:
+    """The processes still running with the rank server's command line: it, its launchers, ranks."""
+    return [pid for pid, (argv, _) in processes().items() if argv == server_argv]
 
 
 def start_submit(exp, site) -> subprocess.Popen:
@@ -282,13 +308,12 @@ def test_kill_9_of_one_rank_fails_the_run_with_a_reason_and_leaves_no_process(tm
     with the reason in the ledger, status and report, and no process of the run is left."""
     exp, site, folder = one_run(tmp_path, token_data, "{name: ddp-4, mode: ddp, gpus: 4, batch_size: 2}",
                                 steps=100000, warmup_steps=1)
-    run_spec = (folder / "ddp-4" / "run.json").absolute()
     submitter = start_submit(exp, site)
     try:
         deadline = time.monotonic() + 180
         while True:  # the engine writes status.json once every rank has joined the process group
-            ranks = {info["rank"]: pid for pid, info in engine_processes(run_spec).items()}
-            if (folder / "ddp-4" / "status.json").is_file() and {0, 1, 2, 3} <= set(ranks):
+            server, ranks = running_ranks(submitter)
+            if (folder / "ddp-4" / "status.json").is_file() and sorted(ranks) == [0, 1, 2, 3]:
                 break
             assert time.monotonic() < deadline and submitter.poll() is None, "the run did not start"
             time.sleep(0.5)
@@ -301,7 +326,7 @@ def test_kill_9_of_one_rank_fails_the_run_with_a_reason_and_leaves_no_process(tm
         if submitter.poll() is None:
             submitter.kill()
     assert submitter.returncode == 1, out
-    assert engine_processes(run_spec) == {}
+    assert left_over(server) == []
 
     entry = ledger(folder)["ddp-4"]
     assert entry["state"] == "FAILED" and entry["exit_code"] != 0
@@ -322,13 +347,14 @@ def test_ctrl_c_stops_a_local_run_at_a_checkpoint_and_starts_no_other(tmp_path, 
     exp, site, folder = one_run(tmp_path, token_data, "{name: ddp-2, mode: ddp, gpus: 2, batch_size: 2}",
                                 steps=100000, warmup_steps=1)
     exp.write_text(exp.read_text() + "  - {name: later, mode: single, gpus: 1, batch_size: 2}\n")
-    run_spec = (folder / "ddp-2" / "run.json").absolute()
     submitter = start_submit(exp, site)
     try:
         deadline = time.monotonic() + 180
         while not (folder / "ddp-2" / "status.json").is_file():
             assert time.monotonic() < deadline and submitter.poll() is None, "the run did not start"
             time.sleep(0.5)
+        server, ranks = running_ranks(submitter)
+        assert sorted(ranks) == [0, 1]
         time.sleep(2)
         submitter.send_signal(signal.SIGINT)
         out, _ = submitter.communicate(timeout=90)
@@ -336,7 +362,7 @@ def test_ctrl_c_stops_a_local_run_at_a_checkpoint_and_starts_no_other(tmp_path, 
         if submitter.poll() is None:
             submitter.kill()
     assert submitter.returncode == 1 and "SIGINT: the runs after ddp-2 were not started" in out, out
-    assert engine_processes(run_spec) == {}
+    assert left_over(server) == []
     entry = ledger(folder)["ddp-2"]
     assert (entry["state"], entry["why"]) == ("STOPPED", "rank 0: stopped by SIGTERM; checkpoint saved")
     files = rank_files(folder / "ddp-2")
