@@ -1,9 +1,9 @@
 """The backend of a site without a scheduler (``--site local``): the runs execute here.
 
-One after another, from the site's project_dir (as a job would), each run's processes forked from
-a warm process that imported torch once for the whole submission (``jobs/rank_servers.py``;
-its launcher does torchrun's part), with a client of their own standing for them in a session
-of its own, output in ``<run>/local-<attempt>.out``. A run's state comes from its rank files, as for Slurm. Its
+One after another, from the site's project_dir (as a job would), each run's processes forked
+from a warm process that imported torch once for the whole submission (``jobs/rank_servers.py``;
+its launcher does torchrun's part), a client standing for them in a session of its own, output
+in ``<run>/local-<attempt>.out``. A run's state comes from its rank files, as for Slurm. Its
 ``hpml submit`` is its job: there is nothing to cancel but that process, and no scheduler to
 ask how a job stands.
 """
