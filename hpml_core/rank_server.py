@@ -16,7 +16,9 @@ local_ranks gives them), so the ranks write straight to the client's streams.
 The client stands for its launch: a stop signal to it (SIGTERM, SIGUSR1; SIGINT and SIGHUP as
 SIGTERM, as local_ranks passes them on) reaches every rank, which saves a checkpoint and stops,
 and the client still waits for the launch's status; a killed client (SIGKILL) takes the ranks
-with it at once. A setting read when a process starts (glibc's MALLOC_*) cannot reach a forked
+with it at once. A client whose parent has gone (``hpml submit`` killed with SIGKILL) stops its
+launch as if it had got SIGTERM: no run trains on unseen, and the next ``hpml submit`` resumes
+it from the checkpoint. A setting read when a process starts (glibc's MALLOC_*) cannot reach a forked
 rank: such launches start fresh processes instead (hpml_core/local_ranks.py), and so does every
 rank on a machine with a GPU (CUDA must not meet a fork), where the server still saves its
 launcher's imports.
@@ -36,6 +38,8 @@ from hpml_core import local_ranks
 MAX_FDS = 3  # standard input, output and error
 # The signals a client passes on to its launch, each sent as one byte (its number).
 RELAYED = tuple(local_ranks.FORWARDED)
+# How often a client looks whether the process that started it (hpml submit) is still there.
+PARENT_CHECK_S = 1.0
 
 
 def serve(path: str, ready_fd: int, deepspeed: bool) -> int:
@@ -145,7 +149,8 @@ def _client_gone(conn: socket.socket, pids: list[int]) -> bool:
 
 def launch(path: str, nproc: int, target: list[str]) -> int:
     """The client: hand this process's streams, arguments and environment to the server, pass
-    on the stop signals it gets, and exit with the launch's status."""
+    on the stop signals it gets (and one for its parent's end), and exit with the launch's
+    status."""
     request = {"nproc": nproc, "target": target, "env": dict(os.environ), "cwd": os.getcwd()}
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         try:
@@ -165,9 +170,16 @@ def launch(path: str, nproc: int, target: list[str]) -> int:
 
         for signum in RELAYED:
             signal.signal(signum, relay)
-        answer = b""
+        parent, answer = os.getppid(), b""
+        conn.settimeout(PARENT_CHECK_S)
         while not answer.endswith(b"\n"):
-            more = conn.recv(64)
+            try:
+                more = conn.recv(64)
+            except TimeoutError:
+                if parent and os.getppid() != parent:  # orphaned: stopped as if by SIGTERM, once
+                    parent = 0
+                    relay(signal.SIGTERM, None)
+                continue
             if not more:
                 print(f"rank server at {path}: the launch ended without a status", file=sys.stderr)
                 return 1

@@ -47,8 +47,10 @@ class RankServer:
             command = [sys.executable, "-m", "hpml_core.rank_server", "serve", path, str(ready_write),
                        *(["--deepspeed"] if self.deepspeed else [])]
             with log_path.open("a") as log:
+                # In a session of its own, as each run's processes were before it: a terminal's
+                # Ctrl-C reaches them only as hpml submit passes it on (a checkpoint, then STOPPED).
                 self.process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                                stderr=log, pass_fds=[ready_write])
+                                                stderr=log, pass_fds=[ready_write], start_new_session=True)
             os.close(ready_write)
             with os.fdopen(ready_read, "rb") as ready:
                 said = select.select([ready], [], [], START_TIMEOUT_S)[0] and ready.readline()

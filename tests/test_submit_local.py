@@ -297,10 +297,11 @@ def left_over(server_argv: bytes) -> list[int]:
 
 
 def start_submit(exp, site) -> subprocess.Popen:
-    """`hpml submit` of a local study, in the background, its output captured."""
+    """`hpml submit` of a local study, in the background, its output captured; in a process group
+    of its own, as a shell starts a job in a terminal."""
     return subprocess.Popen([sys.executable, "-m", "hpml_core.cli", "submit", str(exp), "--site", str(site)],
                             cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, process_group=0)
 
 
 def test_kill_9_of_one_rank_fails_the_run_with_a_reason_and_leaves_no_process(tmp_path, token_data, capsys):
@@ -340,10 +341,46 @@ def test_kill_9_of_one_rank_fails_the_run_with_a_reason_and_leaves_no_process(tm
     assert (runs["ddp-4"]["status"], runs["ddp-4"]["reason"]) == ("FAILED", entry["why"])
 
 
+def test_a_killed_hpml_submit_leaves_no_run_training_on_unseen(tmp_path, token_data, capsys):
+    """kill -9 of hpml submit in a run: nothing is left to watch the run, and a later hpml submit
+    would start it again, so the run must not train on: its ranks stop at a checkpoint (STOPPED,
+    as after a SIGTERM, which the next hpml submit resumes) and no process of it is left."""
+    exp, site, folder = one_run(tmp_path, token_data, "{name: ddp-2, mode: ddp, gpus: 2, batch_size: 2}",
+                                steps=100000, warmup_steps=1)
+    submitter = start_submit(exp, site)
+    try:
+        deadline = time.monotonic() + 180
+        while not (folder / "ddp-2" / "status.json").is_file():
+            assert time.monotonic() < deadline and submitter.poll() is None, "the run did not start"
+            time.sleep(0.5)
+        server, ranks = running_ranks(submitter)
+        assert sorted(ranks) == [0, 1]
+        time.sleep(2)
+    finally:
+        submitter.kill()
+        submitter.communicate()
+    try:
+        deadline = time.monotonic() + 60
+        while left_over(server):
+            assert time.monotonic() < deadline, f"still running: {left_over(server)}"
+            time.sleep(0.5)
+    finally:  # not to leave a run training through the other tests
+        for pid in left_over(server):
+            os.kill(pid, signal.SIGKILL)
+    files = rank_files(folder / "ddp-2")
+    assert {f["status"] for f in files.values()} == {"STOPPED"} and sorted(files) == [0, 1]
+    assert list((folder / "ddp-2" / "checkpoints").glob("step-*/manifest.json"))
+    capsys.readouterr()
+    assert main(["status", str(exp), "--site", str(site)]) == 0
+    out = words(capsys.readouterr().out)
+    assert "│ ddp-2 │ local │ STOPPED │" in out and "ddp-2: STOPPED: rank 0: stopped by SIGTERM" in out, out
+
+
 def test_ctrl_c_stops_a_local_run_at_a_checkpoint_and_starts_no_other(tmp_path, token_data):
-    """SIGINT to hpml submit (a terminal's Ctrl-C) reaches the run's processes, in their own
-    session, as SIGTERM: the engine saves a checkpoint and stops, the run is STOPPED (resumed by
-    the next hpml submit), the next run is not started and no process is left."""
+    """SIGINT to hpml submit's process group (a terminal's Ctrl-C) reaches the run's processes,
+    in sessions of their own, only as hpml submit passes it on, as SIGTERM: the engine saves a
+    checkpoint and stops, the run is STOPPED (resumed by the next hpml submit), the next run is
+    not started and no process is left."""
     exp, site, folder = one_run(tmp_path, token_data, "{name: ddp-2, mode: ddp, gpus: 2, batch_size: 2}",
                                 steps=100000, warmup_steps=1)
     exp.write_text(exp.read_text() + "  - {name: later, mode: single, gpus: 1, batch_size: 2}\n")
@@ -356,7 +393,7 @@ def test_ctrl_c_stops_a_local_run_at_a_checkpoint_and_starts_no_other(tmp_path, 
         server, ranks = running_ranks(submitter)
         assert sorted(ranks) == [0, 1]
         time.sleep(2)
-        submitter.send_signal(signal.SIGINT)
+        os.killpg(submitter.pid, signal.SIGINT)  # a terminal's Ctrl-C: to its whole foreground group
         out, _ = submitter.communicate(timeout=90)
     finally:
         if submitter.poll() is None:
