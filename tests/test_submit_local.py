@@ -304,6 +304,21 @@ def start_submit(exp, site) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, process_group=0)
 
 
+def ranks_in_training(submitter: subprocess.Popen, run_dir: Path, count: int) -> tuple[bytes, dict[int, int]]:
+    """Wait until the run has written status.json (once every rank has joined the process group)
+    and its ``count`` ranks are found, then 2 s more, into the model's building and the steps
+    with their collectives; hand back ``running_ranks``."""
+    deadline = time.monotonic() + 180
+    while True:
+        server, ranks = running_ranks(submitter)
+        if (run_dir / "status.json").is_file() and sorted(ranks) == list(range(count)):
+            break
+        assert time.monotonic() < deadline and submitter.poll() is None, "the run did not start"
+        time.sleep(0.5)
+    time.sleep(2)
+    return server, ranks
+
+
 def test_kill_9_of_one_rank_fails_the_run_with_a_reason_and_leaves_no_process(tmp_path, token_data, capsys):
     """kill -9 of rank 2 of 4 in training: hpml submit returns within 60 s, the run is FAILED
     with the reason in the ledger, status and report, and no process of the run is left."""
@@ -311,14 +326,7 @@ def test_kill_9_of_one_rank_fails_the_run_with_a_reason_and_leaves_no_process(tm
                                 steps=100000, warmup_steps=1)
     submitter = start_submit(exp, site)
     try:
-        deadline = time.monotonic() + 180
-        while True:  # the engine writes status.json once every rank has joined the process group
-            server, ranks = running_ranks(submitter)
-            if (folder / "ddp-4" / "status.json").is_file() and sorted(ranks) == [0, 1, 2, 3]:
-                break
-            assert time.monotonic() < deadline and submitter.poll() is None, "the run did not start"
-            time.sleep(0.5)
-        time.sleep(2)  # into the model's building and the steps, with their collectives
+        server, ranks = ranks_in_training(submitter, folder / "ddp-4", 4)
         os.kill(ranks[2], signal.SIGKILL)
         killed = time.monotonic()
         out, _ = submitter.communicate(timeout=90)
@@ -349,13 +357,7 @@ def test_a_killed_hpml_submit_leaves_no_run_training_on_unseen(tmp_path, token_d
                                 steps=100000, warmup_steps=1)
     submitter = start_submit(exp, site)
     try:
-        deadline = time.monotonic() + 180
-        while not (folder / "ddp-2" / "status.json").is_file():
-            assert time.monotonic() < deadline and submitter.poll() is None, "the run did not start"
-            time.sleep(0.5)
-        server, ranks = running_ranks(submitter)
-        assert sorted(ranks) == [0, 1]
-        time.sleep(2)
+        server, _ = ranks_in_training(submitter, folder / "ddp-2", 2)
     finally:
         submitter.kill()
         submitter.communicate()
@@ -386,13 +388,7 @@ def test_ctrl_c_stops_a_local_run_at_a_checkpoint_and_starts_no_other(tmp_path, 
     exp.write_text(exp.read_text() + "  - {name: later, mode: single, gpus: 1, batch_size: 2}\n")
     submitter = start_submit(exp, site)
     try:
-        deadline = time.monotonic() + 180
-        while not (folder / "ddp-2" / "status.json").is_file():
-            assert time.monotonic() < deadline and submitter.poll() is None, "the run did not start"
-            time.sleep(0.5)
-        server, ranks = running_ranks(submitter)
-        assert sorted(ranks) == [0, 1]
-        time.sleep(2)
+        server, _ = ranks_in_training(submitter, folder / "ddp-2", 2)
         os.killpg(submitter.pid, signal.SIGINT)  # a terminal's Ctrl-C: to its whole foreground group
         out, _ = submitter.communicate(timeout=90)
     finally:
