@@ -121,7 +121,7 @@ def _launch(conn: socket.socket, request: dict, fds: list[int], server_threads: 
             torch.set_num_threads(int(threads))  # what OMP_NUM_THREADS gives a process it starts
 
     pids = local_ranks.start(nproc, request["target"], fresh=fresh, in_rank=in_rank)
-    code = local_ranks.supervise(pids, abandoned=lambda: _client_gone(conn, pids))
+    code = local_ranks.supervise(pids, abandoned=lambda: _watch_client(conn, pids))
     try:
         conn.sendall(f"{code}\n".encode())
     except OSError:
@@ -129,9 +129,10 @@ def _launch(conn: socket.socket, request: dict, fds: list[int], server_threads: 
     os._exit(0)
 
 
-def _client_gone(conn: socket.socket, pids: list[int]) -> bool:
-    """Whether the client has gone (it closed, or was killed); a stop signal it relayed meanwhile
-    is passed on to every rank still running, as local_ranks passes on its own."""
+def _watch_client(conn: socket.socket, pids: list[int]) -> bool:
+    """Pass on to every rank still running the stop signals the client relayed meanwhile, as
+    local_ranks passes on its own; and say whether the client has gone (it closed, or was
+    killed), when ``supervise`` kills the ranks."""
     if not select.select([conn], [], [], 0)[0]:
         return False
     try:

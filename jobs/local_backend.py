@@ -69,10 +69,15 @@ class LocalBackend:
         raise SlurmError(f"site {self.site.name} has no scheduler to ask about the ledger's Slurm jobs")
 
 
+def engine_target(run_spec: Path) -> list[str]:
+    """What each rank runs, after ``python``."""
+    return ["-m", "hpml_core.train", "--config", str(run_spec)]
+
+
 def local_command(run: Run, run_spec: Path) -> list[str]:
     """The engine on this machine, as one would start it by hand: one process, or hpml's launcher
     starting one per "GPU". ``hpml submit`` forks the same from its rank server."""
-    engine = ["-m", "hpml_core.train", "--config", str(run_spec)]
+    engine = engine_target(run_spec)
     if run.gpus == 1:
         return [sys.executable, *engine]
     return [sys.executable, "-m", "hpml_core.local_ranks", str(run.gpus), *engine]
@@ -81,9 +86,9 @@ def local_command(run: Run, run_spec: Path) -> list[str]:
 def forked_command(servers: RankServers, run: Run, run_spec: Path, cwd: Path) -> tuple[list[str], str]:
     """The client that has ``servers`` fork the run (``local_command``'s processes, without their
     imports); where no server could start, ``local_command`` itself, with why."""
-    target = ["-m", "hpml_core.train", "--config", str(run_spec)]
     try:
-        return servers.launch_command(run.mode in ZERO_STAGES, run.gpus, target, dict(os.environ), cwd), ""
+        return servers.launch_command(run.mode in ZERO_STAGES, run.gpus, engine_target(run_spec), dict(os.environ),
+                                      cwd), ""
     except RankServerError as error:
         return local_command(run, run_spec), f"started afresh: {error}"
 
