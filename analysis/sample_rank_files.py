@@ -144,17 +144,17 @@ def rank_file(*, run: str, rank: int, mode: str, world: int, tp: int, batch: int
             expectation="16 B per element (sample)") if completed else None,
         prediction=predicted,
         loss=rf.Loss(start_step=start_step, values=list(losses), averaged_over_dp=completed),
-        profile=_profile(config, layout, parts_ms) if parts_ms is not None and completed else None,
+        profile=_profile(config, layout, config.backend_on(device), parts_ms) if parts_ms is not None and completed else None,
         profile_missing_reason=None if parts_ms is not None else "--profile-steps 0",
         energy=energy, energy_missing_reason=None if energy else no_energy,
     )
 
 
-def _profile(config: TrainConfig, layout: Layout, parts_ms: dict[str, float]) -> StepProfile:
+def _profile(config: TrainConfig, layout: Layout, backend: str, parts_ms: dict[str, float]) -> StepProfile:
     """One profiled step of ``parts_ms``; its collectives the contract's, each in flight as long as its exposed part."""
     parts = {part: parts_ms.get(part, 0.0) / 1e3 for part in PARTS}
     expected = collectives.by_kind(collectives.per_step(config, model_dims(config.model, 50304), Layout(
-        layout.world_size, layout.tp_size)))
+        layout.world_size, layout.tp_size), backend))
     uses = [CollectiveUse(kind=kind, count=total.count or 1, bytes=total.bytes, in_flight_s=parts[kind])
             for kind, total in expected.items()]
     flying = sum(parts[kind] for kind in expected)

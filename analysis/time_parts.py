@@ -90,7 +90,8 @@ def run_parts(files: list[RankFile], step: StepPrediction | None, note: str | No
     middle = [sorted(p.steps, key=lambda s: s.wall_s)[(len(p.steps) - 1) // 2] for p in profiles]
     first = files[0]
     expected = collectives.by_kind(collectives.per_step(first.config, model_dims(first.config.model, first.model.vocab_size),
-                                                        Layout(first.world_size, first.tp_size)))
+                                                        Layout(first.world_size, first.tp_size),
+                                                        first.config.backend_on(first.device_type)))
     got = profiles[0].collectives_per_step()
     kinds = tuple(KindBytes(kind, got[kind].count if kind in got else None, got[kind].bytes if kind in got else None,
                             expected[kind].count if kind in expected else None,

@@ -87,8 +87,8 @@ def select_device(env: ProcessEnv) -> torch.device:
     return torch.device("cpu")
 
 
-def init_process_group(env: ProcessEnv, device: torch.device, backend: str | None = None) -> None:
-    """NCCL between GPUs, gloo on the CPU (or as asked); through env:// so torchrun's own store is reused.
+def init_process_group(env: ProcessEnv, device: torch.device, backend: str) -> None:
+    """``backend`` (``TrainConfig.backend_on``) through env://, so torchrun's own store is reused.
 
     DeepSpeed picks its GPU by ``LOCAL_RANK`` alone, so on a GPU that variable is set to the
     device's index: where ranks share a GPU, or each task sees only its own, the rank's place
@@ -98,6 +98,5 @@ def init_process_group(env: ProcessEnv, device: torch.device, backend: str | Non
         LOCAL_RANK=str(device.index if device.type == "cuda" else env.local_rank),
         MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port),
     )
-    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
     dist.init_process_group(backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size,
                             device_id=device if backend == "nccl" else None)

@@ -177,7 +177,7 @@ def train(plan: Plan, stop: StopRequest) -> int:
     started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
     device = launch.select_device(plan.env)
     if plan.config.mode != "single":
-        launch.init_process_group(plan.env, device, plan.config.dist_backend)
+        launch.init_process_group(plan.env, device, plan.config.backend_on(device.type))
     mesh = build_mesh(plan.layout, plan.env.rank)
     run_id, out = run_identity(plan.config, plan.env)
     attempt = resuming.open_attempt(out, plan.env.rank)

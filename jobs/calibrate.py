@@ -166,7 +166,7 @@ def fit(ranks: list[RankSteps], site_name: str, experiments: list[str], device_t
             flops = {"forward": flops["forward"], "backward": flops["backward"] + flops["recompute"], "recompute": 0.0}
         moved, _ = optimizer_bytes(config, dims, layout)
         scope = _scopes(record, rank.ranks_per_node)
-        per_step = collectives.per_step(config, dims, layout)
+        per_step = collectives.per_step(config, dims, layout, config.backend_on(record.device_type))
         group_size = {"dp": layout.dp_size, "tp": layout.tp_size, "world": layout.world_size}
         # the profiler slows (or, timing less, speeds) the window: its parts at the timed steps' pace
         pace = 1 / (1 + record.profile.overhead) if record.profile.overhead is not None else 1.0

@@ -54,7 +54,7 @@ def profiled_step(record: rf.RankFile, pace: float = 1.0) -> ProfiledStep:
               "data": DATA_S, "other": OTHER_S}
     sizes = {"dp": layout.dp_size, "tp": layout.tp_size, "world": layout.world_size}
     uses, flying, hidden_total = [], 0.0, 0.0
-    per_step = collectives.per_step(config, DIMS, layout)
+    per_step = collectives.per_step(config, DIMS, layout, config.backend_on(record.device_type))
     for kind, total in collectives.by_kind(per_step).items():
         count = total.count or 24  # the contract leaves some counts open; the engine counts them
         sent = sum(ring_share(c.kind, sizes[c.group]) * c.bytes for c in per_step if c.kind == kind)

@@ -2,7 +2,9 @@
 and so MFU, ``max_memory_allocated``, bf16 and fp16 autocast on CUDA, ``torch.compile``, fused
 AdamW, pinned batches, SDPA's flash kernel, NCCL, DeepSpeed's ZeRO stages and FSDP2 on CUDA,
 every layout training what one process trains, on the GPU, the GPU's energy counter, a real
-CUDA out-of-memory error, and FP8 products (``--fp8``) on a GPU that has them.
+CUDA out-of-memory error, FP8 products (``--fp8``) on a GPU that has them, and every run's
+profiled steps cut on the device's timeline (``hpml_core.trace_parts``): parts adding up to
+each step and the contract's collectives, none at all for one rank over NCCL.
 
 Marked ``gpu`` and deselected by ``make test`` (pyproject's addopts); ``make gpu-check`` runs
 them (``pytest -m gpu``). Ranks that must share the one GPU talk over gloo, as
@@ -18,6 +20,7 @@ import torch
 
 from tests.conftest import engine, losses, rank_files
 from tests.layouts import COMMON, LAYOUTS, OPTIMIZERS
+from tests.profiled import assert_profile_holds
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -53,6 +56,15 @@ def assert_measured_on_the_gpu(record: dict) -> None:
     assert energy is not None, record["energy_missing_reason"]
     assert energy["joules"] >= 0 and energy["timed_steps"] == record["throughput"]["timed_steps"]
     assert energy["run_tokens"] == record["throughput"]["tokens_per_step"] * energy["timed_steps"]
+    assert_profiled_on_the_device(record)
+
+
+def assert_profiled_on_the_device(record: dict) -> None:
+    """The profiled window was cut on the GPU's timeline, and holds: over NCCL a rank alone
+    shows no collective (``hpml_core.contract.collectives``: a group of one launches no NCCL
+    kernel), ranks sharing the GPU show gloo's, each to the contract's byte."""
+    assert_profile_holds(record)
+    assert record["profile"]["how"].split("; ", 1)[1].startswith("GPU:"), record["profile"]["how"]
 
 
 def test_energy_per_token_is_read_from_the_gpu_s_counter(tmp_path, token_data):
@@ -188,6 +200,8 @@ def test_layout_trains_like_one_process_on_the_gpu(tmp_path, token_data, one_pro
             "--dist-backend", "gloo", "--out", str(out)], nproc=nproc)
     files = rank_files(out).values()
     assert all(r["device_name"] == torch.cuda.get_device_name(0) for r in files)
+    for record in files:
+        assert_profiled_on_the_device(record)
     # The ranks share the GPU, and so its energy counter: counted once, as their mean.
     energies = [r["energy"] for r in files]
     assert len({e["device"] for e in energies}) == 1

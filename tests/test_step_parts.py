@@ -114,3 +114,38 @@ def test_an_nccl_kernel_named_without_a_type_takes_its_c10d_operator_s():
                                                         "Input type": ["c10::BFloat16", "c10::BFloat16"]})
     [use] = cut_steps(events)[0].collectives
     assert (use.kind, use.bytes) == ("all-gather", 4000)  # the gathered output, 2000 bf16 elements
+
+
+def test_over_nccl_a_group_of_one_moves_nothing_and_the_contract_states_nothing():
+    """A 1-process ZeRO-3 step over NCCL: DeepSpeed still calls the reduce-scatter, but NCCL
+    only copies on the device (``ncclLaunchOneRank``): the cut finds no collective, and the
+    contract over NCCL expects none, while over gloo (which runs it, as CPU traces show) it
+    expects the reduce-scatter; with two DP ranks both backends expect the same."""
+    from pathlib import Path
+
+    from hpml_core.contract import collectives
+    from hpml_core.contract.config import TrainConfig
+    from hpml_core.contract.layout import Layout
+    from hpml_core.model import model_dims
+
+    events = gpu_step()
+    for event in events:
+        if event["name"] == "c10d::allreduce_":
+            event.update(name="c10d::_reduce_scatter_base_", args={"Input Dims": [[1000], [1000]],
+                                                                   "Input type": ["float", "float"]})
+        if event["name"].startswith("ncclDevKernel"):
+            event.update(name="Memcpy DtoD (Device -> Device)", cat="gpu_memcpy")
+    [step] = cut_steps(events)
+    assert step.collectives == [] and step.comm_in_flight_s == 0
+    assert step.parts_s["backward"] == pytest.approx(40e-6)  # the copy is the backward's work
+
+    zero3, dims = TrainConfig(mode="zero3", data=Path("unused")), model_dims("tiny", 512)
+    assert collectives.per_step(zero3, dims, Layout(1, 1), "nccl") == []
+    assert {c.kind for c in collectives.per_step(zero3, dims, Layout(1, 1), "gloo")} == {"reduce-scatter", "all-reduce"}
+    under_tp = collectives.per_step(zero3, dims, Layout(2, 2), "nccl")  # DP 1 x TP 2: TP's all-reduces only
+    assert under_tp and {c.group for c in under_tp} == {"tp"}
+    for mode in ("ddp", "zero1", "zero2", "zero3", "fsdp2"):
+        config = TrainConfig(mode=mode, precision="fp16", data=Path("unused"))
+        assert collectives.per_step(config, dims, Layout(4, 2), "nccl") == \
+            collectives.per_step(config, dims, Layout(4, 2), "gloo")
+        assert collectives.per_step(config, dims, Layout(1, 1), "nccl") == []

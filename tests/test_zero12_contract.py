@@ -126,7 +126,7 @@ def test_zero1_reduces_in_greedily_packed_buckets():
     large = model_dims("gpt2-large", 50257)
     for mode, stated in (("zero1", True), ("zero2", False)):
         config = TrainConfig(mode=mode, model="gpt2-large", precision="bf16", data=Path("unused"))
-        [grads] = [c for c in collectives.per_step(config, large, Layout(8, 1)) if c.what.startswith("gradients")]
+        [grads] = [c for c in collectives.per_step(config, large, Layout(8, 1), "nccl") if c.what.startswith("gradients")]
         assert (grads.count is not None) == stated and grads.elements == sum(n for _, n in param_numels(large, 1))
         assert grads.count is None or grads.count > grads.elements // ZERO12_BUCKET
 
@@ -136,17 +136,17 @@ def test_a_zero12_step_all_reduces_gradients_scalars_and_all_gathers_the_flats()
     grads = sum(n for _, n in param_numels(tiny, 1))
     for mode in ("zero1", "zero2"):
         fp32 = TrainConfig(mode=mode, model="tiny", precision="fp32", optimizer="sgd", grad_clip=0, data=Path("unused"))
-        assert collectives.by_kind(collectives.per_step(fp32, tiny, Layout(2, 1))) == {
+        assert collectives.by_kind(collectives.per_step(fp32, tiny, Layout(2, 1), "gloo")) == {
             "all-reduce": collectives.KindTotal(1 + 2, 4 * grads + 2 * 4),  # one bucket, a norm per param group
             "all-gather": collectives.KindTotal(2, 4 * (147456 + 1792))}
         bf16 = fp32.model_copy(update={"precision": "bf16", "grad_clip": 1.0})  # clipping adds nothing
-        assert collectives.by_kind(collectives.per_step(bf16, tiny, Layout(2, 1)))["all-reduce"] == \
+        assert collectives.by_kind(collectives.per_step(bf16, tiny, Layout(2, 1), "gloo"))["all-reduce"] == \
             collectives.KindTotal(1 + 1 + 2, 2 * grads + 1 + 2 * 4)  # + the overflow flag
-        alone = collectives.by_kind(collectives.per_step(fp32, tiny, Layout(1, 1)))
+        alone = collectives.by_kind(collectives.per_step(fp32, tiny, Layout(1, 1), "gloo"))
         assert set(alone) == {"all-reduce"}  # one DP rank: nothing to gather, the rest still issued
     accumulated = TrainConfig(mode="zero2", model="tiny", precision="fp32", grad_accum=2, data=Path("unused"))
     stage1 = accumulated.model_copy(update={"mode": "zero1"})
-    per_kind = {m: collectives.by_kind(collectives.per_step(c, tiny, Layout(2, 1)))["all-reduce"]
+    per_kind = {m: collectives.by_kind(collectives.per_step(c, tiny, Layout(2, 1), "gloo"))["all-reduce"]
                 for m, c in [("zero2", accumulated), ("zero1", stage1)]}
     assert per_kind["zero2"] == collectives.KindTotal(2 + 2, 2 * 4 * grads + 8)  # stage 2 reduces every micro-step
     assert per_kind["zero1"] == collectives.KindTotal(1 + 2, 4 * grads + 8)  # stage 1 at the boundary only
@@ -399,7 +399,8 @@ def test_profiled_steps_move_the_contracts_collectives(name, engine_runs):
     for rank, record in rank_files(engine_runs[name]).items():
         config = TrainConfig.model_validate(record["config"])
         expected = collectives.by_kind(collectives.per_step(config, SIZES["odd"],
-                                                            Layout(record["world_size"], record["tp_size"])))
+                                                            Layout(record["world_size"], record["tp_size"]),
+                                                            config.backend_on(record["device_type"])))
         assert set(expected) == {"all-reduce", "all-gather"}
         for step in record["profile"]["steps"]:
             measured = {c["kind"]: collectives.KindTotal(c["count"], c["bytes"]) for c in step["collectives"]}

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     device = launch.select_device(plan.env)
     cuda = device.type == "cuda"
     if plan.env.world_size > 1:
-        launch.init_process_group(plan.env, device, plan.config.dist_backend)
+        launch.init_process_group(plan.env, device, plan.config.backend_on(device.type))
     with tempfile.TemporaryDirectory() as scratch:
         stepper = build(plan, device, build_mesh(plan.layout, plan.env.rank), Path(scratch))
         for step in range(args.warmup_steps):

@@ -45,6 +45,12 @@ blocks and A the micro-steps of accumulation, the engine issues:
   flat buffer (``all_gather_into_tensor``, A_g elements in the weights' dtype, padding included:
   ``hpml_core.contract.model_state``), none with one DP rank.
 - **fp16 on the PyTorch path**: the loss scaler's overflow flag, one fp32 all-reduce over all ranks.
+- **A group of one** (one DP rank: a 1-process ZeRO run, or ZeRO under TP alone) moves nothing.
+  gloo still runs each collective issued over it, as a copy in host memory that a CPU profile
+  shows; NCCL launches no collective kernel for it (``ncclLaunchOneRank``: nothing in place, a
+  device-to-device copy out of place, a local kernel for an average), so over NCCL the contract
+  states none. This is read from NCCL's source and checked on a GPU by the gpu tests
+  (``tests/test_gpu.py``), which hold every 1-process run's profile to it.
 
 These were read off the profiled steps of every layout on CPU ranks with gloo, and a test keeps
 them exact (``tests/test_parallel_equivalence.py``), with a formula missing any one of them
@@ -196,8 +202,8 @@ def _fsdp2(config: TrainConfig, dims: ModelDims, layout: Layout) -> list[Collect
     return found
 
 
-def per_step(config: TrainConfig, dims: ModelDims, layout: Layout) -> list[Collectives]:
-    """Every collective one rank issues in one optimizer step."""
+def per_step(config: TrainConfig, dims: ModelDims, layout: Layout, backend: str) -> list[Collectives]:
+    """Every collective one rank issues in one optimizer step over ``backend`` (``TrainConfig.backend_on``)."""
     found: list[Collectives] = []
     if layout.tp_size > 1:
         found += _tp(config, dims, config.grad_accum)
@@ -213,6 +219,9 @@ def per_step(config: TrainConfig, dims: ModelDims, layout: Layout) -> list[Colle
         found += _fsdp2(config, dims, layout)
     if config.mode not in ZERO_STAGES and config.precision == "fp16" and layout.world_size > 1:
         found.append(Collectives("all-reduce", "world", 1, 1, "fp32", "loss scaler's overflow flag"))
+    if backend == "nccl":  # a group of one: NCCL launches no collective kernel (the module's doc)
+        size = {"dp": layout.dp_size, "tp": layout.tp_size, "world": layout.world_size}
+        found = [c for c in found if size[c.group] > 1]
     return found
 
 

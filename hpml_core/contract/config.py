@@ -104,6 +104,11 @@ class TrainConfig(BaseModel):
                           "ranks share one GPU, which NCCL refuses")
     test: bool = False
 
+    def backend_on(self, device_type: str) -> Literal["nccl", "gloo"]:
+        """The collectives' backend of a rank on ``device_type``: ``dist_backend`` when given, else NCCL
+        on a GPU and gloo on a CPU."""
+        return self.dist_backend or ("nccl" if device_type == "cuda" else "gloo")
+
 
 class ConfigSource(BaseModel):
     """Where a run's configuration came from: its run.json, and the flags that overrode it."""

@@ -176,7 +176,7 @@ def optimizer_bytes(config: TrainConfig, dims: ModelDims, layout: Layout) -> tup
     return elements * per_element, f"{elements:,} elements × {per_element} B"
 
 
-def _communication(config: TrainConfig, dims: ModelDims, layout: Layout, ranks_per_node: int,
+def _communication(config: TrainConfig, dims: ModelDims, layout: Layout, ranks_per_node: int, backend: str,
                    performance: Performance, compute: dict[str, float]) -> tuple[list[KindPrediction], str]:
     dp_span_nodes = layout.world_size > ranks_per_node and layout.dp_size > 1
     group_size = {"dp": layout.dp_size, "tp": layout.tp_size, "world": layout.world_size}
@@ -189,7 +189,7 @@ def _communication(config: TrainConfig, dims: ModelDims, layout: Layout, ranks_p
     calibration = performance.calibration
     links = calibration.links if calibration else {}
     shares = calibration.hidden_share.get(config.mode, {}) if calibration else {}
-    found = collectives.per_step(config, dims, layout)
+    found = collectives.per_step(config, dims, layout, backend)
     seconds = {}
     for c in found:
         sent = ring_share(c.kind, group_size[c.group]) * c.bytes
@@ -276,7 +276,8 @@ def predict_step(config: TrainConfig, dims: ModelDims, layout: Layout, ranks_per
     flops = compute_flops(config, dims, layout)
     compute = {part: f / (rates[part] * 1e12) for part, f in flops.items()}
     moved, moved_how = optimizer_bytes(config, dims, layout)
-    kinds, sent = _communication(config, dims, layout, ranks_per_node, performance, compute)
+    backend = config.backend_on("cuda" if gpu is not None else "cpu")  # a device without a peak on record: a CPU
+    kinds, sent = _communication(config, dims, layout, ranks_per_node, backend, performance, compute)
     overhead = calibration.overhead_s.get(key, {}) if calibration else {}
     parts = (dict.fromkeys(PARTS, 0.0) | compute | {"optimizer": moved / (memory_gb_per_s * 1e9)}
              | {part: fit.value for part, fit in overhead.items()})
