@@ -32,7 +32,7 @@ def gpu_check(tmp_path_factory):
 
 def test_every_section_ran_and_is_summarised(gpu_check):
     out, sections = gpu_check
-    assert list(sections) == ["environment", "data", "bench", "planner", "tests", "memory", "peak", "profile"]
+    assert list(sections) == ["environment", "data", "bench", "planner", "profile", "tests", "memory", "peak"]
     assert all(section["status"] == "passed" for section in sections.values())
     markdown = (out / "gpu-check.md").read_text()
     assert all(f"## {name}" in markdown for name in sections)
@@ -153,13 +153,30 @@ def test_the_planner_leaves_out_a_run_without_a_profiled_window_and_says_so(gpu_
     assert alone.returncode == 2 and alone.stderr.count("\n") == 1 and "engine-9" in alone.stderr
 
 
-def test_profile_says_where_the_step_time_goes(gpu_check):
-    _, sections = gpu_check
+def test_profile_says_where_the_headline_run_s_step_time_goes(gpu_check):
+    """Read from the trace the headline variant's first run kept: no run of its own."""
+    out, sections = gpu_check
     profile = sections["profile"]["results"]
+    bench = sections["bench"]["results"]
+    [headline] = [run for run in bench["engines"]
+                  if run["engine_args"] == bench["headline"]["best_engine"]["engine_args"] and run["repeat"] == 0]
+    assert sections["profile"]["command"].split()[3] == str(out / "bench" / headline["run"])
+    assert profile["run_id"] == headline["run"] and profile["batch_size"] == headline["settings"]["batch_size"]
     shares = profile["by_kind_s_per_step"]
     assert shares["matrix products"] > 0 and shares["optimizer"] > 0
     assert sum(shares.values()) == pytest.approx(profile["busy_s_per_step"])
+    assert 0 < profile["busy_s_per_step"] <= profile["wall_s_per_step"]
     assert profile["top"][0]["share_of_busy"] >= profile["top"][-1]["share_of_busy"]
+
+
+def test_the_profile_of_a_run_without_a_trace_is_refused_in_one_line(tmp_path, token_data):
+    out = tmp_path / "unprofiled"
+    engine(["--test", "--steps", "3", "--warmup-steps", "1", "--profile-steps", "0", "--data", str(token_data),
+            "--out", str(out)])
+    done = subprocess.run([sys.executable, "-m", "hpml_core.bench.step_profile", str(out), "--out",
+                           str(tmp_path / "profile")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--profile-steps 0" in done.stderr
+    assert not (tmp_path / "profile").exists()
 
 
 def test_memory_table_sets_each_layout_beside_the_prediction(gpu_check):

@@ -13,7 +13,11 @@ them (``pytest -m gpu``). Ranks that must share the one GPU talk over gloo, as
 
 from __future__ import annotations
 
+import fcntl
 import math
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,6 +35,24 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 GPU_SGD_TOLERANCE = 1e-4
 GPU_LAYOUTS = ("ddp-4", "zero3-4", "tp-2", "dp2xtp2-allreduce", "dp2xtp2-zero3",
                "zero2-4", "dp2xtp2-zero1", "fsdp2-4", "dp2xtp2-fsdp2")
+
+
+# make gpu-check runs these tests in several pytest-xdist workers on the one GPU, and the
+# out-of-memory test takes all of its memory: every test holds the GPU shared, that one alone.
+GPU_LOCK = Path(tempfile.gettempdir()) / "hpml-gpu-tests.lock"
+
+
+@contextmanager
+def holding_the_gpu(alone: bool = False):
+    with GPU_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        yield  # closing the file releases the lock
+
+
+@pytest.fixture(autouse=True)
+def the_gpu(request):
+    with holding_the_gpu(alone=request.node.get_closest_marker("fills_the_gpu") is not None):
+        yield
 
 
 def short_run(tmp_path, token_data, *flags: str, nproc: int = 1) -> dict:
@@ -78,9 +100,11 @@ def test_energy_per_token_is_read_from_the_gpu_s_counter(tmp_path, token_data):
     assert energy["run_joules_per_token"] == pytest.approx(energy["joules"] / energy["run_tokens"])
 
 
+@pytest.mark.fills_the_gpu
 def test_a_batch_predicted_not_to_fit_runs_out_of_memory_and_says_so(tmp_path, token_data):
     """A real CUDA out-of-memory error, at a batch the memory model predicts needs 25 % more than
-    the GPU has: OUT_OF_MEMORY in the rank file, exit status 3, the prediction beside it."""
+    the GPU has: OUT_OF_MEMORY in the rank file, exit status 3, the prediction beside it. It
+    runs with the GPU to itself (``the_gpu``): another test's run would run out of memory too."""
     from hpml_core.contract.config import TrainConfig
     from hpml_core.contract.layout import Layout
     from hpml_core.contract.memory_model import predict
@@ -184,9 +208,12 @@ def test_sdpa_runs_the_flash_kernel_and_matches_eager_attention():
 
 @pytest.fixture(scope="module")
 def one_process_on_the_gpu(tmp_path_factory, token_data):
-    """The single-process run every layout is compared with, trained once."""
+    """The single-process run every layout is compared with, trained once (set up before
+    ``the_gpu``, so it holds the GPU itself)."""
     reference = tmp_path_factory.mktemp("gpu") / "single"
-    engine([*COMMON, *OPTIMIZERS["sgd"][0], "--data", str(token_data), "--batch-size", "4", "--out", str(reference)])
+    with holding_the_gpu():
+        engine([*COMMON, *OPTIMIZERS["sgd"][0], "--data", str(token_data), "--batch-size", "4", "--out",
+                str(reference)])
     return reference
 
 

@@ -234,7 +234,8 @@ class Bench:
         code, seconds = _run(command, f"hpml engine {engine_args}, run {repeat + 1}")
         if code == EXIT_USAGE or not latest_rank_files(self.args.out / name):
             raise SystemExit(f"[bench] hpml engine {engine_args} refused its flags or failed before training")
-        result = {**engine_result(self.args.out / name, engine_args), "repeat": repeat, "process_s": seconds}
+        result = {**engine_result(self.args.out / name, engine_args), "run": name, "repeat": repeat,
+                  "process_s": seconds}
         study = spread([o for o in self.originals if _batch(o) == self.args.original_batch[0]], "tokens_per_s")
         if result["status"] == COMPLETED:
             result["tokens_per_s_ratio_over_original"] = result["tokens_per_s"] / study["median"]

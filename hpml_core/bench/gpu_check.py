@@ -8,12 +8,13 @@ that fits a short lease of a GPU machine, writing everything into one folder:
    last, ``--fp8`` at the largest batch, a row apart (FP8 products against the fastest 16-bit run);
 4. ``planner``: the step-time model calibrated on the bench's engine runs, against each
    (``jobs.bench_planner --runs``);
-5. ``tests``: the tests marked ``gpu`` (``tests/test_gpu.py``), each one's outcome;
-6. ``memory``: ``make bench-memory``, the four layouts' per-rank training peak (four ranks
+5. ``profile``: where the headline run's step time goes, kernel by kind, read from the trace the
+   engine kept of its profiled window (``hpml_core.bench.step_profile``: no device time);
+6. ``tests``: the tests marked ``gpu`` (``tests/test_gpu.py``), each one's outcome;
+7. ``memory``: ``make bench-memory``, the four layouts' per-rank training peak (four ranks
    sharing the GPU) beside the memory model's prediction and the original study's figures;
-7. ``peak``: what the single layout's step holds at its peak, by kind of tensor, beside the memory
-   model's lines (``hpml_core.bench.peak_memory``);
-8. ``profile``: where the engine's step time goes, kernel by kind (``hpml_core.bench.step_profile``).
+8. ``peak``: what the single layout's step holds at its peak, by kind of tensor, beside the memory
+   model's lines (``hpml_core.bench.peak_memory``).
 
 Each section runs in its own process with its own time limit, and the summary
 (``gpu-check.json`` and ``gpu-check.md``) is rewritten after each, so a section that fails or
@@ -70,7 +71,6 @@ class Scale:
     original_precision: str
     engine_variants: tuple[str, ...]
     repeats: int  # of the original loop at the study's batch and of the fastest engine variant
-    profile_args: str
     memory_batch: int
     memory_args: str
 
@@ -83,7 +83,6 @@ FULL = Scale(
                      "--precision bf16 --compile --batch-size 32",
                      "--precision bf16 --compile --fp8 --batch-size 32"),  # last: a row apart
     repeats=3,
-    profile_args="--precision bf16 --compile --batch-size 32",
     memory_batch=8, memory_args="--precision bf16 --grad-ckpt",
 )
 REDUCED = Scale(
@@ -91,18 +90,17 @@ REDUCED = Scale(
     original_batches=(4, 2), original_precision="fp32",
     engine_variants=("--precision fp32 --batch-size 4", "--precision bf16 --fp8 --batch-size 4"),
     repeats=2,
-    profile_args="--precision fp32 --batch-size 4",
     memory_batch=4, memory_args="--precision fp32 --zero-persistence-threshold 0",
 )
 # In the order they run: the benchmark's figures first, as the ones a short lease must not lose.
-SECTIONS = ("environment", "data", "bench", "planner", "tests", "memory", "peak", "profile")
+SECTIONS = ("environment", "data", "bench", "planner", "profile", "tests", "memory", "peak")
 # Each section's own limit in seconds (full form); the reduced form's are the same.
-TIME_LIMITS = {"data": 60, "bench": 360, "planner": 60, "tests": 240, "memory": 300, "peak": 120, "profile": 150}
+TIME_LIMITS = {"data": 60, "bench": 360, "planner": 60, "profile": 60, "tests": 240, "memory": 300, "peak": 120}
 # The least time left for which a section is started: what it took on the H200 (RESULTS.md,
-# "Device time": tests 78 s, memory 151 s, profile 31 s), so that a section which cannot finish
-# is left to a second call (--only) instead of being cut off with nothing written. The bench
-# writes bench.json after each run, so even a bench cut short keeps what it measured.
-MIN_SECONDS = {"data": 20, "bench": 60, "planner": 20, "tests": 90, "memory": 150, "peak": 40, "profile": 35}
+# "Device time": tests 78 s, memory 151 s), so that a section which cannot finish is left to a
+# second call (--only) instead of being cut off with nothing written. The bench writes
+# bench.json after each run, so even a bench cut short keeps what it measured.
+MIN_SECONDS = {"data": 20, "bench": 60, "planner": 20, "profile": 10, "tests": 90, "memory": 150, "peak": 40}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -237,6 +235,17 @@ def test_outcomes(junit: Path) -> list[dict]:
     return outcomes
 
 
+def headline_run(bench: Path) -> Path | str:
+    """The folder of the headline variant's first run (the one with a profiled window), or why there is none."""
+    try:
+        summary = json.loads((bench / "bench.json").read_text())
+        best = summary["headline"]["best_engine"]["engine_args"]
+        name = next(run["run"] for run in summary["engines"] if run["engine_args"] == best and run["repeat"] == 0)
+    except (OSError, ValueError, KeyError, TypeError, StopIteration) as exc:
+        return f"no headline run in {bench / 'bench.json'} to read a trace from ({type(exc).__name__}: {exc})"
+    return bench / name
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     check, scale = Check(args), (REDUCED if args.reduced else FULL)
@@ -266,6 +275,14 @@ def main(argv: list[str] | None = None) -> int:
         check.run("planner", [python, "-m", "jobs.bench_planner", "--runs", *folders,
                               "--json", str(check.out / "planner.json")],
                   results=lambda: json.loads((check.out / "planner.json").read_text()))
+    if "profile" in args.only:  # the headline run's own profiled window, from the trace it kept
+        run = headline_run(check.out / "bench")
+        if isinstance(run, str):
+            check.record({"name": "profile", "status": "not run", "why": run})
+        else:
+            check.run("profile", [python, "-m", "hpml_core.bench.step_profile", str(run), "--out",
+                                  str(check.out / "profile")],
+                      results=lambda: json.loads((check.out / "profile" / "profile.json").read_text()))
     if "tests" in args.only:
         junit = check.out / "tests.xml"
         # pytest-xdist, where installed (the GPU machines' image has it), runs the tiny runs side by side.
@@ -274,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
                             str(REPO / "tests" / "test_gpu.py"), f"--junitxml={junit}"],
                   results=lambda: test_outcomes(junit), env={"HPML_SHARED": str(args.shared.resolve())})
     if "memory" in args.only:
-        check.run("memory", [python, "-m", "hpml_core.bench.memory", *common, "--steps", "4", "--warmup-steps", "1",
+        # One step after the warm-up (whose first update allocates the optimizer's state) holds the
+        # training peak; where the step goes comes from the profiled window after it.
+        check.run("memory", [python, "-m", "hpml_core.bench.memory", *common, "--steps", "2", "--warmup-steps", "1",
                              "--batch-size", str(scale.memory_batch),
                              "--engine-args", f"--vocab-size {scale.model_vocab_size} {scale.memory_args}",
                              "--out", str(check.out / "memory")],
@@ -284,11 +303,6 @@ def main(argv: list[str] | None = None) -> int:
                            *common, "--vocab-size", str(scale.model_vocab_size), "--batch-size",
                            str(scale.memory_batch), *shlex.split(scale.memory_args)],
                   results=lambda: json.loads((check.out / "peak" / "peak-rank0.json").read_text()))
-    if "profile" in args.only:
-        check.run("profile", [python, "-m", "hpml_core.bench.step_profile", "--out", str(check.out / "profile"),
-                              "--warmup-steps", str(scale.warmup_steps), "--", *common, "--vocab-size",
-                              str(scale.model_vocab_size), *shlex.split(scale.profile_args)],
-                  results=lambda: json.loads((check.out / "profile" / "profile.json").read_text()))
     failed = [s["name"] for s in check.summary["sections"] if s["status"] != "passed" and "earlier_call" not in s]
     print(f"[gpu-check] {'all sections passed' if not failed else 'not passed: ' + ', '.join(failed)}; "
           f"{check.out / 'gpu-check.md'}", flush=True)
@@ -330,7 +344,9 @@ def _bench_lines(bench: dict) -> list[str]:
 
 def _profile_lines(profile: dict) -> list[str]:
     idle = profile["idle_share_of_wall"]
-    lines = [f"{profile['measured']}; per step: wall {profile['wall_s_per_step'] * 1e3:.1f} ms, busy "
+    lines = [f"The headline run ({profile['run_id']}: batch {profile['batch_size']}, {profile['precision']}"
+             f"{', compiled' if profile['compile'] else ''}), its {profile['profiled_steps']} profiled steps: "
+             f"{profile['measured']}; per step: wall {profile['wall_s_per_step'] * 1e3:.1f} ms, busy "
              f"{profile['busy_s_per_step'] * 1e3:.1f} ms" + (f", device idle at least {idle:.0%}" if idle is not None
                                                           else ""), "", "| kind of work | ms/step | share |",
              "| --- | ---: | ---: |"]
