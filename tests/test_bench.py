@@ -310,3 +310,19 @@ def test_original_loop_refuses_nothing_to_time(tmp_path, token_data):
                    "--out", str(tmp_path / "o.json")], script=REPO / "hpml_core" / "bench" / "original_loop.py",
                   check=False)
     assert proc.returncode == 2 and "--steps" in proc.stderr and not (tmp_path / "o.json").exists()
+
+
+def test_on_a_gpu_trace_the_profile_counts_each_kernel_by_its_name():
+    """The device's timeline of a hand-written step (tests/test_step_parts.py's): two matrix
+    products of 30 and 20 µs, an NCCL kernel of 30 and the optimizer's 4, in a 100 µs step."""
+    from analysis.sample_rank_files import rank_file as sample_rank_file
+    from hpml_core.bench.step_profile import where_time_goes
+    from tests.test_step_parts import gpu_step
+
+    record = sample_rank_file(run="r", rank=0, mode="single", world=1, tp=1, batch=8)
+    result = where_time_goes(record, gpu_step(), rows=10)
+    assert {kind: round(s * 1e6, 6) for kind, s in result["by_kind_s_per_step"].items()} == {
+        "matrix products": 50, "communication": 30, "optimizer": 4}
+    assert result["wall_s_per_step"] == pytest.approx(100e-6) and result["busy_s_per_step"] == pytest.approx(84e-6)
+    assert result["idle_share_of_wall"] == pytest.approx(0.16)
+    assert [(row["name"], row["calls_per_step"]) for row in result["top"]][0] == ("ampere_bf16_gemm", 2)
