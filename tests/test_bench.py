@@ -32,15 +32,18 @@ def gpu_check(tmp_path_factory):
 
 def test_every_section_ran_and_is_summarised(gpu_check):
     out, sections = gpu_check
-    assert list(sections) == ["environment", "data", "bench", "planner", "profile", "tests", "memory", "peak"]
+    assert list(sections) == ["environment", "data", "bench", "planner", "profile", "tests", "tests-alone", "memory",
+                              "peak"]
     assert all(section["status"] == "passed" for section in sections.values())
     markdown = (out / "gpu-check.md").read_text()
     assert all(f"## {name}" in markdown for name in sections)
     assert sections["environment"]["results"]["torch"] and sections["environment"]["results"]["gpus"] == 0
     # The gpu tests are collected and, without a GPU, skipped with the reason, not dropped.
-    tests = sections["tests"]["results"]
-    assert len(tests) >= 10 and {t["outcome"] for t in tests} == {"skipped"}
-    assert all(t["why"] == "needs a CUDA GPU" for t in tests)
+    tests, alone = sections["tests"]["results"], sections["tests-alone"]["results"]
+    assert len(tests) >= 10 and [t["test"] for t in alone] == [
+        "test_a_batch_predicted_not_to_fit_runs_out_of_memory_and_says_so"]  # the one that fills the GPU, alone
+    assert {t["outcome"] for t in tests + alone} == {"skipped"}
+    assert all(t["why"] == "needs a CUDA GPU" for t in tests + alone)
 
 
 def test_bench_compares_the_original_loop_with_each_engine_variant(gpu_check):

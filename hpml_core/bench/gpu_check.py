@@ -10,7 +10,8 @@ that fits a short lease of a GPU machine, writing everything into one folder:
    (``jobs.bench_planner --runs``);
 5. ``profile``: where the headline run's step time goes, kernel by kind, read from the trace the
    engine kept of its profiled window (``hpml_core.bench.step_profile``: no device time);
-6. ``tests``: the tests marked ``gpu`` (``tests/test_gpu.py``), each one's outcome;
+6. ``tests``: the tests marked ``gpu`` (``tests/test_gpu.py``), each one's outcome, several at
+   a time; ``tests-alone``: then those that fill the GPU's memory (``fills_the_gpu``), alone;
 7. ``memory``: ``make bench-memory``, the four layouts' per-rank training peak (four ranks
    sharing the GPU) beside the memory model's prediction and the original study's figures;
 8. ``peak``: what the single layout's step holds at its peak, by kind of tensor, beside the memory
@@ -93,14 +94,16 @@ REDUCED = Scale(
     memory_batch=4, memory_args="--precision fp32 --zero-persistence-threshold 0",
 )
 # In the order they run: the benchmark's figures first, as the ones a short lease must not lose.
-SECTIONS = ("environment", "data", "bench", "planner", "profile", "tests", "memory", "peak")
+SECTIONS = ("environment", "data", "bench", "planner", "profile", "tests", "tests-alone", "memory", "peak")
 # Each section's own limit in seconds (full form); the reduced form's are the same.
-TIME_LIMITS = {"data": 60, "bench": 360, "planner": 60, "profile": 60, "tests": 240, "memory": 300, "peak": 120}
+TIME_LIMITS = {"data": 60, "bench": 360, "planner": 60, "profile": 60, "tests": 240, "tests-alone": 90, "memory": 300,
+               "peak": 120}
 # The least time left for which a section is started: what it took on the H200 (RESULTS.md,
 # "Device time": tests 78 s, memory 151 s), so that a section which cannot finish is left to a
 # second call (--only) instead of being cut off with nothing written. The bench writes
 # bench.json after each run, so even a bench cut short keeps what it measured.
-MIN_SECONDS = {"data": 20, "bench": 60, "planner": 20, "profile": 10, "tests": 90, "memory": 150, "peak": 40}
+MIN_SECONDS = {"data": 20, "bench": 60, "planner": 20, "profile": 10, "tests": 90, "tests-alone": 25, "memory": 150,
+               "peak": 40}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -283,13 +286,17 @@ def main(argv: list[str] | None = None) -> int:
             check.run("profile", [python, "-m", "hpml_core.bench.step_profile", str(run), "--out",
                                   str(check.out / "profile")],
                       results=lambda: json.loads((check.out / "profile" / "profile.json").read_text()))
-    if "tests" in args.only:
-        junit = check.out / "tests.xml"
-        # pytest-xdist, where installed (the GPU machines' image has it), runs the tiny runs side by side.
-        parallel = ["-n", "4"] if importlib.util.find_spec("xdist") else []
-        check.run("tests", [python, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *parallel,
-                            str(REPO / "tests" / "test_gpu.py"), f"--junitxml={junit}"],
-                  results=lambda: test_outcomes(junit), env={"HPML_SHARED": str(args.shared.resolve())})
+    # pytest-xdist, where installed (the GPU machines' image has it), runs the tiny runs side by
+    # side; a test that fills the GPU's memory runs after them, alone (its lock, in test_gpu.py,
+    # would otherwise keep one worker waiting for a moment when no other test runs).
+    for name, marks, parallel in (("tests", "gpu and not fills_the_gpu", importlib.util.find_spec("xdist")),
+                                  ("tests-alone", "gpu and fills_the_gpu", False)):
+        if name in args.only:
+            junit = check.out / f"{name}.xml"
+            check.run(name, [python, "-m", "pytest", "-q", "-m", marks, "-p", "no:cacheprovider",
+                             *(["-n", "4"] if parallel else []), str(REPO / "tests" / "test_gpu.py"),
+                             f"--junitxml={junit}"],
+                      results=lambda junit=junit: test_outcomes(junit), env={"HPML_SHARED": str(args.shared.resolve())})
     if "memory" in args.only:
         # One step after the warm-up (whose first update allocates the optimizer's state) holds the
         # training peak; where the step goes comes from the profiled window after it.
@@ -418,7 +425,7 @@ def markdown(summary: dict) -> str:
             lines += [f"`{section['command']}`", ""]
         if section["name"] == "environment":
             lines += [f"- {key}: {value}" for key, value in results.items()]
-        elif section["name"] == "tests" and results:
+        elif section["name"] in ("tests", "tests-alone") and results:
             counts: dict[str, int] = {}
             for test in results:
                 counts[test["outcome"]] = counts.get(test["outcome"], 0) + 1
