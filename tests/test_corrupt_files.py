@@ -1,9 +1,11 @@
 """Files a run left that are not what they should be (a status.json cut to `{}`, a ledger whose
 runs are not a table) never make `hpml status` or `hpml report` answer with a traceback: a
-status file that is not one counts as none; a ledger that is not one is one line, exit 2."""
+status file that is not one counts as none; a ledger, or a run's kept trace, that is not one is
+one line, exit 2."""
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 import sys
 
@@ -64,3 +66,18 @@ def test_test_defaults_cannot_be_mixed_into_a_run_spec(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "hpml train: error: --test: cannot be combined with --config: the run spec already holds every setting"]
+
+
+@pytest.mark.parametrize("payload", [b"not gzip", gzip.compress(b"{not json"), gzip.compress(b"[1, 2]"),
+                                     gzip.compress(b'{"traceEvents": {"a": 1}}'),
+                                     gzip.compress(b'{"traceEvents": [{"ph": "X", "name": "hpml.step", "ts": "x"}, 5]}')])
+def test_a_trace_that_is_not_one_is_one_line(tmp_path, payload):
+    """``python -m hpml_core.bench.step_profile`` on a run whose kept trace is damaged."""
+    from analysis.sample_rank_files import write_run
+
+    write_run(tmp_path, "r", mode="single", world=1, tp=1, batch=8, parts_ms={"forward": 1.0})
+    (tmp_path / "r" / "attempts" / "1" / "trace-rank-0.json.gz").write_bytes(payload)
+    proc = subprocess.run([sys.executable, "-m", "hpml_core.bench.step_profile", str(tmp_path / "r"), "--out",
+                           str(tmp_path / "profile")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "profile").exists()

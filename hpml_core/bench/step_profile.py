@@ -112,8 +112,10 @@ def read_trace(run_dir: Path, rank: int) -> tuple[rank_file.RankFile, list[dict]
         events = json.loads(gzip.decompress((run_dir / record.profile.trace_file).read_bytes()))["traceEvents"]
     except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
         raise NoTrace(f"{run_dir / record.profile.trace_file}: not a readable trace ({type(exc).__name__}: {exc})")
-    return record, [e for e in events if isinstance(e, dict) and e.get("ph") == "X" and "ts" in e
-                    and isinstance(e.get("name"), str)]
+    if not isinstance(events, list):
+        raise NoTrace(f"{run_dir / record.profile.trace_file}: its traceEvents are not a list")
+    return record, [e for e in events if isinstance(e, dict) and e.get("ph") == "X" and isinstance(e.get("name"), str)
+                    and all(isinstance(e.get(key, 0), (int, float)) for key in ("ts", "dur")) and "ts" in e]
 
 
 def where_time_goes(record: rank_file.RankFile, events: list[dict], rows: int) -> dict:
