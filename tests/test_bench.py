@@ -329,3 +329,41 @@ def test_on_a_gpu_trace_the_profile_counts_each_kernel_by_its_name():
     assert result["wall_s_per_step"] == pytest.approx(100e-6) and result["busy_s_per_step"] == pytest.approx(84e-6)
     assert result["idle_share_of_wall"] == pytest.approx(0.16)
     assert [(row["name"], row["calls_per_step"]) for row in result["top"]][0] == ("ampere_bf16_gemm", 2)
+
+
+def test_a_layout_that_does_not_finish_is_a_row_and_the_others_still_run(tmp_path, token_data):
+    """8 samples make a step for one rank at batch 4 but not for four: the 4-rank layouts are
+    refused (exit status 2, no rank file), each a row saying so, the single layout measured, and
+    the benchmark exits 1 (a refusal is not a measurement, as running out of memory would be)."""
+    out = tmp_path / "memory"
+    done = subprocess.run([sys.executable, "-m", "hpml_core.bench.memory", "--model", "tiny", "--seq-len", "64",
+                           "--data", str(token_data), "--steps", "2", "--warmup-steps", "1", "--batch-size", "4",
+                           "--engine-args", "--precision fp32 --max-samples 8 --profile-steps 1", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    rows = {row["layout"]: row for row in json.loads((out / "memory.json").read_text())["layouts"]}
+    assert {name: row["status"] for name, row in rows.items()} == {
+        "single": "COMPLETED", "ddp-4": "FAILED", "zero3-4": "FAILED", "dp2xtp2-zero3": "FAILED"}
+    assert rows["ddp-4"]["error"] == "exit status 2, and no rank file" and rows["single"]["peak_bytes_per_rank"][0] > 0
+
+
+def test_ranks_out_of_memory_on_a_shared_gpu_say_what_each_needed(tmp_path):
+    """An OUT_OF_MEMORY layout (rank files as a GPU writes them): its row keeps the status, the
+    error and each rank's predicted peak, and gpu-check's table shows them in place of a peak."""
+    from analysis.sample_rank_files import write_run
+    from hpml_core.bench.gpu_check import _memory_lines
+    from hpml_core.bench.memory import unfinished_row
+    from hpml_core.contract import rank_file
+    from hpml_core.contract.attempts import latest_rank_files
+
+    write_run(tmp_path, "ddp-4", mode="ddp", world=4, tp=1, batch=8, status="OUT_OF_MEMORY",
+              error="out of memory at batch size 8 per rank (predicted 17.8 GiB of the GPU's 79.2 GiB)")
+    files = [rank_file.read(path) for _, path in sorted(latest_rank_files(tmp_path / "ddp-4").items())]
+    row = unfinished_row("ddp-4", ["python", "-m", "hpml_core.local_ranks", "4"], 4, files, 3, 21.0)
+    assert row["status"] == "OUT_OF_MEMORY" and row["error"].startswith("out of memory at batch size 8")
+    assert row["predicted_peak_bytes_per_rank"] == [f.prediction.allocated_bytes for f in files] and None not in \
+        row["predicted_peak_bytes_per_rank"]
+    table, parts = [line for line in _memory_lines({"model": "gpt2-large", "batch_size": 8, "seq_len": 1024,
+                                                    "layouts": [row]}) if line.startswith("| ddp-4 ")]
+    assert "| OUT_OF_MEMORY: out of memory at batch size 8" in table and "| 21.0 |" in table
+    assert parts == "| ddp-4 | n/a | OUT_OF_MEMORY | |"  # where its step went: nowhere, and why

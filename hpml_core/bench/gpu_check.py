@@ -383,8 +383,13 @@ def _memory_lines(memory: dict) -> list[str]:
              "each layout.", "", "| layout | ranks | training peak (GiB) | predicted (GiB) | model state (GiB) "
              "| predicted (GiB) | original study (GB) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in memory["layouts"]:
-        worst = max(range(row["ranks"]), key=lambda rank: row["peak_bytes_per_rank"][rank])
         reported = row["original_study_gb"]
+        if row.get("status", COMPLETED) != COMPLETED:  # a row of a file from before rows had one: completed
+            predicted = max((p for p in row["predicted_peak_bytes_per_rank"] if p), default=None)
+            lines.append(f"| {row['layout']} | {row['ranks']} | {row['status']}: {row['error'][:100]} "
+                         f"| {_gib(predicted)} | | | {reported if reported is not None else '-'} |")
+            continue
+        worst = max(range(row["ranks"]), key=lambda rank: row["peak_bytes_per_rank"][rank])
         lines.append(f"| {row['layout']} | {row['ranks']} | {_gib(row['peak_bytes_per_rank'][worst])} "
                      f"({row['memory_metric']}) | {_gib(row['predicted_peak_bytes_per_rank'][worst])} "
                      f"| {_gib(row['model_state_bytes_per_rank'][worst])} "
@@ -403,7 +408,8 @@ def _parts_lines(memory: dict) -> list[str]:
     for row in memory["layouts"]:
         parts = (row.get("parts_ms_per_rank") or [None])[0]
         if parts is None:
-            lines.append(f"| {row['layout']} | n/a | {row.get('profile_missing_reason') or 'not profiled'} | |")
+            why = row.get("profile_missing_reason") or row.get("status", "not profiled")
+            lines.append(f"| {row['layout']} | n/a | {why} | |")
             continue
         shown = ", ".join(f"{part} {ms:.1f}" for part, ms in parts.items() if ms >= 0.05)
         moved = ", ".join(f"{c['kind']} {c['count']} × {c['bytes']:,} B" for c in row["collectives"]) or "none"

@@ -5,7 +5,9 @@ with where each layout's step goes (its rank files' profiled steps, ``docs/time-
 
 The four ranks run as four processes. With fewer than four GPUs they share GPU 0 and talk over
 gloo (``--dist-backend gloo``: NCCL refuses two ranks on one device), which changes the speed,
-not what each rank allocates. On a CPU the figure is each process's peak RSS.
+not what each rank allocates. On a CPU the figure is each process's peak RSS. A layout whose
+ranks run out of memory (four ranks sharing one GPU need four times a rank's peak) is a row of
+its own, with the memory model's prediction of each rank's peak, and the other layouts still run.
 
     python -m hpml_core.bench.memory --model gpt2-large --batch-size 8 --data DATA
 """
@@ -26,6 +28,7 @@ from hpml_core.bench import common_arguments, keep_earlier, source
 from hpml_core.contract import rank_file
 from hpml_core.contract.attempts import latest_rank_files
 from hpml_core.contract.atomic import atomic_write_json
+from hpml_core.contract.run_states import COMPLETED, FAILED, OUT_OF_MEMORY
 from hpml_core.contract.units import GIB
 
 # name, engine flags, processes, the original study's reported peak memory per GPU (GB)
@@ -75,7 +78,8 @@ def layout_row(name: str, run: list[str], files: list[rank_file.RankFile], repor
     peaks = [f.memory.peak()[0] for f in files]
     predicted = [f.prediction for f in files]
     metric = files[0].memory.peak()[1]
-    return {"layout": name, "command": shlex.join(run), "ranks": len(files), "device": files[0].device_name,
+    return {"layout": name, "command": shlex.join(run), "status": COMPLETED, "ranks": len(files),
+            "device": files[0].device_name,
             "ranks_share_one_gpu": share_one_gpu(len(files)), "memory_metric": metric, "peak_bytes_per_rank": peaks,
             "peak_gib_max": max(peaks) / GIB,
             "model_state_bytes_per_rank": [f.model_state.total_bytes for f in files],
@@ -83,6 +87,21 @@ def layout_row(name: str, run: list[str], files: list[rank_file.RankFile], repor
             "predicted_peak_bytes_per_rank": [p.allocated_bytes if p and metric.startswith("cuda") else None
                                               for p in predicted],
             "original_study_gb": reported_gb, **_where_time_goes(files)}
+
+
+def unfinished_row(name: str, run: list[str], processes: int, files: list[rank_file.RankFile], code: int,
+                   reported_gb: float | None) -> dict:
+    """A layout that did not complete: the first unfinished rank's status and error (the exit
+    status where no rank wrote a file), beside the memory model's prediction of each rank's
+    peak, so that ranks out of memory on a GPU they shared say what they needed."""
+    unfinished = next((f for f in files if f.status != COMPLETED), None)
+    return {"layout": name, "command": shlex.join(run), "ranks": processes,
+            "status": unfinished.status if unfinished else FAILED,
+            "error": unfinished.error if unfinished else f"exit status {code}, and no rank file",
+            "ranks_share_one_gpu": share_one_gpu(processes),
+            "predicted_peak_bytes_per_rank": [f.prediction.allocated_bytes if f.prediction and f.device_type == "cuda"
+                                              else None for f in files],
+            "original_study_gb": reported_gb}
 
 
 def _where_time_goes(files: list[rank_file.RankFile]) -> dict:
@@ -107,20 +126,30 @@ def main(argv: list[str] | None = None) -> int:
     for name, flags, processes, reported in LAYOUTS:
         run = command(flags, processes, args, args.out / name)
         print(f"[memory] {name}: {shlex.join(run)}", file=sys.stderr, flush=True)
-        if subprocess.run(run).returncode != 0:
-            raise SystemExit(f"[memory] {name} failed; its rank files are in {args.out / name}")
+        code = subprocess.run(run).returncode
         files = [rank_file.read(path) for _, path in sorted(latest_rank_files(args.out / name).items())]
-        rows.append(layout_row(name, run, files, reported if comparable else None))
+        if code == 0 and len(files) == processes and all(f.status == COMPLETED for f in files):
+            rows.append(layout_row(name, run, files, reported if comparable else None))
+        else:
+            rows.append(unfinished_row(name, run, processes, files, code, reported if comparable else None))
+            print(f"[memory] {name}: {rows[-1]['status']}: {rows[-1]['error']}", file=sys.stderr, flush=True)
         # after each layout, so that a run cut short keeps the layouts it measured
         atomic_write_json(summary, {"model": args.model, "batch_size": args.batch_size, "seq_len": args.seq_len,
                                     "source": ran, "layouts": rows})
-    table = Table(title=f"Peak memory per rank: {args.model}, batch {args.batch_size}, sequence {args.seq_len}, "
-                        f"on {rows[0]['device']} ({rows[0]['memory_metric']})")
+    done = [row for row in rows if row["status"] == COMPLETED]
+    where = f" on {done[0]['device']} ({done[0]['memory_metric']})" if done else ""
+    table = Table(title=f"Peak memory per rank: {args.model}, batch {args.batch_size}, sequence {args.seq_len}{where}")
     for column in ("layout", "ranks", "peak per rank, max (GiB)", "predicted (GiB)", "model state per rank (GiB)",
                    "predicted (GiB)", "original study (GB)"):
         table.add_column(column, justify="left" if column == "layout" else "right")
     for row in rows:
         reported = row["original_study_gb"]
+        if row["status"] != COMPLETED:
+            predicted = max((p for p in row["predicted_peak_bytes_per_rank"] if p), default=None)
+            table.add_row(row["layout"], str(row["ranks"]), row["status"],
+                          f"{predicted / GIB:.3g}" if predicted else "n/a", "", "",
+                          f"{reported:.0f}" if reported else "- (other settings)")
+            continue
         worst = max(range(row["ranks"]), key=lambda rank: row["peak_bytes_per_rank"][rank])
         peak, predicted_peak = row["peak_bytes_per_rank"][worst], row["predicted_peak_bytes_per_rank"][worst]
         state, predicted_state = row["model_state_bytes_per_rank"][worst], row["predicted_model_state_bytes_per_rank"][worst]
@@ -131,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{reported:.0f}" if reported else "- (other settings)")
     Console(width=140).print(table)
     print(f"wrote {args.out / 'memory.json'}")
-    return 0
+    # Running out of memory is a measurement (the layout does not fit there); any other end is not.
+    return 0 if all(row["status"] in (COMPLETED, OUT_OF_MEMORY) for row in rows) else 1
 
 
 if __name__ == "__main__":
