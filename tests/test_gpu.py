@@ -37,8 +37,9 @@ GPU_LAYOUTS = ("ddp-4", "zero3-4", "tp-2", "dp2xtp2-allreduce", "dp2xtp2-zero3",
                "zero2-4", "dp2xtp2-zero1", "fsdp2-4", "dp2xtp2-fsdp2")
 
 
-# make gpu-check runs these tests in several pytest-xdist workers on the one GPU, and the
-# out-of-memory test takes all of its memory: every test holds the GPU shared, that one alone.
+# pytest-xdist's workers share the one GPU, and the out-of-memory test takes all its memory:
+# every test holds the GPU shared, that one alone. (make gpu-check runs it apart, after the
+# others, so that no worker waits for the GPU to be free.)
 GPU_LOCK = Path(tempfile.gettempdir()) / "hpml-gpu-tests.lock"
 
 
