@@ -345,6 +345,11 @@ def test_a_layout_that_does_not_finish_is_a_row_and_the_others_still_run(tmp_pat
     assert {name: row["status"] for name, row in rows.items()} == {
         "single": "COMPLETED", "ddp-4": "FAILED", "zero3-4": "FAILED", "dp2xtp2-zero3": "FAILED"}
     assert rows["ddp-4"]["error"] == "exit status 2, and no rank file" and rows["single"]["peak_bytes_per_rank"][0] > 0
+    # run most telling first (a run cut short keeps them), shown in the study's order
+    started = [line.split(":")[0].removeprefix("[memory] ") for line in done.stderr.splitlines()
+               if line.startswith("[memory] ") and " -m " in line]
+    assert started == ["single", "dp2xtp2-zero3", "zero3-4", "ddp-4"]
+    assert list(rows) == ["single", "ddp-4", "zero3-4", "dp2xtp2-zero3"]
 
 
 def test_ranks_out_of_memory_on_a_shared_gpu_say_what_each_needed(tmp_path):

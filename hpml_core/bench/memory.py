@@ -40,6 +40,11 @@ LAYOUTS = (
 )
 
 
+# The order they run in, most telling first, so that a run cut short keeps what matters: the
+# baseline, the study's headline (DP x TP), ZeRO-3, then DDP, whose four whole replicas are the
+# most that ranks sharing one GPU must fit in it. Rows are shown in LAYOUTS' order.
+RUN_ORDER = ("single", "dp2xtp2-zero3", "zero3-4", "ddp-4")
+
 # The study's figures are for GPT-2 Large at batch 8 and sequence 1024; other settings have none.
 STUDY_SETTINGS = ("gpt2-large", 8, 1024)
 
@@ -123,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, ran = [], source.describe()  # the code these layouts run
     comparable = (args.model, args.batch_size, args.seq_len) == STUDY_SETTINGS
     summary = keep_earlier(args.out / "memory.json")  # an earlier call's, kept; this call's rewritten below
-    for name, flags, processes, reported in LAYOUTS:
+    shown = [layout[0] for layout in LAYOUTS]
+    for name, flags, processes, reported in sorted(LAYOUTS, key=lambda layout: RUN_ORDER.index(layout[0])):
         run = command(flags, processes, args, args.out / name)
         print(f"[memory] {name}: {shlex.join(run)}", file=sys.stderr, flush=True)
         code = subprocess.run(run).returncode
@@ -133,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rows.append(unfinished_row(name, run, processes, files, code, reported if comparable else None))
             print(f"[memory] {name}: {rows[-1]['status']}: {rows[-1]['error']}", file=sys.stderr, flush=True)
+        rows.sort(key=lambda row: shown.index(row["layout"]))
         # after each layout, so that a run cut short keeps the layouts it measured
         atomic_write_json(summary, {"model": args.model, "batch_size": args.batch_size, "seq_len": args.seq_len,
                                     "source": ran, "layouts": rows})
