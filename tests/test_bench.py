@@ -199,6 +199,7 @@ def test_memory_table_sets_each_layout_beside_the_prediction(gpu_check):
     assert {c["kind"] for c in rows["zero3-4"]["collectives"]} == {"all-gather", "reduce-scatter", "all-reduce"}
     assert rows["single"]["collectives"] == [] and len(rows["ddp-4"]["parts_ms_per_rank"]) == 4
     assert "| dp2xtp2-zero3 | " in (gpu_check[0] / "gpu-check.md").read_text().split("Where the step goes")[1]
+    assert all(0 < row["process_s"] < sections["memory"]["seconds"] for row in rows.values())  # each launch, timed
     assert not any(row["ranks_share_one_gpu"] for row in rows.values())  # no GPU here to share
     # one call rewrites its own summary as it goes, and keeps none of it as an earlier call's
     assert not [path.name for path in gpu_check[0].rglob("*-earlier*")]

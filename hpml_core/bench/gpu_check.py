@@ -322,6 +322,10 @@ def _gib(value: int | None) -> str:
     return f"{value / GIB:.3g}" if value is not None else "n/a"
 
 
+def _seconds(row: dict) -> str:
+    return f"{row['process_s']:.0f}" if "process_s" in row else "n/a"  # not in files before it was kept
+
+
 def _bench_lines(bench: dict) -> list[str]:
     lines = [f"On {bench['device']} (driver {bench['driver']}); tokens/s from the median step time after warm-up; "
              "MFU by the PaLM formula against the dense peak of hpml_core/contract/gpus.py (FP8's for the FP8 row); "
@@ -333,7 +337,7 @@ def _bench_lines(bench: dict) -> list[str]:
              "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for result in (*bench["originals"], *bench["engines"]):
         run = result["repeat"] + 1
-        seconds = f"{result['process_s']:.0f}" if "process_s" in result else "n/a"  # not in files before it was kept
+        seconds = _seconds(result)
         if result.get("status", COMPLETED) != COMPLETED:
             lines.append(f"| {result['variant']} | {run} | {result['batch_size']} | | {result['status']}: "
                          f"{result['error'][:120]} | | | | | | {seconds} |")
@@ -380,21 +384,22 @@ def _planner_lines(planner: dict) -> list[str]:
 
 def _memory_lines(memory: dict) -> list[str]:
     lines = [f"{memory['model']}, batch {memory['batch_size']}, sequence {memory['seq_len']}; the worst rank of "
-             "each layout.", "", "| layout | ranks | training peak (GiB) | predicted (GiB) | model state (GiB) "
-             "| predicted (GiB) | original study (GB) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "each layout; process s: the layout's whole launch, start-up included.", "",
+             "| layout | ranks | training peak (GiB) | predicted (GiB) | model state (GiB) "
+             "| predicted (GiB) | original study (GB) | process s |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in memory["layouts"]:
         reported = row["original_study_gb"]
         if row.get("status", COMPLETED) != COMPLETED:  # a row of a file from before rows had one: completed
             predicted = max((p for p in row["predicted_peak_bytes_per_rank"] if p), default=None)
             lines.append(f"| {row['layout']} | {row['ranks']} | {row['status']}: {row['error'][:100]} "
-                         f"| {_gib(predicted)} | | | {reported if reported is not None else '-'} |")
+                         f"| {_gib(predicted)} | | | {reported if reported is not None else '-'} | {_seconds(row)} |")
             continue
         worst = max(range(row["ranks"]), key=lambda rank: row["peak_bytes_per_rank"][rank])
         lines.append(f"| {row['layout']} | {row['ranks']} | {_gib(row['peak_bytes_per_rank'][worst])} "
                      f"({row['memory_metric']}) | {_gib(row['predicted_peak_bytes_per_rank'][worst])} "
                      f"| {_gib(row['model_state_bytes_per_rank'][worst])} "
                      f"| {_gib(row['predicted_model_state_bytes_per_rank'][worst])} "
-                     f"| {reported if reported is not None else '-'} |")
+                     f"| {reported if reported is not None else '-'} | {_seconds(row)} |")
     return lines + ["", *_parts_lines(memory)]
 
 

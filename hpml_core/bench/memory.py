@@ -18,6 +18,7 @@ import argparse
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -132,12 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, flags, processes, reported in sorted(LAYOUTS, key=lambda layout: RUN_ORDER.index(layout[0])):
         run = command(flags, processes, args, args.out / name)
         print(f"[memory] {name}: {shlex.join(run)}", file=sys.stderr, flush=True)
+        started = time.monotonic()
         code = subprocess.run(run).returncode
+        seconds = round(time.monotonic() - started, 1)  # what the layout cost a GPU lease, start-up included
         files = [rank_file.read(path) for _, path in sorted(latest_rank_files(args.out / name).items())]
         if code == 0 and len(files) == processes and all(f.status == COMPLETED for f in files):
-            rows.append(layout_row(name, run, files, reported if comparable else None))
+            rows.append({**layout_row(name, run, files, reported if comparable else None), "process_s": seconds})
         else:
-            rows.append(unfinished_row(name, run, processes, files, code, reported if comparable else None))
+            rows.append({**unfinished_row(name, run, processes, files, code, reported if comparable else None),
+                         "process_s": seconds})
             print(f"[memory] {name}: {rows[-1]['status']}: {rows[-1]['error']}", file=sys.stderr, flush=True)
         rows.sort(key=lambda row: shown.index(row["layout"]))
         # after each layout, so that a run cut short keeps the layouts it measured
