@@ -144,7 +144,8 @@ def rank_file(*, run: str, rank: int, mode: str, world: int, tp: int, batch: int
             expectation="16 B per element (sample)") if completed else None,
         prediction=predicted,
         loss=rf.Loss(start_step=start_step, values=list(losses), averaged_over_dp=completed),
-        profile=_profile(config, layout, config.backend_on(device), parts_ms) if parts_ms is not None and completed else None,
+        profile=(_profile(config, layout, config.backend_on(device), parts_ms) if parts_ms is not None and completed
+                 else None),
         profile_missing_reason=None if parts_ms is not None else "--profile-steps 0",
         energy=energy, energy_missing_reason=None if energy else no_energy,
     )

@@ -21,8 +21,9 @@ def expected_collectives(record: dict, drop: int | None = None) -> dict[str, col
 
 def contract_collectives(record: dict) -> list[collectives.Collectives]:
     config = TrainConfig.model_validate(record["config"])
-    return collectives.per_step(config, model_dims(record["model"]["name"], record["model"]["vocab_size"]),
-                                Layout(record["world_size"], record["tp_size"]), config.backend_on(record["device_type"]))
+    dims = model_dims(record["model"]["name"], record["model"]["vocab_size"])
+    return collectives.per_step(config, dims, Layout(record["world_size"], record["tp_size"]),
+                                config.backend_on(record["device_type"]))
 
 
 def measured_collectives(record: dict, step: int = 0) -> dict[str, collectives.KindTotal]:
@@ -36,6 +37,7 @@ def assert_profile_holds(record: dict) -> None:
     optimizer took time, and the collectives are the contract's."""
     profile = record["profile"]
     assert profile is not None, record["profile_missing_reason"]
+    expected = expected_collectives(record)
     for i, step in enumerate(profile["steps"]):
         assert set(step["parts_s"]) == set(step_parts.PARTS)
         assert sum(step["parts_s"].values()) == pytest.approx(step["wall_s"], rel=0.05)
@@ -43,4 +45,4 @@ def assert_profile_holds(record: dict) -> None:
         assert step["parts_s"]["optimizer"] > 0
         exposed = sum(step["parts_s"][kind] for kind in step_parts.COLLECTIVE_KINDS)
         assert exposed + step["comm_hidden_s"] == pytest.approx(step["comm_in_flight_s"], abs=1e-6)
-        assert collectives.mismatches(expected_collectives(record), measured_collectives(record, i)) == []
+        assert collectives.mismatches(expected, measured_collectives(record, i)) == []

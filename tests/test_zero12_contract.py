@@ -126,7 +126,8 @@ def test_zero1_reduces_in_greedily_packed_buckets():
     large = model_dims("gpt2-large", 50257)
     for mode, stated in (("zero1", True), ("zero2", False)):
         config = TrainConfig(mode=mode, model="gpt2-large", precision="bf16", data=Path("unused"))
-        [grads] = [c for c in collectives.per_step(config, large, Layout(8, 1), "nccl") if c.what.startswith("gradients")]
+        found = collectives.per_step(config, large, Layout(8, 1), "nccl")
+        [grads] = [c for c in found if c.what.startswith("gradients")]
         assert (grads.count is not None) == stated and grads.elements == sum(n for _, n in param_numels(large, 1))
         assert grads.count is None or grads.count > grads.elements // ZERO12_BUCKET
 

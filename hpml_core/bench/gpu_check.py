@@ -386,7 +386,8 @@ def _memory_lines(memory: dict) -> list[str]:
     lines = [f"{memory['model']}, batch {memory['batch_size']}, sequence {memory['seq_len']}; the worst rank of "
              "each layout; process s: the layout's whole launch, start-up included.", "",
              "| layout | ranks | training peak (GiB) | predicted (GiB) | model state (GiB) "
-             "| predicted (GiB) | original study (GB) | process s |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| predicted (GiB) | original study (GB) | process s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in memory["layouts"]:
         reported = row["original_study_gb"]
         if row.get("status", COMPLETED) != COMPLETED:  # a row of a file from before rows had one: completed
